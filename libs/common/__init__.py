@@ -1,0 +1,1 @@
+"""Code every Habla service shares: settings, codec, messaging, state, storage."""

@@ -1,0 +1,87 @@
+"""The `/healthz` + `/metrics` convention every service follows.
+
+HTTP services mount ``observability_routes(checks)`` in their own Tornado app; the
+gateway and the worker, which serve no HTTP otherwise, call ``serve(port, checks)``.
+A check is an async callable that raises when its dependency is unusable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import prometheus_client
+import tornado.httpserver
+import tornado.web
+
+log = logging.getLogger(__name__)
+
+Check = Callable[[], Awaitable[object]]
+
+# A dependency that does not answer within this many seconds counts as down; load
+# balancers typically time a health probe out at 5 s, so stay under it.
+CHECK_TIMEOUT_S = 2.0
+
+
+async def run_checks(checks: Mapping[str, Check]) -> tuple[bool, dict[str, str]]:
+    async def one(check: Check) -> str:
+        try:
+            await asyncio.wait_for(check(), CHECK_TIMEOUT_S)
+            return "ok"
+        except Exception as exc:  # a health probe reports every failure, whatever it is
+            return f"error: {exc.__class__.__name__}: {exc}"[:300]
+
+    names = list(checks)
+    results = await asyncio.gather(*(one(checks[n]) for n in names))
+    report = dict(zip(names, results, strict=True))
+    return all(r == "ok" for r in results), report
+
+
+class HealthHandler(tornado.web.RequestHandler):
+    """200 {"status": "ok"} when every dependency answers, else 503 with the reasons."""
+
+    def initialize(self, checks: Mapping[str, Check]) -> None:
+        self.checks = checks
+
+    async def get(self) -> None:
+        started = time.perf_counter()
+        healthy, report = await run_checks(self.checks)
+        self.set_status(200 if healthy else 503)
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(
+            json.dumps(
+                {
+                    "status": "ok" if healthy else "unavailable",
+                    "checks": report,
+                    "took_ms": round((time.perf_counter() - started) * 1000, 1),
+                }
+            )
+        )
+
+
+class MetricsHandler(tornado.web.RequestHandler):
+    """Prometheus text exposition of the default registry."""
+
+    def get(self) -> None:
+        self.set_header("Content-Type", prometheus_client.CONTENT_TYPE_LATEST)
+        self.finish(prometheus_client.generate_latest())
+
+
+def observability_routes(checks: Mapping[str, Check]) -> list[Any]:
+    return [
+        (r"/healthz", HealthHandler, {"checks": checks}),
+        (r"/metrics", MetricsHandler),
+    ]
+
+
+def serve(host: str, port: int, checks: Mapping[str, Check]) -> tornado.httpserver.HTTPServer:
+    """Start /healthz and /metrics on their own port (services without an HTTP app)."""
+    app = tornado.web.Application(observability_routes(checks))
+    server = app.listen(port, address=host)
+    log.info("health and metrics listening", extra={"url": f"http://{host}:{port}/healthz"})
+    return server

@@ -1,0 +1,173 @@
+"""Every setting of every Habla service, read from environment variables only.
+
+Defaults work on a development machine where RabbitMQ, Redis and MariaDB answer on
+127.0.0.1 and `make run` has started Prosody. The README lists each variable; a test
+checks that the README and this module agree.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+
+class SettingsError(ValueError):
+    """An environment variable holds something unusable."""
+
+
+def _env_str(env: Mapping[str, str], name: str, default: str) -> str:
+    return env.get(name, default)
+
+
+def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a whole number") from None
+
+
+def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number") from None
+
+
+def _env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name}={raw!r} is not a boolean (use true or false)")
+
+
+def _default_instance_id() -> str:
+    # Unique per process on a host, readable in `rabbitmqctl list_queues`.
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Typed settings; build with ``Settings.from_env()``. ``env`` names each variable."""
+
+    # --- backing servers -------------------------------------------------------------
+    amqp_url: str = field(default="amqp://guest:guest@127.0.0.1:5672/", metadata={"env": "HABLA_AMQP_URL"})
+    redis_url: str = field(default="redis://127.0.0.1:6379/0", metadata={"env": "HABLA_REDIS_URL"})
+    # Every Redis key and pub/sub channel starts with this, so several deployments
+    # (or test runs) can share one Redis.
+    redis_prefix: str = field(default="habla:", metadata={"env": "HABLA_REDIS_PREFIX"})
+    mysql_url: str = field(
+        default="mysql+pymysql://root:@127.0.0.1:3306/habla?charset=utf8mb4",
+        metadata={"env": "HABLA_MYSQL_URL"},
+    )
+
+    # Where `make run` keeps Prosody's data, demo.env and sent mail (development only).
+    state_dir: str = field(default=".habla", metadata={"env": "HABLA_STATE_DIR"})
+
+    # --- logging ---------------------------------------------------------------------
+    log_level: str = field(default="INFO", metadata={"env": "HABLA_LOG_LEVEL"})
+    log_json: bool = field(default=False, metadata={"env": "HABLA_LOG_JSON"})
+
+    # --- messaging -------------------------------------------------------------------
+    # Unacknowledged messages a consumer holds at once: enough to batch MySQL writes
+    # (archive batches up to 200), small enough that a crash redelivers little.
+    amqp_prefetch: int = field(default=200, metadata={"env": "HABLA_AMQP_PREFETCH"})
+    # Retry delays in ms for a failing handler, one per attempt; then dead-letter.
+    amqp_retry_delays_ms: str = field(default="1000,5000,30000", metadata={"env": "HABLA_AMQP_RETRY_DELAYS_MS"})
+
+    # --- rpc_frontend ----------------------------------------------------------------
+    frontend_host: str = field(default="127.0.0.1", metadata={"env": "HABLA_FRONTEND_HOST"})
+    frontend_port: int = field(default=8080, metadata={"env": "HABLA_FRONTEND_PORT"})
+    # Names this instance's delivery queue; must be unique among running frontends.
+    frontend_id: str = field(default_factory=_default_instance_id, metadata={"env": "HABLA_FRONTEND_ID"})
+    public_url: str = field(default="http://127.0.0.1:8080", metadata={"env": "HABLA_PUBLIC_URL"})
+    # Signs visitor tokens and account cookies. The default is for development only.
+    secret_key: str = field(default="dev-only-secret-change-me", metadata={"env": "HABLA_SECRET_KEY"})
+    # 30 minutes without a page view or heartbeat ends a visit (the web-analytics norm).
+    session_ttl_s: int = field(default=1800, metadata={"env": "HABLA_SESSION_TTL_S"})
+    max_message_chars: int = field(default=2000, metadata={"env": "HABLA_MAX_MESSAGE_CHARS"})
+
+    # --- status_image ----------------------------------------------------------------
+    status_host: str = field(default="127.0.0.1", metadata={"env": "HABLA_STATUS_HOST"})
+    status_port: int = field(default=8081, metadata={"env": "HABLA_STATUS_PORT"})
+    status_public_url: str = field(default="http://127.0.0.1:8081", metadata={"env": "HABLA_STATUS_PUBLIC_URL"})
+
+    # --- im_gateway / XMPP -----------------------------------------------------------
+    # The component's domain: visitors and site bots are <name>@xmpp_component_domain.
+    xmpp_component_domain: str = field(default="chat.localhost", metadata={"env": "HABLA_XMPP_COMPONENT_DOMAIN"})
+    xmpp_component_secret: str = field(
+        default="habla-dev-component-secret", metadata={"env": "HABLA_XMPP_COMPONENT_SECRET"}
+    )
+    xmpp_component_host: str = field(default="127.0.0.1", metadata={"env": "HABLA_XMPP_COMPONENT_HOST"})
+    xmpp_component_port: int = field(default=5347, metadata={"env": "HABLA_XMPP_COMPONENT_PORT"})
+    # The XMPP server's own domain, where operator accounts live.
+    xmpp_domain: str = field(default="localhost", metadata={"env": "HABLA_XMPP_DOMAIN"})
+    xmpp_c2s_port: int = field(default=5222, metadata={"env": "HABLA_XMPP_C2S_PORT"})
+    # An operator presence not refreshed for this long counts as unavailable, so a dead
+    # gateway cannot leave a site online: 3 missed heartbeats of 30 s.
+    presence_ttl_s: int = field(default=90, metadata={"env": "HABLA_PRESENCE_TTL_S"})
+    presence_heartbeat_s: int = field(default=30, metadata={"env": "HABLA_PRESENCE_HEARTBEAT_S"})
+    gateway_metrics_port: int = field(default=9102, metadata={"env": "HABLA_GATEWAY_METRICS_PORT"})
+
+    # --- transcript_worker -----------------------------------------------------------
+    worker_metrics_port: int = field(default=9103, metadata={"env": "HABLA_WORKER_METRICS_PORT"})
+    # 30 minutes of silence closes a conversation (Olark's default idle timeout).
+    conversation_idle_s: int = field(default=1800, metadata={"env": "HABLA_CONVERSATION_IDLE_S"})
+    smtp_host: str = field(default="127.0.0.1", metadata={"env": "HABLA_SMTP_HOST"})
+    smtp_port: int = field(default=8025, metadata={"env": "HABLA_SMTP_PORT"})
+    smtp_user: str = field(default="", metadata={"env": "HABLA_SMTP_USER"})
+    smtp_password: str = field(default="", metadata={"env": "HABLA_SMTP_PASSWORD"})
+    smtp_starttls: bool = field(default=False, metadata={"env": "HABLA_SMTP_STARTTLS"})
+    mail_from: str = field(default="Habla <transcripts@habla.localhost>", metadata={"env": "HABLA_MAIL_FROM"})
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read every field from ``env`` (default: os.environ); overrides win."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = f.metadata["env"]
+            if f.name in overrides:
+                values[f.name] = overrides[f.name]
+                continue
+            if name not in env:
+                continue  # dataclass default
+            if f.type in ("int", int):
+                values[f.name] = _env_int(env, name, 0)
+            elif f.type in ("float", float):
+                values[f.name] = _env_float(env, name, 0.0)
+            elif f.type in ("bool", bool):
+                values[f.name] = _env_bool(env, name, False)
+            else:
+                values[f.name] = _env_str(env, name, "")
+        return cls(**values)
+
+    @property
+    def retry_delays_ms(self) -> tuple[int, ...]:
+        try:
+            delays = tuple(int(part) for part in self.amqp_retry_delays_ms.split(",") if part.strip())
+        except ValueError:
+            raise SettingsError(
+                f"HABLA_AMQP_RETRY_DELAYS_MS={self.amqp_retry_delays_ms!r} must be comma-separated milliseconds"
+            ) from None
+        return delays
+
+    def redis_key(self, *parts: str) -> str:
+        return self.redis_prefix + ":".join(parts)
+
+
+def env_names() -> list[str]:
+    """Every environment variable Habla reads (for the README check)."""
+    return [f.metadata["env"] for f in fields(Settings)]
