@@ -1,0 +1,324 @@
+"""The RabbitMQ façade: the only module that imports aio-pika.
+
+Services publish and consume Thrift structs, never bytes:
+
+    bus = await Bus.connect(settings, "rpc_frontend")
+    await bus.declare_topology()
+    await bus.publish(topology.VISITOR, f"{site}.message", chat_message)
+    await bus.consume(topology.ARCHIVE, handler)
+
+Guarantees:
+* every publish is persistent and waits for the broker's confirm;
+* a consumer acknowledges only after its handler returns;
+* a message that does not decode goes straight to the queue's dead-letter queue with
+  the reason, and the consumer goes on;
+* a handler that raises ``Permanent`` dead-letters the message at once; any other
+  exception retries it after each delay in HABLA_AMQP_RETRY_DELAYS_MS (a TTL'd retry
+  queue that dead-letters back into the work queue), then dead-letters it.
+
+We re-publish retries and dead letters ourselves (confirmed, then ack the original)
+rather than `reject()` into a native dead-letter exchange, because a native dead letter
+only says "rejected" and we want the reason, the attempt count and the source queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+from prometheus_client import Counter
+
+from libs.common import codec, topology
+from libs.common.settings import Settings
+from libs.common.topology import QueueSpec
+
+log = logging.getLogger(__name__)
+
+ATTEMPT_HEADER = "x-habla-attempt"
+REASON_HEADER = "x-habla-reason"
+SOURCE_HEADER = "x-habla-source-queue"
+
+PUBLISHED = Counter("habla_amqp_published_total", "Messages published and confirmed", ["exchange", "type"])
+CONSUMED = Counter("habla_amqp_consumed_total", "Messages handled, by outcome", ["queue", "outcome"])
+
+
+class Permanent(Exception):
+    """Raised by a handler for a message that can never succeed: dead-letter it now."""
+
+
+@dataclass
+class Envelope:
+    """A decoded message plus what a handler needs to know about its delivery."""
+
+    struct: Any
+    type_name: str
+    message_id: str
+    routing_key: str
+    exchange: str
+    attempt: int  # 0 on first delivery; counts our own retries
+    redelivered: bool  # the broker re-sent it (a consumer died before acking)
+    _message: AbstractIncomingMessage
+    _consumer: _Consumer
+
+    async def ack(self) -> None:
+        await self._message.ack()
+        CONSUMED.labels(self._consumer.spec.name, "ack").inc()
+
+    async def retry(self, reason: str) -> None:
+        await self._consumer.retry(self._message, reason)
+
+    async def dead_letter(self, reason: str) -> None:
+        await self._consumer.dead_letter(self._message, reason)
+
+
+Handler = Callable[[Envelope], Awaitable[None]]
+
+
+class Bus:
+    """One robust AMQP connection, a confirmed publishing channel, and consumers."""
+
+    def __init__(self, connection: AbstractRobustConnection, channel: AbstractChannel, settings: Settings) -> None:
+        self.connection = connection
+        self._channel = channel
+        self._settings = settings
+        self._exchanges: dict[str, AbstractExchange] = {}
+        self._consumers: list[_Consumer] = []
+
+    @classmethod
+    async def connect(cls, settings: Settings, name: str) -> Bus:
+        """Connect with a name that shows in the broker's connection list."""
+        connection = await aio_pika.connect_robust(
+            settings.amqp_url,
+            client_properties={"connection_name": f"habla.{name}.{settings.frontend_id}"},
+        )
+        # on_return_raises: an unroutable mandatory publish fails loudly instead of vanishing.
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        return cls(connection, channel, settings)
+
+    async def close(self) -> None:
+        for consumer in self._consumers:
+            await consumer.stop()
+        await self.connection.close()
+
+    async def ping(self) -> None:
+        """Health check: the connection is open."""
+        if self.connection.is_closed or not self.connection.connected.is_set():
+            raise ConnectionError("not connected to RabbitMQ")
+
+    # --- topology ----------------------------------------------------------------------
+    async def declare_topology(self, queues: tuple[QueueSpec, ...] = topology.WORK_QUEUES) -> None:
+        """Declare every exchange and the given queues (idempotent; safe from every service)."""
+        for name in topology.EXCHANGES:
+            await self._exchange(name)
+        for spec in queues:
+            await self.declare_queue(spec, self._channel)
+
+    async def _exchange(self, name: str, channel: AbstractChannel | None = None) -> AbstractExchange:
+        if channel is None and name in self._exchanges:
+            return self._exchanges[name]
+        if name == "":
+            exchange = (channel or self._channel).default_exchange
+        else:
+            exchange = await (channel or self._channel).declare_exchange(
+                name, aio_pika.ExchangeType(topology.EXCHANGES[name].value), durable=True
+            )
+        if channel is None:
+            self._exchanges[name] = exchange
+        return exchange
+
+    async def declare_queue(self, spec: QueueSpec, channel: AbstractChannel) -> AbstractQueue:
+        if spec.durable:
+            arguments: dict[str, Any] = {
+                "x-queue-type": "quorum",
+                "x-delivery-limit": topology.DELIVERY_LIMIT,
+                # Past the delivery limit RabbitMQ dead-letters natively into the same
+                # dead-letter queue our own dead letters go to.
+                "x-dead-letter-exchange": topology.DEAD,
+                "x-dead-letter-routing-key": spec.name,
+                **spec.extra_arguments,
+            }
+        else:
+            arguments = {**spec.extra_arguments}
+            if spec.expires_ms:
+                arguments["x-expires"] = spec.expires_ms
+        queue = await channel.declare_queue(spec.name, durable=spec.durable, arguments=arguments)
+        for exchange, key in spec.bindings:
+            await queue.bind(await self._exchange(exchange, channel), routing_key=key)
+        if spec.retry:
+            dead = await channel.declare_queue(spec.dead_letter_queue, durable=True)
+            await dead.bind(await self._exchange(topology.DEAD, channel), routing_key=spec.name)
+            for delay in self._settings.retry_delays_ms:
+                # A parked copy expires after `delay` and RabbitMQ dead-letters it
+                # through the default exchange straight back into the work queue.
+                await channel.declare_queue(
+                    spec.retry_queue(delay),
+                    durable=True,
+                    arguments={
+                        "x-message-ttl": delay,
+                        "x-dead-letter-exchange": "",
+                        "x-dead-letter-routing-key": spec.name,
+                    },
+                )
+        return queue
+
+    # --- publishing --------------------------------------------------------------------
+    async def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        struct: Any,
+        *,
+        message_id: str | None = None,
+        mandatory: bool = True,
+        headers: dict[str, Any] | None = None,
+    ) -> str:
+        """Publish persistently and wait for the broker's confirm. Returns the message id.
+
+        mandatory=True turns "no queue is bound for this key" into an error instead of
+        a silent drop; pass False where nobody listening is normal (a departed frontend).
+        """
+        message_id = message_id or _struct_id(struct)
+        message = aio_pika.Message(
+            codec.encode(struct),
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            content_type=codec.CONTENT_TYPE,
+            type=codec.type_name(struct),
+            message_id=message_id,
+            timestamp=datetime.datetime.now(datetime.UTC),
+            headers=headers or {},
+        )
+        await (await self._exchange(exchange)).publish(message, routing_key=routing_key, mandatory=mandatory)
+        PUBLISHED.labels(exchange, message.type).inc()
+        return message_id
+
+    async def publish_raw(self, exchange: str, routing_key: str, message: aio_pika.Message) -> None:
+        """Republish bytes as they are (retries, dead letters, tests of poison messages)."""
+        await (await self._exchange(exchange)).publish(message, routing_key=routing_key)
+
+    # --- consuming ---------------------------------------------------------------------
+    async def consume(
+        self, spec: QueueSpec, handler: Handler, *, manual: bool = False, prefetch: int | None = None
+    ) -> _Consumer:
+        """Start consuming ``spec`` with ``handler`` on a channel of its own.
+
+        manual=True leaves settling to the handler (``envelope.ack()`` later), for
+        consumers that acknowledge a whole batch after one database commit.
+        """
+        channel = await self.connection.channel(publisher_confirms=True)
+        await channel.set_qos(prefetch_count=prefetch or self._settings.amqp_prefetch)
+        queue = await self.declare_queue(spec, channel)
+        consumer = _Consumer(self, spec, channel, queue, handler, manual)
+        await consumer.start()
+        self._consumers.append(consumer)
+        return consumer
+
+
+def _struct_id(struct: Any) -> str:
+    # Reuse the struct's own idempotency key when it has one, so AMQP message_id and
+    # the domain id agree (a consumer may dedupe on either).
+    for attr in ("message_id", "action_id"):
+        value = getattr(struct, attr, None)
+        if value:
+            return str(value)
+    return uuid.uuid4().hex
+
+
+class _Consumer:
+    def __init__(
+        self, bus: Bus, spec: QueueSpec, channel: AbstractChannel, queue: AbstractQueue, handler: Handler, manual: bool
+    ) -> None:
+        self.bus = bus
+        self.spec = spec
+        self.channel = channel
+        self.queue = queue
+        self.handler = handler
+        self.manual = manual
+        self._tag: str | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._tag = await self.queue.consume(self._on_message, no_ack=False)
+
+    async def stop(self) -> None:
+        if self._tag is not None and not self.channel.is_closed:
+            await self.queue.cancel(self._tag)
+        self._tag = None
+        if not self.channel.is_closed:
+            await self.channel.close()
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        try:
+            struct = codec.decode(message.type, message.body)
+        except codec.DecodeError as exc:
+            log.warning("undecodable message dead-lettered", extra={"queue": self.spec.name, "reason": str(exc)})
+            await self.dead_letter(message, f"undecodable: {exc}")
+            return
+        headers = message.headers or {}
+        raw_attempt = headers.get(ATTEMPT_HEADER, 0)
+        envelope = Envelope(
+            struct=struct,
+            type_name=str(message.type),
+            message_id=str(message.message_id or ""),
+            routing_key=str(message.routing_key or ""),
+            exchange=str(message.exchange or ""),
+            attempt=int(raw_attempt) if isinstance(raw_attempt, (int, str)) else 0,
+            redelivered=bool(message.redelivered),
+            _message=message,
+            _consumer=self,
+        )
+        try:
+            await self.handler(envelope)
+        except Permanent as exc:
+            log.warning(
+                "message rejected", extra={"queue": self.spec.name, "id": envelope.message_id, "reason": str(exc)}
+            )
+            await self.dead_letter(message, f"rejected: {exc}")
+            return
+        except Exception as exc:  # any handler failure is retried, then dead-lettered
+            log.exception("handler failed", extra={"queue": self.spec.name, "id": envelope.message_id})
+            await self.retry(message, f"{exc.__class__.__name__}: {exc}")
+            return
+        if not self.manual:
+            await envelope.ack()
+
+    async def retry(self, message: AbstractIncomingMessage, reason: str) -> None:
+        delays = self.bus._settings.retry_delays_ms if self.spec.retry else ()
+        attempt = int((message.headers or {}).get(ATTEMPT_HEADER, 0) or 0)  # type: ignore[arg-type]
+        if attempt >= len(delays):
+            await self.dead_letter(message, f"gave up after {attempt + 1} attempts: {reason}")
+            return
+        copy = _copy(message, {ATTEMPT_HEADER: attempt + 1, REASON_HEADER: reason[:1000]})
+        await self.bus.publish_raw("", self.spec.retry_queue(delays[attempt]), copy)
+        await message.ack()
+        CONSUMED.labels(self.spec.name, "retry").inc()
+
+    async def dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
+        copy = _copy(message, {REASON_HEADER: reason[:1000], SOURCE_HEADER: self.spec.name})
+        await self.bus.publish_raw(topology.DEAD, self.spec.name, copy)
+        await message.ack()
+        CONSUMED.labels(self.spec.name, "dead").inc()
+
+
+def _copy(message: AbstractIncomingMessage, extra_headers: dict[str, Any]) -> aio_pika.Message:
+    return aio_pika.Message(
+        message.body,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        content_type=message.content_type,
+        type=message.type,
+        message_id=message.message_id,
+        timestamp=message.timestamp,
+        headers={**(message.headers or {}), **extra_headers},
+    )

@@ -1,0 +1,95 @@
+"""The whole RabbitMQ topology, as data, in one place (declared by libs.common.messaging).
+
+Exchanges follow ARCHITECTURE.md. Work queues are quorum queues: replicated-ready,
+durable, and they count redeliveries, so a message that crashes its consumer process
+again and again is dead-lettered after DELIVERY_LIMIT attempts instead of looping.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class ExchangeKind(StrEnum):
+    TOPIC = "topic"
+    DIRECT = "direct"
+    FANOUT = "fanout"
+
+
+VISITOR = "habla.visitor"  # <site_id>.<event>: message, pageview, event, offline
+OPERATOR = "habla.operator"  # <site_id>.<event>: message, presence, action, status
+DELIVER = "habla.deliver"  # key = frontend instance id
+CONVERSATION = "habla.conversation"  # <site_id>.closed
+TRANSCRIPTS = "habla.transcripts"  # fanout: email + any downstream consumer
+DEAD = "habla.dead"  # key = source queue name
+
+EXCHANGES: dict[str, ExchangeKind] = {
+    VISITOR: ExchangeKind.TOPIC,
+    OPERATOR: ExchangeKind.TOPIC,
+    DELIVER: ExchangeKind.DIRECT,
+    CONVERSATION: ExchangeKind.TOPIC,
+    TRANSCRIPTS: ExchangeKind.FANOUT,
+    DEAD: ExchangeKind.TOPIC,
+}
+
+# A consumer process that dies while handling a message gets it redelivered; after
+# this many deliveries RabbitMQ itself dead-letters it (reason "delivery_limit").
+# Five covers a rolling restart or two without letting a poison message loop forever.
+DELIVERY_LIMIT = 5
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    """A queue, what it is bound to, and how failures are handled."""
+
+    name: str
+    bindings: tuple[tuple[str, str], ...]  # (exchange, routing key)
+    # Work queues are durable quorum queues with retry and dead-letter queues. A
+    # per-instance queue (a frontend's deliveries) is a transient classic queue that
+    # vanishes with its instance: the conversation log in Redis is the durable copy.
+    durable: bool = True
+    expires_ms: int | None = None  # transient queues: removed this long after last use
+    retry: bool = True
+    extra_arguments: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def dead_letter_queue(self) -> str:
+        return f"{self.name}.dead"
+
+    def retry_queue(self, delay_ms: int) -> str:
+        return f"{self.name}.retry.{delay_ms}ms"
+
+
+# --- work queues, one per consumer module ------------------------------------------
+GATEWAY_VISITOR = QueueSpec(
+    "im_gateway.visitor",
+    ((VISITOR, "*.message"), (VISITOR, "*.pageview"), (VISITOR, "*.event")),
+)
+ARCHIVE = QueueSpec(
+    "transcript_worker.archive",
+    (
+        (VISITOR, "*.message"),
+        (VISITOR, "*.pageview"),
+        (VISITOR, "*.event"),
+        (OPERATOR, "*.message"),
+        (OPERATOR, "*.action"),
+    ),
+)
+TRANSCRIPTS_BUILD = QueueSpec("transcript_worker.transcripts", ((CONVERSATION, "*.closed"),))
+EMAIL = QueueSpec("transcript_worker.email", ((TRANSCRIPTS, ""), (VISITOR, "*.offline")))
+
+WORK_QUEUES: tuple[QueueSpec, ...] = (GATEWAY_VISITOR, ARCHIVE, TRANSCRIPTS_BUILD, EMAIL)
+
+
+def frontend_delivery_queue(frontend_id: str) -> QueueSpec:
+    """The queue a frontend instance reads its visitors' deliveries from."""
+    # 60 s of absence removes the queue of an instance that died; one that only
+    # reconnects within a minute keeps it.
+    return QueueSpec(
+        f"rpc_frontend.deliver.{frontend_id}",
+        ((DELIVER, frontend_id),),
+        durable=False,
+        expires_ms=60_000,
+        retry=False,
+    )

@@ -1,0 +1,213 @@
+"""The messaging façade against the real RabbitMQ (a vhost of this run's own)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aio_pika
+import pytest
+
+from libs.common import codec, topology
+from libs.common.messaging import REASON_HEADER, SOURCE_HEADER, Bus, Envelope, Permanent
+from libs.common.settings import Settings
+from libs.common.topology import QueueSpec
+
+MakeBus = Callable[[str], Awaitable[Bus]]
+
+
+def _spec(name: str) -> QueueSpec:
+    # A queue per test, bound to a routing key only this test uses.
+    return QueueSpec(f"test.{name}.{uuid.uuid4().hex[:6]}", ((topology.VISITOR, f"{name}.message"),))
+
+
+def _message(text: str = "hello") -> Any:
+    return codec.ChatMessage(
+        message_id=uuid.uuid4().hex,
+        conversation_id="c",
+        site_id="4324-24618-10-8812",
+        visitor_id="v",
+        sender=codec.SenderKind.VISITOR,
+        body=text,
+        sent_at_ms=int(time.time() * 1000),
+        seq=1,
+    )
+
+
+async def _dead_letters(
+    bus: Bus, spec: QueueSpec, count: int, wait_s: float = 10
+) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    channel = await bus.connection.channel()
+    queue = await channel.get_queue(spec.dead_letter_queue)
+    found: list[aio_pika.abc.AbstractIncomingMessage] = []
+    deadline = time.monotonic() + wait_s
+    while len(found) < count and time.monotonic() < deadline:
+        message = await queue.get(fail=False)
+        if message is None:
+            await asyncio.sleep(0.05)
+            continue
+        await message.ack()
+        found.append(message)
+    await channel.close()
+    return found
+
+
+async def test_struct_published_with_confirm_is_consumed(make_bus: MakeBus) -> None:
+    bus = await make_bus("publisher")
+    spec = _spec("roundtrip")
+    received: asyncio.Queue[Envelope] = asyncio.Queue()
+
+    async def handler(envelope: Envelope) -> None:
+        await received.put(envelope)
+
+    await bus.consume(spec, handler)
+    sent = _message("round trip")
+    message_id = await bus.publish(topology.VISITOR, "roundtrip.message", sent)
+    got = await asyncio.wait_for(received.get(), 5)
+    assert got.struct == sent
+    assert (got.type_name, got.message_id, got.routing_key) == ("ChatMessage", sent.message_id, "roundtrip.message")
+    assert message_id == sent.message_id
+
+
+async def test_unroutable_mandatory_publish_raises(make_bus: MakeBus) -> None:
+    bus = await make_bus("publisher")
+    with pytest.raises(aio_pika.exceptions.DeliveryError):
+        await bus.publish(topology.DELIVER, "no-such-frontend", _message())
+    await bus.publish(topology.DELIVER, "no-such-frontend", _message(), mandatory=False)
+
+
+async def test_poison_message_is_dead_lettered_with_reason_and_consumer_goes_on(make_bus: MakeBus) -> None:
+    bus = await make_bus("poison")
+    spec = _spec("poison")
+    handled: asyncio.Queue[str] = asyncio.Queue()
+
+    async def handler(envelope: Envelope) -> None:
+        await handled.put(envelope.struct.body)
+
+    await bus.consume(spec, handler)
+    for body, type_name in ((b"\xff\xfe garbage", "ChatMessage"), (b"{}", "NotAStruct"), (b"", None)):
+        await bus.publish_raw(
+            topology.VISITOR, "poison.message", aio_pika.Message(body, type=type_name, message_id="p")
+        )
+    await bus.publish(topology.VISITOR, "poison.message", _message("after the poison"))
+
+    assert await asyncio.wait_for(handled.get(), 5) == "after the poison"
+    dead = await _dead_letters(bus, spec, 3)
+    reasons = [str((m.headers or {})[REASON_HEADER]) for m in dead]
+    assert len(dead) == 3
+    assert all(r.startswith("undecodable:") for r in reasons), reasons
+    assert any("cannot decode ChatMessage" in r for r in reasons)
+    assert any("unknown message type 'NotAStruct'" in r for r in reasons)
+    assert {(m.headers or {})[SOURCE_HEADER] for m in dead} == {spec.name}
+    assert dead[0].body == b"\xff\xfe garbage"  # the original bytes, for a person to inspect
+
+
+async def test_failing_handler_is_retried_with_backoff_then_dead_lettered(
+    make_bus: MakeBus, settings: Settings
+) -> None:
+    bus = await make_bus("retry")
+    spec = _spec("retry")
+    attempts: list[tuple[int, float]] = []
+
+    async def handler(envelope: Envelope) -> None:
+        attempts.append((envelope.attempt, time.monotonic()))
+        raise RuntimeError("database unavailable")
+
+    await bus.consume(spec, handler)
+    await bus.publish(topology.VISITOR, "retry.message", _message())
+    dead = await _dead_letters(bus, spec, 1)
+
+    delays = settings.retry_delays_ms  # (100, 200) in tests
+    assert [a for a, _ in attempts] == list(range(len(delays) + 1))
+    gaps = [later - earlier for (_, earlier), (_, later) in itertools.pairwise(attempts)]
+    for gap, delay in zip(gaps, delays, strict=True):
+        assert gap >= delay / 1000 * 0.9, f"retried after {gap:.3f}s, before its {delay} ms backoff"
+    reason = str((dead[0].headers or {})[REASON_HEADER])
+    assert reason.startswith(f"gave up after {len(delays) + 1} attempts: RuntimeError: database unavailable")
+
+
+async def test_handler_that_recovers_on_retry_is_acked_once(make_bus: MakeBus) -> None:
+    bus = await make_bus("recover")
+    spec = _spec("recover")
+    done: asyncio.Queue[int] = asyncio.Queue()
+
+    async def handler(envelope: Envelope) -> None:
+        if envelope.attempt == 0:
+            raise ConnectionError("flaky")
+        await done.put(envelope.attempt)
+
+    await bus.consume(spec, handler)
+    await bus.publish(topology.VISITOR, "recover.message", _message())
+    assert await asyncio.wait_for(done.get(), 5) == 1
+    assert await _dead_letters(bus, spec, 1, wait_s=0.5) == []
+
+
+async def test_permanent_failure_is_dead_lettered_at_once(make_bus: MakeBus) -> None:
+    bus = await make_bus("permanent")
+    spec = _spec("permanent")
+    calls = 0
+
+    async def handler(envelope: Envelope) -> None:
+        nonlocal calls
+        calls += 1
+        raise Permanent("unknown site 0000-00000-00-0000")
+
+    await bus.consume(spec, handler)
+    await bus.publish(topology.VISITOR, "permanent.message", _message())
+    dead = await _dead_letters(bus, spec, 1)
+    assert calls == 1
+    assert str((dead[0].headers or {})[REASON_HEADER]) == "rejected: unknown site 0000-00000-00-0000"
+
+
+CRASHING_CONSUMER = """
+import asyncio, os, sys
+from libs.common.messaging import Bus
+from libs.common.settings import Settings
+from libs.common.topology import QueueSpec, VISITOR
+
+async def main():
+    settings = Settings.from_env(amqp_url=sys.argv[1], amqp_retry_delays_ms="100")
+    bus = await Bus.connect(settings, "crashing")
+    async def handler(envelope):
+        print("got", envelope.message_id, flush=True)
+        os._exit(9)  # killed mid-handling: never acknowledges
+    await bus.consume(QueueSpec(sys.argv[2], ((VISITOR, sys.argv[3]),)), handler)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+async def test_consumer_killed_before_ack_loses_nothing(make_bus: MakeBus, settings: Settings) -> None:
+    """A consumer process dies holding the message: the broker redelivers it to the next one."""
+    bus = await make_bus("survivor")
+    spec = _spec("crash")
+    await bus.declare_queue(spec, bus._channel)
+    sent = _message("survives a crash")
+    await bus.publish(topology.VISITOR, "crash.message", sent)
+
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        CRASHING_CONSUMER,
+        settings.amqp_url,
+        spec.name,
+        "crash.message",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await asyncio.wait_for(child.communicate(), 20)
+    assert child.returncode == 9 and sent.message_id in out.decode()
+
+    received: asyncio.Queue[Envelope] = asyncio.Queue()
+
+    async def handler(envelope: Envelope) -> None:
+        await received.put(envelope)
+
+    await bus.consume(spec, handler)
+    got = await asyncio.wait_for(received.get(), 10)
+    assert got.struct == sent and got.redelivered
