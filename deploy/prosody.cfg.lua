@@ -1,0 +1,15 @@
+-- Prosody for docker-compose. Names and the component secret come from the
+-- environment (Prosody reads ENV_<NAME> as the variable <NAME>).
+modules_enabled = { "disco", "roster", "saslauth", "tls", "limits", "ping", "carbons", "blocklist", "vcard_legacy", "version", "time", "uptime" }
+modules_disabled = { "s2s" }
+-- Debian's default 10 kb/s per client throttled operators to ~54 msgs/s; raise it.
+limits = { c2s = { rate = "100kb/s"; burst = "2s" } }
+network_settings = { nagle = false }
+component_ports = { 5347 }
+component_interfaces = { "*" }
+c2s_require_encryption = true
+
+VirtualHost (ENV_HABLA_XMPP_DOMAIN or "localhost")
+
+Component (ENV_HABLA_XMPP_COMPONENT_DOMAIN or "chat.localhost")
+  component_secret = ENV_HABLA_XMPP_COMPONENT_SECRET

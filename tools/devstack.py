@@ -1,0 +1,169 @@
+"""`make run`: the whole suite on this machine, with a demo site and an operator login.
+
+Starts Prosody (generated config under .habla/prosody), migrates MySQL, creates the demo
+site and operator once (remembered in .habla/demo.env), starts every service that
+exists (`services/<name>/__main__.py`) plus development helpers, prints what a person
+needs, and stops everything it started on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from libs.common import db
+from libs.common.db import site_store
+from libs.common.settings import Settings
+from tools import prosody
+
+ROOT = Path(__file__).resolve().parents[1]
+OPERATOR_USER = "operator"
+
+# Development-only processes started alongside the services, if their module exists:
+# (module, description). The SMTP sink keeps sent mail readable under .habla/mail.
+DEV_HELPERS: list[tuple[str, str]] = [("tools.smtp_sink", "SMTP sink (mail saved to .habla/mail)")]
+
+
+def _read_env(path: Path) -> dict[str, str]:
+    if not path.exists():
+        return {}
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line and not line.startswith("#"))
+    return {k: v for k, v in pairs}
+
+
+def _demo(settings: Settings, cfg: prosody.ProsodyConfig, state: Path) -> dict[str, str]:
+    """The demo site, operator account and password: made once, then reused."""
+    demo_env = state / "demo.env"
+    known = _read_env(demo_env)
+    password = known.get("HABLA_DEMO_OPERATOR_PASSWORD") or secrets.token_urlsafe(12)
+    operator_jid = f"{OPERATOR_USER}@{cfg.domain}"
+    prosody.register(cfg, OPERATOR_USER, password)
+    engine = db.engine(settings)
+    with engine.begin() as conn:
+        site_id = known.get("HABLA_DEMO_SITE_ID", "")
+        try:
+            site_store.get_site(conn, site_id)
+        except (ValueError, site_store.NotFound):
+            account = site_store.account_for_email(conn, "demo@habla.localhost")
+            site_id = site_store.create_site(
+                conn,
+                account,
+                "Habla demo",
+                transcript_emails=["demo@habla.localhost"],
+                allowed_domains=["127.0.0.1", "localhost"],
+            ).id
+        if operator_jid not in dict(site_store.site_operators(conn, site_id)):
+            site_store.add_operator(conn, site_id, operator_jid, "Demo operator")
+    engine.dispose()
+    demo = {
+        "HABLA_DEMO_SITE_ID": site_id,
+        "HABLA_DEMO_URL": f"{settings.public_url}/demo",
+        "HABLA_DEMO_OPERATOR_JID": operator_jid,
+        "HABLA_DEMO_OPERATOR_PASSWORD": password,
+        "HABLA_DEMO_XMPP_HOST": "127.0.0.1",
+        "HABLA_DEMO_XMPP_PORT": str(cfg.c2s_port),
+        "HABLA_DEMO_STATUS_IMAGE": f"{settings.status_public_url}/status/{site_id}/image.png",
+        "HABLA_DEMO_MAIL_DIR": str(state / "mail"),
+    }
+    demo_env.write_text(
+        "# Written by `make run`; read by scripts. Not committed.\n" + "".join(f"{k}={v}\n" for k, v in demo.items())
+    )
+    return demo
+
+
+def _services() -> list[str]:
+    return sorted(p.parent.name for p in (ROOT / "services").glob("*/__main__.py"))
+
+
+def _module_exists(module: str) -> bool:
+    return (ROOT / (module.replace(".", "/") + ".py")).exists()
+
+
+def main() -> int:
+    settings = Settings.from_env()
+    state = (ROOT / settings.state_dir).resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    print("habla: migrating MySQL …", flush=True)
+    try:
+        db.migrate(settings)
+    except sa.exc.OperationalError as exc:
+        print(f"habla: cannot reach MySQL ({exc.orig}); is MariaDB running on 127.0.0.1:3306?", file=sys.stderr)
+        return 1
+    cfg = prosody.ProsodyConfig(
+        dir=state / "prosody",
+        domain=settings.xmpp_domain,
+        component_domain=settings.xmpp_component_domain,
+        component_secret=settings.xmpp_component_secret,
+        c2s_port=settings.xmpp_c2s_port,
+        component_port=settings.xmpp_component_port,
+    )
+    print(f"habla: starting Prosody on 127.0.0.1:{cfg.c2s_port} (component port {cfg.component_port}) …", flush=True)
+    try:
+        xmpp = prosody.start(cfg)
+    except RuntimeError as exc:
+        print(f"habla: {exc}", file=sys.stderr)
+        return 1
+    children: list[tuple[str, subprocess.Popen[bytes]]] = [("prosody", xmpp)]
+    demo = _demo(settings, cfg, state)
+    env = {**os.environ, "HABLA_XMPP_C2S_PORT": str(cfg.c2s_port)}
+    for module, what in DEV_HELPERS:
+        if _module_exists(module):
+            children.append((what, subprocess.Popen([sys.executable, "-m", module], cwd=ROOT, env=env)))
+    for name in _services():
+        children.append((name, subprocess.Popen([sys.executable, "-m", f"services.{name}"], cwd=ROOT, env=env)))
+
+    print(
+        f"""
+Habla is running. Ctrl-C stops everything.
+
+  Demo page         {demo["HABLA_DEMO_URL"]}
+  Site id           {demo["HABLA_DEMO_SITE_ID"]}
+  Status image      {demo["HABLA_DEMO_STATUS_IMAGE"]}
+  Operator login    {demo["HABLA_DEMO_OPERATOR_JID"]}  password {demo["HABLA_DEMO_OPERATOR_PASSWORD"]}
+  XMPP server       {demo["HABLA_DEMO_XMPP_HOST"]} port {demo["HABLA_DEMO_XMPP_PORT"]} (plaintext, loopback only)
+  Sent mail         {demo["HABLA_DEMO_MAIL_DIR"]}
+  Services          {", ".join(_services()) or "none yet"}
+
+Log in with any XMPP client (Gajim, Dino, profanity …) as the operator and add
+{demo["HABLA_DEMO_SITE_ID"]}@{settings.xmpp_component_domain} if it is not in your roster yet.
+These values are also in {state / "demo.env"}.
+""",
+        flush=True,
+    )
+
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    reported: set[str] = set()
+    while not stopping:
+        for name, child in children:
+            if child.poll() is not None and name not in reported:
+                reported.add(name)
+                print(f"habla: {name} exited with status {child.returncode}", file=sys.stderr, flush=True)
+        time.sleep(0.5)
+    print("habla: stopping …", flush=True)
+    for _, child in reversed(children):
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    for _, child in children:
+        try:
+            child.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
