@@ -14,7 +14,7 @@ from typing import TextIO
 
 import sqlalchemy as sa
 
-from libs.common import db, snippets
+from libs.common import db, sitedir, snippets
 from libs.common.db import site_store
 from libs.common.settings import Settings
 
@@ -109,9 +109,13 @@ def _dispatch(args: argparse.Namespace, conn: sa.Connection, settings: Settings,
         _snippets(site.id, settings, emit)
     elif args.command == "operator" and args.action == "add":
         jid = site_store.add_operator(conn, args.site_id, args.jid, args.name)
+        conn.commit()
+        sitedir.invalidate_sync(settings, args.site_id)
         emit(f"{jid} now answers chats for site {args.site_id}\n")
     elif args.command == "operator" and args.action == "remove":
         site_store.remove_operator(conn, args.site_id, args.jid)
+        conn.commit()
+        sitedir.invalidate_sync(settings, args.site_id)
         emit(f"{args.jid} no longer answers chats for site {args.site_id}\n")
     elif args.command == "operator" and args.action == "list":
         site_store.get_site(conn, args.site_id)
