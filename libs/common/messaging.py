@@ -139,7 +139,9 @@ class Bus:
             self._exchanges[name] = exchange
         return exchange
 
-    async def declare_queue(self, spec: QueueSpec, channel: AbstractChannel) -> AbstractQueue:
+    async def declare_queue(self, spec: QueueSpec, channel: AbstractChannel | None = None) -> AbstractQueue:
+        """Declare ``spec`` with its bindings, retry queues and dead-letter queue."""
+        channel = channel or self._channel
         if spec.durable:
             arguments: dict[str, Any] = {
                 "x-queue-type": "quorum",
@@ -220,7 +222,8 @@ class Bus:
         channel = await self.connection.channel(publisher_confirms=True)
         await channel.set_qos(prefetch_count=prefetch or self._settings.amqp_prefetch)
         queue = await self.declare_queue(spec, channel)
-        consumer = _Consumer(self, spec, channel, queue, handler, manual)
+        delays = self._settings.retry_delays_ms if spec.retry else ()
+        consumer = _Consumer(self, spec, channel, queue, handler, manual, delays)
         await consumer.start()
         self._consumers.append(consumer)
         return consumer
@@ -238,7 +241,14 @@ def _struct_id(struct: Any) -> str:
 
 class _Consumer:
     def __init__(
-        self, bus: Bus, spec: QueueSpec, channel: AbstractChannel, queue: AbstractQueue, handler: Handler, manual: bool
+        self,
+        bus: Bus,
+        spec: QueueSpec,
+        channel: AbstractChannel,
+        queue: AbstractQueue,
+        handler: Handler,
+        manual: bool,
+        retry_delays_ms: tuple[int, ...],
     ) -> None:
         self.bus = bus
         self.spec = spec
@@ -246,6 +256,7 @@ class _Consumer:
         self.queue = queue
         self.handler = handler
         self.manual = manual
+        self.retry_delays_ms = retry_delays_ms
         self._tag: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -295,7 +306,7 @@ class _Consumer:
             await envelope.ack()
 
     async def retry(self, message: AbstractIncomingMessage, reason: str) -> None:
-        delays = self.bus._settings.retry_delays_ms if self.spec.retry else ()
+        delays = self.retry_delays_ms
         attempt = int((message.headers or {}).get(ATTEMPT_HEADER, 0) or 0)  # type: ignore[arg-type]
         if attempt >= len(delays):
             await self.dead_letter(message, f"gave up after {attempt + 1} attempts: {reason}")

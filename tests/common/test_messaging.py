@@ -187,7 +187,7 @@ async def test_consumer_killed_before_ack_loses_nothing(make_bus: MakeBus, setti
     """A consumer process dies holding the message: the broker redelivers it to the next one."""
     bus = await make_bus("survivor")
     spec = _spec("crash")
-    await bus.declare_queue(spec, bus._channel)
+    await bus.declare_queue(spec)
     sent = _message("survives a crash")
     await bus.publish(topology.VISITOR, "crash.message", sent)
 
