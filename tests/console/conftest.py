@@ -7,11 +7,13 @@ import dataclasses
 import email.utils
 import http.cookies
 import re
+import shutil
 import time
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -130,3 +132,26 @@ def client(console_server: RunningConsole) -> Client:
 @pytest.fixture
 def make_client(console_server: RunningConsole) -> type[Client] | object:
     return lambda: Client(console_server.url)
+
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="session")
+async def chromium() -> AsyncIterator[Any]:
+    """Debian's Chromium through Playwright (playwright install cannot download here)."""
+    if not shutil.which("/usr/bin/chromium"):
+        pytest.skip("/usr/bin/chromium is missing: scripts/setup.sh installs it")
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        yield browser
+        await browser.close()
