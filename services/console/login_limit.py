@@ -43,7 +43,9 @@ class LoginLimiter:
         for key, _ in self._keys(email, ip):
             async with self._redis.pipeline(transaction=True) as pipe:
                 # NX: the window starts at the first failure and is not extended by later ones.
-                await pipe.incr(key).expire(key, WINDOW_S, nx=True).execute()
+                pipe.incr(key)
+                pipe.expire(key, WINDOW_S, nx=True)
+                await pipe.execute()
 
     async def succeeded(self, email: str) -> None:
         await self._redis.delete(self._keys(email, "")[0][0])

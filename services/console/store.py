@@ -94,7 +94,9 @@ class ConsoleStore:
             rows = conn.execute(
                 sa.select(sites).where(sites.c.account_id == account_id).order_by(sites.c.created_at, sites.c.id)
             ).all()
-        return [site_store.Site(r.id, r.account_id, r.name, r.theme, r.transcript_emails, r.allowed_domains) for r in rows]
+        return [
+            site_store.Site(r.id, r.account_id, r.name, r.theme, r.transcript_emails, r.allowed_domains) for r in rows
+        ]
 
     def owned_site(self, account_id: int, site_id: str) -> site_store.Site | None:
         """The site if ``account_id`` owns it; None for another owner's, unknown or malformed ids."""
@@ -163,7 +165,9 @@ class ConsoleStore:
             .select_from(
                 conversations.outerjoin(visitors, visitors.c.id == conversations.c.visitor_id).outerjoin(
                     operators,
-                    sa.and_(operators.c.site_id == conversations.c.site_id, operators.c.jid == conversations.c.operator_jid),
+                    sa.and_(
+                        operators.c.site_id == conversations.c.site_id, operators.c.jid == conversations.c.operator_jid
+                    ),
                 )
             )
             .where(conversations.c.site_id == site_id)

@@ -3,6 +3,7 @@ and a small cookie-keeping HTTP client that fills in the CSRF token like a brows
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import email.utils
 import http.cookies
@@ -39,18 +40,31 @@ class RunningConsole:
         return self.console.settings
 
 
-@pytest.fixture(scope="session")
-async def console_server(settings: Settings, engine: sa.Engine, redis_client: aioredis.Redis) -> AsyncIterator[RunningConsole]:
+@contextlib.asynccontextmanager
+async def running_console(
+    settings: Settings, engine: sa.Engine, redis: aioredis.Redis, **overrides: Any
+) -> AsyncIterator[RunningConsole]:
+    """The console app on a free port of this process's event loop, stopped afterwards."""
     sock, port = tornado.testing.bind_unused_port()
     console_settings = dataclasses.replace(
-        settings, console_port=port, console_public_url=f"http://127.0.0.1:{port}"
+        settings, console_port=port, console_public_url=f"http://127.0.0.1:{port}", **overrides
     )
-    console = Console(console_settings, engine, redis_client)
+    console = Console(console_settings, engine, redis)
     server = tornado.httpserver.HTTPServer(make_app(console))
     server.add_sockets([sock])
-    yield RunningConsole(f"http://127.0.0.1:{port}", console)
-    server.stop()
-    await server.close_all_connections()
+    try:
+        yield RunningConsole(f"http://127.0.0.1:{port}", console)
+    finally:
+        server.stop()
+        await server.close_all_connections()
+
+
+@pytest.fixture(scope="session")
+async def console_server(
+    settings: Settings, engine: sa.Engine, redis_client: aioredis.Redis
+) -> AsyncIterator[RunningConsole]:
+    async with running_console(settings, engine, redis_client) as running:
+        yield running
 
 
 class Client:

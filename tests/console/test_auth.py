@@ -89,7 +89,9 @@ async def test_sign_up_with_a_taken_address_says_so(make_client: object) -> None
     await first.sign_up(email)
     response = await second.post("/account/signup", {"email": email, "password": PASSWORD, "site_name": "Again"})
     assert response.code == 400
-    assert html.unescape(field_error(response, "email")) == "An account with this address exists already: log in instead."
+    assert (
+        html.unescape(field_error(response, "email")) == "An account with this address exists already: log in instead."
+    )
 
 
 async def test_log_in_and_log_out_ends_the_session(make_client: object) -> None:
@@ -98,9 +100,7 @@ async def test_log_in_and_log_out_ends_the_session(make_client: object) -> None:
     await signer.sign_up(email)
     client = make_client()  # type: ignore[operator]
     assert (await client.get("/account/sites")).code == 302
-    response = await client.post(
-        "/account/login", {"email": email, "password": PASSWORD, "next": "/account/sites?x=1"}
-    )
+    response = await client.post("/account/login", {"email": email, "password": PASSWORD, "next": "/account/sites?x=1"})
     assert response.code == 302 and response.headers["Location"] == "/account/sites?x=1"
     assert (await client.get("/account/sites")).code == 200
     stolen = client.cookies["habla_owner"]

@@ -35,12 +35,15 @@ async def test_an_owner_never_sees_or_changes_another_owners_site(make_client: o
     ):
         response = await bob.get(path)
         assert response.code == 404, path
-        assert text(response) .replace(alice_site, "") == text(response), path
+        assert text(response).replace(alice_site, "") == text(response), path
         assert "secret question" not in text(response) and "ana@example.org" not in text(response)
         assert text(response).count("<h1>") == text(unknown).count("<h1>")  # same page as an unknown id
 
     for path, data in (
-        (f"/account/sites/{alice_site}", {"name": "Pwned", "allowed_domains": "", "transcript_emails": "bob@evil.example"}),
+        (
+            f"/account/sites/{alice_site}",
+            {"name": "Pwned", "allowed_domains": "", "transcript_emails": "bob@evil.example"},
+        ),
         (f"/account/sites/{alice_site}/theme", theme_form(colour_header_background="#000000")),
         (f"/account/sites/{alice_site}/operators", {"jid": "bob@evil.example"}),
         (f"/account/sites/{alice_site}/operators/remove", {"jid": "ana@example.org"}),

@@ -43,7 +43,12 @@ async def test_add_operators_see_who_is_available_and_remove_one(
         await presence.set_available([site_id], "alice@example.org", "laptop", True)
         page = text(await client.get(f"/account/sites/{site_id}/operators"))
         assert 'id="available-count">1<' in page
-        rows = {jid: row for jid, row in ((j, page.split(f"<code>{j}</code>")[1][:200]) for j in ("alice@example.org", "bob@example.org"))}
+        rows = {
+            jid: row
+            for jid, row in (
+                (j, page.split(f"<code>{j}</code>")[1][:200]) for j in ("alice@example.org", "bob@example.org")
+            )
+        }
         assert "available" in rows["alice@example.org"] and "away" in rows["bob@example.org"]
 
         # Removing Bob: gone from MySQL and (after the signal) from the site directory.
@@ -72,7 +77,11 @@ async def test_add_operators_see_who_is_available_and_remove_one(
             "'alice@example.org/phone' is not a bare XMPP address: expected name@server, e.g. alice@example.org.",
         ),
         ({"jid": "<b>@x.org"}, "jid", "'<b>@x.org' has characters not allowed in an operator's address."),
-        ({"jid": "ok@example.org", "display_name": "d" * 101}, "display_name", "A display name has at most 100 characters."),
+        (
+            {"jid": "ok@example.org", "display_name": "d" * 101},
+            "display_name",
+            "A display name has at most 100 characters.",
+        ),
     ],
 )
 async def test_operator_validation_errors_are_shown_next_to_the_field(

@@ -66,9 +66,17 @@ async def test_saving_stores_the_theme_and_the_site_directory_serves_it(
         ({"colour_online_image": ""}, "colour_online_image", "Status image: online must be a colour like #1f6f8b."),
         ({"text_welcome_title": "   "}, "text_welcome_title", "Title must not be empty."),
         ({"text_welcome_title": "x" * 61}, "text_welcome_title", "Title must be at most 60 characters."),
-        ({"text_away_message": "y" * 301}, "text_away_message", "Away message (nobody available) must be at most 300 characters."),
+        (
+            {"text_away_message": "y" * 301},
+            "text_away_message",
+            "Away message (nobody available) must be at most 300 characters.",
+        ),
         ({"text_offline_email_label": ""}, "text_offline_email_label", "Offline form: email label must not be empty."),
-        ({"text_input_placeholder": "z" * 61}, "text_input_placeholder", "Input placeholder must be at most 60 characters."),
+        (
+            {"text_input_placeholder": "z" * 61},
+            "text_input_placeholder",
+            "Input placeholder must be at most 60 characters.",
+        ),
     ],
 )
 async def test_every_invalid_theme_value_gets_an_error_next_to_it_and_nothing_is_saved(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import prometheus_client
@@ -14,6 +15,7 @@ from services.console.store import EmailTaken
 
 SIGNUPS = prometheus_client.Counter("habla_console_signups_total", "Owner accounts created")
 LOGINS = prometheus_client.Counter("habla_console_logins_total", "Log-in attempts", ["result"])
+
 
 def _safe_next(target: str) -> str:
     """Only same-site console paths: never an open redirect to another host."""
@@ -91,8 +93,9 @@ class LogIn(Page):
             form.errors["form"] = "That email address and password do not match an account."
             self.render_page("login.html", status=400, form=form, next=next_url)
             return
-        assert account is not None and account[1] is not None
+        assert account is not None
         account_id, password_hash = account
+        assert password_hash is not None
         LOGINS.labels("ok").inc()
         await self.console.login_limit.succeeded(email)
         if self.console.hasher.check_needs_rehash(password_hash):
@@ -105,10 +108,8 @@ class LogIn(Page):
     async def _verify(self, account: tuple[int, str | None] | None, password: str) -> bool:
         hasher = self.console.hasher
         if account is None or account[1] is None or not password:
-            try:
+            with contextlib.suppress(VerificationError):
                 await self.db(hasher.verify, self.console.dummy_hash, password or "x")
-            except VerificationError:
-                pass
             return False
         try:
             return bool(await self.db(hasher.verify, account[1], password))

@@ -14,7 +14,9 @@ class Conversations(Page):
     async def get(self, site_id: str) -> None:
         site = await self.owned_site(site_id)
         recent = await self.db(self.console.store.recent_conversations, site.id)
-        self.render_page("conversations.html", tab="conversations", conversations=recent, **site_page_context(self, site))
+        self.render_page(
+            "conversations.html", tab="conversations", conversations=recent, **site_page_context(self, site)
+        )
 
 
 class Transcript(Page):

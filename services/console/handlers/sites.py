@@ -3,6 +3,8 @@ preview) with its settings (name, allowed domains, transcript emails)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import prometheus_client
 import tornado.web
 
@@ -44,7 +46,7 @@ class SiteList(Page):
         self.redirect(f"/account/sites/{site_id}?welcome=1")
 
 
-def site_page_context(page: Page, site: site_store.Site) -> dict[str, object]:
+def site_page_context(page: Page, site: site_store.Site) -> dict[str, Any]:
     """What every per-site page shows around its own content (tabs, preview)."""
     settings = page.console.settings
     # Validated again: whatever is in the row, only #rrggbb colours reach the page's CSS.
@@ -92,9 +94,7 @@ class SiteOverview(Page):
     async def post(self, site_id: str) -> None:
         site = await self.owned_site(site_id)
         form = forms.Form(
-            values={
-                key: self.get_body_argument(key, "") for key in ("name", "allowed_domains", "transcript_emails")
-            }
+            values={key: self.get_body_argument(key, "") for key in ("name", "allowed_domains", "transcript_emails")}
         )
         name, error = forms.site_name(form.values["name"])
         if error:
