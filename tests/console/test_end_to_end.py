@@ -8,7 +8,6 @@ issues): they run as real subprocesses on free ports against this run's servers.
 from __future__ import annotations
 
 import asyncio
-import collections
 import io
 import os
 import signal
@@ -163,7 +162,7 @@ async def widget_colours(frame: Any) -> dict[str, Any]:
     )
 
 
-async def status_colour(status_url: str, site_id: str) -> tuple[int, int, int]:
+async def status_colour(status_url: str, site_id: str, save_to: Path | None = None) -> tuple[int, int, int]:
     """The most common pixel colour of the site's status PNG (its background)."""
     from PIL import Image
 
@@ -171,9 +170,11 @@ async def status_colour(status_url: str, site_id: str) -> tuple[int, int, int]:
         f"{status_url}/status/{site_id}/image.png", headers={"Cache-Control": "no-cache"}
     )
     assert response.headers["Content-Type"].startswith("image/png")
+    if save_to is not None:
+        save_to.write_bytes(response.body)
     image = Image.open(io.BytesIO(response.body)).convert("RGB")
-    counts = collections.Counter(image.getdata())
-    colour: tuple[int, int, int] = counts.most_common(1)[0][0]
+    counts = image.getcolors(maxcolors=image.width * image.height) or []
+    colour: tuple[int, int, int] = max(counts)[1]
     return colour
 
 
@@ -233,4 +234,5 @@ async def test_saved_theme_reaches_the_widget_on_a_real_page_and_the_status_imag
         while await status_colour(services["status"], site_id) != (0x12, 0x34, 0x56):
             assert time.monotonic() < deadline, "the status image kept its old colour"
             await asyncio.sleep(0.3)
+        await status_colour(services["status"], site_id, save_to=artifacts / "console-e2e-status.png")
         await context.close()
