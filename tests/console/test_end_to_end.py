@@ -171,11 +171,12 @@ async def status_colour(status_url: str, site_id: str, save_to: Path | None = No
     )
     assert response.headers["Content-Type"].startswith("image/png")
     if save_to is not None:
-        save_to.write_bytes(response.body)
+        await asyncio.to_thread(save_to.write_bytes, response.body)
     image = Image.open(io.BytesIO(response.body)).convert("RGB")
     counts = image.getcolors(maxcolors=image.width * image.height) or []
-    colour: tuple[int, int, int] = max(counts)[1]
-    return colour
+    best = max(counts, key=lambda count: count[0])[1]
+    assert isinstance(best, tuple)
+    return (int(best[0]), int(best[1]), int(best[2]))
 
 
 async def test_saved_theme_reaches_the_widget_on_a_real_page_and_the_status_image(
