@@ -15,7 +15,7 @@ from argon2 import PasswordHasher
 from libs.common.settings import Settings
 from libs.common.sitedir import SiteDirectory
 from libs.common.state.presence import OperatorPresence
-from services.console.login_limit import LoginLimiter
+from services.console.login_limit import MAX_SIGNUPS_PER_IP, LoginLimiter, SignUpLimiter
 from services.console.sessions import OwnerSessions
 from services.console.store import ConsoleStore
 
@@ -38,8 +38,10 @@ class Console:
     presence: OperatorPresence = field(init=False)
     sessions: OwnerSessions = field(init=False)
     login_limit: LoginLimiter = field(init=False)
+    signup_limit: SignUpLimiter = field(init=False)
     # argon2id with the library's defaults (RFC 9106's second recommended option).
     hasher: PasswordHasher = field(default_factory=PasswordHasher)
+    max_signups_per_ip: int = MAX_SIGNUPS_PER_IP
     templates: jinja2.Environment = field(init=False)
     # Verified when an address is unknown, so a wrong address takes as long as a wrong
     # password and response times do not reveal who has an account.
@@ -51,6 +53,7 @@ class Console:
         self.presence = OperatorPresence(self.redis, self.settings)
         self.sessions = OwnerSessions(self.redis, self.settings)
         self.login_limit = LoginLimiter(self.redis, self.settings)
+        self.signup_limit = SignUpLimiter(self.redis, self.settings, self.max_signups_per_ip)
         self.dummy_hash = self.hasher.hash(secrets.token_urlsafe(16))
         # Autoescape everything: owners' and visitors' text is always shown as text.
         self.templates = jinja2.Environment(

@@ -49,3 +49,33 @@ class LoginLimiter:
 
     async def succeeded(self, email: str) -> None:
         await self._redis.delete(self._keys(email, "")[0][0])
+
+
+# Accounts created per IP address per hour: a person makes one, an office a few; a
+# script making hundreds of accounts (and sites) is stopped after 10.
+MAX_SIGNUPS_PER_IP = 10
+SIGNUP_WINDOW_S = 3600
+
+
+class SignUpLimiter:
+    """Successful sign-ups counted per client IP in a fixed one-hour window."""
+
+    def __init__(self, redis: aioredis.Redis, settings: Settings, max_per_ip: int = MAX_SIGNUPS_PER_IP) -> None:
+        self._redis = redis
+        self._settings = settings
+        self.max_per_ip = max_per_ip
+
+    def _key(self, ip: str) -> str:
+        return self._settings.redis_key("console", "signups", "ip", ip)
+
+    async def retry_after(self, ip: str) -> int:
+        count = await self._redis.get(self._key(ip))
+        if count is not None and int(count) >= self.max_per_ip:
+            return max(int(await self._redis.ttl(self._key(ip))), 1)
+        return 0
+
+    async def signed_up(self, ip: str) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.incr(self._key(ip))
+            pipe.expire(self._key(ip), SIGNUP_WINDOW_S, nx=True)
+            await pipe.execute()

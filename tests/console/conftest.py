@@ -42,14 +42,22 @@ class RunningConsole:
 
 @contextlib.asynccontextmanager
 async def running_console(
-    settings: Settings, engine: sa.Engine, redis: aioredis.Redis, **overrides: Any
+    settings: Settings,
+    engine: sa.Engine,
+    redis: aioredis.Redis,
+    console_options: dict[str, Any] | None = None,
+    **overrides: Any,
 ) -> AsyncIterator[RunningConsole]:
-    """The console app on a free port of this process's event loop, stopped afterwards."""
+    """The console app on a free port of this process's event loop, stopped afterwards.
+
+    Every test signs up from 127.0.0.1, so the sign-up limit is raised unless a test
+    passes its own ``console_options``."""
+    console_options = console_options or {"max_signups_per_ip": 100_000}
     sock, port = tornado.testing.bind_unused_port()
     console_settings = dataclasses.replace(
         settings, console_port=port, console_public_url=f"http://127.0.0.1:{port}", **overrides
     )
-    console = Console(console_settings, engine, redis)
+    console = Console(console_settings, engine, redis, **console_options)
     server = tornado.httpserver.HTTPServer(make_app(console))
     server.add_sockets([sock])
     try:

@@ -3,14 +3,25 @@ against the console with real MariaDB and Redis."""
 
 from __future__ import annotations
 
+import dataclasses
 import html
 
 import pytest
+import redis.asyncio as aioredis
 import sqlalchemy as sa
 
 from libs.common.db import accounts, sites
+from libs.common.settings import Settings
 from services.console import login_limit
-from tests.console.conftest import PASSWORD, Client, RunningConsole, field_error, text, unique_email
+from tests.console.conftest import (
+    PASSWORD,
+    Client,
+    RunningConsole,
+    field_error,
+    running_console,
+    text,
+    unique_email,
+)
 
 
 async def test_sign_up_creates_account_and_site_and_shows_the_snippet(
@@ -206,3 +217,24 @@ async def test_healthz_and_metrics(client: Client) -> None:
     health = await client.get("/healthz")
     assert health.code == 200 and b'"status": "ok"' in health.body
     assert b"habla_console_logins_total" in (await client.get("/metrics")).body
+
+
+async def test_sign_ups_are_rate_limited_per_ip(
+    settings: Settings, engine: sa.Engine, redis_client: aioredis.Redis
+) -> None:
+    # A console of its own with its own Redis prefix: the shared one lets tests sign up freely.
+    isolated = dataclasses.replace(settings, redis_prefix=settings.redis_prefix + "signup-limit:")
+    async with running_console(isolated, engine, redis_client, {"max_signups_per_ip": 2}) as console:
+        client = Client(console.url)
+        for _ in range(2):
+            await Client(console.url).sign_up()
+        email = unique_email()
+        response = await client.post("/account/signup", {"email": email, "password": PASSWORD, "site_name": "Spam"})
+        assert response.code == 429
+        assert 0 < int(response.headers["Retry-After"]) <= login_limit.SIGNUP_WINDOW_S
+        assert "Too many new accounts from your network. Please try again in 60 minutes." in text(response)
+        with engine.connect() as conn:
+            assert conn.execute(sa.select(accounts).where(accounts.c.email == email)).first() is None
+    keys = [key async for key in redis_client.scan_iter(match=f"{isolated.redis_prefix}*")]
+    if keys:
+        await redis_client.delete(*keys)

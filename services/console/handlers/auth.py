@@ -24,6 +24,11 @@ def _safe_next(target: str) -> str:
     return "/account/sites"
 
 
+def _minutes(seconds: int) -> str:
+    minutes = math.ceil(seconds / 60)
+    return f"{minutes} minute{'s' if minutes != 1 else ''}"
+
+
 class SignUp(Page):
     def get(self) -> None:
         if self.account_id is not None:
@@ -38,6 +43,13 @@ class SignUp(Page):
                 "site_name": self.get_body_argument("site_name", ""),
             }
         )
+        ip = self.request.remote_ip or "unknown"
+        wait = await self.console.signup_limit.retry_after(ip)
+        if wait:
+            self.set_header("Retry-After", str(wait))
+            form.errors["form"] = f"Too many new accounts from your network. Please try again in {_minutes(wait)}."
+            self.render_page("signup.html", status=429, form=form)
+            return
         password = self.get_body_argument("password", "")
         email, error = forms.email(form.values["email"])
         if error:
@@ -57,6 +69,7 @@ class SignUp(Page):
             self.render_page("signup.html", status=400, form=form)
             return
         SIGNUPS.inc()
+        await self.console.signup_limit.signed_up(ip)
         await self.console.sites.invalidate(site_id)  # drop a remembered "no such site"
         self.start_session_cookie(await self.console.sessions.start(account_id))
         self.redirect(f"/account/sites/{site_id}?welcome=1")
@@ -78,11 +91,9 @@ class LogIn(Page):
         wait = await self.console.login_limit.retry_after(email, ip)
         if wait:
             LOGINS.labels("rate_limited").inc()
-            minutes = math.ceil(wait / 60)
             self.set_header("Retry-After", str(wait))
             form.errors["form"] = (
-                f"Too many failed log-ins. For your account's safety, please wait "
-                f"{minutes} minute{'s' if minutes != 1 else ''} and try again."
+                f"Too many failed log-ins. For your account's safety, please wait {_minutes(wait)} and try again."
             )
             self.render_page("login.html", status=429, form=form, next=next_url)
             return

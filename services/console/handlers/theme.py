@@ -8,6 +8,7 @@ from typing import Any
 import tornado.web
 
 from libs.common import theme
+from libs.common.db import site_store
 from services.console import contrast
 from services.console.handlers.base import Page
 from services.console.handlers.sites import SITE_CHANGES, site_page_context
@@ -47,11 +48,13 @@ class Customiser(Page):
     async def get(self, site_id: str) -> None:
         site = await self.owned_site(site_id)
         current, _ = theme.validate(site.theme)  # fills keys added to the defaults since
-        self._show(site.id, site, current, {}, saved=self.get_query_argument("saved", "") == "1")
+        self._show(site, current, {}, saved=self.get_query_argument("saved", "") == "1")
 
     def _show(
-        self, site_id: str, site: Any, shown: dict[str, dict[str, str]], errors: dict[str, str], **extra: Any
+        self, site: site_store.Site, shown: dict[str, dict[str, str]], errors: dict[str, str], **extra: Any
     ) -> None:
+        # Invalid colours the owner typed stay in the form's error messages, but the
+        # pickers and the preview's CSS only ever get valid ones.
         valid_colours = {
             key: value if theme.COLOUR_RE.match(value) else theme.DEFAULT_COLOURS[key]
             for key, value in shown["colours"].items()
@@ -81,7 +84,7 @@ class Customiser(Page):
         }
         merged, errors = theme.validate(submitted)
         if errors:
-            self._show(site.id, site, submitted, errors, saved=False)
+            self._show(site, submitted, errors, saved=False)
             return
         await self.db(self.console.store.save_theme, self.owner, site.id, merged)
         SITE_CHANGES.labels("theme").inc()

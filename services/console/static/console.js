@@ -8,6 +8,7 @@
     button.addEventListener("click", function () {
       var box = document.getElementById(button.getAttribute("data-copy"));
       if (!box) return;
+      // "Copied" for 2 s: long enough to read, short enough to copy again.
       var done = function () { button.textContent = "Copied"; setTimeout(function () { button.textContent = "Copy"; }, 2000); };
       if (navigator.clipboard && window.isSecureContext) {
         navigator.clipboard.writeText(box.value).then(done, function () { box.select(); });
