@@ -87,6 +87,7 @@ class SiteOverview(Page):
             saved=self.get_query_argument("saved", "") == "1",
             snippet=snippets.embed_snippet(settings.public_url, site.id),
             status_html=snippets.status_image_html(settings.public_url, settings.status_public_url, site.id),
+            chat_page_url=f"{settings.public_url.rstrip('/')}/chat/{site.id}",
             **site_page_context(self, site),
         )
 
