@@ -224,7 +224,10 @@ async def test_saved_theme_reaches_the_widget_on_a_real_page_and_the_status_imag
 
         # The owner's page is unchanged; a reload shows the new look.
         await visitor.reload()
-        after = await widget_colours(await widget_frame(visitor))
+        frame = await widget_frame(visitor)
+        await visitor.evaluate("window.habla('api.box.expand')")  # the documented JavaScript API
+        await asyncio.sleep(0.3)  # let the box open (no assertion depends on the animation)
+        after = await widget_colours(frame)
         assert after["header"] == "#aa0000"
         assert "rgb(170, 0, 0)" in after["backgrounds"]  # something visible is drawn in it
         assert "Hej! Ask us anything" in after["text"]
