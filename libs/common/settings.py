@@ -104,6 +104,14 @@ class Settings:
     status_port: int = field(default=8081, metadata={"env": "HABLA_STATUS_PORT"})
     status_public_url: str = field(default="http://127.0.0.1:8081", metadata={"env": "HABLA_STATUS_PUBLIC_URL"})
 
+    # --- console (site owners) -------------------------------------------------------
+    # Its own origin, apart from the public widget API, so owner cookies never travel
+    # with requests from the sites that embed the widget; 8082 follows 8080/8081.
+    console_host: str = field(default="127.0.0.1", metadata={"env": "HABLA_CONSOLE_HOST"})
+    console_port: int = field(default=8082, metadata={"env": "HABLA_CONSOLE_PORT"})
+    # How browsers reach the console; an https:// URL makes its cookies Secure.
+    console_public_url: str = field(default="http://127.0.0.1:8082", metadata={"env": "HABLA_CONSOLE_PUBLIC_URL"})
+
     # --- im_gateway / XMPP -----------------------------------------------------------
     # The component's domain: visitors and site bots are <name>@xmpp_component_domain.
     xmpp_component_domain: str = field(default="chat.localhost", metadata={"env": "HABLA_XMPP_COMPONENT_DOMAIN"})
