@@ -65,6 +65,7 @@ def _demo(settings: Settings, cfg: prosody.ProsodyConfig, state: Path) -> dict[s
     demo = {
         "HABLA_DEMO_SITE_ID": site_id,
         "HABLA_DEMO_URL": f"{settings.public_url}/demo",
+        "HABLA_CONSOLE_URL": f"{settings.console_public_url}/account/",
         "HABLA_DEMO_OPERATOR_JID": operator_jid,
         "HABLA_DEMO_OPERATOR_PASSWORD": password,
         "HABLA_DEMO_XMPP_HOST": "127.0.0.1",
