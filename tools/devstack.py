@@ -127,6 +127,7 @@ Habla is running. Ctrl-C stops everything.
   Demo page         {demo["HABLA_DEMO_URL"]}
   Site id           {demo["HABLA_DEMO_SITE_ID"]}
   Status image      {demo["HABLA_DEMO_STATUS_IMAGE"]}
+  Owner console     {demo["HABLA_CONSOLE_URL"]}  (sign up there to make sites of your own)
   Operator login    {demo["HABLA_DEMO_OPERATOR_JID"]}  password {demo["HABLA_DEMO_OPERATOR_PASSWORD"]}
   XMPP server       {demo["HABLA_DEMO_XMPP_HOST"]} port {demo["HABLA_DEMO_XMPP_PORT"]} (plaintext, loopback only)
   Sent mail         {demo["HABLA_DEMO_MAIL_DIR"]}
