@@ -1,0 +1,64 @@
+"""`python -m services.rpc_frontend`: serve the widget and its API on HABLA_FRONTEND_HOST:PORT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from libs.common import db, logs, state, topology
+from libs.common.messaging import Bus
+from libs.common.settings import Settings
+from services.rpc_frontend.app import make_app
+from services.rpc_frontend.context import Frontend
+from services.rpc_frontend.delivery import DeliveryConsumer
+from services.rpc_frontend.follow import follow_site_status
+from services.rpc_frontend.metrics import count_statements
+
+log = logging.getLogger("services.rpc_frontend")
+
+# Requests still running get this long to finish on SIGTERM; long-polls are cut
+# (their widgets re-poll elsewhere at once).
+DRAIN_S = 5.0
+
+
+async def run(settings: Settings) -> None:
+    redis = state.connect(settings)
+    engine = db.engine(settings)
+    count_statements(engine)
+    bus = await Bus.connect(settings, "rpc_frontend")
+    await bus.declare_topology()
+    frontend = Frontend(settings, redis, bus, engine)
+    await bus.consume(topology.frontend_delivery_queue(settings.frontend_id), DeliveryConsumer(frontend.hub).consume)
+    follower = asyncio.create_task(follow_site_status(frontend.status, frontend.hub))
+    server = make_app(frontend).listen(settings.frontend_port, address=settings.frontend_host, xheaders=False)
+    log.info(
+        "rpc_frontend listening",
+        extra={"url": f"http://{settings.frontend_host}:{settings.frontend_port}", "frontend_id": settings.frontend_id},
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("rpc_frontend stopping")
+    server.stop()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(server.close_all_connections(), DRAIN_S)
+    follower.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await follower
+    await bus.close()
+    await redis.aclose()
+    engine.dispose()
+
+
+def main() -> None:
+    settings = Settings.from_env()
+    logs.configure("rpc_frontend", settings)
+    asyncio.run(run(settings))
+
+
+if __name__ == "__main__":
+    main()
