@@ -116,7 +116,8 @@
     expanded: mode !== "embed" || !!stored.expanded, hidden: false, unread: 0, operatorName: "",
     texts: {}, historyLoaded: false,
   };
-  var pending = {}; // message_id -> {body, node, timer}
+  var pending = {}; // message_id -> {body, node, timer}: sent, not yet confirmed
+  var drawn = {}; // message_id -> bubble of a line this page sent, until the log echoes it
   var handlers = {};
 
   function load() {
@@ -220,8 +221,7 @@
     (event.entries || []).forEach(function (entry) {
       if (entry.seq <= state.after) return; // already shown: never twice
       state.after = entry.seq;
-      var mine = pending[entry.message_id];
-      if (mine) { settle(entry.message_id); mine.node.className = "hb-msg visitor"; return; }
+      if (drawn[entry.message_id]) { settle(entry.message_id); delete drawn[entry.message_id]; return; }
       if (entry.kind === "system") { systemLine(entry.body); endButton.setAttribute("hidden", ""); return; }
       if (entry.sender === "operator") {
         if (entry.operator_name) { state.operatorName = entry.operator_name; showStatus(); }
@@ -296,6 +296,9 @@
     var page = { url: host.location.href, title: host.document.title, referrer: host.document.referrer };
     return request("POST", "/session", { token: state.token, page: page }).then(function (data) {
       state.token = data.token; save();
+      var known = data.visitor || {};
+      if (known.name && !nameInput.value) nameInput.value = known.name;
+      if (known.email && !emailInput.value) emailInput.value = known.email;
       applyTheme(data.theme);
       setStatus(data.status);
       ready();
@@ -346,6 +349,7 @@
     if (!body) return;
     var id = uuid();
     pending[id] = { body: body, node: bubble("visitor pending", body, "", Date.now()), timer: null };
+    drawn[id] = pending[id].node;
     emit("messageToOperator", { message: { body: body } });
     typing(false);
     transmit(id);
