@@ -19,7 +19,7 @@ import sqlalchemy as sa
 import tornado.httpclient
 import tornado.httpserver
 
-from libs.common import codec, topology
+from libs.common import codec, db, topology
 from libs.common.db import site_store
 from libs.common.messaging import Bus, Envelope
 from libs.common.settings import Settings
@@ -116,9 +116,7 @@ def make_site(engine: sa.Engine) -> MakeSite:
                 account = site_store.account_for_email(conn, "owner@shop.example")
                 site = site_store.create_site(conn, account, "Shoe shop", allowed_domains=allowed_domains or [])
                 if theme is not None:
-                    conn.execute(
-                        sa.update(site_store.sites).where(site_store.sites.c.id == site.id).values(theme=theme)
-                    )
+                    conn.execute(sa.update(db.sites).where(db.sites.c.id == site.id).values(theme=theme))
                 return site.id
 
         return await asyncio.to_thread(create)
