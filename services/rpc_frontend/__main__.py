@@ -14,6 +14,7 @@ from services.rpc_frontend.app import make_app
 from services.rpc_frontend.context import Frontend
 from services.rpc_frontend.delivery import DeliveryConsumer
 from services.rpc_frontend.follow import follow_site_status
+from services.rpc_frontend.handlers.receive import ReceiveSocket
 from services.rpc_frontend.metrics import count_statements
 
 log = logging.getLogger("services.rpc_frontend")
@@ -42,8 +43,9 @@ async def run(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("rpc_frontend stopping")
+    log.info("rpc_frontend stopping", extra={"connections": frontend.hub.connections})
     server.stop()
+    close_sockets(frontend)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(server.close_all_connections(), DRAIN_S)
     follower.cancel()
@@ -52,6 +54,13 @@ async def run(settings: Settings) -> None:
     await bus.close()
     await redis.aclose()
     engine.dispose()
+
+
+def close_sockets(frontend: Frontend) -> None:
+    """WebSockets are detached from the HTTP server, so close them ourselves."""
+    for listener in frontend.hub.listeners():
+        if isinstance(listener, ReceiveSocket):
+            listener.shutdown()
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ import tornado.web
 from libs.common.observability import observability_routes
 from services.rpc_frontend.context import Frontend
 from services.rpc_frontend.handlers import api, pages, receive
+from services.rpc_frontend.metrics import CONNECTIONS
 
 SITE = r"([^/]+)"  # any segment: a malformed id gets the 404 that explains the shape
 
@@ -61,6 +62,7 @@ def make_app(frontend: Frontend) -> tornado.web.Application:
         (rf"/api/sites/{SITE}/ws", receive.ReceiveSocket, deps),
     ]
     checks = {"redis": redis_ok, "rabbitmq": frontend.bus.ping}
+    CONNECTIONS.set_function(lambda: frontend.hub.connections)
     return tornado.web.Application(
         [*routes, *observability_routes(checks)],
         compress_response=True,  # the widget's JS and CSS shrink ~4x

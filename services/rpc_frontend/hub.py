@@ -49,6 +49,9 @@ class Hub:
             listener.wake(event)
         return len(listeners)
 
+    def listeners(self) -> list[Listener]:
+        return [listener for listeners in self._by_visitor.values() for listener in listeners]
+
     @property
     def connections(self) -> int:
         return sum(len(listeners) for listeners in self._by_visitor.values())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 MYSQL_STATEMENTS = Counter(
     "habla_frontend_mysql_statements_total",
@@ -20,3 +20,7 @@ def count_statements(engine: sa.Engine) -> None:
         MYSQL_STATEMENTS.inc()
 
     sa.event.listen(engine, "before_cursor_execute", before)
+
+
+LINES = Counter("habla_frontend_visitor_lines_total", "Visitor chat lines accepted", ["outcome"])
+CONNECTIONS = Gauge("habla_frontend_connections", "Open WebSockets and parked long-polls on this instance")

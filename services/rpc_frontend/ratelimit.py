@@ -20,6 +20,9 @@ return -1
 """
 
 WINDOW_S = 60  # limits are configured "per minute"
+# Typing and identity events a visitor may send per line allowed: a start and a stop
+# per line, plus slack for someone who types, deletes and types again.
+EVENTS_PER_LINE = 4
 
 
 class RateLimited(Exception):
@@ -40,3 +43,7 @@ class RateLimiter:
         )
         if retry_after >= 0:
             raise RateLimited(what, retry_after)
+
+    async def check_events(self, visitor_id: str) -> None:
+        """Typing/identity events: a multiple of the visitor's line limit."""
+        await self.check("evt", visitor_id, self._settings.visitor_messages_per_min * EVENTS_PER_LINE, "events")

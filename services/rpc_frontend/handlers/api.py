@@ -11,6 +11,7 @@ from typing import Any
 
 from libs.common import theme
 from services.rpc_frontend.handlers.base import ApiError, ApiHandler
+from services.rpc_frontend.metrics import LINES
 from services.rpc_frontend.stream import catch_up, resume_cursor
 
 
@@ -81,6 +82,7 @@ class MessagesHandler(ApiHandler):
         visitor = await self.load_visitor(body.get("token"))
         await self.limit_messages(visitor.visitor_id)
         sent = await self._guard(self.frontend.chat.send(visitor, body.get("message_id"), body.get("body")))
+        LINES.labels("duplicate" if sent.duplicate else "new").inc()
         # The visitor's other tabs on this instance see their own line at once.
         self.frontend.hub.to_visitor(visitor.visitor_id, {"type": "log", "conversation_id": sent.conversation_id})
         self.reply({"conversation_id": sent.conversation_id, "seq": sent.seq, "duplicate": sent.duplicate})
@@ -105,6 +107,7 @@ class TypingHandler(ApiHandler):
         await self.load_site(site_id)
         body = self.json_body()
         visitor = await self.load_visitor(body.get("token"))
+        await self.limit_events(visitor.visitor_id)
         await self._guard(self.frontend.chat.typing(visitor, body.get("typing")))
         self.reply({"ok": True})
 
@@ -116,6 +119,7 @@ class VisitorHandler(ApiHandler):
         await self.load_site(site_id)
         body = self.json_body()
         visitor = await self.load_visitor(body.get("token"))
+        await self.limit_events(visitor.visitor_id)
         known = await self._guard(self.frontend.chat.identify(visitor, body))
         self.reply({"visitor": known})
 

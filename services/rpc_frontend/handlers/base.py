@@ -104,6 +104,9 @@ class ApiHandler(tornado.web.RequestHandler):
             raise ApiError(401, "unknown or expired visitor token: start a session first (POST …/session)")
         return visitor
 
+    async def limit_events(self, visitor_id: str) -> None:
+        await self._guard(self.frontend.limits.check_events(visitor_id))
+
     async def limit_messages(self, key: str) -> None:
         await self._guard(
             self.frontend.limits.check("msg", key, self.frontend.settings.visitor_messages_per_min, "messages")

@@ -26,6 +26,7 @@ from services.rpc_frontend.context import Frontend
 from services.rpc_frontend.handlers.api import status_json
 from services.rpc_frontend.handlers.base import ApiHandler
 from services.rpc_frontend.hub import Event
+from services.rpc_frontend.metrics import LINES
 from services.rpc_frontend.origins import origin_allowed
 from services.rpc_frontend.ratelimit import RateLimited
 from services.rpc_frontend.stream import Cursor, catch_up, resume_cursor
@@ -115,6 +116,10 @@ class ReceiveSocket(tornado.websocket.WebSocketHandler):
         # Everything up to now is history; what follows is news (unread count, events).
         self._send({"type": "synced", "conversation_id": self.cursor.conversation_id, "after": self.cursor.after})
 
+    def shutdown(self) -> None:
+        """The instance is stopping: 1012 (service restart) tells the widget to reconnect, elsewhere."""
+        self.close(1012, "restarting")
+
     def on_close(self) -> None:
         if self.visitor is not None:
             self.frontend.hub.remove(self.visitor.site_id, self.visitor.visitor_id, self)
@@ -164,6 +169,7 @@ class ReceiveSocket(tornado.websocket.WebSocketHandler):
             if kind == "send":
                 await self._send_line(data)
             elif kind == "typing":
+                await self.frontend.limits.check_events(self.visitor.visitor_id)
                 await self.frontend.chat.typing(self.visitor, data.get("typing"))
             elif kind == "ping":
                 await self._refresh()
@@ -196,6 +202,7 @@ class ReceiveSocket(tornado.websocket.WebSocketHandler):
             "msg", visitor.visitor_id, self.frontend.settings.visitor_messages_per_min, "messages"
         )
         sent = await self.frontend.chat.send(visitor, data.get("message_id"), data.get("body"))
+        LINES.labels("duplicate" if sent.duplicate else "new").inc()
         self._send({"type": "sent", "message_id": data.get("message_id"), "seq": sent.seq, "duplicate": sent.duplicate})
         self.frontend.hub.to_visitor(visitor.visitor_id, {"type": "log", "conversation_id": sent.conversation_id})
 
