@@ -246,3 +246,24 @@ async def test_chat_paths_issue_no_mysql_statements(api: Api, engine: sa.Engine,
     finally:
         sa.event.remove(engine, "before_cursor_execute", count)
     assert statements == []
+
+
+async def test_errors_carry_cors_headers_so_the_widget_can_read_them(
+    start_frontend: StartFrontend, make_site: MakeSite, settings: Settings
+) -> None:
+    fe = await start_frontend("cors", visitor_messages_per_min=2)  # the 413 counts too
+    api = Api(fe.url, await make_site(["shop.example"]))
+    origin = {"Origin": "https://shop.example"}
+    visitor = json.loads((await api.call("POST", "/session", body={}, headers=origin)).body)
+    for body, code in (
+        (
+            {"token": visitor["token"], "message_id": uuid.uuid4().hex, "body": "x" * (settings.max_message_chars + 1)},
+            413,
+        ),
+        ({"token": visitor["token"], "message_id": uuid.uuid4().hex, "body": "first"}, 200),
+        ({"token": visitor["token"], "message_id": uuid.uuid4().hex, "body": "second"}, 429),
+    ):
+        response = await api.call("POST", "/messages", body=body, headers=origin)
+        assert response.code == code
+        assert response.headers["Access-Control-Allow-Origin"] == "https://shop.example"
+    assert "Retry-After" in response.headers["Access-Control-Expose-Headers"]

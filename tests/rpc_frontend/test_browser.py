@@ -133,6 +133,27 @@ async def test_demo_page_chat_end_to_end(
     assert await reply.locator(".hb-who").inner_text() == XSS_NAME
     assert await frame.locator(".hb-log img, .hb-log script, .hb-log b").count() == 0
     assert await frame.locator(".hb-typing").inner_text() == ""  # a reply ends "typing"
+    await operator_action(
+        bus,
+        site_id,
+        message.visitor_id,
+        message.conversation_id,
+        "push",
+        fe.settings.frontend_id,
+        value="javascript:window.top.hacked=3",
+    )
+    await operator_action(
+        bus,
+        site_id,
+        message.visitor_id,
+        message.conversation_id,
+        "push",
+        fe.settings.frontend_id,
+        value="https://shop.example/sale",
+    )
+    link = frame.locator(".hb-system a")
+    await link.wait_for()
+    assert (await link.count(), await link.get_attribute("href")) == (1, "https://shop.example/sale")
     await asyncio.sleep(0.3)
     assert await page.evaluate("window.hacked") is None
     await page.screenshot(path=str(artifacts / "widget-open.png"))
@@ -256,6 +277,29 @@ async def test_javascript_api_queue_events_and_an_isolated_widget(
     await set_online(redis_client, settings, site_id, False)
     await page.wait_for_function("window.events.indexOf('away') >= 0")
     await page.screenshot(path=str(artifacts / "widget-on-hostile-host.png"))
+    await set_online(redis_client, settings, site_id, True)
+    await page.wait_for_function("window.events.indexOf('available') >= 0")
+    await page.evaluate("habla('api.box.hide')")
+    assert await page.locator(FRAME).is_hidden()
+    await page.evaluate("habla('api.box.show')")
+    assert await page.locator(FRAME).is_visible()
+
+
+async def test_a_snippet_with_an_unknown_site_shows_nothing_and_says_why(
+    page: Any, fe: RunningFrontend, host_site: HostSite
+) -> None:
+    warnings: list[str] = []
+    page.on("console", lambda message: warnings.append(message.text))
+    host_site.pages["wrong"] = (
+        f"<!doctype html><title>x</title>{snippets.embed_snippet(fe.url, '1111-22222-33-4444')}<p>hi</p>"
+    )
+    await page.goto(host_site.url("wrong"), wait_until="load")
+    for _ in range(50):
+        if any("no site 1111-22222-33-4444" in w for w in warnings):
+            break
+        await asyncio.sleep(0.1)
+    assert any("no site 1111-22222-33-4444" in w for w in warnings), warnings
+    assert await page.locator(FRAME).is_hidden()
 
 
 async def test_preview_applies_a_theme_posted_by_its_parent(

@@ -41,6 +41,7 @@ class ApiHandler(tornado.web.RequestHandler):
 
     # --- errors ------------------------------------------------------------------------
     def write_error(self, status_code: int, **kwargs: Any) -> None:
+        self._set_cors_headers()  # send_error cleared them; the widget must read the error
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, ApiError):
             message = exc.message
@@ -70,22 +71,32 @@ class ApiHandler(tornado.web.RequestHandler):
     # --- request parts --------------------------------------------------------------------
     async def load_site(self, site_id: str) -> SiteConfig:
         """The site, if it exists and this browser origin may use it (sets CORS headers)."""
+        # Any page may read *why* it was refused (404/403 say nothing secret), so a site
+        # owner sees the reason in the browser console; nothing else is served to it.
+        origin = self.cors_origin = self.request.headers.get("Origin")
+        try:
+            self.site = await self.frontend.sites.get(site_id)
+        except UnknownSite as exc:
+            raise ApiError(404, str(exc)) from None
+        if not origin_allowed(origin, self.request.host, self.site.allowed_domains):
+            raise ApiError(403, f"origin {origin} may not use site {site_id}: add its domain in the site's settings")
+        self._set_cors_headers()
+        # Counted after the origin check so even a 429 carries CORS headers and the
+        # widget can read its Retry-After.
         await self._guard(
             self.frontend.limits.check(
                 "ip", self.request.remote_ip or "-", self.frontend.settings.ip_requests_per_min, "requests"
             )
         )
-        try:
-            self.site = await self.frontend.sites.get(site_id)
-        except UnknownSite as exc:
-            raise ApiError(404, str(exc)) from None
-        origin = self.request.headers.get("Origin")
-        if not origin_allowed(origin, self.request.host, self.site.allowed_domains):
-            raise ApiError(403, f"origin {origin} may not use site {site_id}: add its domain in the site's settings")
-        if origin:
-            self.set_header("Access-Control-Allow-Origin", origin)
-            self.set_header("Vary", "Origin")
         return self.site
+
+    cors_origin: str | None = None
+
+    def _set_cors_headers(self) -> None:
+        if self.cors_origin:
+            self.set_header("Access-Control-Allow-Origin", self.cors_origin)
+            self.set_header("Access-Control-Expose-Headers", "Retry-After")
+            self.set_header("Vary", "Origin")
 
     def json_body(self) -> dict[str, Any]:
         if len(self.request.body) > MAX_BODY_BYTES:

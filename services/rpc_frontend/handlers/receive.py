@@ -235,8 +235,10 @@ class PollHandler(ApiHandler):
     async def get(self, site_id: str) -> None:
         await self.load_site(site_id)
         visitor = await self.load_visitor(self.get_query_argument("token", ""))
-        if visitor.session.get("frontend_id") != self.frontend.settings.frontend_id:
-            await self.frontend.chat.attach(visitor)
+        last_seen_ms = int(visitor.session.get("last_seen", "0") or 0)
+        stale = time.time() * 1000 - last_seen_ms > SESSION_REFRESH_S * 1000
+        if stale or visitor.session.get("frontend_id") != self.frontend.settings.frontend_id:
+            await self.frontend.chat.attach(visitor)  # deliveries come here; the session lives on
         cursor = await resume_cursor(
             self.frontend.chat,
             visitor,

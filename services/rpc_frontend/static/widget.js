@@ -113,7 +113,8 @@
   var stored = load();
   var state = {
     token: stored.token || "", conversation: "", after: 0, online: false, ready: false,
-    expanded: mode !== "embed" || !!stored.expanded, hidden: false, unread: 0, operatorName: "",
+    // Embedded, the frame stays hidden until the site's theme arrives (no flash of defaults).
+    expanded: mode !== "embed" || !!stored.expanded, hidden: false, themed: mode !== "embed", unread: 0, operatorName: "",
     texts: {}, historyLoaded: false,
   };
   var pending = {}; // message_id -> {body, node, timer}: sent, not yet confirmed
@@ -177,7 +178,7 @@
     if (!frame) return;
     var phone = host.innerWidth <= PHONE_MAX_W;
     var s = frame.style;
-    s.display = state.hidden ? "none" : "block";
+    s.display = state.hidden || !state.themed ? "none" : "block";
     if (state.expanded && phone) { s.width = "100%"; s.height = "100%"; s.right = "0"; }
     else if (state.expanded) { s.width = BOX_W + "px"; s.height = Math.min(BOX_H, host.innerHeight) + "px"; s.right = "16px"; }
     else { s.width = TAB_W + "px"; s.height = TAB_H + "px"; s.right = phone ? "0" : "16px"; }
@@ -301,9 +302,16 @@
       if (known.email && !emailInput.value) emailInput.value = known.email;
       applyTheme(data.theme);
       setStatus(data.status);
+      state.themed = true; layout();
       ready();
       connect();
-    }, function () { setTimeout(start, backoff()); });
+    }, function (err) {
+      if (err.status === 403 || err.status === 404) { // a wrong snippet: say so once, show nothing
+        if (host.console) host.console.warn("habla: " + err.message);
+        return;
+      }
+      setTimeout(start, backoff());
+    });
   }
   function ready() { state.ready = true; emit("ready"); }
 
@@ -337,7 +345,8 @@
       delay = BACKOFF_MIN_MS;
       (data.events || []).forEach(handle);
       state.historyLoaded = true;
-      if (data.conversation_id !== undefined) { state.conversation = data.conversation_id; state.after = Math.max(state.after, data.after); }
+      if (data.conversation_id !== state.conversation) { state.conversation = data.conversation_id; state.after = data.after; }
+      else state.after = Math.max(state.after, data.after);
       if (data.status) setStatus(data.status);
       poll();
     }, function () { setTimeout(poll, backoff()); });
