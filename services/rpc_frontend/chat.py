@@ -32,11 +32,12 @@ MAX_URL_CHARS = 2000  # the classic practical URL limit
 
 # KEYS[1] = session hash; ARGV[1] = new conversation id. Sets conversation_id only if
 # the session has none, so two tabs sending a first line at once share one conversation.
+# Returns {conversation id, 1 if it was created now else 0}.
 _ENSURE_CONVERSATION = """
 local current = redis.call('HGET', KEYS[1], 'conversation_id')
-if current and current ~= '' then return current end
+if current and current ~= '' then return {current, 0} end
 redis.call('HSET', KEYS[1], 'conversation_id', ARGV[1])
-return ARGV[1]
+return {ARGV[1], 1}
 """
 
 
@@ -157,9 +158,10 @@ class VisitorChat:
         # The session key is VisitorSessions' own ("visitor:<id>"); the Lua script must
         # name it to set the field atomically.
         session_key = self._settings.redis_key("visitor", visitor.visitor_id)
-        conversation_id = str(await self._ensure(keys=[session_key], args=[uuid.uuid4().hex]))
-        await self.claim(visitor.visitor_id, conversation_id)
-        return conversation_id
+        conversation_id, created = await self._ensure(keys=[session_key], args=[uuid.uuid4().hex])
+        if created or conversation_id != visitor.conversation_id:
+            await self.claim(visitor.visitor_id, str(conversation_id))
+        return str(conversation_id)
 
     async def send(self, visitor: Visitor, message_id: Any, body: Any) -> Sent:
         if not isinstance(message_id, str) or not MESSAGE_ID_RE.match(message_id):
