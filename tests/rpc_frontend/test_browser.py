@@ -373,3 +373,26 @@ async def test_embedded_widget_fills_a_phone_screen(
         await page.screenshot(path=str(artifacts / "widget-phone.png"))
     finally:
         await context.close()
+
+
+async def test_a_line_sent_after_the_session_expired_still_arrives(
+    page: Any,
+    fe: RunningFrontend,
+    site_id: str,
+    captured: Captured,
+    settings: Settings,
+    redis_client: aioredis.Redis,
+) -> None:
+    await set_online(redis_client, settings, site_id, True)
+    await page.goto(f"{fe.url}/chat/{site_id}")
+    box_input = page.locator(".hb-send textarea")
+    await box_input.fill("before")
+    await box_input.press("Enter")
+    first = await captured.next("ChatMessage", body="before")
+    await redis_client.delete(settings.redis_key("visitor", first.visitor_id))  # 30 idle minutes later
+    await box_input.fill("after")
+    await box_input.press("Enter")
+    second = await captured.next("ChatMessage", body="after", wait_s=20)
+    assert second.visitor_id == first.visitor_id  # the same visitor, a renewed session
+    await page.locator(".hb-msg.visitor:not(.pending)", has_text="after").wait_for()
+    assert await page.locator(".hb-msg.failed").count() == 0

@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 LONGPOLL_MIN_S, LONGPOLL_MAX_S = 20.0, 25.0
 # Refresh the session's TTL (30 min) at most this often from a live WebSocket.
 SESSION_REFRESH_S = 300
+# Close code for an unknown or expired token (4000-4999: private use, RFC 6455 7.4.2);
+# the widget renews its session and reconnects.
+SESSION_EXPIRED = 4401
 # A WebSocket message from the widget is a small JSON object; the longest is a line.
 MAX_WS_MESSAGE_BYTES = 64 * 1024
 
@@ -88,7 +91,7 @@ class ReceiveSocket(tornado.websocket.WebSocketHandler):
             return 403, f"origin {origin} may not use site {site_id}"
         self.visitor = await self.frontend.chat.visitor(self.get_query_argument("token", ""), site_id)
         if self.visitor is None:
-            return 401, "unknown or expired visitor token: start a session first"
+            return None  # accepted, then closed with SESSION_EXPIRED: a browser cannot see a 401
         self.cursor = await resume_cursor(
             self.frontend.chat,
             self.visitor,
@@ -104,7 +107,9 @@ class ReceiveSocket(tornado.websocket.WebSocketHandler):
         return None  # per-message deflate costs ~300 KB per connection in zlib state
 
     async def open(self, *args: str, **kwargs: str) -> None:
-        assert self.visitor is not None
+        if self.visitor is None:
+            self.close(SESSION_EXPIRED, "unknown or expired visitor token: start a session first")
+            return
         self.frontend.hub.add(self.visitor.site_id, self.visitor.visitor_id, self)
         await self.frontend.chat.attach(self.visitor)
         self._refreshed = time.monotonic()
@@ -155,7 +160,8 @@ class ReceiveSocket(tornado.websocket.WebSocketHandler):
 
     # --- widget → server -------------------------------------------------------------------
     async def on_message(self, message: str | bytes) -> None:
-        assert self.visitor is not None
+        if self.visitor is None:
+            return  # being closed for a bad token
         try:
             data = json.loads(message)
         except ValueError:
@@ -195,7 +201,7 @@ class ReceiveSocket(tornado.websocket.WebSocketHandler):
         assert self.visitor is not None
         visitor = await self.frontend.chat.visitor(self.get_query_argument("token", ""), self.visitor.site_id)
         if visitor is None:
-            self.close(4401, "session expired")
+            self.close(SESSION_EXPIRED, "session expired: start a session again")
             return
         self.visitor = visitor
         await self.frontend.limits.check(

@@ -26,6 +26,8 @@
   var BACKOFF_MIN_MS = 1000, BACKOFF_MAX_MS = 30000;
   // After this many WebSockets that never opened, fall back to long-polling.
   var WS_FAILURES_BEFORE_POLL = 2;
+  // WebSocket close code the server uses for an unknown or expired visitor token.
+  var SESSION_EXPIRED = 4401;
   // Collapsed tab and open box sizes of the embedded frame (px); phones get the screen.
   var TAB_W = 240, TAB_H = 52, BOX_W = 360, BOX_H = 540, PHONE_MAX_W = 480;
 
@@ -294,8 +296,7 @@
     if (mode === "preview") {
       return request("GET", "/widget").then(function (data) { applyTheme(data.theme); state.online = true; showStatus(); sample(); ready(); });
     }
-    var page = { url: host.location.href, title: host.document.title, referrer: host.document.referrer };
-    return request("POST", "/session", { token: state.token, page: page }).then(function (data) {
+    return request("POST", "/session", { token: state.token, page: pageInfo() }).then(function (data) {
       state.token = data.token; save();
       var known = data.visitor || {};
       if (known.name && !nameInput.value) nameInput.value = known.name;
@@ -314,6 +315,16 @@
     });
   }
   function ready() { state.ready = true; emit("ready"); }
+  function pageInfo() { return { url: host.location.href, title: host.document.title, referrer: host.document.referrer }; }
+  var renewing = null;
+  function renew() { // the session expired (30 idle minutes): same visitor, new session
+    if (!renewing) {
+      renewing = request("POST", "/session", { token: state.token, page: pageInfo() }).then(function (data) {
+        state.token = data.token; save(); setStatus(data.status); renewing = null;
+      }, function () { renewing = null; });
+    }
+    return renewing;
+  }
 
   var socket = null, wsFailures = 0, delay = BACKOFF_MIN_MS, pingTimer = null, polling = false;
   function backoff() { var d = delay; delay = Math.min(delay * 2, BACKOFF_MAX_MS); return d; }
@@ -330,8 +341,9 @@
       for (var id in pending) transmit(id);
     };
     socket.onmessage = function (m) { try { handle(JSON.parse(m.data)); } catch (e) { /* ignore a bad frame */ } };
-    socket.onclose = function () {
+    socket.onclose = function (e) {
       clearInterval(pingTimer); socket = null;
+      if (e.code === SESSION_EXPIRED) { renew().then(connect); return; }
       if (!opened) wsFailures += 1;
       setTimeout(connect, opened ? BACKOFF_MIN_MS : backoff());
     };
@@ -349,7 +361,10 @@
       else state.after = Math.max(state.after, data.after);
       if (data.status) setStatus(data.status);
       poll();
-    }, function () { setTimeout(poll, backoff()); });
+    }, function (err) {
+      if (err.status === 401) renew().then(poll);
+      else setTimeout(poll, backoff());
+    });
   }
 
   // --- sending ---------------------------------------------------------------------
@@ -383,6 +398,7 @@
   function failed(id, event) {
     var line = pending[id];
     if (!line) return;
+    if (event.status === 401) { renew(); return; } // resent by its timer, under the new session
     if (event.status === 429) { // wait as told, then resend with the same id
       clearTimeout(line.timer);
       line.timer = setTimeout(function () { transmit(id); }, 1000 * (parseInt(event.retry_after, 10) || 5));
