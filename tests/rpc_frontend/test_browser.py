@@ -319,6 +319,10 @@ async def test_preview_applies_a_theme_posted_by_its_parent(
     assert await head.evaluate("e => getComputedStyle(e).color") == "rgb(255, 255, 255)"  # invalid colour ignored
     assert await page.locator(".hb-title i").count() == 0
     await page.screenshot(path=str(artifacts / "widget-preview.png"))
+    await page.goto(f"{fe.url}/preview/{site_id}?view=offline")
+    await page.locator(".hb-offline").wait_for()
+    await page.evaluate("window.postMessage({type: 'habla:theme', theme: {texts: {away_message: 'Back at 9'}}}, '*')")
+    await page.locator(".hb-offline .hb-note", has_text="Back at 9").wait_for()
 
 
 async def test_hosted_chat_page_over_long_poll_on_a_phone(

@@ -114,11 +114,15 @@ class ChatPageHandler(PageHandler):
 
 
 class PreviewHandler(PageHandler):
-    """GET /preview/<site>: the widget expanded and themed, no session (the console's live preview)."""
+    """GET /preview/<site>[?view=offline]: the widget expanded and themed, no session (the console's live preview)."""
 
     async def get(self, site_id: str) -> None:
         name = await self.site_name(site_id)
-        self.finish(widget_page(self.assets, f"Preview: {name}", {"mode": "preview", "site": site_id}))
+        # ?view=offline previews the offline form (away text and form labels) instead.
+        offline = self.get_query_argument("view", "") == "offline"
+        self.finish(
+            widget_page(self.assets, f"Preview: {name}", {"mode": "preview", "site": site_id, "offline": offline})
+        )
 
 
 class DemoHandler(PageHandler):

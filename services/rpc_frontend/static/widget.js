@@ -247,7 +247,7 @@
     if (on) typingTimer = setTimeout(function () { showTyping(false); }, TYPING_SHOWN_MS);
   }
   function showStatus() {
-    var offline = !state.online && mode !== "preview";
+    var offline = !state.online;
     subtitle.textContent = state.online ? (state.operatorName ? state.operatorName : "We're online") : "We're away";
     if (offline && offlineDone.hidden) { offlineForm.removeAttribute("hidden"); sendForm.setAttribute("hidden", ""); }
     else if (!offline) { offlineForm.setAttribute("hidden", ""); sendForm.removeAttribute("hidden"); }
@@ -294,7 +294,9 @@
 
   function start() {
     if (mode === "preview") {
-      return request("GET", "/widget").then(function (data) { applyTheme(data.theme); state.online = true; showStatus(); sample(); ready(); });
+      return request("GET", "/widget").then(function (data) {
+        applyTheme(data.theme); state.online = !config.offline; showStatus(); sample(); ready();
+      });
     }
     return request("POST", "/session", { token: state.token, page: pageInfo() }).then(function (data) {
       state.token = data.token; save();
