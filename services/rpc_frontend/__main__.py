@@ -14,7 +14,7 @@ from services.rpc_frontend import redis_client
 from services.rpc_frontend.app import make_app
 from services.rpc_frontend.context import Frontend
 from services.rpc_frontend.delivery import DeliveryConsumer
-from services.rpc_frontend.follow import follow_site_status
+from services.rpc_frontend.follow import follow_site_config, follow_site_status
 from services.rpc_frontend.handlers.receive import ReceiveSocket
 from services.rpc_frontend.metrics import count_statements
 
@@ -33,7 +33,10 @@ async def run(settings: Settings) -> None:
     await bus.declare_topology()
     frontend = Frontend(settings, redis, bus, engine)
     await bus.consume(topology.frontend_delivery_queue(settings.frontend_id), DeliveryConsumer(frontend.hub).consume)
-    follower = asyncio.create_task(follow_site_status(frontend.status, frontend.hub))
+    followers = [
+        asyncio.create_task(follow_site_status(frontend.status, frontend.hub)),
+        asyncio.create_task(follow_site_config(frontend.sites, frontend.hub)),
+    ]
     server = make_app(frontend).listen(settings.frontend_port, address=settings.frontend_host, xheaders=False)
     log.info(
         "rpc_frontend listening",
@@ -49,9 +52,10 @@ async def run(settings: Settings) -> None:
     close_sockets(frontend)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(server.close_all_connections(), DRAIN_S)
-    follower.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await follower
+    for follower in followers:
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follower
     await bus.close()
     await redis.aclose()
     engine.dispose()

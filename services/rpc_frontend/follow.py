@@ -1,10 +1,13 @@
-"""Follow site online/offline changes (Redis pub/sub) and tell connected widgets."""
+"""Follow site changes announced on Redis pub/sub and tell connected widgets:
+online/offline (the gateway's presence) and theme edits (the console's saves)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 
+from libs.common import theme
+from libs.common.sitedir import SiteDirectory, UnknownSite
 from libs.common.state.presence import SiteStatusReader
 from services.rpc_frontend.hub import Hub
 
@@ -28,4 +31,24 @@ async def follow_site_status(status: SiteStatusReader, hub: Hub) -> None:
             raise
         except Exception:  # a Redis hiccup must not end the follower
             log.exception("site status subscription failed; resubscribing")
+        await asyncio.sleep(RESUBSCRIBE_DELAY_S)
+
+
+async def follow_site_config(sites: SiteDirectory, hub: Hub) -> None:
+    """A saved theme reaches open widgets at once (runs until cancelled)."""
+    while True:
+        try:
+            async for site_id in sites.changes():
+                if not hub.has_site(site_id):
+                    continue  # nobody here is looking: no reason to read the site
+                try:
+                    config = await sites.get(site_id)
+                except UnknownSite:
+                    continue  # the site was deleted; its widgets get 404s from now on
+                merged, _errors = theme.validate(config.theme)
+                hub.to_site(site_id, {"type": "theme", "theme": merged})
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a Redis or MySQL hiccup must not end the follower
+            log.exception("site config subscription failed; resubscribing")
         await asyncio.sleep(RESUBSCRIBE_DELAY_S)

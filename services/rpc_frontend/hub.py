@@ -49,6 +49,9 @@ class Hub:
             listener.wake(event)
         return len(listeners)
 
+    def has_site(self, site_id: str) -> bool:
+        return site_id in self._by_site
+
     def listeners(self) -> list[Listener]:
         return [listener for listeners in self._by_visitor.values() for listener in listeners]
 

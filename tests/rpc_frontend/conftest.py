@@ -29,7 +29,7 @@ from libs.common.topology import QueueSpec
 from services.rpc_frontend.app import make_app
 from services.rpc_frontend.context import Frontend
 from services.rpc_frontend.delivery import DeliveryConsumer
-from services.rpc_frontend.follow import follow_site_status
+from services.rpc_frontend.follow import follow_site_config, follow_site_status
 from tools.prosody import free_port
 
 CHROMIUM_ARGS = [
@@ -48,7 +48,7 @@ class RunningFrontend:
     frontend: Frontend
     server: tornado.httpserver.HTTPServer
     bus: Bus
-    follower: asyncio.Task[None]
+    followers: list[asyncio.Task[None]]
 
     @property
     def settings(self) -> Settings:
@@ -57,9 +57,10 @@ class RunningFrontend:
     async def stop(self) -> None:
         self.server.stop()
         await self.server.close_all_connections()
-        self.follower.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.follower
+        for follower in self.followers:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
         await self.bus.close()
 
 
@@ -89,9 +90,12 @@ async def start_frontend(
         await bus.consume(
             topology.frontend_delivery_queue(instance.frontend_id), DeliveryConsumer(frontend.hub).consume
         )
-        follower = asyncio.create_task(follow_site_status(frontend.status, frontend.hub))
+        followers = [
+            asyncio.create_task(follow_site_status(frontend.status, frontend.hub)),
+            asyncio.create_task(follow_site_config(frontend.sites, frontend.hub)),
+        ]
         server = make_app(frontend).listen(port, address="127.0.0.1")
-        running = RunningFrontend(f"http://127.0.0.1:{port}", frontend, server, bus, follower)
+        running = RunningFrontend(f"http://127.0.0.1:{port}", frontend, server, bus, followers)
         started.append(running)
         return running
 

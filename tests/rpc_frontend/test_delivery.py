@@ -9,9 +9,11 @@ import uuid
 from typing import Any
 
 import redis.asyncio as aioredis
+import sqlalchemy as sa
 import tornado.httpclient
 import tornado.websocket
 
+from libs.common import db
 from libs.common.settings import Settings
 from libs.common.state.conversations import ConversationLog
 from libs.common.state.sessions import VisitorSessions
@@ -157,3 +159,22 @@ async def test_websocket_refuses_bad_tokens_and_foreign_origins(fe: RunningFront
     assert await asyncio.wait_for(conn.read_message(), 5) is None
     assert conn.close_code == 4401
     conn.close()
+
+
+async def test_a_saved_theme_reaches_open_widgets(fe: RunningFrontend, site_id: str, engine: Any) -> None:
+    visitor = await Api(fe.url, site_id).session()
+    sock = await Socket.open(fe, site_id, visitor["token"])
+    await sock.until("synced")
+    new_theme = {"colours": {"header_background": "#123456"}, "texts": {"welcome_title": "Hello <there>"}}
+
+    def save() -> None:  # what the console does: write MySQL, then invalidate
+        with engine.begin() as conn:
+            conn.execute(sa.update(db.sites).where(db.sites.c.id == site_id).values(theme=new_theme))
+
+    await asyncio.to_thread(save)
+    await fe.frontend.sites.invalidate(site_id)
+    event = await sock.until("theme")
+    assert event["theme"]["colours"]["header_background"] == "#123456"
+    assert event["theme"]["texts"]["welcome_title"] == "Hello <there>"
+    assert event["theme"]["texts"]["input_placeholder"]  # merged over the defaults
+    sock.conn.close()

@@ -263,6 +263,7 @@
     if (event.type === "entries") showEntries(event);
     else if (event.type === "synced") state.historyLoaded = true;
     else if (event.type === "status") setStatus(event);
+    else if (event.type === "theme") applyTheme(event.theme);
     else if (event.type === "typing") showTyping(!!event.typing);
     else if (event.type === "push") pushed(event.url);
     else if (event.type === "sent") settle(event.message_id);
