@@ -8,8 +8,10 @@ then prints:
   "sent" (in the log and confirmed by RabbitMQ) before the next; the baseline is the
   same number of bare confirmed publishes from as many concurrent tasks, straight to
   RabbitMQ, so the ratio is what the frontend costs on top of the broker;
-* delivery latency p50/p99: from publishing an operator reply (log append +
-  VisitorDelivery, as the gateway does) to the visitor's WebSocket receiving it;
+* deliveries/s with every visitor receiving replies back to back, and delivery
+  latency p50/p99 with replies paced at a steady rate (so it is the system's latency,
+  not our own queue): from an operator reply's log append + VisitorDelivery publish (as
+  the gateway does) to the visitor's WebSocket receiving it;
 * server memory per idle WebSocket connection (RSS growth / connections);
 * MySQL statements the frontend issued during the run (its own counter; must be 0).
 
@@ -100,7 +102,15 @@ async def metric(base: str, name: str) -> float:
     return 0.0
 
 
-async def bench(settings: Settings, site_id: str, visitors_n: int, messages_n: int, replies_n: int) -> None:
+async def bench(
+    settings: Settings,
+    site_id: str,
+    visitors_n: int,
+    messages_n: int,
+    replies_n: int,
+    latency_samples: int,
+    latency_rate: float,
+) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     frontend_id = f"bench-{uuid.uuid4().hex[:6]}"
@@ -192,47 +202,55 @@ async def bench(settings: Settings, site_id: str, visitors_n: int, messages_n: i
         await asyncio.gather(*(publish_all() for _ in range(visitors_n)))
         baseline_per_s = total / (time.perf_counter() - started)
 
-        # --- delivery latency -------------------------------------------------------------
+        # --- deliveries ---------------------------------------------------------------------
         log = ConversationLog(redis, settings)
-        latencies: list[float] = []
 
+        async def reply(visitor: Visitor, text: str) -> float:
+            """As the gateway does: log, then VisitorDelivery; ms until the visitor's socket has it."""
+            message_id = uuid.uuid4().hex
+            arrived = visitor.expect(message_id)
+            began = time.perf_counter()
+            sent_at = int(time.time() * 1000)
+            entry = {"kind": "message", "sender": "operator", "body": text, "sent_at_ms": sent_at, "operator_name": "B"}
+            appended = await log.append(visitor.conversation_id, message_id, entry)
+            message = codec.ChatMessage(
+                message_id=message_id,
+                conversation_id=visitor.conversation_id,
+                site_id=site_id,
+                visitor_id=visitor.visitor_id,
+                sender=codec.SenderKind.OPERATOR,
+                body=text,
+                sent_at_ms=sent_at,
+                seq=appended.seq,
+                operator_name="B",
+            )
+            delivery = codec.VisitorDelivery(
+                visitor_id=visitor.visitor_id, site_id=site_id, conversation_id=visitor.conversation_id, message=message
+            )
+            await bus.publish(topology.DELIVER, frontend_id, delivery, mandatory=False)
+            await asyncio.wait_for(arrived, 30)
+            return (time.perf_counter() - began) * 1000
+
+        # Saturated: every visitor gets replies back to back (throughput).
         async def reply_all(visitor: Visitor) -> None:
             for i in range(replies_n):
-                message_id = uuid.uuid4().hex
-                arrived = visitor.expect(message_id)
-                began = time.perf_counter()
-                entry = {
-                    "kind": "message",
-                    "sender": "operator",
-                    "body": f"reply {i}",
-                    "sent_at_ms": int(time.time() * 1000),
-                    "operator_name": "Bench",
-                }
-                appended = await log.append(visitor.conversation_id, message_id, entry)
-                message = codec.ChatMessage(
-                    message_id=message_id,
-                    conversation_id=visitor.conversation_id,
-                    site_id=site_id,
-                    visitor_id=visitor.visitor_id,
-                    sender=codec.SenderKind.OPERATOR,
-                    body=entry["body"],
-                    sent_at_ms=entry["sent_at_ms"],
-                    seq=appended.seq,
-                    operator_name="Bench",
-                )
-                delivery = codec.VisitorDelivery(
-                    visitor_id=visitor.visitor_id,
-                    site_id=site_id,
-                    conversation_id=visitor.conversation_id,
-                    message=message,
-                )
-                await bus.publish(topology.DELIVER, frontend_id, delivery, mandatory=False)
-                await asyncio.wait_for(arrived, 30)
-                latencies.append((time.perf_counter() - began) * 1000)
+                await reply(visitor, f"reply {i}")
 
         started = time.perf_counter()
         await asyncio.gather(*(reply_all(v) for v in visitors))
-        deliver_s = time.perf_counter() - started
+        delivered_per_s = visitors_n * replies_n / (time.perf_counter() - started)
+
+        # Paced (open loop, like operators typing): latency without our own queueing.
+        latencies: list[float] = []
+        pending: list[asyncio.Task[None]] = []
+
+        async def timed(visitor: Visitor, i: int) -> None:
+            latencies.append(await reply(visitor, f"paced {i}"))
+
+        for i in range(latency_samples):
+            pending.append(asyncio.create_task(timed(visitors[i % visitors_n], i)))
+            await asyncio.sleep(1 / latency_rate)
+        await asyncio.gather(*pending)
         statements = await metric(base, "habla_frontend_mysql_statements_total") - statements_before
 
         print(f"rpc_frontend bench: {visitors_n} WebSocket visitors, {messages_n} lines each, {replies_n} replies each")
@@ -241,10 +259,11 @@ async def bench(settings: Settings, site_id: str, visitors_n: int, messages_n: i
         )
         print(f"  baseline publishes/s     {baseline_per_s:8.0f}   (bare confirmed publishes, same concurrency)")
         print(f"  ratio to baseline        {accepted_per_s / baseline_per_s:8.2f}")
-        print(f"  delivery latency p50     {statistics.median(latencies):8.1f} ms")
         print(
-            f"  delivery latency p99     {percentile(latencies, 0.99):8.1f} ms   ({len(latencies)}, {deliver_s:.1f} s)"
+            f"  deliveries/s             {delivered_per_s:8.0f}   (saturated: {replies_n} replies per visitor at once)"
         )
+        print(f"  delivery latency p50     {statistics.median(latencies):8.1f} ms  (paced at {latency_rate}/s)")
+        print(f"  delivery latency p99     {percentile(latencies, 0.99):8.1f} ms  ({len(latencies)} replies)")
         print(f"  memory per idle socket   {per_connection_kib:8.1f} KiB  (server RSS {rss_before} -> {rss_idle} KiB)")
         print(
             f"  MySQL statements         {statements:8.0f}   (frontend's own counter, after the site cache was filled)"
@@ -266,6 +285,8 @@ def main() -> None:
     parser.add_argument("--visitors", type=int, default=200)
     parser.add_argument("--messages", type=int, default=10)
     parser.add_argument("--replies", type=int, default=5)
+    parser.add_argument("--latency-samples", type=int, default=300)
+    parser.add_argument("--latency-rate", type=float, default=50, help="paced replies per second")
     args = parser.parse_args()
     run = uuid.uuid4().hex[:8]
     vhost = f"habla-bench-{run}"
@@ -288,7 +309,17 @@ def main() -> None:
             account = site_store.account_for_email(conn, "bench@habla.localhost")
             site_id = site_store.create_site(conn, account, "Bench").id
         engine.dispose()
-        asyncio.run(bench(settings, site_id, args.visitors, args.messages, args.replies))
+        asyncio.run(
+            bench(
+                settings,
+                site_id,
+                args.visitors,
+                args.messages,
+                args.replies,
+                args.latency_samples,
+                args.latency_rate,
+            )
+        )
     finally:
         subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True)
         server = sa.create_engine("mysql+pymysql://root:@127.0.0.1:3306/")

@@ -37,6 +37,8 @@ async def run(settings: Settings) -> None:
         asyncio.create_task(follow_site_status(frontend.status, frontend.hub)),
         asyncio.create_task(follow_site_config(frontend.sites, frontend.hub)),
     ]
+    # xheaders=False: X-Forwarded-For is only trustworthy behind a proxy that sets it, and
+    # the per-IP rate limit must not be dodged by a forged header.
     server = make_app(frontend).listen(settings.frontend_port, address=settings.frontend_host, xheaders=False)
     log.info(
         "rpc_frontend listening",

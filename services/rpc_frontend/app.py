@@ -67,6 +67,11 @@ def make_app(frontend: Frontend) -> tornado.web.Application:
         [*routes, *observability_routes(checks)],
         compress_response=True,  # the widget's JS and CSS shrink ~4x
         websocket_max_message_size=receive.MAX_WS_MESSAGE_BYTES,
+        # Protocol-level pings find peers that vanished without a close frame (a phone
+        # losing signal) and keep NAT mappings alive; 45 s sits under the common 60 s
+        # idle timeouts; a peer that does not answer before the next ping is dropped.
+        websocket_ping_interval=receive.PING_INTERVAL_S,
+        websocket_ping_timeout=receive.PING_INTERVAL_S,
         default_handler_class=_NotFound,
     )
 

@@ -30,10 +30,21 @@ async def resume_cursor(chat: VisitorChat, visitor: Visitor, conversation_id: st
     return Cursor()
 
 
-async def catch_up(chat: VisitorChat, visitor_id: str, cursor: Cursor) -> list[dict[str, Any]]:
-    """Events with every log entry after ``cursor`` (advancing it)."""
-    session = await chat.sessions.get(visitor_id) or {}
-    current = session.get("conversation_id", "")
+async def catch_up(
+    chat: VisitorChat, visitor_id: str, cursor: Cursor, *, check_session: bool = True
+) -> list[dict[str, Any]]:
+    """Events with every log entry after ``cursor`` (advancing it).
+
+    check_session=False skips looking for a newer conversation in the session: right
+    for a wake-up about the conversation the cursor is already in (the common case,
+    one Redis read instead of two); a new conversation always comes with a wake-up
+    naming it.
+    """
+    if check_session or not cursor.conversation_id:
+        session = await chat.sessions.get(visitor_id) or {}
+        current = session.get("conversation_id", "")
+    else:
+        current = cursor.conversation_id
     events: list[dict[str, Any]] = []
     while True:
         if cursor.conversation_id:

@@ -42,6 +42,8 @@ SESSION_REFRESH_S = 300
 # Close code for an unknown or expired token (4000-4999: private use, RFC 6455 7.4.2);
 # the widget renews its session and reconnects.
 SESSION_EXPIRED = 4401
+# Seconds between server pings on each WebSocket (see app.py).
+PING_INTERVAL_S = 45
 # A WebSocket message from the widget is a small JSON object; the longest is a line.
 MAX_WS_MESSAGE_BYTES = 64 * 1024
 
@@ -61,6 +63,7 @@ class ReceiveSocket(tornado.websocket.WebSocketHandler):
         self.visitor: Visitor | None = None
         self.cursor = Cursor()
         self._dirty = False
+        self._check_session = True  # look for a newer conversation on the next catch-up
         self._pump: asyncio.Task[None] | None = None
         self._refreshed = 0.0
 
@@ -133,6 +136,8 @@ class ReceiveSocket(tornado.websocket.WebSocketHandler):
     def wake(self, event: Event) -> None:
         if event.get("type") == "log":
             self._dirty = True
+            if event.get("conversation_id") != self.cursor.conversation_id or not self.cursor.conversation_id:
+                self._check_session = True
             if self._pump is None or self._pump.done():
                 self._pump = asyncio.create_task(self._catch_up())
         else:
@@ -143,9 +148,10 @@ class ReceiveSocket(tornado.websocket.WebSocketHandler):
         # moves forward and no entry is sent twice.
         assert self.visitor is not None
         while self._dirty and self.ws_connection is not None:
-            self._dirty = False
+            self._dirty, check_session, self._check_session = False, self._check_session, False
             try:
-                for event in await catch_up(self.frontend.chat, self.visitor.visitor_id, self.cursor):
+                chat, visitor_id = self.frontend.chat, self.visitor.visitor_id
+                for event in await catch_up(chat, visitor_id, self.cursor, check_session=check_session):
                     self._send(event)
             except Exception:  # Redis down: the widget re-syncs when it reconnects
                 log.exception("catch-up failed", extra={"visitor": self.visitor.visitor_id})
