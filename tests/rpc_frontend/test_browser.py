@@ -400,3 +400,45 @@ async def test_a_line_sent_after_the_session_expired_still_arrives(
     assert second.visitor_id == first.visitor_id  # the same visitor, a renewed session
     await page.locator(".hb-msg.visitor:not(.pending)", has_text="after").wait_for()
     assert await page.locator(".hb-msg.failed").count() == 0
+
+
+async def test_the_conversation_survives_navigation_without_doubles(
+    page: Any,
+    fe: RunningFrontend,
+    site_id: str,
+    captured: Captured,
+    settings: Settings,
+    redis_client: aioredis.Redis,
+) -> None:
+    await set_online(redis_client, settings, site_id, True)
+    await page.goto(f"{fe.url}/demo?site={site_id}")
+    frame = page.frame_locator(FRAME)
+    await frame.locator(".hb-tab").click()
+    box_input = frame.locator(".hb-send textarea")
+    await box_input.fill("First page")
+    await box_input.press("Enter")
+    message = await captured.next("ChatMessage", body="First page")
+    await operator_reply(
+        fe.bus,
+        settings,
+        redis_client,
+        site_id,
+        message.visitor_id,
+        message.conversation_id,
+        "Answer on the first page",
+        fe.settings.frontend_id,
+    )
+    await frame.locator(".hb-msg.operator").wait_for()
+
+    await page.goto(f"{fe.url}/demo?site={site_id}&page=2")  # the visitor moves on
+    view = await captured.next("PageView", url=f"{fe.url}/demo?site={site_id}&page=2")
+    assert view.visitor_id == message.visitor_id  # same visitor: the token was kept
+    await frame.locator(".hb-msg.operator").wait_for()  # still open, history restored
+    bodies = await frame.locator(".hb-msg .hb-body").all_inner_texts()
+    assert bodies == ["First page", "Answer on the first page"]
+    assert await frame.locator(".hb-unread").is_hidden()  # history is not news
+    await box_input.fill("Second page")
+    await box_input.press("Enter")
+    second = await captured.next("ChatMessage", body="Second page")
+    assert (second.conversation_id, second.seq) == (message.conversation_id, 3)
+    assert second.page_url == f"{fe.url}/demo?site={site_id}&page=2"
