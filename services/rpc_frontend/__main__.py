@@ -14,6 +14,7 @@ from services.rpc_frontend import redis_client
 from services.rpc_frontend.app import make_app
 from services.rpc_frontend.context import Frontend
 from services.rpc_frontend.delivery import DeliveryConsumer
+from services.rpc_frontend.departures import sweep_forever
 from services.rpc_frontend.follow import follow_site_config, follow_site_status
 from services.rpc_frontend.handlers.receive import ReceiveSocket
 from services.rpc_frontend.metrics import count_statements
@@ -36,6 +37,7 @@ async def run(settings: Settings) -> None:
     followers = [
         asyncio.create_task(follow_site_status(frontend.status, frontend.hub)),
         asyncio.create_task(follow_site_config(frontend.sites, frontend.hub)),
+        asyncio.create_task(sweep_forever(frontend.chat.departures)),
     ]
     # xheaders=False: X-Forwarded-For is only trustworthy behind a proxy that sets it, and
     # the per-IP rate limit must not be dodged by a forged header.

@@ -20,6 +20,7 @@ from libs.common.messaging import Bus
 from libs.common.settings import Settings
 from libs.common.state.conversations import LOG_TTL_S, ConversationLog
 from libs.common.state.sessions import VisitorSessions
+from services.rpc_frontend.departures import Departures
 
 # Client-generated ids: a UUID (32-36 chars) in practice; 8-64 of these characters
 # leave room for other clients without letting an id carry anything odd.
@@ -83,6 +84,7 @@ class VisitorChat:
         self.sessions = VisitorSessions(redis, settings)
         self.log = ConversationLog(redis, settings)
         self._ensure = redis.register_script(_ENSURE_CONVERSATION)
+        self.departures = Departures(redis, bus, settings)
 
     # --- sessions ----------------------------------------------------------------------
     async def visitor(self, token: str, site_id: str) -> Visitor | None:
@@ -115,6 +117,7 @@ class VisitorChat:
         if url:
             fields.update(page_url=url, page_title=title, referrer=referrer)
         await self.sessions.save(visitor_id, site_id, fields)
+        await self.departures.seen(site_id, visitor_id)
         saved = await self.sessions.get(visitor_id) or {}
         visitor = Visitor(visitor_id, site_id, saved)
         if session is None:
@@ -136,6 +139,7 @@ class VisitorChat:
     async def attach(self, visitor: Visitor) -> None:
         """Record that this instance holds the visitor's connection now (deliveries come here)."""
         await self.sessions.save(visitor.visitor_id, visitor.site_id, {"frontend_id": self._settings.frontend_id})
+        await self.departures.seen(visitor.site_id, visitor.visitor_id)
 
     # --- conversations -------------------------------------------------------------------
     def _owner_key(self, conversation_id: str) -> str:

@@ -267,3 +267,20 @@ async def test_errors_carry_cors_headers_so_the_widget_can_read_them(
         assert response.code == code
         assert response.headers["Access-Control-Allow-Origin"] == "https://shop.example"
     assert "Retry-After" in response.headers["Access-Control-Expose-Headers"]
+
+
+async def test_departed_visitors_are_announced_once(
+    start_frontend: StartFrontend, site_id: str, captured: Captured
+) -> None:
+    fe = await start_frontend("ttl", session_ttl_s=1)
+    api = Api(fe.url, site_id)
+    gone, stays = await api.session(), await api.session()
+    await asyncio.sleep(1.5)
+    await api.session(token=stays["token"])  # a heartbeat: this visit goes on
+    assert await fe.frontend.chat.departures.sweep() >= 1
+    left = await captured.next("VisitorEvent", kind=codec.VisitorEventKind.LEFT)
+    assert left.visitor_id == gone["visitor_id"]
+    await fe.frontend.chat.departures.sweep()  # announced once only
+    await asyncio.sleep(0.3)
+    later = [e.struct for e in captured.drain() if e.type_name == "VisitorEvent"]
+    assert not [e for e in later if e.kind == codec.VisitorEventKind.LEFT]
