@@ -33,8 +33,10 @@ MAX_URL_CHARS = 2000  # the classic practical URL limit
 
 # KEYS[1] = session hash; ARGV[1] = new conversation id. Sets conversation_id only if
 # the session has none, so two tabs sending a first line at once share one conversation.
-# Returns {conversation id, 1 if it was created now else 0}.
+# Returns {conversation id, 1 if it was created now else 0}, or nil if the session is
+# gone (expired): a bare HSET would leave a session hash without a TTL behind.
 _ENSURE_CONVERSATION = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 local current = redis.call('HGET', KEYS[1], 'conversation_id')
 if current and current ~= '' then return {current, 0} end
 redis.call('HSET', KEYS[1], 'conversation_id', ARGV[1])
@@ -48,6 +50,10 @@ class Invalid(ValueError):
 
 class TooLarge(ValueError):
     """A message longer than the limit (HTTP 413)."""
+
+
+class SessionExpired(LookupError):
+    """The visitor's session is gone (HTTP 401 / WebSocket 4401): the widget starts a new one."""
 
 
 @dataclass(frozen=True)
@@ -162,7 +168,10 @@ class VisitorChat:
         # The session key is VisitorSessions' own ("visitor:<id>"); the Lua script must
         # name it to set the field atomically.
         session_key = self._settings.redis_key("visitor", visitor.visitor_id)
-        conversation_id, created = await self._ensure(keys=[session_key], args=[uuid.uuid4().hex])
+        ensured = await self._ensure(keys=[session_key], args=[uuid.uuid4().hex])
+        if ensured is None:
+            raise SessionExpired("the visit expired: start a session again")
+        conversation_id, created = ensured
         if created or conversation_id != visitor.conversation_id:
             await self.claim(visitor.visitor_id, str(conversation_id))
         return str(conversation_id)

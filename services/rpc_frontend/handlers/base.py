@@ -8,7 +8,7 @@ from typing import Any
 import tornado.web
 
 from libs.common.sitedir import SiteConfig, UnknownSite
-from services.rpc_frontend.chat import Invalid, TooLarge, Visitor
+from services.rpc_frontend.chat import Invalid, SessionExpired, TooLarge, Visitor
 from services.rpc_frontend.context import Frontend
 from services.rpc_frontend.origins import origin_allowed
 from services.rpc_frontend.ratelimit import RateLimited
@@ -63,6 +63,8 @@ class ApiHandler(tornado.web.RequestHandler):
             raise ApiError(413, str(exc)) from None
         except RateLimited as exc:
             raise ApiError(429, str(exc), exc.retry_after_s) from None
+        except SessionExpired as exc:
+            raise ApiError(401, str(exc)) from None
 
     def reply(self, payload: dict[str, Any], status: int = 200) -> None:
         self.set_status(status)

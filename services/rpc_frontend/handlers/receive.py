@@ -21,7 +21,7 @@ from typing import Any
 import tornado.websocket
 
 from libs.common.sitedir import UnknownSite
-from services.rpc_frontend.chat import Invalid, TooLarge, Visitor
+from services.rpc_frontend.chat import Invalid, SessionExpired, TooLarge, Visitor
 from services.rpc_frontend.context import Frontend
 from services.rpc_frontend.handlers.api import status_json
 from services.rpc_frontend.handlers.base import ApiHandler
@@ -204,16 +204,23 @@ class ReceiveSocket(tornado.websocket.WebSocketHandler):
             )
 
     async def _send_line(self, data: dict[str, Any]) -> None:
+        # The session read at connect time is good enough here: the conversation id is
+        # taken from Redis atomically by chat.send, and page_url changes only with a new
+        # page (and so a new socket). An expired session ends the socket with 4401.
         assert self.visitor is not None
-        visitor = await self.frontend.chat.visitor(self.get_query_argument("token", ""), self.visitor.site_id)
-        if visitor is None:
-            self.close(SESSION_EXPIRED, "session expired: start a session again")
-            return
-        self.visitor = visitor
+        visitor = self.visitor
         await self.frontend.limits.check(
             "msg", visitor.visitor_id, self.frontend.settings.visitor_messages_per_min, "messages"
         )
-        sent = await self.frontend.chat.send(visitor, data.get("message_id"), data.get("body"))
+        try:
+            sent = await self.frontend.chat.send(visitor, data.get("message_id"), data.get("body"))
+        except SessionExpired:
+            self.close(SESSION_EXPIRED, "session expired: start a session again")
+            return
+        if sent.conversation_id != visitor.conversation_id:
+            self.visitor = Visitor(
+                visitor.visitor_id, visitor.site_id, {**visitor.session, "conversation_id": sent.conversation_id}
+            )
         LINES.labels("duplicate" if sent.duplicate else "new").inc()
         self._send({"type": "sent", "message_id": data.get("message_id"), "seq": sent.seq, "duplicate": sent.duplicate})
         self.frontend.hub.to_visitor(visitor.visitor_id, {"type": "log", "conversation_id": sent.conversation_id})
