@@ -30,6 +30,7 @@ EMAIL_RE = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")
 # Name, phone and page fields: longer than any real one, short enough for a roster line.
 MAX_FIELD_CHARS = 200
 MAX_URL_CHARS = 2000  # the classic practical URL limit
+MAX_USER_AGENT_CHARS = 400  # real ones are 100-250 characters; longer is padding or abuse
 
 # KEYS[1] = session hash; ARGV[1] = new conversation id. Sets conversation_id only if
 # the session has none, so two tabs sending a first line at once share one conversation.
@@ -117,7 +118,7 @@ class VisitorChat:
         )
         fields: dict[str, str | int] = {
             "frontend_id": self._settings.frontend_id,
-            "user_agent": clip(user_agent, 400),
+            "user_agent": clip(user_agent, MAX_USER_AGENT_CHARS),
             "pages": int((session or {}).get("pages", "0") or 0) + (1 if url else 0),
         }
         if url:

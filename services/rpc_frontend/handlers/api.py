@@ -53,6 +53,7 @@ class SessionHandler(ApiHandler):
                 "visitor": {k: session.get(k, "") for k in ("name", "email", "phone")},
                 "theme": merged,
                 "status": status_json(state.online, state.operators_available),
+                "max_message_chars": self.frontend.settings.max_message_chars,
             }
         )
 

@@ -86,13 +86,13 @@
   var minButton = el("button", { className: "hb-min", type: "button", "aria-label": "Minimise chat", text: "\u2013" });
   var logBox = el("div", { className: "hb-log", role: "log", "aria-live": "polite", "aria-label": "Conversation", tabindex: "0" });
   var typingLine = el("div", { className: "hb-typing", "aria-live": "polite" });
-  var input = el("textarea", { "aria-label": "Message", rows: "1", maxlength: "2000" });
+  var input = el("textarea", { "aria-label": "Message", rows: "1" });
   var sendForm = el("form", { className: "hb-send" }, [input, el("button", { className: "hb-btn", type: "submit", text: "Send" })]);
   var awayText = el("p", { className: "hb-note" });
   var nameLabel = el("span"), emailLabel = el("span"), bodyLabel = el("span");
   var nameInput = el("input", { name: "name", autocomplete: "name", required: "" });
   var emailInput = el("input", { name: "email", type: "email", autocomplete: "email", required: "" });
-  var bodyInput = el("textarea", { name: "body", required: "", maxlength: "2000" });
+  var bodyInput = el("textarea", { name: "body", required: "" });
   var offlineError = el("p", { className: "hb-error", role: "alert" });
   var offlineDone = el("p", { className: "hb-note hb-done", hidden: "", tabindex: "-1", role: "status" });
   var offlineForm = el("form", { className: "hb-offline", hidden: "" }, [
@@ -301,6 +301,7 @@
     }
     return request("POST", "/session", { token: state.token, page: pageInfo() }).then(function (data) {
       state.token = data.token; save();
+      if (data.max_message_chars) { input.maxLength = data.max_message_chars; bodyInput.maxLength = data.max_message_chars; }
       var known = data.visitor || {};
       if (known.name && !nameInput.value) nameInput.value = known.name;
       if (known.email && !emailInput.value) emailInput.value = known.email;
