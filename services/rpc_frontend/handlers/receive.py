@@ -141,6 +141,11 @@ class ReceiveSocket(tornado.websocket.WebSocketHandler):
             if self._pump is None or self._pump.done():
                 self._pump = asyncio.create_task(self._catch_up())
         else:
+            if event.get("type") == "ended" and self.visitor is not None:
+                # The closer removed it from the session; typing events stop naming it.
+                self.visitor = Visitor(
+                    self.visitor.visitor_id, self.visitor.site_id, {**self.visitor.session, "conversation_id": ""}
+                )
             self._send(dict(event))
 
     async def _catch_up(self) -> None:
