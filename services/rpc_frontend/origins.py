@@ -23,8 +23,15 @@ def origin_allowed(origin: str | None, own_host: str, allowed_domains: list[str]
     if not allowed_domains:
         return True
     host = parts.hostname.lower().rstrip(".")
-    for domain in allowed_domains:
-        domain = domain.lower().strip().rstrip(".")
+    for entry in allowed_domains:
+        domain = _host_of(entry)
         if domain and (host == domain or host.endswith("." + domain)):
             return True
     return False
+
+
+def _host_of(entry: str) -> str:
+    """"shop.example", "https://shop.example/" and "shop.example:8080" all mean shop.example."""
+    entry = entry.strip().lower()
+    parsed = urlsplit(entry if "://" in entry else "//" + entry)
+    return (parsed.hostname or "").rstrip(".")

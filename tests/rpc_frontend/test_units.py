@@ -34,6 +34,8 @@ WIDGET_BUDGET_BYTES = 60 * 1024
         ("https://anything.example", [], True),
         ("http://127.0.0.1:8080", ["shop.example"], True),  # our own pages
         ("javascript:alert(1)", [], False),
+        ("https://shop.example", ["https://shop.example/"], True),  # owners paste URLs too
+        ("https://shop.example", ["shop.example:8443"], True),
     ],
 )
 def test_origin_allowed(origin: str | None, domains: list[str], allowed: bool) -> None:
