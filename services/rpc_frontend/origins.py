@@ -31,7 +31,7 @@ def origin_allowed(origin: str | None, own_host: str, allowed_domains: list[str]
 
 
 def _host_of(entry: str) -> str:
-    """"shop.example", "https://shop.example/" and "shop.example:8080" all mean shop.example."""
+    """Host of an allowed-domain entry: shop.example, https://shop.example/ and shop.example:8080 agree."""
     entry = entry.strip().lower()
     parsed = urlsplit(entry if "://" in entry else "//" + entry)
     return (parsed.hostname or "").rstrip(".")
