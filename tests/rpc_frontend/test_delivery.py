@@ -178,3 +178,21 @@ async def test_a_saved_theme_reaches_open_widgets(fe: RunningFrontend, site_id: 
     assert event["theme"]["texts"]["welcome_title"] == "Hello <there>"
     assert event["theme"]["texts"]["input_placeholder"]  # merged over the defaults
     sock.conn.close()
+
+
+async def test_socket_sends_get_the_same_bad_input_answers(start_frontend: StartFrontend, site_id: str) -> None:
+    fe = await start_frontend("wslimits", visitor_messages_per_min=2)
+    visitor = await Api(fe.url, site_id).session()
+    sock = await Socket.open(fe, site_id, visitor["token"])
+    await sock.until("synced")
+    too_long = "x" * (fe.settings.max_message_chars + 1)
+    await sock.send({"type": "send", "message_id": uuid.uuid4().hex, "body": too_long})
+    assert (await sock.until("error"))["status"] == 413
+    await sock.send({"type": "send", "message_id": "bad id!", "body": "hi"})
+    assert (await sock.until("error"))["status"] == 400
+    await sock.send({"type": "send", "message_id": uuid.uuid4().hex, "body": "over the limit"})
+    limited = await sock.until("error")
+    assert limited["status"] == 429 and 1 <= limited["retry_after"] <= 60
+    await sock.conn.write_message("{not json")
+    assert (await sock.until("error"))["status"] == 400
+    sock.conn.close()
