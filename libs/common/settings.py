@@ -98,6 +98,14 @@ class Settings:
     # 30 minutes without a page view or heartbeat ends a visit (the web-analytics norm).
     session_ttl_s: int = field(default=1800, metadata={"env": "HABLA_SESSION_TTL_S"})
     max_message_chars: int = field(default=2000, metadata={"env": "HABLA_MAX_MESSAGE_CHARS"})
+    # Lines (chat + offline form) one visitor may send per minute: a fast typist manages
+    # about one line every 3 s, so 30 stops floods without ever touching a person.
+    visitor_messages_per_min: int = field(default=30, metadata={"env": "HABLA_VISITOR_MESSAGES_PER_MIN"})
+    # API requests per minute from one IP address: generous (600 = 10/s) because an
+    # office or mobile carrier puts many visitors behind one address.
+    ip_requests_per_min: int = field(default=600, metadata={"env": "HABLA_IP_REQUESTS_PER_MIN"})
+    # The site /demo shows; empty: the ?site= query parameter, else the first site.
+    demo_site_id: str = field(default="", metadata={"env": "HABLA_DEMO_SITE_ID"})
 
     # --- status_image ----------------------------------------------------------------
     status_host: str = field(default="127.0.0.1", metadata={"env": "HABLA_STATUS_HOST"})

@@ -1,0 +1,82 @@
+"""`python -m services.rpc_frontend`: serve the widget and its API on HABLA_FRONTEND_HOST:PORT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from libs.common import db, logs, topology
+from libs.common.messaging import Bus
+from libs.common.settings import Settings
+from services.rpc_frontend import redis_client
+from services.rpc_frontend.app import make_app
+from services.rpc_frontend.context import Frontend
+from services.rpc_frontend.delivery import DeliveryConsumer
+from services.rpc_frontend.departures import sweep_forever
+from services.rpc_frontend.follow import follow_site_config, follow_site_status
+from services.rpc_frontend.handlers.receive import ReceiveSocket
+from services.rpc_frontend.metrics import count_statements
+
+log = logging.getLogger("services.rpc_frontend")
+
+# Requests still running get this long to finish on SIGTERM; long-polls are cut
+# (their widgets re-poll elsewhere at once).
+DRAIN_S = 5.0
+
+
+async def run(settings: Settings) -> None:
+    redis = redis_client.connect(settings)
+    engine = db.engine(settings)
+    count_statements(engine)
+    bus = await Bus.connect(settings, "rpc_frontend")
+    await bus.declare_topology()
+    frontend = Frontend(settings, redis, bus, engine)
+    await bus.consume(topology.frontend_delivery_queue(settings.frontend_id), DeliveryConsumer(frontend.hub).consume)
+    followers = [
+        asyncio.create_task(follow_site_status(frontend.status, frontend.hub)),
+        asyncio.create_task(follow_site_config(frontend.sites, frontend.hub)),
+        asyncio.create_task(sweep_forever(frontend.chat.departures)),
+    ]
+    # xheaders=False: X-Forwarded-For is only trustworthy behind a proxy that sets it, and
+    # the per-IP rate limit must not be dodged by a forged header.
+    server = make_app(frontend).listen(settings.frontend_port, address=settings.frontend_host, xheaders=False)
+    log.info(
+        "rpc_frontend listening",
+        extra={"url": f"http://{settings.frontend_host}:{settings.frontend_port}", "frontend_id": settings.frontend_id},
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("rpc_frontend stopping", extra={"connections": frontend.hub.connections})
+    server.stop()
+    close_sockets(frontend)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(server.close_all_connections(), DRAIN_S)
+    for follower in followers:
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follower
+    await bus.close()
+    await redis.aclose()
+    engine.dispose()
+
+
+def close_sockets(frontend: Frontend) -> None:
+    """WebSockets are detached from the HTTP server, so close them ourselves."""
+    for listener in frontend.hub.listeners():
+        if isinstance(listener, ReceiveSocket):
+            listener.shutdown()
+
+
+def main() -> None:
+    settings = Settings.from_env()
+    logs.configure("rpc_frontend", settings)
+    asyncio.run(run(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""Everything the frontend's handlers depend on, built once by main() (or a test)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+import sqlalchemy as sa
+
+from libs.common.messaging import Bus
+from libs.common.settings import Settings
+from libs.common.sitedir import SiteDirectory
+from libs.common.state.presence import SiteStatusReader
+from services.rpc_frontend.chat import VisitorChat
+from services.rpc_frontend.hub import Hub
+from services.rpc_frontend.ratelimit import RateLimiter
+
+
+@dataclass
+class Frontend:
+    settings: Settings
+    redis: aioredis.Redis
+    bus: Bus
+    # Only the site directory (on a cache miss) and /demo (when no site is named) read
+    # MySQL; chat paths never do.
+    engine: sa.Engine
+    chat: VisitorChat = field(init=False)
+    sites: SiteDirectory = field(init=False)
+    status: SiteStatusReader = field(init=False)
+    limits: RateLimiter = field(init=False)
+    hub: Hub = field(default_factory=Hub)
+
+    def __post_init__(self) -> None:
+        self.chat = VisitorChat(self.redis, self.bus, self.settings)
+        self.sites = SiteDirectory(self.redis, self.engine, self.settings)
+        self.status = SiteStatusReader(self.redis, self.settings)
+        self.limits = RateLimiter(self.redis, self.settings)

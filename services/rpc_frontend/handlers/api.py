@@ -1,0 +1,175 @@
+"""The widget's JSON API: session, messages, typing, identity, end, offline, status.
+
+Bodies are JSON objects; the widget sends them as text/plain so a browser needs no
+CORS preflight (the body is parsed the same either way). The visitor token travels
+in the body ("token") or, for GET, in the query string.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from libs.common import theme
+from services.rpc_frontend.handlers.base import ApiError, ApiHandler
+from services.rpc_frontend.metrics import LINES
+from services.rpc_frontend.stream import catch_up, resume_cursor
+
+
+def status_json(online: bool, operators_available: int) -> dict[str, Any]:
+    return {"online": online, "operators_available": operators_available}
+
+
+class WidgetConfigHandler(ApiHandler):
+    """GET: the site's theme and status, no session (preview, hosted page)."""
+
+    async def get(self, site_id: str) -> None:
+        site = await self.load_site(site_id)
+        state = await self.frontend.status.get(site_id)
+        merged, _errors = theme.validate(site.theme)
+        self.reply(
+            {"site_id": site_id, "theme": merged, "status": status_json(state.online, state.operators_available)}
+        )
+
+
+class SessionHandler(ApiHandler):
+    """POST {token?, page: {url, title, referrer}}: start or resume a visit; records the page view."""
+
+    async def post(self, site_id: str) -> None:
+        site = await self.load_site(site_id)
+        body = self.json_body()
+        page = _page(body)
+        token = body["token"] if isinstance(body.get("token"), str) else ""
+        token, visitor = await self._guard(
+            self.frontend.chat.start(site_id, token, page, self.request.headers.get("User-Agent", ""))
+        )
+        state = await self.frontend.status.get(site_id)
+        merged, _errors = theme.validate(site.theme)
+        session = visitor.session
+        self.reply(
+            {
+                "token": token,
+                "visitor_id": visitor.visitor_id,
+                "conversation_id": visitor.conversation_id,
+                "visitor": {k: session.get(k, "") for k in ("name", "email", "phone")},
+                "theme": merged,
+                "status": status_json(state.online, state.operators_available),
+                "max_message_chars": self.frontend.settings.max_message_chars,
+            }
+        )
+
+
+class PageViewHandler(ApiHandler):
+    """POST {token, page}: the visitor opened another page (single-page sites call it)."""
+
+    async def post(self, site_id: str) -> None:
+        await self.load_site(site_id)
+        body = self.json_body()
+        visitor = await self.load_visitor(body.get("token"))
+        page = _page(body)
+        if not isinstance(page.get("url"), str) or not page["url"]:
+            raise ApiError(400, "page.url must be the page's address")
+        await self._guard(
+            self.frontend.chat.start(site_id, body["token"], page, self.request.headers.get("User-Agent", ""))
+        )
+        self.reply({"ok": True, "visitor_id": visitor.visitor_id})
+
+
+class MessagesHandler(ApiHandler):
+    """POST {token, message_id, body}: send a line. GET ?token&conversation_id&after: read the log."""
+
+    async def post(self, site_id: str) -> None:
+        await self.load_site(site_id)
+        body = self.json_body()
+        visitor = await self.load_visitor(body.get("token"))
+        await self.limit_messages(visitor.visitor_id)
+        sent = await self._guard(self.frontend.chat.send(visitor, body.get("message_id"), body.get("body")))
+        LINES.labels("duplicate" if sent.duplicate else "new").inc()
+        # The visitor's other tabs on this instance see their own line at once.
+        self.frontend.hub.to_visitor(visitor.visitor_id, {"type": "log", "conversation_id": sent.conversation_id})
+        self.reply({"conversation_id": sent.conversation_id, "seq": sent.seq, "duplicate": sent.duplicate})
+
+    async def get(self, site_id: str) -> None:
+        await self.load_site(site_id)
+        visitor = await self.load_visitor(self.get_query_argument("token", ""))
+        cursor = await resume_cursor(
+            self.frontend.chat,
+            visitor,
+            self.get_query_argument("conversation_id", ""),
+            _int(self.get_query_argument("after", "0")),
+        )
+        events = await catch_up(self.frontend.chat, visitor.visitor_id, cursor)
+        self.reply({"events": events, "conversation_id": cursor.conversation_id, "after": cursor.after})
+
+
+class TypingHandler(ApiHandler):
+    """POST {token, typing: bool}."""
+
+    async def post(self, site_id: str) -> None:
+        await self.load_site(site_id)
+        body = self.json_body()
+        visitor = await self.load_visitor(body.get("token"))
+        await self.limit_events(visitor.visitor_id)
+        await self._guard(self.frontend.chat.typing(visitor, body.get("typing")))
+        self.reply({"ok": True})
+
+
+class VisitorHandler(ApiHandler):
+    """POST {token, name?, email?, phone?}: the visitor told us who they are."""
+
+    async def post(self, site_id: str) -> None:
+        await self.load_site(site_id)
+        body = self.json_body()
+        visitor = await self.load_visitor(body.get("token"))
+        await self.limit_events(visitor.visitor_id)
+        known = await self._guard(self.frontend.chat.identify(visitor, body))
+        self.reply({"visitor": known})
+
+
+class EndHandler(ApiHandler):
+    """POST {token}: the visitor ended the chat."""
+
+    async def post(self, site_id: str) -> None:
+        await self.load_site(site_id)
+        body = self.json_body()
+        visitor = await self.load_visitor(body.get("token"))
+        ended = await self._guard(self.frontend.chat.end(visitor))
+        self.reply({"ended": ended})
+
+
+class OfflineHandler(ApiHandler):
+    """POST {token?, message_id, name, email, body, page_url?}: the offline form."""
+
+    async def post(self, site_id: str) -> None:
+        await self.load_site(site_id)
+        body = self.json_body()
+        token = body.get("token")
+        visitor = await self.frontend.chat.visitor(token, site_id) if isinstance(token, str) and token else None
+        await self.limit_messages(visitor.visitor_id if visitor else f"ip:{self.request.remote_ip}")
+        page_url = body.get("page_url") if isinstance(body.get("page_url"), str) else ""
+        message_id = await self._guard(
+            self.frontend.chat.leave_offline_message(
+                site_id, visitor, body, page_url or (visitor.session.get("page_url", "") if visitor else "")
+            )
+        )
+        self.reply({"message_id": message_id})
+
+
+class StatusHandler(ApiHandler):
+    """GET: is anyone there?"""
+
+    async def get(self, site_id: str) -> None:
+        await self.load_site(site_id)
+        state = await self.frontend.status.get(site_id)
+        self.reply(status_json(state.online, state.operators_available))
+
+
+def _page(body: dict[str, Any]) -> dict[str, Any]:
+    page = body.get("page")
+    return page if isinstance(page, dict) else {}
+
+
+def _int(raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        return 0

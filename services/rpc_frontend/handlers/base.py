@@ -1,0 +1,135 @@
+"""What every widget API handler shares: JSON in and out, errors, site, origin, limits."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import tornado.web
+
+from libs.common.sitedir import SiteConfig, UnknownSite
+from services.rpc_frontend.chat import Invalid, SessionExpired, TooLarge, Visitor
+from services.rpc_frontend.context import Frontend
+from services.rpc_frontend.origins import origin_allowed
+from services.rpc_frontend.ratelimit import RateLimited
+
+# Largest request body: the longest message (4 bytes per character in UTF-8, up to 6
+# when JSON-escaped) plus the other fields fits in 64 KiB at the default 2000 chars.
+MAX_BODY_BYTES = 64 * 1024
+
+
+class ApiError(tornado.web.HTTPError):
+    """An error the widget (or a developer) can act on; rendered as {"error": message}."""
+
+    def __init__(self, status: int, message: str, retry_after_s: int | None = None) -> None:
+        super().__init__(status, reason=None)
+        self.message = message
+        self.retry_after_s = retry_after_s
+
+
+class ApiHandler(tornado.web.RequestHandler):
+    frontend: Frontend
+    site: SiteConfig
+
+    def initialize(self, frontend: Frontend) -> None:
+        self.frontend = frontend
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("X-Content-Type-Options", "nosniff")
+
+    # --- errors ------------------------------------------------------------------------
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        self._set_cors_headers()  # send_error cleared them; the widget must read the error
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, ApiError):
+            message = exc.message
+            if exc.retry_after_s is not None:
+                self.set_header("Retry-After", str(exc.retry_after_s))
+        elif status_code == 405:
+            message = f"{self.request.method} is not supported here"
+        else:
+            message = "internal error; try again in a moment"
+        self.finish(json.dumps({"error": message, "status": status_code}))
+
+    async def _guard(self, call: Any) -> Any:
+        """Run a domain call, turning its exceptions into HTTP errors."""
+        try:
+            return await call
+        except Invalid as exc:
+            raise ApiError(400, str(exc)) from None
+        except TooLarge as exc:
+            raise ApiError(413, str(exc)) from None
+        except RateLimited as exc:
+            raise ApiError(429, str(exc), exc.retry_after_s) from None
+        except SessionExpired as exc:
+            raise ApiError(401, str(exc)) from None
+
+    def reply(self, payload: dict[str, Any], status: int = 200) -> None:
+        self.set_status(status)
+        self.finish(json.dumps(payload))
+
+    # --- request parts --------------------------------------------------------------------
+    async def load_site(self, site_id: str) -> SiteConfig:
+        """The site, if it exists and this browser origin may use it (sets CORS headers)."""
+        # Any page may read *why* it was refused (404/403 say nothing secret), so a site
+        # owner sees the reason in the browser console; nothing else is served to it.
+        origin = self.cors_origin = self.request.headers.get("Origin")
+        try:
+            self.site = await self.frontend.sites.get(site_id)
+        except UnknownSite as exc:
+            raise ApiError(404, str(exc)) from None
+        if not origin_allowed(origin, self.request.host, self.site.allowed_domains):
+            raise ApiError(403, f"origin {origin} may not use site {site_id}: add its domain in the site's settings")
+        self._set_cors_headers()
+        # Counted after the origin check so even a 429 carries CORS headers and the
+        # widget can read its Retry-After.
+        await self._guard(
+            self.frontend.limits.check(
+                "ip", self.request.remote_ip or "-", self.frontend.settings.ip_requests_per_min, "requests"
+            )
+        )
+        return self.site
+
+    cors_origin: str | None = None
+
+    def _set_cors_headers(self) -> None:
+        if self.cors_origin:
+            self.set_header("Access-Control-Allow-Origin", self.cors_origin)
+            self.set_header("Access-Control-Expose-Headers", "Retry-After")
+            self.set_header("Vary", "Origin")
+
+    def json_body(self) -> dict[str, Any]:
+        if len(self.request.body) > MAX_BODY_BYTES:
+            raise ApiError(413, f"request body is over {MAX_BODY_BYTES} bytes")
+        try:
+            body = json.loads(self.request.body or b"{}")
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "request body must be a JSON object")
+        return body
+
+    async def load_visitor(self, token: Any) -> Visitor:
+        visitor = await self.frontend.chat.visitor(token, self.site.site_id) if isinstance(token, str) else None
+        if visitor is None:
+            raise ApiError(401, "unknown or expired visitor token: start a session first (POST …/session)")
+        return visitor
+
+    async def limit_events(self, visitor_id: str) -> None:
+        await self._guard(self.frontend.limits.check_events(visitor_id))
+
+    async def limit_messages(self, key: str) -> None:
+        await self._guard(
+            self.frontend.limits.check("msg", key, self.frontend.settings.visitor_messages_per_min, "messages")
+        )
+
+    # --- CORS preflight ---------------------------------------------------------------------
+    async def options(self, site_id: str, *_: str) -> None:
+        await self.load_site(site_id)
+        self.set_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
+        self.set_header("Access-Control-Allow-Headers", "Content-Type")
+        self.set_header("Access-Control-Max-Age", "600")  # browsers cap it at 2 h (Chrome) anyway
+        self.set_status(204)
+        self.finish()
