@@ -40,13 +40,17 @@ import tornado.websocket
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from libs.common import codec, db, topology  # noqa: E402
+from libs.common import (  # noqa: E402
+    codec,
+    db,
+    state,
+    topology,
+)
 from libs.common.db import site_store  # noqa: E402
 from libs.common.messaging import Bus  # noqa: E402
 from libs.common.settings import Settings  # noqa: E402
 from libs.common.state.conversations import ConversationLog  # noqa: E402
 from libs.common.state.sessions import VisitorSessions  # noqa: E402
-from services.rpc_frontend import redis_client  # noqa: E402
 from tools.prosody import free_port  # noqa: E402
 
 
@@ -130,7 +134,7 @@ async def bench(
     server = await asyncio.create_subprocess_exec(sys.executable, "-m", "services.rpc_frontend", cwd=ROOT, env=env)
     client = tornado.httpclient.AsyncHTTPClient(max_clients=100)
     bus = await Bus.connect(settings, "bench")
-    redis = redis_client.connect(settings)
+    redis = state.connect(settings)
     try:
         for _ in range(100):
             try:

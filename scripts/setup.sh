@@ -50,8 +50,11 @@ stamp=$(cat requirements-dev.txt libs/common/requirements.txt services/*/require
 if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.habla-stamp 2>/dev/null)" != "$stamp" ]; then
   say "installing Python packages into .venv"
   python3 -m venv .venv
-  .venv/bin/pip install -q --upgrade pip >/dev/null
-  .venv/bin/pip install -q -r requirements-dev.txt
-  .venv/bin/pip install -q --no-deps -e .
+  # pip's chatter goes to a log; its tail is shown only if an install fails.
+  log=.venv/pip-install.log
+  if ! { .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -r requirements-dev.txt \
+         && .venv/bin/pip install -q --no-deps -e .; } >"$log" 2>&1; then
+    tail -n 30 "$log"; say "pip install failed; the whole log is $log"; exit 1
+  fi
   echo "$stamp" > .venv/.habla-stamp
 fi

@@ -7,10 +7,9 @@ import contextlib
 import logging
 import signal
 
-from libs.common import db, logs, topology
+from libs.common import db, logs, state, topology
 from libs.common.messaging import Bus
 from libs.common.settings import Settings
-from services.rpc_frontend import redis_client
 from services.rpc_frontend.app import make_app
 from services.rpc_frontend.context import Frontend
 from services.rpc_frontend.delivery import DeliveryConsumer
@@ -27,7 +26,7 @@ DRAIN_S = 5.0
 
 
 async def run(settings: Settings) -> None:
-    redis = redis_client.connect(settings)
+    redis = state.connect(settings)
     engine = db.engine(settings)
     count_statements(engine)
     bus = await Bus.connect(settings, "rpc_frontend")
