@@ -69,16 +69,28 @@ def _png(image: Image.Image) -> RenderedImage:
     return RenderedImage(body, _etag(body))
 
 
-def _text_colour(background: str) -> str:
-    """White or near-black, whichever reads better on ``background`` (WCAG luminance)."""
-    r, g, b = (int(background[i : i + 2], 16) / 255 for i in (1, 3, 5))
+def _luminance(colour: str) -> float:
+    """WCAG 2 relative luminance of #rrggbb."""
 
     def linear(c: float) -> float:
         return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
 
-    luminance = 0.2126 * linear(r) + 0.7152 * linear(g) + 0.0722 * linear(b)
-    # 0.179 is where the contrast ratios against white and against black are equal.
-    return "#1b1b1b" if luminance > 0.179 else "#ffffff"
+    r, g, b = (linear(int(colour[i : i + 2], 16) / 255) for i in (1, 3, 5))
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def _contrast(a: str, b: str) -> float:
+    """WCAG 2 contrast ratio (1 to 21); 0.05 is the standard's flare term."""
+    high, low = sorted((_luminance(a), _luminance(b)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
+DARK_INK, LIGHT_INK = "#1b1b1b", "#ffffff"  # the widget's text colours
+
+
+def _text_colour(background: str) -> str:
+    """Whichever of the widget's dark or light text reads better on ``background``."""
+    return DARK_INK if _contrast(background, DARK_INK) > _contrast(background, LIGHT_INK) else LIGHT_INK
 
 
 class ImageRenderer:
