@@ -21,6 +21,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -73,7 +74,7 @@ def stack_settings(settings: Settings, tmp_path: Path) -> Iterator[Settings]:
     """This run's vhost, plus a database, Redis prefix, state folder and ports of its own."""
     run = uuid.uuid4().hex[:8]
     database = f"habla_devstack_{run}"
-    ports = {f.name: _free_port() for f in dataclasses.fields(Settings) if f.name.endswith("_port")}
+    ports: dict[str, Any] = {f.name: _free_port() for f in dataclasses.fields(Settings) if f.name.endswith("_port")}
     stack = dataclasses.replace(
         settings,
         redis_prefix=f"habla-devstack-{run}:",
