@@ -28,6 +28,8 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 import redis.exceptions
 import sqlalchemy.exc
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from libs.common.settings import Settings
 from libs.common.sitedir import MISSING_TTL_S, SiteDirectory, UnknownSite
@@ -61,6 +63,23 @@ RESUBSCRIBE_DELAY_S = 1.0
 BACKEND_ERRORS = (redis.exceptions.RedisError, sqlalchemy.exc.SQLAlchemyError, OSError, TimeoutError)
 
 T = TypeVar("T")
+
+
+def connect(settings: Settings) -> aioredis.Redis:
+    """``state.connect``'s client, plus one immediate retry on a broken connection.
+
+    After a Redis restart every idle pooled connection still holds its dead socket and
+    fails its next command once ("Connection closed by server"); without the retry each
+    one would look like a fresh outage. Safe here because this service only reads (and
+    SiteDirectory's idempotent cache SET); clients that append or publish must not
+    blindly retry a command that may have run.
+    """
+    return aioredis.Redis.from_url(
+        settings.redis_url,
+        decode_responses=True,
+        health_check_interval=30,
+        retry=Retry(NoBackoff(), 1),
+    )
 
 
 class SiteEntry:
@@ -133,7 +152,7 @@ class SiteStatusCache:
 
     async def _load(self, site_id: str) -> SiteEntry:
         entry = await self._read_config(site_id)
-        if entry.look is not None and self.redis_up:
+        if entry.look is not None and entry.confirmed and self.redis_up:
             try:
                 entry.set_state(await self._timed(self._reader.get(site_id)))
             except BACKEND_ERRORS as exc:
@@ -225,7 +244,7 @@ class SiteStatusCache:
             if not known:
                 await self._timed(self._redis.ping())
         except BACKEND_ERRORS as exc:
-            self._backend_failed("refreshing site states", exc)
+            self._backend_failed("refreshing site states", exc, decisive=True)
             return
         for site_id, value in zip(known, raw, strict=True):
             current = self._entries.get(site_id)
@@ -264,18 +283,24 @@ class SiteStatusCache:
     async def _timed(self, call: Awaitable[T]) -> T:
         return await asyncio.wait_for(call, BACKEND_TIMEOUT_S)
 
-    def _backend_failed(self, doing: str, exc: BaseException) -> None:
+    def _backend_failed(self, doing: str, exc: BaseException, *, decisive: bool = False) -> None:
+        """Count and log a failed call. Only the refresh (``decisive``) switches every site
+        to offline: a pub/sub reconnect or one slow first load must not flicker them all."""
         reason = f"{exc.__class__.__name__}: {exc}"[:200]
         if isinstance(exc, sqlalchemy.exc.SQLAlchemyError):
             # MySQL only holds configs: states still come from Redis; retried on refresh.
             log.warning("cannot read a site's config from MySQL; using the default look", extra={"error": reason})
             return
         metrics.REDIS_ERRORS.inc()
-        if self.redis_up:
-            log.warning(
-                "Redis unavailable; answering every site offline until it is back",
-                extra={"while": doing, "error": reason},
-            )
+        if not self.redis_up:
+            return  # already said; the outage is logged once, not once per call
+        if not decisive:
+            log.info("Redis call failed; the next refresh decides", extra={"while": doing, "error": reason})
+            return
+        log.warning(
+            "Redis unavailable; answering every site offline until it is back",
+            extra={"while": doing, "error": reason},
+        )
         self.redis_up = False
         metrics.REDIS_UP.set(0)
 

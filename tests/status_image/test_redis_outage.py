@@ -14,7 +14,7 @@ import pytest
 
 from libs.common import state
 from libs.common.settings import Settings
-from libs.common.state.presence import OperatorPresence
+from libs.common.state.presence import OperatorPresence, site_status_channel
 from services.status_image import metrics
 from tests.status_image.conftest import PrivateRedis, StatusServer
 
@@ -64,7 +64,28 @@ async def test_redis_down_answers_offline_and_recovers(
         await _until(lambda: server.is_online(site_id), NOTICE_S, "live state did not return with Redis")
         assert metrics.REDIS_UP._value.get() == 1
         assert any("Redis is back" in r.getMessage() for r in caplog.records)
-        assert (await server.fetch("/healthz")).code == 200
+        health = await server.fetch("/healthz")
+        assert health.code == 200, health.body
+
+        # The pub/sub listener resubscribed too (not only the periodic refresh works).
+        async def subscribed() -> bool:
+            channels = await writer.pubsub_numsub(site_status_channel(private_settings))
+            return bool(channels[0][1] >= 1)
+
+        await _until(subscribed, NOTICE_S, "the status listener did not resubscribe")
+        pushed = metrics.NOTIFICATIONS.labels("status")._value.get()
+        await OperatorPresence(writer, private_settings).set_available([site_id], "ana@localhost", "laptop", False)
+
+        async def notified() -> bool:
+            return bool(metrics.NOTIFICATIONS.labels("status")._value.get() > pushed)
+
+        await _until(notified, NOTICE_S, "no pub/sub notification after Redis came back")
+        assert not await server.is_online(site_id)
+        # One outage, said once: stale pooled connections did not fake a second one.
+        assert [r.getMessage() for r in caplog.records if "Redis" in r.getMessage()] == [
+            "Redis unavailable; answering every site offline until it is back",
+            "Redis is back; answering with live site states again",
+        ]
     finally:
         await writer.aclose()
 
