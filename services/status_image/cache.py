@@ -18,7 +18,6 @@ first refresh that succeeds.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -55,6 +54,9 @@ IDLE_EVICT_S = 600.0
 MAX_SITES = 100_000
 # Keys per MGET: one round trip each, small enough not to block Redis for long.
 MGET_BATCH = 1000
+# How long stop() waits for its background tasks: well under the 10 s that `make run`
+# and container runtimes give a process between SIGTERM and SIGKILL.
+STOP_TIMEOUT_S = 5.0
 # Wait before resubscribing after a pub/sub connection broke.
 RESUBSCRIBE_DELAY_S = 1.0
 
@@ -157,6 +159,8 @@ class SiteStatusCache:
                 entry.set_state(await self._timed(self._reader.get(site_id)))
             except BACKEND_ERRORS as exc:
                 self._backend_failed("reading a site's status", exc)
+            except (ValueError, TypeError, KeyError) as exc:  # an unreadable status key
+                log.warning("unreadable site status; counting it offline", extra={"site": site_id, "error": repr(exc)})
         if len(self._entries) < MAX_SITES:
             self._entries[site_id] = entry
             metrics.SITES_CACHED.set(len(self._entries))
@@ -184,9 +188,15 @@ class SiteStatusCache:
         tasks = [*self._tasks, *self._loading.values()]
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, *BACKEND_ERRORS):
-                await task
+        if not tasks:
+            return
+        # Bounded, so a stuck Redis call cannot hold up a SIGTERM stop for long.
+        done, stuck = await asyncio.wait(tasks, timeout=STOP_TIMEOUT_S)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                log.warning("background task had failed", extra={"error": repr(task.exception())[:300]})
+        for task in stuck:
+            log.warning("background task did not stop in time", extra={"task": repr(task)[:300]})
 
     def _spawn(self, job: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.create_task(job)
@@ -201,6 +211,10 @@ class SiteStatusCache:
                     self.apply_pushed(state)
             except BACKEND_ERRORS as exc:
                 self._backend_failed("following site status changes", exc)
+            except Exception:
+                # A malformed announcement must not end the listener for good: the
+                # service would silently fall back to the refresh alone.
+                log.exception("site status listener failed; resubscribing")
             await asyncio.sleep(RESUBSCRIBE_DELAY_S)
 
     def apply_pushed(self, state: SiteState) -> None:
@@ -220,12 +234,19 @@ class SiteStatusCache:
                         self._spawn(self._reload_config([site_id]))
             except BACKEND_ERRORS as exc:
                 self._backend_failed("following site config changes", exc)
+            except Exception:
+                log.exception("site config listener failed; resubscribing")
             await asyncio.sleep(RESUBSCRIBE_DELAY_S)
 
     async def _refresh_forever(self) -> None:
         while True:
             await asyncio.sleep(REFRESH_INTERVAL_S)
-            await self.refresh()
+            try:
+                await self.refresh()
+            except Exception:
+                # Whatever went wrong (a bug, a value we cannot read), the next refresh
+                # must still run: it is what notices an expired status.
+                log.exception("site state refresh failed")
 
     async def refresh(self) -> None:
         """Re-read every known site's state; drop idle entries; reload stale configs."""
@@ -306,8 +327,16 @@ class SiteStatusCache:
 
 
 def _parse_status(site_id: str, value: bytes | str | None) -> SiteState:
-    """A status key's value as SiteStatusReader.get reads it; missing means offline."""
+    """A status key's value as SiteStatusReader.get reads it; missing means offline.
+
+    Something unreadable also counts as offline (and is logged): one bad key must not
+    stop the refresh of every other site.
+    """
     if not value:
         return SiteState(site_id, False, 0)
-    data = json.loads(value)
-    return SiteState(site_id, bool(data["online"]), int(data["operators_available"]))
+    try:
+        data = json.loads(value)
+        return SiteState(site_id, bool(data["online"]), int(data["operators_available"]))
+    except (ValueError, TypeError, KeyError) as exc:
+        log.warning("unreadable site status; counting it offline", extra={"site": site_id, "error": repr(exc)[:200]})
+        return SiteState(site_id, False, 0)

@@ -12,9 +12,11 @@ import sqlalchemy as sa
 
 from libs.common.db import sites
 from libs.common.settings import Settings
-from libs.common.sitedir import SiteDirectory
-from libs.common.state.presence import OperatorPresence, site_status_key
+from libs.common.sitedir import MISSING_TTL_S, SiteConfig, SiteDirectory
+from libs.common.state.presence import OperatorPresence, SiteStatusReader, site_status_channel, site_status_key
 from services.status_image import metrics
+from services.status_image.cache import IDLE_EVICT_S, SiteStatusCache
+from services.status_image.render import ImageRenderer
 from tests.status_image.conftest import StatusServer, top_colour
 
 Start = Callable[[Settings], Awaitable[StatusServer]]
@@ -187,3 +189,48 @@ async def test_healthz_and_metrics(start_server: Start, make_site: Callable[[], 
         "habla_status_redis_up",
     ):
         assert name in text, name
+
+
+async def test_garbage_in_redis_counts_as_offline_and_breaks_nothing(
+    start_server: Start, make_site: Callable[[], str], settings: Settings, redis_client: aioredis.Redis
+) -> None:
+    server = await start_server(settings)
+    site_id = make_site()
+    assert not await server.is_online(site_id)
+    await redis_client.publish(site_status_channel(settings), "not json")  # a bad announcement
+    await redis_client.set(site_status_key(settings, site_id), "{broken")  # a bad status key
+    await asyncio.sleep(0.6)  # past one refresh
+    assert not await server.is_online(site_id)
+    # Both the listener and the refresh are still alive: a real change still shows.
+    await OperatorPresence(redis_client, settings).set_available([site_id], "ana@localhost", "laptop", True)
+    await _wait_for(server, site_id, online=True)
+
+
+class CountingDirectory(SiteDirectory):
+    """The real directory, counting lookups (to prove concurrent first requests share one)."""
+
+    lookups = 0
+
+    async def get(self, site_id: str) -> SiteConfig:
+        self.lookups += 1
+        return await super().get(site_id)
+
+
+async def test_first_requests_share_one_load_and_idle_sites_leave_memory(
+    make_site: Callable[[], str], settings: Settings, redis_client: aioredis.Redis, engine: sa.Engine
+) -> None:
+    directory = CountingDirectory(redis_client, engine, settings)
+    cache = SiteStatusCache(
+        redis_client, directory, SiteStatusReader(redis_client, settings), ImageRenderer(), settings
+    )
+    site_id = make_site()
+    entries = await asyncio.gather(*(cache.load(site_id) for _ in range(20)))
+    assert directory.lookups == 1 and len({id(e) for e in entries}) == 1
+    assert cache.lookup(site_id) is entries[0]
+    unknown = await cache.load("9999-99999-99-9999")
+    assert unknown.look is None and cache.lookup("9999-99999-99-9999") is unknown
+
+    entries[0].used_at -= IDLE_EVICT_S + 1  # not asked about for longer than the limit
+    unknown.config_at -= MISSING_TTL_S + 1  # a "no such site" answer remembered long enough
+    await cache.refresh()
+    assert cache.lookup(site_id) is None and cache.lookup("9999-99999-99-9999") is None
