@@ -39,8 +39,11 @@ class StatusHandler(tornado.web.RequestHandler):
         if entry is not None:
             self.answer(entry)
             return None
-        if not siteids.is_site_id(site_id):
-            self.not_found(MALFORMED, repr(site_id) + " is not a site id: " + MALFORMED.split(": ", 1)[1])
+        try:
+            siteids.check_site_id(site_id)
+        except ValueError as exc:
+            # The header gets a fixed text: the id came from the URL and may hold anything.
+            self.not_found(MALFORMED, str(exc))
             return None
         return self._load_then_answer(site_id)
 
