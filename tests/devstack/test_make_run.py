@@ -106,6 +106,7 @@ def _environment(stack: Settings) -> dict[str, str]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(START_WITHIN_S + 60)  # start, health checks, then up to 30 s to stop
 def test_make_run_starts_every_service_healthy_and_ctrl_c_stops_everything(stack_settings: Settings) -> None:
     missing = [name for name in _services() if not hasattr(stack_settings, HEALTH_PORTS.get(name, "-"))]
     assert not missing, f"HEALTH_PORTS must name the Settings field of the /healthz port of {missing}"
