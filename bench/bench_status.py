@@ -187,9 +187,9 @@ def main() -> int:
 
     run = uuid.uuid4().hex[:8]
     base = Settings.from_env()
-    database = f"habla_bench_{run}"
+    database = f"habla_bench_status_{run}"
     settings = Settings.from_env(
-        redis_prefix=f"habla-bench-{run}:",
+        redis_prefix=f"habla-bench-status-{run}:",
         mysql_url=sa.make_url(base.mysql_url).set(database=database).render_as_string(hide_password=False),
     )
     workdir = Path(tempfile.mkdtemp(prefix="habla-bench-status-"))
