@@ -126,10 +126,12 @@ class SiteStatusCache:
         self._loading: dict[str, asyncio.Future[SiteEntry]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._config_reload: asyncio.Task[None] | None = None
+        self._stale_configs: set[str] = set()
         # Counts pub/sub updates. A refresh remembers the value when it sends its MGET
         # and leaves alone entries updated after that: their pushed state is newer.
         self._generation = 0
         self.redis_up = True
+        self._mysql_ok = True
         self.default_look = renderer.look({})
 
     # --- the request path --------------------------------------------------------------
@@ -176,6 +178,7 @@ class SiteStatusCache:
             # (never a broken image) and let the refresh loop retry.
             self._backend_failed("reading a site's config", exc)
             return SiteEntry(site_id, self.default_look, confirmed=False)
+        self._mysql_ok = True
         return SiteEntry(site_id, self._renderer.look(config.theme))
 
     # --- keeping entries right ---------------------------------------------------------
@@ -231,7 +234,7 @@ class SiteStatusCache:
                 async for site_id in self._directory.changes():
                     metrics.NOTIFICATIONS.labels("config").inc()
                     if site_id in self._entries:
-                        self._spawn(self._reload_config([site_id]))
+                        self._spawn(self._reload_config(site_id))
             except BACKEND_ERRORS as exc:
                 self._backend_failed("following site config changes", exc)
             except Exception:
@@ -282,22 +285,32 @@ class SiteStatusCache:
             stale = list(self._entries)  # invalidations may have been missed meanwhile
         else:
             stale = [s for s, e in self._entries.items() if not e.confirmed or now - e.config_at > CONFIG_REFRESH_S]
-        if stale and (self._config_reload is None or self._config_reload.done()):
-            self._config_reload = self._spawn(self._reload_config(stale))
+        # Queued rather than handed to the running reload, so none is skipped while
+        # one is under way.
+        self._stale_configs.update(stale)
+        if self._stale_configs and (self._config_reload is None or self._config_reload.done()):
+            self._config_reload = self._spawn(self._reload_stale_configs())
 
-    async def _reload_config(self, site_ids: list[str]) -> None:
-        for site_id in site_ids:
-            if site_id not in self._entries:
-                continue
-            # SiteDirectory.invalidate drops the Redis copy before announcing, so this
-            # reads the saved config.
-            fresh = await self._read_config(site_id)
-            if not fresh.confirmed:
-                return  # backend down: keep the look we have, retry on a later refresh
-            entry = self._entries.get(site_id)
-            if entry is None:
-                continue
+    async def _reload_stale_configs(self) -> None:
+        while self._stale_configs:
+            site_id = self._stale_configs.pop()
+            if not await self._reload_config(site_id):
+                self._stale_configs.add(site_id)
+                return  # backend down: retried by a later refresh
+
+    async def _reload_config(self, site_id: str) -> bool:
+        """Re-read one site's config; False if the backend could not be read."""
+        if site_id not in self._entries:
+            return True
+        # SiteDirectory.invalidate drops the Redis copy before announcing, so this
+        # reads the saved config.
+        fresh = await self._read_config(site_id)
+        if not fresh.confirmed:
+            return False  # keep the look we have
+        entry = self._entries.get(site_id)
+        if entry is not None:
             entry.look, entry.error, entry.confirmed, entry.config_at = fresh.look, fresh.error, True, time.monotonic()
+        return True
 
     # --- helpers -----------------------------------------------------------------------
 
@@ -309,8 +322,11 @@ class SiteStatusCache:
         to offline: a pub/sub reconnect or one slow first load must not flicker them all."""
         reason = f"{exc.__class__.__name__}: {exc}"[:200]
         if isinstance(exc, sqlalchemy.exc.SQLAlchemyError):
-            # MySQL only holds configs: states still come from Redis; retried on refresh.
-            log.warning("cannot read a site's config from MySQL; using the default look", extra={"error": reason})
+            # MySQL only holds configs: states still come from Redis; retried on every
+            # refresh, so said once until a config is read again.
+            if self._mysql_ok:
+                log.warning("cannot read site configs from MySQL; using the default look", extra={"error": reason})
+            self._mysql_ok = False
             return
         metrics.REDIS_ERRORS.inc()
         if not self.redis_up:

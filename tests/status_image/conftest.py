@@ -69,11 +69,13 @@ def make_site(engine: sa.Engine) -> Callable[[], str]:
 @pytest.fixture
 async def start_server(
     engine: sa.Engine,
-) -> AsyncIterator[Callable[[Settings], Awaitable[StatusServer]]]:
-    """Factory: the status image app in this process, on a free port, for given settings."""
+) -> AsyncIterator[Callable[..., Awaitable[StatusServer]]]:
+    """Factory: the status image app in this process, on a free port, for given settings
+    (and MySQL engine: this run's database unless told otherwise)."""
     stops: list[Callable[[], Awaitable[None]]] = []
+    default_engine = engine
 
-    async def start(settings: Settings) -> StatusServer:
+    async def start(settings: Settings, engine: sa.Engine = default_engine) -> StatusServer:
         client = cache_module.connect(settings)
         renderer = ImageRenderer()
         cache = SiteStatusCache(

@@ -17,9 +17,9 @@ from libs.common.state.presence import OperatorPresence, SiteStatusReader, site_
 from services.status_image import metrics
 from services.status_image.cache import IDLE_EVICT_S, SiteStatusCache
 from services.status_image.render import ImageRenderer
-from tests.status_image.conftest import StatusServer, top_colour
+from tests.status_image.conftest import StatusServer, free_port, top_colour
 
-Start = Callable[[Settings], Awaitable[StatusServer]]
+Start = Callable[..., Awaitable[StatusServer]]
 
 # The issue's promise: a status change shows within a second.
 WITHIN_S = 1.0
@@ -234,3 +234,20 @@ async def test_first_requests_share_one_load_and_idle_sites_leave_memory(
     unknown.config_at -= MISSING_TTL_S + 1  # a "no such site" answer remembered long enough
     await cache.refresh()
     assert cache.lookup(site_id) is None and cache.lookup("9999-99999-99-9999") is None
+
+
+async def test_mysql_down_still_answers_with_the_live_state_in_the_default_look(
+    start_server: Start, make_site: Callable[[], str], settings: Settings, redis_client: aioredis.Redis
+) -> None:
+    """A site whose config is in neither memory nor Redis while MySQL is unreachable (a
+    port nobody listens on): an image all the same, and the state still from Redis."""
+    nobody = sa.create_engine(f"mysql+pymysql://root:@127.0.0.1:{free_port()}/habla?connect_timeout=1")
+    try:
+        server = await start_server(settings, nobody)
+        site_id = make_site()  # in this run's database, which the server cannot reach
+        response = await server.fetch(f"/status/{site_id}/image.png")
+        assert response.code == 200 and response.headers["Etag"] == server.cache.default_look.offline.etag
+        await OperatorPresence(redis_client, settings).set_available([site_id], "ana@localhost", "laptop", True)
+        await _wait_for(server, site_id, online=True)
+    finally:
+        nobody.dispose()
