@@ -1,6 +1,6 @@
 """Status image throughput and latency against two baselines measured in the same run.
 
-    .venv/bin/python bench/bench_status.py [--seconds 5] [--rounds 2] [--threads 2] [--connections 50]
+    .venv/bin/python bench/bench_status.py [--seconds 3] [--rounds 4] [--threads 2] [--connections 50]
 
 Runs wrk against, one after the other:
   * status_image   the real service (`python -m services.status_image`), a site in an
@@ -86,12 +86,12 @@ def wait_http(url: str, process: subprocess.Popen[bytes] | None = None, within: 
             time.sleep(0.1)
 
 
-def wrk(name: str, url: str, server: int, args: argparse.Namespace, headers: list[str] | None = None) -> Result:
+def wrk(name: str, url: str, server: int, args: argparse.Namespace, headers: list[str], *, warm_up: bool) -> Result:
     command = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{args.seconds}s", "--latency"]
-    for header in headers or []:
+    for header in headers:
         command += ["-H", header]
-    # One short warm-up run so each server starts hot (JIT-free Python still warms caches).
-    subprocess.run([*command[:3], "-d1s", url], capture_output=True, check=True)
+    if warm_up:  # a first, unmeasured second: connections open, caches and allocator warm
+        subprocess.run([*command[:3], "-d1s", url], capture_output=True, check=True)
     cpu_before = cpu_seconds(server)
     out = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout
     cpu = cpu_seconds(server) - cpu_before
@@ -165,8 +165,9 @@ http {{
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=2)
+    # 4 rounds: each target runs once in each position of the rotating order.
+    parser.add_argument("--seconds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--bare-tornado", nargs=2, metavar=("PORT", "PNG"), help=argparse.SUPPRESS)
@@ -243,11 +244,13 @@ def main() -> int:
             ("nginx static", f"http://127.0.0.1:{nginx_port}{path}", nginx.pid, []),
         ]
         # Rounds interleave the targets, so a burst of load from elsewhere on the
-        # machine hits all of them alike; each figure is the median over the rounds.
+        # machine hits all of them alike, and rotate their order: whichever ran first in
+        # a round measured consistently slower here. Each figure is the median.
         rounds: dict[str, list[Result]] = {name: [] for name, *_ in targets}
-        for _ in range(args.rounds):
-            for name, url, pid, headers in targets:
-                rounds[name].append(wrk(name, url, pid, args, headers))
+        for number in range(args.rounds):
+            shift = number % len(targets)
+            for name, url, pid, headers in targets[shift:] + targets[:shift]:
+                rounds[name].append(wrk(name, url, pid, args, headers, warm_up=number == 0))
         results = [median_result(name, runs) for name, runs in rounds.items()]
         print(f"{'target':<14} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>10}  errors")
         for r in results:
