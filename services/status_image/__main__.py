@@ -1,0 +1,65 @@
+"""`python -m services.status_image`: serve status images on HABLA_STATUS_HOST:HABLA_STATUS_PORT."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import signal
+import sys
+
+from libs.common import db, logs
+from libs.common.settings import Settings
+from libs.common.sitedir import SiteDirectory
+from libs.common.state.presence import SiteStatusReader
+from services.status_image import cache as cache_module
+from services.status_image.cache import SiteStatusCache
+from services.status_image.handlers import make_app
+from services.status_image.render import ImageRenderer
+
+log = logging.getLogger("services.status_image")
+
+
+async def serve(settings: Settings) -> None:
+    """Build every dependency once, serve until SIGTERM/SIGINT, then close them."""
+    redis = cache_module.connect(settings)
+    engine = db.engine(settings)
+    renderer = ImageRenderer()
+    cache = SiteStatusCache(
+        redis, SiteDirectory(redis, engine, settings), SiteStatusReader(redis, settings), renderer, settings
+    )
+    cache.start()
+
+    async def redis_answers() -> None:
+        await redis.ping()
+
+    app = make_app(cache, renderer, {"redis": redis_answers})
+    server = app.listen(settings.status_port, address=settings.status_host)
+    # Everything built so far lives as long as the process: move it out of the garbage
+    # collector's sight, so the collections that per-request objects trigger do not
+    # rescan the imported libraries (SQLAlchemy, Pillow, redis-py …) each time.
+    gc.freeze()
+    log.info("status image listening", extra={"url": f"http://{settings.status_host}:{settings.status_port}"})
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping")
+    server.stop()
+    await server.close_all_connections()
+    await cache.stop()
+    await redis.aclose()
+    engine.dispose()
+
+
+def main() -> int:
+    settings = Settings.from_env()
+    logs.configure("status_image", settings)
+    asyncio.run(serve(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
