@@ -64,14 +64,21 @@ def validate(theme: Mapping[str, Any]) -> tuple[dict[str, dict[str, str]], dict[
     """Merge ``theme`` over the defaults. Returns (theme, errors by field name)."""
     merged = default_theme()
     errors: dict[str, str] = {}
-    for key, value in dict(theme.get("colours") or {}).items():
+    colours, texts = theme.get("colours") or {}, theme.get("texts") or {}
+    if not isinstance(colours, Mapping):
+        errors["colours"] = "must be a mapping of colour names to #rrggbb values"
+        colours = {}
+    if not isinstance(texts, Mapping):
+        errors["texts"] = "must be a mapping of text names to strings"
+        texts = {}
+    for key, value in dict(colours).items():
         if key not in DEFAULT_COLOURS:
             errors[key] = f"unknown colour {key!r}"
         elif not isinstance(value, str) or not COLOUR_RE.match(value):
             errors[key] = "must be a colour like #1f6f8b"
         else:
             merged["colours"][key] = value.lower()
-    for key, value in dict(theme.get("texts") or {}).items():
+    for key, value in dict(texts).items():
         if key not in DEFAULT_TEXTS:
             errors[key] = f"unknown text {key!r}"
         elif not isinstance(value, str) or not value.strip():

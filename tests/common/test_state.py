@@ -106,3 +106,13 @@ async def test_site_goes_online_with_an_operator_and_offline_when_presence_expir
         assert seen == [(site, True, 1), (site, True, 2), (site, True, 1), (site, False, 0)]
     finally:
         listener.cancel()
+
+
+def test_theme_validation_refuses_wrong_shapes_without_crashing() -> None:
+    from libs.common import theme
+
+    merged, errors = theme.validate({"colours": "red", "texts": ["x"]})
+    assert merged == theme.default_theme()
+    assert set(errors) == {"colours", "texts"}
+    merged, errors = theme.validate({"colours": {"header_background": "#AA0000", "nope": "#000000"}})
+    assert merged["colours"]["header_background"] == "#aa0000" and errors == {"nope": "unknown colour 'nope'"}

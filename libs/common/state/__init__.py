@@ -8,6 +8,9 @@ through the transcript, so run Redis with persistence in production.
 from __future__ import annotations
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from libs.common.settings import Settings
 
@@ -31,5 +34,13 @@ def connect(settings: Settings) -> aioredis.Redis:
         health_check_interval=30,
         max_connections=MAX_CONNECTIONS,
         timeout=CONNECTION_WAIT_S,
+        # After a Redis restart every pooled connection is dead and fails its next
+        # command once. One immediate retry on a fresh connection hides that. Safe
+        # here because every write we make is idempotent or harmless to repeat: log
+        # appends dedupe by message id, presence and sessions are plain sets, and a
+        # rate-limit counter at worst counts one request twice.
+        retry=Retry(NoBackoff(), retries=1),
+        retry_on_error=[RedisConnectionError],
     )
-    return aioredis.Redis(connection_pool=pool)
+    # from_pool: the client owns the pool, so aclose() also closes its connections.
+    return aioredis.Redis.from_pool(pool)
