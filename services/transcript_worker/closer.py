@@ -1,0 +1,35 @@
+"""Consumer of transcript_worker.closer: ends a conversation at once on an operator's
+``end``/``block`` or the visitor's "end chat"; everything else on the queue is ignored."""
+
+from __future__ import annotations
+
+from libs.common import codec, topology
+from libs.common.messaging import Envelope, Permanent
+from libs.common.sitedir import SiteDirectory, UnknownSite
+from services.transcript_worker.closing import CLOSING_ACTIONS, Closer
+
+
+class CloserConsumer:
+    spec = topology.CLOSER
+    manual_ack = False
+
+    def __init__(self, closer: Closer, sites: SiteDirectory) -> None:
+        self._closer = closer
+        self._sites = sites
+
+    async def consume(self, envelope: Envelope) -> None:
+        struct = envelope.struct
+        if envelope.type_name == "OperatorAction" and struct.action in CLOSING_ACTIONS:
+            reason, operator_jid = CLOSING_ACTIONS[struct.action], struct.operator_jid
+        elif envelope.type_name == "VisitorEvent" and struct.kind == codec.VisitorEventKind.ENDED_CHAT:
+            reason, operator_jid = "VISITOR_ENDED", None
+        else:
+            return  # typing, page changes …: not ours
+        if not struct.conversation_id:
+            raise Permanent(f"{envelope.type_name} ends a chat but names no conversation")
+        try:
+            await self._sites.get(struct.site_id)
+        except UnknownSite as exc:
+            raise Permanent(str(exc)) from exc
+        # Busy (another worker is closing it) raises: the retry finds it closed.
+        await self._closer.close(struct.conversation_id, struct.site_id, struct.visitor_id, reason, operator_jid)
