@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from libs.common import codec, topology
-from libs.common.db import site_store
+from libs.common.db import site_store, sites
 from libs.common.messaging import Bus
 from libs.common.settings import Settings
 from libs.common.sitedir import SiteConfig, SiteDirectory
@@ -64,11 +64,11 @@ class CapturingSMTP:
     def with_id(self, message_id: str) -> list[EmailMessage]:
         return [m for m in self.mails if m["Message-ID"] == message_id]
 
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
+    async def wait_for(self, predicate: Callable[[], bool], wait_s: float = 20) -> None:
+        deadline = time.monotonic() + wait_s
         while not predicate():
             if time.monotonic() > deadline:
-                raise AssertionError(f"mail condition not met within {timeout} s; got {len(self.mails)} mails")
+                raise AssertionError(f"mail condition not met within {wait_s} s; got {len(self.mails)} mails")
             await asyncio.sleep(0.05)
 
 
@@ -112,8 +112,8 @@ async def site(engine: sa.Engine, redis_client: aioredis.Redis, settings: Settin
             conn, account, "Shoe <shop>", transcript_emails=["owner@shop.example", "team@shop.example"]
         )
         conn.execute(
-            sa.update(site_store.sites)
-            .where(site_store.sites.c.id == created.id)
+            sa.update(sites)
+            .where(sites.c.id == created.id)
             .values(theme={"colours": {"header_background": "#123456"}})
         )
         site_store.add_operator(conn, created.id, OPERATOR_JID, OPERATOR_NAME)
@@ -133,6 +133,13 @@ async def running_worker(
         yield worker
     finally:
         await worker.stop()
+
+
+def part(mail: EmailMessage, kind: str) -> str:
+    """The text of a mail's plain or html part."""
+    body = mail.get_body((kind,))
+    assert body is not None, f"no {kind} part"
+    return str(body.get_content())
 
 
 def now_ms() -> int:
@@ -252,9 +259,9 @@ class Chat:
         await self.bus.publish(topology.VISITOR, f"{self.site_id}.event", event, message_id=uuid.uuid4().hex)
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 20, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
+async def eventually(check: Callable[[], Awaitable[bool]], wait_s: float = 20, what: str = "condition") -> None:
+    deadline = time.monotonic() + wait_s
     while not await check():
         if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout} s")
+            raise AssertionError(f"{what} not met within {wait_s} s")
         await asyncio.sleep(0.05)

@@ -27,8 +27,7 @@ from libs.common.settings import Settings
 from libs.common.sitedir import SiteConfig
 from libs.common.state.conversations import ConversationLog
 from libs.common.state.sessions import VisitorSessions
-from libs.common.topology import QueueSpec
-from tests.transcript_worker.conftest import OPERATOR_JID, Chat, SmtpServer, eventually, now_ms, running_worker
+from tests.transcript_worker.conftest import OPERATOR_JID, Chat, SmtpServer, eventually, now_ms, part, running_worker
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,9 +40,9 @@ async def _downstream_queue(bus: Bus, exchange: str, key: str) -> aio_pika.abc.A
     return queue
 
 
-async def _drain(queue: aio_pika.abc.AbstractQueue, until: int, timeout: float = 20) -> list[Any]:
+async def _drain(queue: aio_pika.abc.AbstractQueue, until: int, wait_s: float = 20) -> list[Any]:
     got: list[Any] = []
-    deadline = asyncio.get_running_loop().time() + timeout
+    deadline = asyncio.get_running_loop().time() + wait_s
     while len(got) < until and asyncio.get_running_loop().time() < deadline:
         message = await queue.get(fail=False)
         if message is None:
@@ -99,8 +98,8 @@ async def test_conversation_is_archived_closed_by_end_published_and_emailed_once
         # Give any duplicate a moment to show up before counting.
         await asyncio.sleep(1.0)
         assert len(smtp.handler.with_id(mail_id)) == 1
-        assert await _drain(downstream, 1, timeout=0.5) == []
-        assert await _drain(closed_queue, 1, timeout=0.5) == []
+        assert await _drain(downstream, 1, wait_s=0.5) == []
+        assert await _drain(closed_queue, 1, wait_s=0.5) == []
 
     # MySQL: every line once, the conversation closed by the operator.
     cid = chat.conversation_id
@@ -149,8 +148,8 @@ async def test_conversation_is_archived_closed_by_end_published_and_emailed_once
     assert "\n" not in str(mail["Subject"]) and mail["Bcc"] is None
     assert str(mail["Subject"]).startswith('Chat with Eve "<img src=x>" Bcc: victim@evil.example on Shoe <shop>')
     assert mail["Reply-To"].addresses[0].addr_spec == "eve@visitor.example"
-    text = mail.get_body(("plain",)).get_content()
-    html = mail.get_body(("html",)).get_content()
+    text = part(mail, "plain")
+    html = part(mail, "html")
     assert "Hi, do you have <b>red</b> shoes?" in text and "Alice: Yes, in sizes 38 to 45." in text
     assert "[INTERNAL NOTE, not shown to the visitor]" in text and "VIP customer" in text
     assert "https://search.example/?q=shoes" in text and "+44 20 7946 0000" in text
@@ -232,10 +231,10 @@ async def test_idle_conversation_closes_by_itself_and_visitor_end_closes_at_once
         await eventually(lambda: closed(ended, "VISITOR_ENDED"), what="visitor end closes")
         # Not closed before its idle time has passed.
         assert not await closed(idle, "IDLE")
-        await eventually(lambda: closed(idle, "IDLE"), timeout=15, what="idle close")
+        await eventually(lambda: closed(idle, "IDLE"), wait_s=15, what="idle close")
         for chat in (idle, ended):
             mail_id = f"<transcript.{chat.conversation_id}@habla.localhost>"
-            await smtp.handler.wait_for(lambda mail_id=mail_id: len(smtp.handler.with_id(mail_id)) == 1)
+            await smtp.handler.wait_for(lambda: len(smtp.handler.with_id(mail_id)) == 1)  # noqa: B023
 
 
 async def test_offline_message_is_emailed_with_reply_to_the_visitor(
@@ -269,9 +268,9 @@ async def test_offline_message_is_emailed_with_reply_to_the_visitor(
     assert mail["Bcc"] is None and "\n" not in str(mail["Subject"])
     assert str(mail["Subject"]).startswith("Bob Bcc: all@evil.example <script> wrote you a note")
     assert mail["Reply-To"].addresses[0].addr_spec == "bob@visitor.example"
-    html = mail.get_body(("html",)).get_content()
+    html = part(mail, "html")
     assert "<b>tomorrow</b>" not in html and "&lt;b&gt;tomorrow&lt;/b&gt;" in html
-    assert "Please call me back <b>tomorrow</b>." in mail.get_body(("plain",)).get_content()
+    assert "Please call me back <b>tomorrow</b>." in part(mail, "plain")
 
 
 async def test_bad_input_is_dead_lettered_with_its_reason_and_the_worker_goes_on(
@@ -329,5 +328,5 @@ async def test_a_conversation_closes_once_however_often_it_is_ended(
         await chat.visitor_ends()
         await chat.operator_action("end")
         await chat.operator_action("block")
-        got = await _drain(closed_queue, 2, timeout=4)
+        got = await _drain(closed_queue, 2, wait_s=4)
     assert len([m for m in got if codec.decode(m.type, m.body).conversation_id == chat.conversation_id]) == 1
