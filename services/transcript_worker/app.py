@@ -75,7 +75,7 @@ class Worker:
         if "transcripts" in names:
             worker.consumers["transcripts"] = TranscriptsConsumer(engine, redis, sites, bus, settings)
         if "email" in names:
-            worker.consumers["email"] = EmailConsumer(engine, sites, Mailer(settings), settings)
+            worker.consumers["email"] = EmailConsumer(engine, redis, sites, Mailer(settings), settings)
         return worker
 
     async def start(self) -> None:

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from email.message import EmailMessage
 from typing import Any
 
+import redis.asyncio as aioredis
 import sqlalchemy as sa
 from prometheus_client import Counter
 
@@ -22,6 +24,7 @@ from libs.common.messaging import Envelope, Permanent
 from libs.common.settings import Settings
 from libs.common.sitedir import SiteConfig, SiteDirectory, UnknownSite
 from services.transcript_worker import conversation_store, rendering
+from services.transcript_worker.lease import Lease
 from services.transcript_worker.mailer import Mailer, MailRejected
 
 log = logging.getLogger(__name__)
@@ -33,19 +36,34 @@ class EmailConsumer:
     spec = topology.EMAIL
     manual_ack = False
 
-    def __init__(self, engine: sa.Engine, sites: SiteDirectory, mailer: Mailer, settings: Settings) -> None:
+    def __init__(
+        self, engine: sa.Engine, redis: aioredis.Redis, sites: SiteDirectory, mailer: Mailer, settings: Settings
+    ) -> None:
         self._engine = engine
+        self._redis = redis
         self._sites = sites
         self._mailer = mailer
         self._settings = settings
 
     async def consume(self, envelope: Envelope) -> None:
+        send: Callable[[Any], Awaitable[None]]
         if envelope.type_name == "Transcript":
-            await self._transcript(envelope.struct)
+            key, send = envelope.struct.conversation_id, self._transcript
         elif envelope.type_name == "OfflineMessage":
-            await self._offline(envelope.struct)
+            key, send = envelope.struct.message_id, self._offline
         else:
             raise Permanent(f"cannot email a {envelope.type_name}")
+        # Two copies of one message (a republish, a redelivery) handled at once would
+        # both find "not emailed yet": one sends, the other retries later and finds it sent.
+        # The lock outlives one SMTP attempt (timeout) with a margin.
+        lock_ms = int(self._settings.smtp_timeout_s * 2000) + 10_000
+        lock = Lease(self._redis, self._settings.redis_key("worker", "emailing", envelope.type_name, key), lock_ms)
+        if not await lock.acquire():
+            raise RuntimeError(f"{envelope.type_name} {key} is being emailed by another worker")
+        try:
+            await send(envelope.struct)
+        finally:
+            await lock.release()
 
     async def _site(self, site_id: str) -> SiteConfig:
         try:
