@@ -112,9 +112,7 @@ async def site(engine: sa.Engine, redis_client: aioredis.Redis, settings: Settin
             conn, account, "Shoe <shop>", transcript_emails=["owner@shop.example", "team@shop.example"]
         )
         conn.execute(
-            sa.update(sites)
-            .where(sites.c.id == created.id)
-            .values(theme={"colours": {"header_background": "#123456"}})
+            sa.update(sites).where(sites.c.id == created.id).values(theme={"colours": {"header_background": "#123456"}})
         )
         site_store.add_operator(conn, created.id, OPERATOR_JID, OPERATOR_NAME)
     directory = SiteDirectory(redis_client, engine, settings)
