@@ -31,7 +31,7 @@ from libs.common import codec, topology
 from libs.common.settings import Settings
 from libs.common.state.conversations import ConversationLog
 from services.transcript_worker import conversation_store
-from services.transcript_worker.lease import Lease
+from services.transcript_worker.lease import Lease, LeaseBusy
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,12 @@ ENDED_LINE = "The chat has ended."
 # Markers and per-conversation locks outlive any redelivery or repair pass (repairs
 # look back one day) by a wide margin.
 MARKER_TTL_S = 30 * 24 * 3600
-# A close takes milliseconds; 30 s covers a slow MySQL without blocking a real retry long.
-CLOSE_LOCK_MS = 30_000
+# Per-conversation locks are renewed while held (Lease.held), so their ttl only says how
+# long a worker that died holding one blocks the others: 5 s.
+LOCK_TTL_MS = 5_000
+# A consumer waits this long for another worker's lock before handing the message to
+# the retry queue: two lock lifetimes, i.e. past a dead holder's lock.
+LOCK_WAIT_S = 2 * LOCK_TTL_MS / 1000
 # How far back the repair pass looks for closed conversations without a transcript,
 # and how long it leaves the normal path to finish first (transcripts wait for the
 # archive up to HABLA_TRANSCRIPT_WAIT_S, so give them twice that plus a margin).
@@ -76,8 +80,7 @@ class Publisher(Protocol):
     ) -> str: ...
 
 
-class Busy(Exception):
-    """Another worker is closing this conversation right now; try again later."""
+Busy = LeaseBusy  # another worker is closing this conversation right now
 
 
 def _now_ms() -> int:
@@ -97,13 +100,18 @@ class Closer:
         return self._settings.redis_key("worker", "closed", conversation_id)
 
     async def close(
-        self, conversation_id: str, site_id: str, visitor_id: str, reason: str, operator_jid: str | None = None
+        self,
+        conversation_id: str,
+        site_id: str,
+        visitor_id: str,
+        reason: str,
+        operator_jid: str | None = None,
+        wait_s: float = LOCK_WAIT_S,
     ) -> bool:
-        """Close the conversation; True if this call closed it (False: it already was)."""
-        lock = Lease(self._redis, self._settings.redis_key("worker", "closing", conversation_id), CLOSE_LOCK_MS)
-        if not await lock.acquire():
-            raise Busy(f"conversation {conversation_id} is being closed by another worker")
-        try:
+        """Close the conversation; True if this call closed it (False: it already was).
+        Busy if another worker holds the conversation for longer than ``wait_s``."""
+        lock = Lease(self._redis, self._settings.redis_key("worker", "closing", conversation_id), LOCK_TTL_MS)
+        async with lock.held(wait_s):
             closed_at_ms = _now_ms()
             claimed = await asyncio.to_thread(
                 conversation_store.claim_close,
@@ -129,8 +137,6 @@ class Closer:
                 CLOSED.labels(reason.lower()).inc()
                 log.info("conversation closed", extra={"conversation": conversation_id, "reason": reason})
             return claimed
-        finally:
-            await lock.release()
 
     async def _side_effects(
         self,
@@ -237,7 +243,7 @@ class IdleSweeper:
             if await self._active_in_log(conv.id, idle_since):
                 continue  # the archive lags behind the live log: not idle after all
             try:
-                if await self._closer.close(conv.id, conv.site_id, conv.visitor_id, "IDLE"):
+                if await self._closer.close(conv.id, conv.site_id, conv.visitor_id, "IDLE", wait_s=0):
                     closed += 1
             except Busy:
                 continue
@@ -247,7 +253,7 @@ class IdleSweeper:
         ):
             if not await self._redis.exists(self._closer.done_key(conv.id)):
                 try:
-                    await self._closer.close(conv.id, conv.site_id, conv.visitor_id, "IDLE")
+                    await self._closer.close(conv.id, conv.site_id, conv.visitor_id, "IDLE", wait_s=0)
                 except Busy:
                     continue
         return closed

@@ -24,6 +24,7 @@ from libs.common.messaging import Envelope, Permanent
 from libs.common.settings import Settings
 from libs.common.sitedir import SiteConfig, SiteDirectory, UnknownSite
 from services.transcript_worker import conversation_store, rendering
+from services.transcript_worker.closing import LOCK_TTL_MS, LOCK_WAIT_S
 from services.transcript_worker.lease import Lease
 from services.transcript_worker.mailer import Mailer, MailRejected
 
@@ -54,16 +55,11 @@ class EmailConsumer:
         else:
             raise Permanent(f"cannot email a {envelope.type_name}")
         # Two copies of one message (a republish, a redelivery) handled at once would
-        # both find "not emailed yet": one sends, the other retries later and finds it sent.
-        # The lock outlives one SMTP attempt (timeout) with a margin.
-        lock_ms = int(self._settings.smtp_timeout_s * 2000) + 10_000
-        lock = Lease(self._redis, self._settings.redis_key("worker", "emailing", envelope.type_name, key), lock_ms)
-        if not await lock.acquire():
-            raise RuntimeError(f"{envelope.type_name} {key} is being emailed by another worker")
-        try:
+        # both find "not emailed yet": the second waits for the first, then finds it sent.
+        # The wait covers one SMTP attempt (its timeout) plus a dead holder's lock.
+        lock = Lease(self._redis, self._settings.redis_key("worker", "emailing", envelope.type_name, key), LOCK_TTL_MS)
+        async with lock.held(self._settings.smtp_timeout_s + LOCK_WAIT_S):
             await send(envelope.struct)
-        finally:
-            await lock.release()
 
     async def _site(self, site_id: str) -> SiteConfig:
         try:

@@ -7,9 +7,22 @@ holder that dies simply stops renewing and the lease passes on after ``ttl``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import secrets
+import time
+from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
+
+# Polling interval while waiting for a lease someone else holds: short next to the
+# few-second leases used here, long enough not to load Redis.
+POLL_S = 0.05
+
+
+class LeaseBusy(Exception):
+    """Someone else holds the lease (and kept it for as long as we were willing to wait)."""
+
 
 # KEYS[1] = lease key; ARGV[1] = token, ARGV[2] = ttl ms. Renew if ours, else take if free.
 _ACQUIRE_OR_RENEW = """
@@ -45,3 +58,26 @@ class Lease:
 
     async def release(self) -> None:
         await self._release(keys=[self.key], args=[self.token])
+
+    @contextlib.asynccontextmanager
+    async def held(self, wait_s: float = 0.0) -> AsyncIterator[None]:
+        """Hold the lease for the block, renewing it every third of its ttl, so the
+        ttl only bounds how long a holder that *died* blocks the others.
+        Waits up to ``wait_s`` for a current holder; LeaseBusy after that."""
+        deadline = time.monotonic() + wait_s
+        while not await self.acquire():
+            if time.monotonic() >= deadline:
+                raise LeaseBusy(f"{self.key} is held by another worker")
+            await asyncio.sleep(POLL_S)
+        renewer = asyncio.create_task(self._keep())
+        try:
+            yield
+        finally:
+            renewer.cancel()
+            await asyncio.gather(renewer, return_exceptions=True)
+            await self.release()
+
+    async def _keep(self) -> None:
+        while True:
+            await asyncio.sleep(self.ttl_ms / 3000)
+            await self.acquire()

@@ -20,7 +20,7 @@ from libs.common.messaging import Envelope, Permanent
 from libs.common.settings import Settings
 from libs.common.sitedir import SiteDirectory, UnknownSite
 from services.transcript_worker import conversation_store
-from services.transcript_worker.closing import CLOSE_LOCK_MS, MARKER_TTL_S, Publisher
+from services.transcript_worker.closing import LOCK_TTL_MS, LOCK_WAIT_S, MARKER_TTL_S, Publisher
 from services.transcript_worker.lease import Lease
 from services.transcript_worker.transcript_builder import TranscriptBuilder, UnknownConversation
 
@@ -58,10 +58,10 @@ class TranscriptsConsumer:
             site = await self._sites.get(closed.site_id)
         except UnknownSite as exc:
             raise Permanent(str(exc)) from exc
-        lock = Lease(self._redis, self._settings.redis_key("worker", "transcript", conversation_id), CLOSE_LOCK_MS)
-        if not await lock.acquire():
-            raise RuntimeError(f"transcript of {conversation_id} is being built by another worker")
-        try:
+        lock = Lease(self._redis, self._settings.redis_key("worker", "transcript", conversation_id), LOCK_TTL_MS)
+        async with lock.held(LOCK_WAIT_S):
+            if await self._redis.exists(self.published_key(conversation_id)):
+                return  # the holder we waited for published it
             body = await asyncio.to_thread(conversation_store.transcript_body, self._engine, conversation_id)
             if body is None:
                 await self._builder.wait_until_archived(closed, self._settings.transcript_wait_s)
@@ -80,5 +80,3 @@ class TranscriptsConsumer:
             transcript = codec.decode("Transcript", body or b"")
             await self._publisher.publish(topology.TRANSCRIPTS, "", transcript, message_id=conversation_id)
             await self._redis.set(self.published_key(conversation_id), "1", ex=MARKER_TTL_S)
-        finally:
-            await lock.release()
