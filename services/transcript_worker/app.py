@@ -28,6 +28,10 @@ from services.transcript_worker.transcripts import TranscriptsConsumer
 log = logging.getLogger(__name__)
 
 CONSUMERS = ("archive", "closer", "transcripts", "email")
+# On SIGTERM, handlers already running get this long to finish (an SMTP send, a
+# transcript waiting for the archive) before the channels close and the broker
+# redelivers what is left; under docker's default 10 s stop timeout.
+STOP_GRACE_S = 8.0
 
 
 class Consumer(Protocol):
@@ -59,6 +63,9 @@ class Worker:
     archive: ArchiveConsumer | None = None
     sweeper: IdleSweeper | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _subscriptions: list[Any] = field(default_factory=list)
+    _in_flight: int = 0
+    _idle: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
     def build(cls, settings: Settings, bus: Bus, redis: aioredis.Redis, engine: sa.Engine) -> Worker:
@@ -83,12 +90,41 @@ class Worker:
         if self.archive is not None:
             self.archive.start()
         for name, consumer in self.consumers.items():
-            await self.bus.consume(consumer.spec, consumer.consume, manual=consumer.manual_ack)
+            await self.bus.consume(
+                consumer.spec,
+                consumer.consume,
+                manual=consumer.manual_ack,
+                prefetch=getattr(consumer, "prefetch", None),
+            )
             log.info("consuming", extra={"consumer": name, "queue": consumer.spec.name})
         if self.sweeper is not None:
             self._tasks.append(asyncio.create_task(self.sweeper.run(), name="idle-sweeper"))
 
+    def _tracked(self, handler: Callable[[Envelope], Awaitable[None]]) -> Callable[[Envelope], Awaitable[None]]:
+        """Count running handlers, so a graceful stop can wait for them."""
+
+        async def run(envelope: Envelope) -> None:
+            self._in_flight += 1
+            self._idle.clear()
+            try:
+                await handler(envelope)
+            finally:
+                self._in_flight -= 1
+                if self._in_flight == 0:
+                    self._idle.set()
+
+        return run
+
     async def stop(self) -> None:
+        """Graceful: no new deliveries, running handlers finish, the archive commits and
+        acknowledges its last batch, then the connection closes."""
+        for subscription in self._subscriptions:
+            await subscription.cancel()
+        if self._in_flight:
+            try:
+                await asyncio.wait_for(self._idle.wait(), STOP_GRACE_S)
+            except TimeoutError:
+                log.warning("stopping with handlers still running", extra={"in_flight": self._in_flight})
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -40,6 +40,9 @@ class ArchiveConsumer:
     def __init__(self, engine: sa.Engine, sites: SiteDirectory, settings: Settings) -> None:
         self._engine = engine
         self._sites = sites
+        # Two batches in flight: one fills while the previous one commits (with only
+        # one, consuming would stall for every commit).
+        self.prefetch = 2 * settings.archive_batch_size
         self._known_sites: dict[str, float] = {}
         self.batcher: Batcher[Envelope] = Batcher(
             self._flush,
