@@ -138,10 +138,12 @@ async def _bare_consume(settings: Settings, exchange: str, key: str, items: list
             done.set()
 
     started = time.perf_counter()
-    await queue.consume(on_message)
+    tag = await queue.consume(on_message)
     await done.wait()
     elapsed = time.perf_counter() - started
+    await queue.cancel(tag)
     await queue.delete(if_unused=False, if_empty=False)
+    await channel.close()
     await bus.close()
     return len(items) / elapsed
 

@@ -90,24 +90,32 @@ class Worker:
         if self.archive is not None:
             self.archive.start()
         for name, consumer in self.consumers.items():
-            await self.bus.consume(
+            # Settled here rather than by the bus (manual=True), so the ack counts as
+            # part of the running handler that a graceful stop waits for.
+            subscription = await self.bus.consume(
                 consumer.spec,
-                consumer.consume,
-                manual=consumer.manual_ack,
+                self._tracked(consumer.consume, ack=not consumer.manual_ack),
+                manual=True,
                 prefetch=getattr(consumer, "prefetch", None),
             )
+            self._subscriptions.append(subscription)
             log.info("consuming", extra={"consumer": name, "queue": consumer.spec.name})
         if self.sweeper is not None:
             self._tasks.append(asyncio.create_task(self.sweeper.run(), name="idle-sweeper"))
 
-    def _tracked(self, handler: Callable[[Envelope], Awaitable[None]]) -> Callable[[Envelope], Awaitable[None]]:
-        """Count running handlers, so a graceful stop can wait for them."""
+    def _tracked(
+        self, handler: Callable[[Envelope], Awaitable[None]], *, ack: bool
+    ) -> Callable[[Envelope], Awaitable[None]]:
+        """Count running handlers (acknowledging for those that do not settle
+        themselves), so a graceful stop can wait for them."""
 
         async def run(envelope: Envelope) -> None:
             self._in_flight += 1
             self._idle.clear()
             try:
                 await handler(envelope)
+                if ack:
+                    await envelope.ack()
             finally:
                 self._in_flight -= 1
                 if self._in_flight == 0:
