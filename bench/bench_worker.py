@@ -190,14 +190,16 @@ async def _bench(args: argparse.Namespace, settings: Settings) -> None:
     # --- email -----------------------------------------------------------------------
     mail_dir = Path(tempfile.mkdtemp(prefix="habla-bench-mail-"))
     smtp_port = prosody.free_port()
-    sink = subprocess.Popen(
-        [sys.executable, "-m", "tools.smtp_sink"],
+    sink = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tools.smtp_sink",
         cwd=ROOT,
         env={**os.environ, "HABLA_SMTP_PORT": str(smtp_port), "HABLA_STATE_DIR": str(mail_dir)},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    time.sleep(1.0)
+    await asyncio.sleep(1.0)  # the sink's start-up
     transcripts = _transcripts(site_id, args.transcripts)
     bare_email = await _bare_consume(settings, topology.TRANSCRIPTS, "", transcripts)
     email_settings = dataclasses.replace(settings, worker_consumers="email", smtp_port=smtp_port)
@@ -206,12 +208,14 @@ async def _bench(args: argparse.Namespace, settings: Settings) -> None:
     worker = Worker.build(email_settings, worker_bus, redis, engine)
     started = time.perf_counter()
     await worker.start()
-    while len(list((mail_dir / "mail").glob("*.eml"))) < args.transcripts:
+    while True:
+        if len(list((mail_dir / "mail").glob("*.eml"))) >= args.transcripts:
+            break
         await asyncio.sleep(0.05)
     email_elapsed = time.perf_counter() - started
     await worker.stop()
     sink.terminate()
-    sink.wait(10)
+    await sink.wait()
     shutil.rmtree(mail_dir, ignore_errors=True)
     await publisher.close()
     await redis.aclose()
