@@ -3,10 +3,14 @@
 
 from __future__ import annotations
 
+import logging
+
 from libs.common import codec, topology
 from libs.common.messaging import Envelope, Permanent
 from libs.common.sitedir import SiteDirectory, UnknownSite
-from services.transcript_worker.closing import CLOSING_ACTIONS, Closer
+from services.transcript_worker.closing import CLOSING_ACTIONS, Busy, Closer
+
+log = logging.getLogger(__name__)
 
 
 class CloserConsumer:
@@ -31,5 +35,9 @@ class CloserConsumer:
             await self._sites.get(struct.site_id)
         except UnknownSite as exc:
             raise Permanent(str(exc)) from exc
-        # Busy (another worker is closing it) raises: the retry finds it closed.
-        await self._closer.close(struct.conversation_id, struct.site_id, struct.visitor_id, reason, operator_jid)
+        try:
+            await self._closer.close(struct.conversation_id, struct.site_id, struct.visitor_id, reason, operator_jid)
+        except Busy:
+            # A live worker is closing this conversation right now: nothing left for us
+            # (if it dies, the repair pass of the idle sweep finishes its close).
+            log.info("conversation being closed by another worker", extra={"conversation": struct.conversation_id})

@@ -25,7 +25,7 @@ from libs.common.settings import Settings
 from libs.common.sitedir import SiteConfig, SiteDirectory, UnknownSite
 from services.transcript_worker import conversation_store, rendering
 from services.transcript_worker.closing import LOCK_TTL_MS, LOCK_WAIT_S
-from services.transcript_worker.lease import Lease
+from services.transcript_worker.lease import Lease, LeaseBusy
 from services.transcript_worker.mailer import Mailer, MailRejected
 
 log = logging.getLogger(__name__)
@@ -58,8 +58,13 @@ class EmailConsumer:
         # both find "not emailed yet": the second waits for the first, then finds it sent.
         # The wait covers one SMTP attempt (its timeout) plus a dead holder's lock.
         lock = Lease(self._redis, self._settings.redis_key("worker", "emailing", envelope.type_name, key), LOCK_TTL_MS)
-        async with lock.held(self._settings.smtp_timeout_s + LOCK_WAIT_S):
-            await send(envelope.struct)
+        try:
+            async with lock.held(self._settings.smtp_timeout_s + LOCK_WAIT_S):
+                await send(envelope.struct)
+        except LeaseBusy:
+            # A live worker is sending an identical copy (if it dies, its own copy
+            # comes back unacknowledged): this one can go.
+            log.info("another worker is sending this email; duplicate dropped", extra={"key": key})
 
     async def _site(self, site_id: str) -> SiteConfig:
         try:

@@ -11,6 +11,7 @@ passes) publish nothing.
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import redis.asyncio as aioredis
 import sqlalchemy as sa
@@ -21,8 +22,10 @@ from libs.common.settings import Settings
 from libs.common.sitedir import SiteDirectory, UnknownSite
 from services.transcript_worker import conversation_store
 from services.transcript_worker.closing import LOCK_TTL_MS, LOCK_WAIT_S, MARKER_TTL_S, Publisher
-from services.transcript_worker.lease import Lease
+from services.transcript_worker.lease import Lease, LeaseBusy
 from services.transcript_worker.transcript_builder import TranscriptBuilder, UnknownConversation
+
+log = logging.getLogger(__name__)
 
 
 class TranscriptsConsumer:
@@ -59,24 +62,31 @@ class TranscriptsConsumer:
         except UnknownSite as exc:
             raise Permanent(str(exc)) from exc
         lock = Lease(self._redis, self._settings.redis_key("worker", "transcript", conversation_id), LOCK_TTL_MS)
-        async with lock.held(LOCK_WAIT_S):
-            if await self._redis.exists(self.published_key(conversation_id)):
-                return  # the holder we waited for published it
-            body = await asyncio.to_thread(conversation_store.transcript_body, self._engine, conversation_id)
-            if body is None:
-                await self._builder.wait_until_archived(closed, self._settings.transcript_wait_s)
-                try:
-                    transcript = await self._builder.build(closed, site.name, dict(site.operators))
-                except UnknownConversation as exc:
-                    raise Permanent(str(exc)) from exc
-                await asyncio.to_thread(
-                    conversation_store.store_transcript,
-                    self._engine,
-                    conversation_id,
-                    closed.site_id,
-                    codec.encode(transcript),
-                )
+        # Another worker holding it past the wait is alive and handling an identical copy;
+        # if it dies, its own unacknowledged copy comes back. So this copy can go.
+        try:
+            async with lock.held(LOCK_WAIT_S):
+                if await self._redis.exists(self.published_key(conversation_id)):
+                    return  # the holder we waited for published it
                 body = await asyncio.to_thread(conversation_store.transcript_body, self._engine, conversation_id)
-            transcript = codec.decode("Transcript", body or b"")
-            await self._publisher.publish(topology.TRANSCRIPTS, "", transcript, message_id=conversation_id)
-            await self._redis.set(self.published_key(conversation_id), "1", ex=MARKER_TTL_S)
+                if body is None:
+                    await self._builder.wait_until_archived(closed, self._settings.transcript_wait_s)
+                    try:
+                        transcript = await self._builder.build(closed, site.name, dict(site.operators))
+                    except UnknownConversation as exc:
+                        raise Permanent(str(exc)) from exc
+                    await asyncio.to_thread(
+                        conversation_store.store_transcript,
+                        self._engine,
+                        conversation_id,
+                        closed.site_id,
+                        codec.encode(transcript),
+                    )
+                    body = await asyncio.to_thread(conversation_store.transcript_body, self._engine, conversation_id)
+                transcript = codec.decode("Transcript", body or b"")
+                await self._publisher.publish(topology.TRANSCRIPTS, "", transcript, message_id=conversation_id)
+                await self._redis.set(self.published_key(conversation_id), "1", ex=MARKER_TTL_S)
+        except LeaseBusy:
+            log.info(
+                "another worker is building this transcript; duplicate dropped", extra={"conversation": conversation_id}
+            )
