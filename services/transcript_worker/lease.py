@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
+
+log = logging.getLogger(__name__)
 
 # Polling interval while waiting for a lease someone else holds: short next to the
 # few-second leases used here, long enough not to load Redis.
@@ -69,15 +72,23 @@ class Lease:
             if time.monotonic() >= deadline:
                 raise LeaseBusy(f"{self.key} is held by another worker")
             await asyncio.sleep(POLL_S)
-        renewer = asyncio.create_task(self._keep())
+        # Stopped by an event, not by cancelling: a cancellation landing inside a Redis
+        # call can be swallowed by the client, and the renewer would then run forever.
+        done = asyncio.Event()
+        renewer = asyncio.create_task(self._keep(done))
         try:
             yield
         finally:
-            renewer.cancel()
-            await asyncio.gather(renewer, return_exceptions=True)
+            done.set()
+            await renewer
             await self.release()
 
-    async def _keep(self) -> None:
-        while True:
-            await asyncio.sleep(self.ttl_ms / 3000)
-            await self.acquire()
+    async def _keep(self, done: asyncio.Event) -> None:
+        while not done.is_set():
+            try:
+                await asyncio.wait_for(done.wait(), self.ttl_ms / 3000)
+            except TimeoutError:
+                try:
+                    await self.acquire()
+                except Exception:  # Redis hiccup: the next renewal may still make it
+                    log.warning("lease renewal failed", extra={"key": self.key})

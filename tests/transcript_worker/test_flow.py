@@ -40,7 +40,11 @@ async def _downstream_queue(bus: Bus, exchange: str, key: str) -> aio_pika.abc.A
     return queue
 
 
-async def _drain(queue: aio_pika.abc.AbstractQueue, until: int, wait_s: float = 20) -> list[Any]:
+async def _drain(
+    queue: aio_pika.abc.AbstractQueue, until: int, wait_s: float = 20, conversation_id: str | None = None
+) -> list[Any]:
+    """Up to ``until`` messages (only those of ``conversation_id``, if given: queues
+    bound to shared exchanges also see other tests' conversations)."""
     got: list[Any] = []
     deadline = asyncio.get_running_loop().time() + wait_s
     while len(got) < until and asyncio.get_running_loop().time() < deadline:
@@ -49,7 +53,8 @@ async def _drain(queue: aio_pika.abc.AbstractQueue, until: int, wait_s: float = 
             await asyncio.sleep(0.05)
             continue
         await message.ack()
-        got.append(message)
+        if conversation_id is None or codec.decode(message.type, message.body).conversation_id == conversation_id:
+            got.append(message)
     return got
 
 
@@ -93,13 +98,14 @@ async def test_conversation_is_archived_closed_by_end_published_and_emailed_once
 
         mail_id = f"<transcript.{chat.conversation_id}@habla.localhost>"
         await smtp.handler.wait_for(lambda: len(smtp.handler.with_id(mail_id)) == 1)
-        published = await _drain(downstream, 1)
-        closed = await _drain(closed_queue, 1)
+        cid = chat.conversation_id
+        published = await _drain(downstream, 1, conversation_id=cid)
+        closed = await _drain(closed_queue, 1, conversation_id=cid)
         # Give any duplicate a moment to show up before counting.
         await asyncio.sleep(1.0)
         assert len(smtp.handler.with_id(mail_id)) == 1
-        assert await _drain(downstream, 1, wait_s=0.5) == []
-        assert await _drain(closed_queue, 1, wait_s=0.5) == []
+        assert await _drain(downstream, 1, wait_s=0.5, conversation_id=cid) == []
+        assert await _drain(closed_queue, 1, wait_s=0.5, conversation_id=cid) == []
 
     # MySQL: every line once, the conversation closed by the operator.
     cid = chat.conversation_id
@@ -330,5 +336,5 @@ async def test_a_conversation_closes_once_however_often_it_is_ended(
         await chat.visitor_ends()
         await chat.operator_action("end")
         await chat.operator_action("block")
-        got = await _drain(closed_queue, 2, wait_s=4)
-    assert len([m for m in got if codec.decode(m.type, m.body).conversation_id == chat.conversation_id]) == 1
+        got = await _drain(closed_queue, 2, wait_s=4, conversation_id=chat.conversation_id)
+    assert len(got) == 1
