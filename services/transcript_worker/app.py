@@ -62,6 +62,7 @@ class Worker:
     consumers: dict[str, Consumer] = field(default_factory=dict)
     archive: ArchiveConsumer | None = None
     sweeper: IdleSweeper | None = None
+    mailer: Mailer | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _subscriptions: list[Any] = field(default_factory=list)
     _in_flight: int = 0
@@ -82,7 +83,8 @@ class Worker:
         if "transcripts" in names:
             worker.consumers["transcripts"] = TranscriptsConsumer(engine, redis, sites, bus, settings)
         if "email" in names:
-            worker.consumers["email"] = EmailConsumer(engine, redis, sites, Mailer(settings), settings)
+            worker.mailer = Mailer(settings)
+            worker.consumers["email"] = EmailConsumer(engine, redis, sites, worker.mailer, settings)
         return worker
 
     async def start(self) -> None:
@@ -139,6 +141,8 @@ class Worker:
         self._tasks.clear()
         if self.archive is not None:
             await self.archive.stop()  # last batch committed and acknowledged
+        if self.mailer is not None:
+            await self.mailer.close()
         await self.bus.close()
 
     def checks(self) -> dict[str, Callable[[], Awaitable[Any]]]:

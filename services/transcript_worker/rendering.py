@@ -31,6 +31,8 @@ _env = jinja2.Environment(
     autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default_for_string=True),
     undefined=jinja2.StrictUndefined,
     keep_trailing_newline=True,
+    # Templates ship with the code: no stat() per render to look for edits.
+    auto_reload=False,
 )
 
 # Longest header phrase built from user text: RFC 5322 recommends lines under 78
