@@ -179,3 +179,13 @@ def test_offline_email_says_who_wrote_and_replies_to_them() -> None:
     assert mail["Reply-To"].addresses[0].addr_spec == "bob@visitor.example"
     assert "call &lt;i&gt;me&lt;/i&gt;" in mail.get_body(("html",)).get_content()  # type: ignore[union-attr]
     assert "2026-01-02 00:00 UTC" in mail.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+
+
+def test_worker_consumers_setting_selects_and_rejects_names() -> None:
+    from libs.common.settings import Settings, SettingsError
+    from services.transcript_worker.app import selected_consumers
+
+    assert selected_consumers(Settings.from_env({})) == ["archive", "closer", "transcripts", "email"]
+    assert selected_consumers(Settings.from_env({"HABLA_WORKER_CONSUMERS": " email, archive "})) == ["email", "archive"]
+    with pytest.raises(SettingsError, match="HABLA_WORKER_CONSUMERS='archive,bogus'"):
+        selected_consumers(Settings.from_env({"HABLA_WORKER_CONSUMERS": "archive,bogus"}))
