@@ -40,6 +40,7 @@ from libs.common import codec, db, state, topology  # noqa: E402
 from libs.common.db import messages, site_store  # noqa: E402
 from libs.common.messaging import Bus  # noqa: E402
 from libs.common.settings import Settings  # noqa: E402
+from libs.common.state.conversations import ConversationLog  # noqa: E402
 from services.transcript_worker.app import Worker  # noqa: E402
 from tools import prosody  # noqa: E402
 
@@ -117,16 +118,16 @@ def _transcripts(site_id: str, count: int) -> list[tuple[str, Any]]:
     return items
 
 
-async def _bare_consume(settings: Settings, exchange: str, key: str, items: list[tuple[str, Any]]) -> float:
-    """Messages per second for a plain aio-pika consume-and-ack loop (no decoding)."""
+async def _bare_consume(settings: Settings, items: list[tuple[str, Any]]) -> float:
+    """Messages per second for a plain aio-pika consume-and-ack loop (no decoding) on a
+    quorum queue like the work queues, filled through the default exchange so no work
+    queue sees these copies."""
     bus = await Bus.connect(settings, "bench-bare")
     channel = await bus.connection.channel()
     await channel.set_qos(prefetch_count=settings.amqp_prefetch)
-    queue = await channel.declare_queue(f"bench.bare.{uuid.uuid4().hex[:6]}", durable=True)
-    await queue.bind(await channel.get_exchange(exchange), routing_key=key)
-    await _publish_all(bus, exchange, items)
-    # Unbind before consuming so the timed run sees exactly these messages.
-    await queue.unbind(await channel.get_exchange(exchange), routing_key=key)
+    name = f"bench.bare.{uuid.uuid4().hex[:6]}"
+    queue = await channel.declare_queue(name, durable=True, arguments={"x-queue-type": "quorum"})
+    await _publish_all(bus, "", [(name, struct) for _, struct in items])
     done = asyncio.Event()
     count = 0
 
@@ -168,7 +169,7 @@ async def _bench(args: argparse.Namespace, settings: Settings) -> None:
 
     # --- archive ---------------------------------------------------------------------
     chat = _chat_messages(site_id, args.messages, conversations=max(args.messages // 20, 1))
-    bare_archive = await _bare_consume(settings, topology.VISITOR, "*.message", chat)
+    bare_archive = await _bare_consume(settings, chat)
     chat = _chat_messages(site_id, args.messages, conversations=max(args.messages // 20, 1))
     await _publish_all(publisher, topology.VISITOR, chat)
     archive_settings = dataclasses.replace(settings, worker_consumers="archive")
@@ -201,7 +202,7 @@ async def _bench(args: argparse.Namespace, settings: Settings) -> None:
     )
     await asyncio.sleep(1.0)  # the sink's start-up
     transcripts = _transcripts(site_id, args.transcripts)
-    bare_email = await _bare_consume(settings, topology.TRANSCRIPTS, "", transcripts)
+    bare_email = await _bare_consume(settings, transcripts)
     email_settings = dataclasses.replace(settings, worker_consumers="email", smtp_port=smtp_port)
     await _publish_all(publisher, topology.TRANSCRIPTS, _transcripts(site_id, args.transcripts))
     worker_bus = await Bus.connect(email_settings, "bench-email")
@@ -214,6 +215,9 @@ async def _bench(args: argparse.Namespace, settings: Settings) -> None:
         await asyncio.sleep(0.05)
     email_elapsed = time.perf_counter() - started
     await worker.stop()
+
+    # --- end to end: "end" published -> transcript email at the SMTP server ----------
+    latencies = await _close_to_email(settings, engine, redis, publisher, site_id, smtp_port, mail_dir, args.chats)
     sink.terminate()
     await sink.wait()
     shutil.rmtree(mail_dir, ignore_errors=True)
@@ -239,7 +243,76 @@ async def _bench(args: argparse.Namespace, settings: Settings) -> None:
         f"transcripts rendered + emailed (SMTP sink): {emailed_per_s:8.1f} /s      "
         f"ratio to bare {emailed_per_s / bare_email:.3f}"
     )
+    latencies.sort()
+    p50 = latencies[len(latencies) // 2]
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+    print(
+        f"operator 'end' -> transcript email at SMTP: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms "
+        f"({len(latencies)} chats of 4 lines, one at a time, all consumers in one worker)"
+    )
     print(f"peak RSS of the benchmark process:        {rss_mb:10.0f} MB")
+
+
+async def _close_to_email(
+    settings: Settings,
+    engine: sa.Engine,
+    redis: Any,
+    publisher: Bus,
+    site_id: str,
+    smtp_port: int,
+    mail_dir: Path,
+    chats: int,
+) -> list[float]:
+    """Seconds from publishing an operator's "end" to the transcript email being saved
+    by the sink, per chat (each chat's lines published and archived first)."""
+    full = dataclasses.replace(settings, smtp_port=smtp_port, archive_batch_ms=settings.archive_batch_ms)
+    worker = Worker.build(full, await Bus.connect(full, "bench-e2e"), redis, engine)
+    await worker.start()
+    log = ConversationLog(redis, full)
+    latencies = []
+    for _ in range(chats):
+        conversation_id, visitor_id = uuid.uuid4().hex, uuid.uuid4().hex[:16]
+        for n in range(4):
+            message_id = uuid.uuid4().hex
+            appended = await log.append(
+                conversation_id,
+                message_id,
+                {"kind": "message", "sender": "visitor", "body": f"line {n}", "sent_at_ms": 0, "operator_name": None},
+            )
+            await publisher.publish(
+                topology.VISITOR,
+                f"{site_id}.message",
+                codec.ChatMessage(
+                    message_id=message_id,
+                    conversation_id=conversation_id,
+                    site_id=site_id,
+                    visitor_id=visitor_id,
+                    sender=codec.SenderKind.VISITOR,
+                    body=f"line {n}",
+                    sent_at_ms=int(time.time() * 1000),
+                    seq=appended.seq,
+                ),
+            )
+        end = codec.OperatorAction(
+            action_id=uuid.uuid4().hex,
+            conversation_id=conversation_id,
+            site_id=site_id,
+            visitor_id=visitor_id,
+            operator_jid="alice@example.org",
+            action="end",
+            at_ms=int(time.time() * 1000),
+        )
+        started = time.perf_counter()
+        await publisher.publish(topology.OPERATOR, f"{site_id}.action", end)
+        while True:
+            if any(conversation_id in p.read_text(errors="replace") for p in (mail_dir / "mail").glob("*.eml")):
+                break
+            await asyncio.sleep(0.005)
+        latencies.append(time.perf_counter() - started)
+        for path in (mail_dir / "mail").glob("*.eml"):
+            path.unlink()
+    await worker.stop()
+    return latencies
 
 
 def main() -> None:
@@ -248,12 +321,16 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=5000)
     # 300 transcripts: each one is an SMTP session; a few seconds of steady sending.
     parser.add_argument("--transcripts", type=int, default=300)
+    # 30 chats, one at a time: enough for a p50; the p99 of 30 is the slowest one or two.
+    parser.add_argument("--chats", type=int, default=30)
     args = parser.parse_args()
 
     vhost = f"habla-bench-{RUN}"
     _rabbitmqctl("add_vhost", vhost)
     _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-    database = f"habla_bench_{RUN}"
+    # A prefix of our own: once a "habla_bench_…" database of this script vanished
+    # mid-run on this shared server (someone's clean-up); this one is only ours.
+    database = f"worker_bench_{RUN}"
     settings = Settings.from_env(
         amqp_url=f"amqp://guest:guest@127.0.0.1:5672/{urllib.parse.quote(vhost, safe='')}",
         redis_prefix=f"habla-bench-{RUN}:",
