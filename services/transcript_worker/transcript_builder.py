@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import logging
 import time
 from typing import Any
 
@@ -13,8 +14,10 @@ import sqlalchemy as sa
 from libs.common import codec
 from libs.common.settings import Settings
 from libs.common.state.conversations import ConversationLog
-from services.transcript_worker import conversation_store
-from services.transcript_worker.archive_store import to_ms
+from services.transcript_worker import archive_store, conversation_store
+from services.transcript_worker.archive_store import Batch, to_ms
+
+log = logging.getLogger(__name__)
 
 # A transcript lists at most this many pages: a long visit's click trail is noise in
 # an email, and the Thrift message stays small.
@@ -63,17 +66,59 @@ class TranscriptBuilder:
     async def wait_until_archived(self, closed: Any, wait_s: float) -> None:
         deadline = time.monotonic() + wait_s
         step = FIRST_WAIT_S
+        from_log_tried = False
         while True:
             missing = await self.missing(closed)
             if not missing:
                 return
             if time.monotonic() >= deadline:
+                # Lines in the log that never reached RabbitMQ (a frontend or gateway
+                # died between appending and publishing) are archived from the log.
+                if not from_log_tried:
+                    from_log_tried = True
+                    if await self._archive_from_log(closed, missing):
+                        continue
                 shown = ", ".join(str(s) for s in missing[:10]) + (" …" if len(missing) > 10 else "")
                 raise NotArchived(
                     f"line(s) {shown} of conversation {closed.conversation_id} are not archived after {wait_s:g} s"
                 )
             await asyncio.sleep(step)
             step = min(step * 2, MAX_WAIT_STEP_S)
+
+    async def _archive_from_log(self, closed: Any, missing: list[int]) -> bool:
+        """Archive the missing lines from the Redis log; False if the log lacks them.
+        Their message ids are the ones the publisher would have used, so a late copy
+        arriving through the archive afterwards is ignored as a repeat."""
+        wanted = set(missing)
+        entries = [
+            e
+            for e in await self._log.after(closed.conversation_id, 0, int(closed.last_seq))
+            if int(e.get("seq", 0)) in wanted and e.get("message_id")
+        ]
+        if not entries:
+            return False
+        batch = Batch()
+        for e in entries:
+            batch.add(
+                codec.ChatMessage(
+                    message_id=str(e["message_id"]),
+                    conversation_id=closed.conversation_id,
+                    site_id=closed.site_id,
+                    visitor_id=closed.visitor_id,
+                    sender=_SENDER_KINDS.get(str(e.get("sender")), 3),
+                    body=str(e.get("body") or ""),
+                    sent_at_ms=int(e.get("sent_at_ms") or closed.closed_at_ms),
+                    seq=int(e["seq"]),
+                    operator_name=e.get("operator_name"),
+                ),
+                str(e["message_id"]),
+            )
+        await asyncio.to_thread(archive_store.write, self._engine, batch)
+        log.warning(
+            "lines archived from the conversation log (never published)",
+            extra={"conversation": closed.conversation_id, "seqs": ",".join(str(int(e["seq"])) for e in entries)},
+        )
+        return True
 
     async def build(self, closed: Any, site_name: str, operator_names: dict[str, str]) -> Any:
         # Pages of this visit: from one session timeout before the first line.

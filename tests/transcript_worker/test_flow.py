@@ -338,3 +338,40 @@ async def test_a_conversation_closes_once_however_often_it_is_ended(
         await chat.operator_action("block")
         got = await _drain(closed_queue, 2, wait_s=4, conversation_id=chat.conversation_id)
     assert len(got) == 1
+
+
+async def test_a_line_that_never_reached_rabbitmq_is_taken_from_the_log(
+    worker_settings: Settings,
+    redis_client: aioredis.Redis,
+    engine: sa.Engine,
+    site: SiteConfig,
+    smtp: SmtpServer,
+    make_bus,
+) -> None:
+    """A frontend that dies between appending a line to the log and publishing it
+    leaves a gap the archive can never fill; after waiting, the transcript takes the
+    line from the log instead of waiting forever."""
+    import dataclasses
+
+    settings = dataclasses.replace(worker_settings, transcript_wait_s=1)
+    bus = await make_bus("gap")
+    downstream = await _downstream_queue(bus, topology.TRANSCRIPTS, "")
+    chat = Chat(bus, redis_client, settings, site.site_id, "nobody")
+    async with running_worker(settings, redis_client, engine):
+        await chat.visitor_says("first, published")
+        lost_id = uuid.uuid4().hex
+        await chat.log.append(
+            chat.conversation_id,
+            lost_id,
+            {"kind": "message", "sender": "visitor", "body": "second, never published", "sent_at_ms": now_ms()},
+        )
+        await chat.operator_says("third, published")
+        await chat.operator_action("end")
+        published = await _drain(downstream, 1, conversation_id=chat.conversation_id)
+    transcript = codec.decode(published[0].type, published[0].body)
+    assert [(m.seq, m.body) for m in transcript.messages] == [
+        (1, "first, published"),
+        (2, "second, never published"),
+        (3, "third, published"),
+    ]
+    assert _count(engine, messages, messages.c.message_id == lost_id) == 1
