@@ -80,6 +80,11 @@ class EmailConsumer:
         if not rendering.recipients(site.transcript_emails):
             log.info("site has no transcript address; not emailed", extra={"site": site.site_id})
             return
+        if not transcript.messages:
+            # Opened and ended without a word (e.g. the visitor pressed "end" at once):
+            # still published for downstream consumers, but nothing to read in a mail.
+            log.info("empty conversation; not emailed", extra={"conversation": conversation_id})
+            return
         await self._send(rendering.transcript_email(transcript, site, self._settings.mail_from), "transcript")
         await asyncio.to_thread(conversation_store.mark_transcript_emailed, self._engine, conversation_id)
 

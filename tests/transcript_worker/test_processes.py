@@ -86,6 +86,11 @@ async def spawn(artifacts: Path) -> AsyncIterator[list[WorkerProcess]]:
         worker.stop()
 
 
+def _metrics(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return str(response.read().decode())
+
+
 def _mail_id(chat: Chat) -> str:
     return f"<transcript.{chat.conversation_id}@habla.localhost>"
 
@@ -132,6 +137,10 @@ async def test_two_workers_close_and_email_every_conversation_exactly_once(
     assert all(reasons[c.conversation_id] in ("OPERATOR_ENDED", "VISITOR_ENDED") for c in ended)
     assert all(reasons[c.conversation_id] == "IDLE" for c in idle)
     assert stored == len(everyone)
+    metrics = ""
+    for worker in spawn:
+        metrics += await asyncio.to_thread(_metrics, worker.settings.worker_metrics_port)
+    assert "habla_worker_archived_total" in metrics and "habla_worker_emails_sent_total" in metrics
     assert [w.stop() for w in spawn] == [0, 0]  # SIGTERM stops them cleanly
 
 
