@@ -44,8 +44,9 @@ MARKER_TTL_S = 30 * 24 * 3600
 # Per-conversation locks are renewed while held (Lease.held), so their ttl only says how
 # long a worker that died holding one blocks the others: 5 s.
 LOCK_TTL_MS = 5_000
-# A consumer waits this long for another worker's lock before handing the message to
-# the retry queue: two lock lifetimes, i.e. past a dead holder's lock.
+# A consumer waits this long for another worker's lock: two lock lifetimes, so a dead
+# holder's lock has expired by then; a holder still renewing it is alive and busy with
+# an identical copy, and the waiting copy is dropped.
 LOCK_WAIT_S = 2 * LOCK_TTL_MS / 1000
 # How far back the repair pass looks for closed conversations without a transcript,
 # and how long it leaves the normal path to finish first (transcripts wait for the
