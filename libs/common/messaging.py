@@ -263,6 +263,13 @@ class _Consumer:
     async def start(self) -> None:
         self._tag = await self.queue.consume(self._on_message, no_ack=False)
 
+    async def cancel(self) -> None:
+        """Stop new deliveries but keep the channel open, so handlers still running can
+        settle their messages (a graceful stop); ``stop`` closes the channel afterwards."""
+        if self._tag is not None and not self.channel.is_closed:
+            await self.queue.cancel(self._tag)
+        self._tag = None
+
     async def stop(self) -> None:
         if self._tag is not None and not self.channel.is_closed:
             await self.queue.cancel(self._tag)

@@ -147,6 +147,24 @@ class Settings:
     smtp_password: str = field(default="", metadata={"env": "HABLA_SMTP_PASSWORD"})
     smtp_starttls: bool = field(default=False, metadata={"env": "HABLA_SMTP_STARTTLS"})
     mail_from: str = field(default="Habla <transcripts@habla.localhost>", metadata={"env": "HABLA_MAIL_FROM"})
+    # Which consumers this worker process runs (comma-separated): all by default; a
+    # deployment may split them across processes (e.g. a process that only archives).
+    worker_consumers: str = field(
+        default="archive,closer,transcripts,email", metadata={"env": "HABLA_WORKER_CONSUMERS"}
+    )
+    # The archive writes a batch when it holds this many messages (the prefetch default,
+    # so one full prefetch window is one transaction) ...
+    archive_batch_size: int = field(default=200, metadata={"env": "HABLA_ARCHIVE_BATCH_SIZE"})
+    # ... or when its oldest message has waited this long: 250 ms keeps a quiet site's
+    # messages in MySQL well within a second while still batching bursts.
+    archive_batch_ms: int = field(default=250, metadata={"env": "HABLA_ARCHIVE_BATCH_MS"})
+    # How long the transcript builder waits (backing off) for the archive to catch up
+    # with a closed conversation before handing the message to the retry queues: a
+    # minute covers an archive batch, a MariaDB restart and a redelivery.
+    transcript_wait_s: int = field(default=60, metadata={"env": "HABLA_TRANSCRIPT_WAIT_S"})
+    # One SMTP attempt may take this long (connect + send): 30 s is aiosmtplib's
+    # default read timeout and what slow corporate relays need.
+    smtp_timeout_s: float = field(default=30.0, metadata={"env": "HABLA_SMTP_TIMEOUT_S"})
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -78,8 +78,12 @@ ARCHIVE = QueueSpec(
 )
 TRANSCRIPTS_BUILD = QueueSpec("transcript_worker.transcripts", ((CONVERSATION, "*.closed"),))
 EMAIL = QueueSpec("transcript_worker.email", ((TRANSCRIPTS, ""), (VISITOR, "*.offline")))
+# What ends a conversation at once: an operator's end/block (OperatorAction) and the
+# visitor's "end chat" (VisitorEvent ENDED_CHAT). A queue of its own, apart from the
+# archive, so a close never waits behind an archive backlog.
+CLOSER = QueueSpec("transcript_worker.closer", ((OPERATOR, "*.action"), (VISITOR, "*.event")))
 
-WORK_QUEUES: tuple[QueueSpec, ...] = (GATEWAY_VISITOR, ARCHIVE, TRANSCRIPTS_BUILD, EMAIL)
+WORK_QUEUES: tuple[QueueSpec, ...] = (GATEWAY_VISITOR, ARCHIVE, TRANSCRIPTS_BUILD, EMAIL, CLOSER)
 
 
 def frontend_delivery_queue(frontend_id: str) -> QueueSpec:
