@@ -125,11 +125,14 @@ def start(cfg: ProsodyConfig, timeout_s: float = 10.0) -> subprocess.Popen[bytes
         if _port_open(port, cfg.interface):
             raise RuntimeError(f"port {port} is already in use: stop whatever holds it or choose another port")
     write_config(cfg)
-    process = subprocess.Popen(
-        ["prosody", "--config", str(cfg.config_file), "-F"],
-        stdout=(cfg.dir / "prosody.stdout").open("wb"),
-        stderr=subprocess.STDOUT,
-    )
+    # The child keeps its own copy of the descriptor; ours is closed at once (an
+    # unclosed file object is a ResourceWarning, an error under the test settings).
+    with (cfg.dir / "prosody.stdout").open("wb") as stdout:
+        process = subprocess.Popen(
+            ["prosody", "--config", str(cfg.config_file), "-F"],
+            stdout=stdout,
+            stderr=subprocess.STDOUT,
+        )
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:

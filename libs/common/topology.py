@@ -78,8 +78,10 @@ ARCHIVE = QueueSpec(
 )
 TRANSCRIPTS_BUILD = QueueSpec("transcript_worker.transcripts", ((CONVERSATION, "*.closed"),))
 EMAIL = QueueSpec("transcript_worker.email", ((TRANSCRIPTS, ""), (VISITOR, "*.offline")))
+# Closed conversations (idle, visitor, operator): the gateway frees the operator's slot.
+GATEWAY_CONVERSATION = QueueSpec("im_gateway.conversation", ((CONVERSATION, "*.closed"),))
 
-WORK_QUEUES: tuple[QueueSpec, ...] = (GATEWAY_VISITOR, ARCHIVE, TRANSCRIPTS_BUILD, EMAIL)
+WORK_QUEUES: tuple[QueueSpec, ...] = (GATEWAY_VISITOR, ARCHIVE, TRANSCRIPTS_BUILD, EMAIL, GATEWAY_CONVERSATION)
 
 
 def frontend_delivery_queue(frontend_id: str) -> QueueSpec:

@@ -1,0 +1,67 @@
+"""RabbitMQ consumers, one module per queue.
+
+Each handles its messages one at a time, in queue order (a visitor's lines must reach
+the operator in the order they were written), and acknowledges a message only after
+what it carries was handed to the XMPP stream. While the stream is down, messages
+wait unacknowledged; a gateway that dies leaves them to be redelivered, and the
+message-id mark (services.im_gateway.dedupe) keeps a redelivery from showing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from libs.common.messaging import Envelope
+from services.im_gateway.desk import Desk
+from services.im_gateway.outbox import XmppUnavailable
+
+log = logging.getLogger(__name__)
+
+# While XMPP is down, re-check this often (reconnect backoff starts at 0.5 s).
+STREAM_WAIT_S = 0.2
+
+
+class Unhandled(Exception):
+    """A message type this queue should never carry: dead-letter it."""
+
+
+class SerialConsumer:
+    """Queue envelopes from Bus.consume(manual=True) and settle them one by one."""
+
+    def __init__(self, desk: Desk, ready: asyncio.Event) -> None:
+        self.desk = desk
+        self._ready = ready
+        self._queue: asyncio.Queue[Envelope] = asyncio.Queue()
+
+    async def receive(self, envelope: Envelope) -> None:
+        await self._queue.put(envelope)
+
+    async def run(self) -> None:
+        while True:
+            envelope = await self._queue.get()
+            await self._settle(envelope)
+
+    async def _settle(self, envelope: Envelope) -> None:
+        while True:
+            await self._ready.wait()
+            try:
+                if not await self.desk.delivered.seen(envelope.message_id):
+                    await self.consume(envelope.type_name, envelope.struct)
+                    await self.desk.delivered.mark(envelope.message_id)
+            except XmppUnavailable:
+                await asyncio.sleep(STREAM_WAIT_S)
+                continue
+            except Unhandled as exc:
+                await envelope.dead_letter(str(exc))
+                return
+            except Exception as exc:  # retried with backoff by the bus, then dead-lettered
+                log.exception("message handling failed", extra={"id": envelope.message_id})
+                await envelope.retry(f"{exc.__class__.__name__}: {exc}")
+                return
+            await envelope.ack()
+            return
+
+    async def consume(self, type_name: str, struct: Any) -> None:
+        raise NotImplementedError
