@@ -31,6 +31,7 @@ BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 30.0
 
 CHATSTATES_NS = "http://jabber.org/protocol/chatstates"
+RECEIPTS_NS = "urn:xmpp:receipts"
 
 
 class GatewayComponent(ComponentXMPP):
@@ -112,6 +113,11 @@ class GatewayComponent(ComponentXMPP):
     def chat_state(self, sender: str, to: str, state: str) -> None:
         msg = self.make_message(mto=to, mtype="chat", mfrom=sender)
         msg.xml.append(msg.xml.makeelement(f"{{{CHATSTATES_NS}}}{state}", {}))
+        self._hand(msg)
+
+    def receipt(self, sender: str, to: str, stanza_id: str) -> None:
+        msg = self.make_message(mto=to, mfrom=sender)
+        msg.xml.append(msg.xml.makeelement(f"{{{RECEIPTS_NS}}}received", {"id": stanza_id}))
         self._hand(msg)
 
     def error(self, stanza: Message | Presence, condition: str, text: str, etype: str = "auth") -> None:

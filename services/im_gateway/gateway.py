@@ -139,6 +139,7 @@ class Gateway:
                 await task
         self._tasks.clear()
         await self.component.stop()
+        await self.desk.delivered.close()
         if self.active:
             with contextlib.suppress(Exception):
                 await self.lease.release()

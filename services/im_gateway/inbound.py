@@ -14,7 +14,7 @@ import logging
 from slixmpp.stanza import Message, Presence
 
 from services.im_gateway import commands, metrics, relay
-from services.im_gateway.component import CHATSTATES_NS, GatewayComponent, on
+from services.im_gateway.component import CHATSTATES_NS, RECEIPTS_NS, GatewayComponent, on
 from services.im_gateway.desk import Desk
 from services.im_gateway.outbox import XmppUnavailable
 from services.im_gateway.roster import Roster
@@ -103,8 +103,12 @@ class Inbound:
         refusal = await relay.operator_line(self._desk, sender, visitor_id, session, body, msg["id"])
         if refusal:
             reply(refusal)
-        else:
-            metrics.OPERATOR_LINES.inc()
+            return
+        metrics.OPERATOR_LINES.inc()
+        # XEP-0184: the client's tick means "in the log and published"; a client that
+        # resends an unticked line with the same id after a gateway restart is stored once.
+        if msg["id"] and msg.xml.find(f"{{{RECEIPTS_NS}}}request") is not None:
+            self._desk.outbox.receipt(visitor_jid, reply_to, msg["id"])
 
     async def _to_bot(self, msg: Message, sender: str, site_id: str, body: str) -> None:
         if not self._desk.operators.is_operator(sender, site_id):

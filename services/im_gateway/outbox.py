@@ -24,3 +24,6 @@ class Outbox(Protocol):
 
     def chat_state(self, sender: str, to: str, state: str) -> None:
         """XEP-0085 chat state (composing, paused, active) without a body."""
+
+    def receipt(self, sender: str, to: str, stanza_id: str) -> None:
+        """XEP-0184 receipt: the operator's line with ``stanza_id`` is committed."""

@@ -60,11 +60,15 @@ async def visitor_line(desk: Desk, message: Any) -> int:
     if conversation is None:
         conversation = await route_new(desk, message.conversation_id, message.site_id, message.visitor_id)
     jid = await desk.names.jid_of(message.visitor_id)
+    status = await desk.visitor_status(message.visitor_id)
+    await desk.routing.touch(conversation.conversation_id)
+    # From here on nothing is awaited: the caller marks the message delivered in the
+    # same event-loop step as the last stanza (services.im_gateway.dedupe).
     for operator in conversation.recipients:
         if (operator, message.visitor_id) not in desk.shown:
-            await desk.show_visitor(operator, message.visitor_id)
+            desk.outbox.presence(jid, operator, show="chat", status=status)
+            desk.shown.add((operator, message.visitor_id))
         desk.outbox.chat(jid, operator, message.body, stanza_id=message.message_id)
-    await desk.routing.touch(conversation.conversation_id)
     return len(conversation.recipients)
 
 
@@ -194,9 +198,9 @@ async def visitor_event(desk: Desk, event: Any) -> None:
             with contextlib.suppress(XmppUnavailable):  # typing is momentary: not worth a redelivery
                 desk.outbox.chat_state(jid, operator, state)
     elif kind == codec.VisitorEventKind.ENDED_CHAT and conversation:
-        for operator in conversation.recipients:
-            desk.info(jid, operator, "The visitor ended the chat; the transcript goes to the site owner.")
         await desk.routing.close(conversation.conversation_id)
+        for operator in conversation.recipients:  # the last awaits are behind us (dedupe)
+            desk.info(jid, operator, "The visitor ended the chat; the transcript goes to the site owner.")
     elif kind == codec.VisitorEventKind.IDENTIFIED and conversation:
         known = ", ".join(v for v in (event.name, event.email, event.phone) if v)
         for operator in conversation.recipients:

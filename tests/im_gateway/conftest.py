@@ -236,14 +236,15 @@ async def make_site(
         published = Deliveries()
         await bus.consume(
             QueueSpec(
-                f"gw-test-operator-{tag}", ((topology.OPERATOR, f"{site_id}.*"),), durable=False,
-                expires_ms=60_000, retry=False,
+                f"gw-test-operator-{tag}",
+                ((topology.OPERATOR, f"{site_id}.*"),),
+                durable=False,
+                expires_ms=60_000,
+                retry=False,
             ),
             published.handler,
         )
-        site = Site(
-            site_id, gateway_settings, bus, redis_client, gateway, clients, deliveries, frontend_id, published
-        )
+        site = Site(site_id, gateway_settings, bus, redis_client, gateway, clients, deliveries, frontend_id, published)
         if wait_online:
             await site.wait_online()
         return site

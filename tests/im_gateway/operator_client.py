@@ -35,6 +35,7 @@ class OperatorClient:
         self.xmpp.register_plugin("xep_0085")
         self._host, self._port = host, port
         self.received: list[Received] = []
+        self.receipts: set[str] = set()  # stanza ids the gateway acknowledged (XEP-0184)
         self._changed = asyncio.Event()
         self._online = asyncio.Event()
         self.xmpp.add_event_handler("session_start", self._on_start)
@@ -58,6 +59,11 @@ class OperatorClient:
         self._changed.set()
 
     def _on_message(self, msg: Any) -> None:
+        receipt = msg.xml.find("{urn:xmpp:receipts}received")
+        if receipt is not None:
+            self.receipts.add(receipt.get("id", ""))
+            self._changed.set()
+            return
         error = msg["error"]["condition"] if msg["type"] == "error" else ""
         self._record(
             Received("message", str(msg["from"]), msg["body"], "", msg["type"], "", msg["id"], time.monotonic(), error)
@@ -98,10 +104,12 @@ class OperatorClient:
     def messages_from(self, bare: str) -> list[Received]:
         return [r for r in self.received if r.kind == "message" and r.sender.split("/")[0] == bare and r.body]
 
-    def say(self, to: str, body: str, stanza_id: str | None = None) -> None:
+    def say(self, to: str, body: str, stanza_id: str | None = None, receipt: bool = False) -> None:
         msg = self.xmpp.make_message(mto=to, mbody=body, mtype="chat")
         if stanza_id:
             msg["id"] = stanza_id
+        if receipt:
+            msg.xml.append(msg.xml.makeelement("{urn:xmpp:receipts}request", {}))
         msg.send()
 
     async def ask(self, to: str, body: str, within: float = 10.0) -> str:

@@ -36,8 +36,6 @@ async def test_visitor_line_reaches_operator_and_reply_reaches_log_and_frontend(
     assert log[1]["operator_name"] == "Agent 0" and log[1]["kind"] == "message"
 
     # Archived: the operator's line and the "joined" action on habla.operator.
-    archived = await site.published.wait_for(
-        lambda s: isinstance(s, codec.ChatMessage) and s.body.startswith("Yes")
-    )
+    archived = await site.published.wait_for(lambda s: isinstance(s, codec.ChatMessage) and s.body.startswith("Yes"))
     assert archived.seq == 2 and archived.internal in (None, False)
     await site.published.wait_for(lambda s: isinstance(s, codec.OperatorAction) and s.action == "joined")

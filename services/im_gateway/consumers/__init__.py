@@ -48,8 +48,12 @@ class SerialConsumer:
             await self._ready.wait()
             try:
                 if not await self.desk.delivered.seen(envelope.message_id):
+                    await self.desk.delivered.ready()
                     await self.consume(envelope.type_name, envelope.struct)
-                    await self.desk.delivered.mark(envelope.message_id)
+                    # Same event-loop step as the last stanza consume() handed over:
+                    # consume() awaits nothing after it (services.im_gateway.dedupe).
+                    self.desk.delivered.mark_now(envelope.message_id)
+                    await self.desk.delivered.confirm()
             except XmppUnavailable:
                 await asyncio.sleep(STREAM_WAIT_S)
                 continue
