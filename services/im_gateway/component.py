@@ -43,6 +43,13 @@ class GatewayComponent(ComponentXMPP):
         # only), never automatically: a stranger must not get the bot in their roster.
         self.auto_authorize = None
         self.auto_subscribe = False
+        # slixmpp answers probes from its in-memory roster, which knows nothing of
+        # subscriptions made before this process started, and so answers an operator's
+        # probe with "unsubscribed" -- cutting the operator's subscription to the bot.
+        # services.im_gateway.inbound answers probes instead.
+        self.del_event_handler("presence_probe", self._handle_probe)
+        # slixmpp's "message" event needs a <body/>; chat states (typing) come bodiless.
+        self.register_plugin("xep_0085")
         self.ready = asyncio.Event()
         self._stopping = False
         self._backoff_s = BACKOFF_FIRST_S

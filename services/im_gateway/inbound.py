@@ -36,6 +36,7 @@ class Inbound:
         self._queue: asyncio.Queue[Message | Presence] = asyncio.Queue(QUEUE_SIZE)
         self._seen_online: set[str] = set()  # operators shown the bot's presence once
         on(component, "message", self._enqueue)
+        on(component, "chatstate", self._on_chat_state)
         on(component, "presence", self._enqueue)
 
     def _enqueue(self, stanza: Message | Presence) -> None:
@@ -43,6 +44,10 @@ class Inbound:
             self._queue.put_nowait(stanza)
         except asyncio.QueueFull:
             self._component.error(stanza, "resource-constraint", "The gateway is overloaded; try again.", "wait")
+
+    def _on_chat_state(self, msg: Message) -> None:
+        if not msg["body"]:  # with a body it also arrives as "message"
+            self._enqueue(msg)
 
     async def run(self) -> None:
         while True:
@@ -150,7 +155,10 @@ class Inbound:
             if visitor_id:
                 await self._desk.show_visitor(sender, visitor_id, chatting=False)
             else:
-                self._bot.present_to(sender, site_id)
+                # Ask back: our first request may have crossed the client's own and
+                # been lost (the server answers an early probe with "unsubscribed").
+                # If we already have their presence subscription this is a no-op.
+                self._roster.invite(sender, site_id)
         elif kind == "probe":
             if visitor_id:
                 await self._desk.show_visitor(sender, visitor_id, chatting=False)

@@ -24,11 +24,15 @@ class Roster:
         self._desk = desk
         self._bot = bot
 
-    def invite(self, operator: str, site_id: str) -> None:
-        """Ask for the operator's presence and probe it (its answer rebuilds availability)."""
+    def invite(self, operator: str, site_id: str, *, probe: bool = False) -> None:
+        """Ask for the operator's presence; probe it after a (re)connect to rebuild availability.
+
+        A new operator needs no probe: the server sends their presence once they approve.
+        """
         bot = self._desk.bot_jid(site_id)
         self._desk.outbox.presence(bot, operator, kind="subscribe")
-        self._desk.outbox.presence(bot, operator, kind="probe")
+        if probe:
+            self._desk.outbox.presence(bot, operator, kind="probe")
         self._bot.present_to(operator, site_id)
 
     def drop(self, operator: str, site_id: str) -> None:
@@ -45,7 +49,7 @@ class Roster:
         """After (re)connecting: invite every operator of every site."""
         for site_id in self._desk.operators.sites():
             for operator in self._desk.operators.operators_of(site_id):
-                self.invite(operator, site_id)
+                self.invite(operator, site_id, probe=True)
 
     async def apply(self, change: SiteChange) -> None:
         try:

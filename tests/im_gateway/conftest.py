@@ -227,7 +227,6 @@ async def make_site(
             clients.append(await connect_operator(prosody_server, gateway_settings, f"op{i}-{tag}", show))
         opened.extend(clients)
         site_id = await create_site(engine, [(c.jid, f"Agent {i}") for i, c in enumerate(clients)])
-        await SiteDirectory(redis_client, engine, gateway_settings).invalidate(site_id)
         bus = await Bus.connect(gateway_settings, "gw-test-site")
         buses.append(bus)
         frontend_id = f"fe-{tag}"
@@ -245,6 +244,8 @@ async def make_site(
             published.handler,
         )
         site = Site(site_id, gateway_settings, bus, redis_client, gateway, clients, deliveries, frontend_id, published)
+        # Only now does the gateway hear of the site: nothing it publishes is missed.
+        await SiteDirectory(redis_client, engine, gateway_settings).invalidate(site_id)
         if wait_online:
             await site.wait_online()
         return site

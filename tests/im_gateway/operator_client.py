@@ -33,6 +33,10 @@ class OperatorClient:
         self.xmpp.enable_direct_tls = False
         self.xmpp.enable_plaintext = True
         self.xmpp.register_plugin("xep_0085")
+        self.xmpp.register_plugin("xep_0184", {"auto_ack": False, "auto_request": False})
+        self.xmpp.add_event_handler("receipt_received", self._on_receipt)
+        self.xmpp.add_event_handler("chatstate", self._on_chat_state)
+        self.chat_states: list[tuple[str, str]] = []  # (sender bare JID, state)
         self._host, self._port = host, port
         self.received: list[Received] = []
         self.receipts: set[str] = set()  # stanza ids the gateway acknowledged (XEP-0184)
@@ -58,12 +62,15 @@ class OperatorClient:
         self.received.append(item)
         self._changed.set()
 
+    def _on_receipt(self, msg: Any) -> None:
+        self.receipts.add(msg["receipt"])
+        self._changed.set()
+
+    def _on_chat_state(self, msg: Any) -> None:
+        self.chat_states.append((msg["from"].bare, msg["chat_state"]))
+        self._changed.set()
+
     def _on_message(self, msg: Any) -> None:
-        receipt = msg.xml.find("{urn:xmpp:receipts}received")
-        if receipt is not None:
-            self.receipts.add(receipt.get("id", ""))
-            self._changed.set()
-            return
         error = msg["error"]["condition"] if msg["type"] == "error" else ""
         self._record(
             Received("message", str(msg["from"]), msg["body"], "", msg["type"], "", msg["id"], time.monotonic(), error)
