@@ -86,12 +86,14 @@ class PresenceCoalescer:
         for operator, queue in list(self._queues.items()):
             while queue.sent_at and now - queue.sent_at[0] >= WINDOW_S:
                 queue.sent_at.popleft()
+            # Oldest waiting first; a stable sort keeps arrival order among equals.
             due = sorted(
                 (
                     (update.waiting_since, sender)
                     for sender, update in queue.pending.items()
                     if now - queue.last_sent.get(sender, -1e9) >= self.interval_s
                 ),
+                key=lambda item: item[0],
             )
             for _since, sender in due:
                 if len(queue.sent_at) >= self.ceiling:
