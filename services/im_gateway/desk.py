@@ -5,7 +5,11 @@ Built once by services.im_gateway.gateway; nothing here reaches for a global cli
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from libs.common import siteids
 from libs.common.settings import Settings
@@ -20,6 +24,8 @@ from services.im_gateway.operators import OperatorDirectory
 from services.im_gateway.outbox import Outbox
 from services.im_gateway.routing import Routing
 from services.im_gateway.visitors import VisitorNames, VisitorPages, page_status
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -39,6 +45,10 @@ class Desk:
     follows: Follows
     dirty_sites: set[str] = field(default_factory=set)  # site bot summaries to refresh
     shown: set[tuple[str, str]] = field(default_factory=set)  # (operator, visitor) given presence
+    background: set[asyncio.Task[None]] = field(default_factory=set)
+    # Operator lines being published at once: enough to hide two broker confirms per
+    # line (~2 ms each), few enough that a RabbitMQ outage stalls the operator quickly.
+    background_limit: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(64))
 
     @property
     def domain(self) -> str:
@@ -52,9 +62,9 @@ class Desk:
 
     async def visitor_status(self, visitor_id: str) -> str:
         """The visitor's page, as a presence status line."""
-        pages = await self.pages.recent(visitor_id)
-        if pages:
-            return page_status(pages[0].url, pages[0].title)
+        page = await self.pages.latest(visitor_id)
+        if page:
+            return page_status(page.url, page.title)
         session = await self.sessions.get(visitor_id) or {}
         return page_status(session.get("page_url", ""), session.get("page_title", ""))
 
@@ -65,6 +75,24 @@ class Desk:
             jid, operator, show="chat" if chatting else None, status=await self.visitor_status(visitor_id)
         )
         self.shown.add((operator, visitor_id))
+
+    async def in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` as a task; waits first while too many are running (backpressure)."""
+        await self.background_limit.acquire()
+        task = asyncio.create_task(work)
+        self.background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[None]) -> None:
+        self.background.discard(task)
+        self.background_limit.release()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background publish failed", exc_info=task.exception())
+
+    async def drain(self) -> None:
+        """Wait for background work (graceful stop)."""
+        if self.background:
+            await asyncio.wait(set(self.background), timeout=10)
 
     def info(self, sender: str, operator: str, text: str) -> None:
         """An [info] line to an operator (from the bot or a visitor JID)."""

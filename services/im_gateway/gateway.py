@@ -132,6 +132,7 @@ class Gateway:
             with contextlib.suppress(Exception):
                 await consumer.stop()  # unacknowledged messages go back to the queue
         self._consumers.clear()
+        await self.desk.drain()  # lines already in the log still get published
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

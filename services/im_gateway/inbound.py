@@ -105,15 +105,20 @@ class Inbound:
             name, args = parsed
             await commands.run(self._desk, sender, session["site_id"], visitor_id, name, args, reply)
             return
-        refusal = await relay.operator_line(self._desk, sender, visitor_id, session, body, msg["id"])
+        # XEP-0184: the client's tick means "in the log and published"; a client that
+        # resends an unticked line with the same id after a gateway restart is stored once.
+        on_committed = None
+        if msg["id"] and msg.xml.find(f"{{{RECEIPTS_NS}}}request") is not None:
+            stanza_id = msg["id"]
+
+            def on_committed() -> None:
+                self._desk.outbox.receipt(visitor_jid, reply_to, stanza_id)
+
+        refusal = await relay.operator_line(self._desk, sender, visitor_id, session, body, msg["id"], on_committed)
         if refusal:
             reply(refusal)
             return
         metrics.OPERATOR_LINES.inc()
-        # XEP-0184: the client's tick means "in the log and published"; a client that
-        # resends an unticked line with the same id after a gateway restart is stored once.
-        if msg["id"] and msg.xml.find(f"{{{RECEIPTS_NS}}}request") is not None:
-            self._desk.outbox.receipt(visitor_jid, reply_to, msg["id"])
 
     async def _to_bot(self, msg: Message, sender: str, site_id: str, body: str) -> None:
         if not self._desk.operators.is_operator(sender, site_id):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from libs.common import codec
@@ -54,14 +54,14 @@ async def route_new(
 
 async def visitor_line(desk: Desk, message: Any) -> int:
     """Hand a visitor's line to the conversation's operator(s); returns how many got it."""
-    if await desk.routing.is_blocked(message.site_id, message.visitor_id):
+    conversation, blocked = await desk.routing.for_line(message.conversation_id, message.site_id, message.visitor_id)
+    if blocked:
         return 0
-    conversation = await desk.routing.get(message.conversation_id)
     if conversation is None:
         conversation = await route_new(desk, message.conversation_id, message.site_id, message.visitor_id)
     jid = await desk.names.jid_of(message.visitor_id)
-    status = await desk.visitor_status(message.visitor_id)
-    await desk.routing.touch(conversation.conversation_id)
+    shown = all((operator, message.visitor_id) in desk.shown for operator in conversation.recipients)
+    status = "" if shown else await desk.visitor_status(message.visitor_id)
     # From here on nothing is awaited: the caller marks the message delivered in the
     # same event-loop step as the last stanza (services.im_gateway.dedupe).
     for operator in conversation.recipients:
@@ -73,17 +73,28 @@ async def visitor_line(desk: Desk, message: Any) -> int:
 
 
 async def operator_line(
-    desk: Desk, operator: str, visitor_id: str, session: dict[str, str], body: str, stanza_id: str
+    desk: Desk,
+    operator: str,
+    visitor_id: str,
+    session: dict[str, str],
+    body: str,
+    stanza_id: str,
+    on_committed: Callable[[], None] | None = None,
 ) -> str | None:
-    """Relay an operator's line to the visitor. Returns a sentence for the operator if refused."""
+    """Relay an operator's line to the visitor. Returns a sentence for the operator if refused.
+
+    The log append happens here, in arrival order (it numbers the line); publishing it
+    for the archive and the visitor's frontend (two broker confirms) runs in the
+    background so the next line need not wait, and ``on_committed`` (the XEP-0184
+    receipt) fires only once both are confirmed.
+    """
     site_id = session["site_id"]
     if len(body) > desk.settings.max_message_chars:
         return f"That line is {len(body)} characters long; visitors accept at most {desk.settings.max_message_chars}."
-    if await desk.routing.is_blocked(site_id, visitor_id):
-        return "This visitor is blocked."
     conversation_id = session.get("conversation_id", "")
-    conversation = await desk.routing.get(conversation_id)
-    jid = await desk.names.jid_of(visitor_id)
+    conversation, blocked = await desk.routing.for_line(conversation_id, site_id, visitor_id)
+    if blocked:
+        return "This visitor is blocked."
     if conversation is None:
         # Operator-initiated chat (or one this gateway lost track of): the operator
         # who writes first owns it; the session tells the widget to open.
@@ -95,12 +106,14 @@ async def operator_line(
         desk.dirty_sites.add(site_id)
     elif conversation.operator and conversation.operator != operator:
         return f"{conversation.operator} is handling this chat; ask them to !transfer it to you."
+    elif conversation.operator == operator and conversation.answered:
+        first = False
     else:
         first = await desk.routing.answered(conversation, operator)
+        jid = await desk.names.jid_of(visitor_id)
         for other in conversation.offered:
             if other != operator:
                 _info_quietly(desk, jid, other, f"{desk.operators.display_name(operator, site_id)} took this chat.")
-    await desk.routing.clear_away(operator)
     name = desk.operators.display_name(operator, site_id)
     message_id = uuid.uuid5(_STANZA_NS, f"{operator}/{stanza_id}").hex if stanza_id else uuid.uuid4().hex
     sent_at = now_ms()
@@ -127,22 +140,31 @@ async def operator_line(
         seq=appended.seq,
         operator_name=name,
     )
-    # Published even when the log already had it (a resend): the archive dedupes by
-    # message id, and a crash between append and publish is healed by the resend.
-    await desk.events.operator_line(chat)
-    await desk.events.deliver(
-        session.get("frontend_id", ""),
-        codec.VisitorDelivery(visitor_id=visitor_id, site_id=site_id, conversation_id=conversation_id, message=chat),
-    )
-    if first:
-        await desk.events.action(
-            site_id=site_id,
-            conversation_id=conversation_id,
-            visitor_id=visitor_id,
-            operator=operator,
-            action="joined",
-            value=name,
+
+    async def announce() -> None:
+        # Published even when the log already had it (a resend): the archive dedupes by
+        # message id, and a crash between append and publish is healed by the resend.
+        await desk.routing.clear_away(operator)
+        await desk.events.operator_line(chat)
+        await desk.events.deliver(
+            session.get("frontend_id", ""),
+            codec.VisitorDelivery(
+                visitor_id=visitor_id, site_id=site_id, conversation_id=conversation_id, message=chat
+            ),
         )
+        if first:
+            await desk.events.action(
+                site_id=site_id,
+                conversation_id=conversation_id,
+                visitor_id=visitor_id,
+                operator=operator,
+                action="joined",
+                value=name,
+            )
+        if on_committed is not None:
+            on_committed()
+
+    await desk.in_background(announce())
     return None
 
 

@@ -55,6 +55,10 @@ class Routing:
         if not conversation_id:
             return None
         data = cast(dict[str, str], await self._redis.hgetall(self._key("conv", conversation_id)))
+        return self._conversation(conversation_id, data)
+
+    @staticmethod
+    def _conversation(conversation_id: str, data: dict[str, str]) -> Conversation | None:
         if not data:
             return None
         return Conversation(
@@ -65,6 +69,15 @@ class Routing:
             tuple(op for op in data.get("offered", "").split(",") if op),
             data.get("answered") == "1",
         )
+
+    async def for_line(self, conversation_id: str, site_id: str, visitor_id: str) -> tuple[Conversation | None, bool]:
+        """(conversation, visitor blocked) in one round trip, refreshing the conversation's TTL."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self._key("conv", conversation_id))
+            pipe.sismember(self._key("blocked", site_id), visitor_id)
+            pipe.expire(self._key("conv", conversation_id), self._ttl_s)
+            data, blocked, _ = await pipe.execute()
+        return self._conversation(conversation_id, data), bool(blocked)
 
     async def load(self, operator: str) -> int:
         """Open conversations of an operator (stale members are dropped)."""

@@ -35,6 +35,9 @@ ANIMALS = (
 NUMBERS = 1000
 # Names live as long as a returning visitor is likely to be recognised.
 NAME_TTL_S = 30 * 24 * 3600
+# Names cached in memory: they never change, and a chat line should not cost a Redis
+# round trip for them. 50,000 entries is a few MB; the cache is simply dropped when full.
+NAME_CACHE_SIZE = 50_000
 # Pages remembered per visitor for !info (the last ones matter; a long visit is summarised).
 PAGES_KEPT = 50
 
@@ -59,6 +62,7 @@ class VisitorNames:
         self._redis = redis
         self._settings = settings
         self.domain = settings.xmpp_component_domain
+        self._cache: dict[str, str] = {}
 
     def _name_key(self, visitor_id: str) -> str:
         return self._settings.redis_key("gw", "vname", visitor_id)
@@ -74,17 +78,26 @@ class VisitorNames:
 
     async def name_of(self, visitor_id: str) -> str:
         """The visitor's friendly name, claimed on first use."""
+        cached = self._cache.get(visitor_id)
+        if cached:
+            return cached
         known = await self._redis.get(self._name_key(visitor_id))
         if known:
-            return str(known)
+            return self._remember(visitor_id, str(known))
         for attempt in range(20):  # 20 collisions in a row would mean ~all names taken
             name = self.candidate(visitor_id, attempt)
             if await self._redis.set(self._id_key(name), visitor_id, nx=True, ex=NAME_TTL_S) or (
                 await self._redis.get(self._id_key(name)) == visitor_id
             ):
                 await self._redis.set(self._name_key(visitor_id), name, ex=NAME_TTL_S)
-                return name
+                return self._remember(visitor_id, name)
         raise RuntimeError(f"no free friendly name for visitor {visitor_id}")
+
+    def _remember(self, visitor_id: str, name: str) -> str:
+        if len(self._cache) >= NAME_CACHE_SIZE:
+            self._cache.clear()
+        self._cache[visitor_id] = name
+        return name
 
     async def jid_of(self, visitor_id: str) -> str:
         return f"{await self.name_of(visitor_id)}@{self.domain}"
@@ -115,6 +128,10 @@ class VisitorPages:
             pipe.ltrim(self._key(visitor_id), 0, PAGES_KEPT - 1)
             pipe.expire(self._key(visitor_id), self._settings.session_ttl_s)
             await pipe.execute()
+
+    async def latest(self, visitor_id: str) -> Page | None:
+        raw = await self._redis.lindex(self._key(visitor_id), 0)
+        return Page(**json.loads(raw)) if raw else None
 
     async def recent(self, visitor_id: str) -> list[Page]:
         raw = await self._redis.lrange(self._key(visitor_id), 0, PAGES_KEPT - 1)

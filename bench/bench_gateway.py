@@ -1,0 +1,333 @@
+"""im_gateway throughput and latency, against a bare slixmpp echo component on the same Prosody.
+
+Run: .venv/bin/python bench/bench_gateway.py [--messages 1000] [--churn-seconds 10]
+
+Everything runs in one process and one event loop (Prosody, RabbitMQ, Redis and
+MariaDB are the real local servers), in an isolated vhost, Redis prefix, database and
+Prosody that are removed at the end:
+
+1. baseline: a bare slixmpp ComponentXMPP on the component domain; an operator client
+   sends N messages to it (client → component) and it sends N to the client
+   (component → client): messages/s and one-way latency p50/p99;
+2. the gateway on the same domain of the same Prosody: N visitor lines published on
+   habla.visitor until they reach the operator's client (visitor → operator), and N
+   operator lines until they arrive on habla.deliver (operator → visitor);
+3. presence under churn: visitors clicking through pages while one operator follows
+   some of them: presence stanzas per operator per second vs page views per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import sqlalchemy as sa
+from slixmpp import ComponentXMPP
+
+from libs.common import codec, db, state, topology
+from libs.common.messaging import Bus, Envelope
+from libs.common.settings import Settings
+from libs.common.state.conversations import ConversationLog
+from libs.common.state.presence import SiteStatusReader
+from libs.common.state.sessions import VisitorSessions
+from services.im_gateway.gateway import Gateway
+from tests.im_gateway.conftest import connect_operator, create_site
+from tests.im_gateway.operator_client import OperatorClient
+from tools import prosody
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] * 1000
+
+
+def summary(name: str, n: int, first_sent: float, arrivals: dict[str, float], sent: dict[str, float]) -> dict[str, Any]:
+    latencies = [arrivals[k] - sent[k] for k in arrivals if k in sent]
+    span = max(arrivals.values()) - first_sent
+    row = {
+        "name": name,
+        "n": len(arrivals),
+        "rate": len(arrivals) / span,
+        "p50": pct(latencies, 0.5),
+        "p99": pct(latencies, 0.99),
+    }
+    print(
+        f"  {name:<34} {row['n']:>6} msgs  {row['rate']:>8.0f} msg/s  p50 {row['p50']:7.2f} ms  p99 {row['p99']:7.2f} ms"
+    )
+    return row
+
+
+async def wait_until(predicate: Any, within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+class Echo(ComponentXMPP):  # type: ignore[misc]
+    """The baseline: a bare component that records arrivals."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(
+            settings.xmpp_component_domain,
+            settings.xmpp_component_secret,
+            settings.xmpp_component_host,
+            settings.xmpp_component_port,
+        )
+        self.arrivals: dict[str, float] = {}
+        self.ready = asyncio.Event()
+        self.add_event_handler("session_start", lambda _e: self.ready.set())
+        self.add_event_handler("message", self._on_message)
+
+    def _on_message(self, msg: Any) -> None:
+        self.arrivals[msg["body"]] = time.perf_counter()
+
+
+async def baseline(settings: Settings, op: OperatorClient, n: int) -> list[dict[str, Any]]:
+    echo = Echo(settings)
+    echo.connect()
+    await asyncio.wait_for(echo.ready.wait(), 10)
+    target = f"echo@{settings.xmpp_component_domain}"
+    sent: dict[str, float] = {}
+    first = time.perf_counter()
+    for i in range(n):
+        body = f"c{i}"
+        sent[body] = time.perf_counter()
+        op.say(target, body)
+        if i % 100 == 99:
+            await asyncio.sleep(0)  # let the send queue drain like a real client would
+    await wait_until(lambda: len(echo.arrivals) >= n, 60, "echo arrivals")
+    rows = [summary("baseline client -> component", n, first, echo.arrivals, sent)]
+
+    sent = {}
+    mark = len(op.received)
+    first = time.perf_counter()
+    for i in range(n):
+        body = f"e{i}"
+        sent[body] = time.perf_counter()
+        echo.send_message(mto=op.jid, mbody=body, mtype="chat", mfrom=target)
+        if i % 100 == 99:
+            await asyncio.sleep(0)
+    await wait_until(lambda: len(op.received) - mark >= n, 60, "client arrivals")
+    offset = time.perf_counter() - time.monotonic()
+    arrivals = {r.body: r.at + offset for r in op.received[mark:]}
+    rows.append(summary("baseline component -> client", n, first, arrivals, sent))
+    echo.disconnect(wait=1.0)
+    await asyncio.wait_for(echo.disconnected, 5)
+    return rows
+
+
+async def through_gateway(settings: Settings, gateway: Gateway, op: OperatorClient, bus: Bus, site_id: str, n: int):
+    redis = gateway.redis
+    sessions, log = VisitorSessions(redis, settings), ConversationLog(redis, settings)
+    visitor_id = sessions.new_visitor_id()
+    conversation_id = uuid.uuid4().hex
+    await sessions.save(
+        visitor_id,
+        site_id,
+        {"frontend_id": settings.frontend_id, "conversation_id": conversation_id, "page_url": "https://b.example/"},
+    )
+    jid = await gateway.desk.names.jid_of(visitor_id)
+    delivered: dict[str, float] = {}
+
+    async def on_delivery(envelope: Envelope) -> None:
+        if envelope.struct.message is not None:
+            delivered[envelope.struct.message.body] = time.perf_counter()
+
+    await bus.consume(topology.frontend_delivery_queue(settings.frontend_id), on_delivery)
+
+    async def visitor_line(body: str) -> None:
+        message_id = uuid.uuid4().hex
+        appended = await log.append(
+            conversation_id, message_id, {"kind": "message", "sender": "visitor", "body": body, "sent_at_ms": 0}
+        )
+        await bus.publish(
+            topology.VISITOR,
+            f"{site_id}.message",
+            codec.ChatMessage(
+                message_id=message_id,
+                conversation_id=conversation_id,
+                site_id=site_id,
+                visitor_id=visitor_id,
+                sender=codec.SenderKind.VISITOR,
+                body=body,
+                sent_at_ms=int(time.time() * 1000),
+                seq=appended.seq,
+            ),
+        )
+
+    # Warm up (assignment, presence) outside the measurement.
+    await visitor_line("warm")
+    await op.wait_for(lambda r: r.body == "warm", 20)
+
+    mark = len(op.received)
+    sent = {}
+    first = time.perf_counter()
+    for start in range(0, n, 50):  # 50 publishes in flight, as a busy frontend would have
+        batch = [f"v{i}" for i in range(start, min(n, start + 50))]
+        for body in batch:
+            sent[body] = time.perf_counter()
+        await asyncio.gather(*(visitor_line(body) for body in batch))
+    await wait_until(lambda: len(op.received) - mark >= n, 120, "visitor lines at the operator")
+    offset = time.perf_counter() - time.monotonic()
+    arrivals = {r.body: r.at + offset for r in op.received[mark:] if r.body in sent}
+    rows = [summary("gateway visitor -> operator", n, first, arrivals, sent)]
+
+    sent = {}
+    first = time.perf_counter()
+    for i in range(n):
+        body = f"o{i}"
+        sent[body] = time.perf_counter()
+        op.say(jid, body)
+        if i % 100 == 99:
+            await asyncio.sleep(0)
+    await wait_until(lambda: len(delivered) >= n, 120, "operator lines on habla.deliver")
+    rows.append(summary("gateway operator -> visitor", n, first, delivered, sent))
+    return rows
+
+
+async def churn(
+    settings: Settings, gateway: Gateway, op: OperatorClient, bus: Bus, site_id: str, seconds: float
+) -> None:
+    sessions = VisitorSessions(gateway.redis, settings)
+    visitors = [sessions.new_visitor_id() for _ in range(100)]
+    for visitor_id in visitors:
+        await sessions.save(visitor_id, site_id, {"frontend_id": settings.frontend_id, "page_url": "https://b/"})
+    bot = f"{site_id}@{settings.xmpp_component_domain}"
+    followed = visitors[:20]
+    for visitor_id in followed:
+        await op.ask(bot, f"!follow {await gateway.desk.names.name_of(visitor_id)}")
+    await asyncio.sleep(settings.gateway_presence_interval_ms / 1000 * 3)
+    started = time.monotonic()
+    views = 0
+    while time.monotonic() - started < seconds:
+        batch = []
+        for visitor_id in visitors:
+            views += 1
+            batch.append(
+                bus.publish(
+                    topology.VISITOR,
+                    f"{site_id}.pageview",
+                    codec.PageView(
+                        visitor_id=visitor_id,
+                        site_id=site_id,
+                        url=f"https://b.example/{views}",
+                        title="Churn",
+                        viewed_at_ms=int(time.time() * 1000),
+                    ),
+                    message_id=uuid.uuid4().hex,
+                )
+            )
+        await asyncio.gather(*batch)
+    elapsed = time.monotonic() - started
+    await asyncio.sleep(settings.gateway_presence_interval_ms / 1000 * 2)
+    domain = "@" + settings.xmpp_component_domain
+    stamps = [r.at for r in op.received if r.kind == "presence" and r.at >= started and r.sender.endswith(domain)]
+    busiest = max((sum(1 for t in stamps[i:] if t - s < 1.0) for i, s in enumerate(stamps)), default=0)
+    naive = views * len(followed) / len(visitors)
+    print(
+        f"  churn: {views} page views in {elapsed:.1f} s ({views / elapsed:.0f}/s) across 100 visitors, "
+        f"operator follows 20\n"
+        f"    presence stanzas to the operator: {len(stamps)} ({len(stamps) / elapsed:.1f}/s, busiest second "
+        f"{busiest}, ceiling {settings.gateway_presence_ceiling_per_s}/s); uncoalesced would be {naive:.0f} "
+        f"({naive / elapsed:.0f}/s)"
+    )
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=1000)
+    parser.add_argument("--churn-seconds", type=float, default=10.0)
+    args = parser.parse_args()
+
+    tag = uuid.uuid4().hex[:8]
+    vhost = f"habla-bench-{tag}"
+    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, capture_output=True)
+    subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"], check=True)
+    folder = Path(tempfile.mkdtemp(prefix="habla-bench-prosody-"))
+    base = Settings.from_env()
+    cfg = prosody.ProsodyConfig(
+        dir=folder,
+        domain=base.xmpp_domain,
+        component_domain=base.xmpp_component_domain,
+        component_secret=base.xmpp_component_secret,
+        c2s_port=prosody.free_port(),
+        component_port=prosody.free_port(),
+    )
+    database = f"habla_bench_{tag}"
+    settings = dataclasses.replace(
+        base,
+        amqp_url=f"amqp://guest:guest@127.0.0.1:5672/{urllib.parse.quote(vhost, safe='')}",
+        redis_prefix=f"habla-bench-{tag}:",
+        mysql_url=f"mysql+pymysql://root:@127.0.0.1:3306/{database}?charset=utf8mb4",
+        xmpp_c2s_port=cfg.c2s_port,
+        xmpp_component_port=cfg.component_port,
+        frontend_id=f"bench-{tag}",
+        log_level="WARNING",
+    )
+    db.migrate(settings)
+    engine = db.engine(settings)
+    process = prosody.start(cfg)
+    redis = state.connect(settings)
+    bus = await Bus.connect(settings, "bench")
+    await bus.declare_topology()
+    gateway: Gateway | None = None
+    try:
+        op = await connect_operator(cfg, settings, "benchop")
+        print(f"im_gateway benchmark: {args.messages} messages each way, Prosody 0.12 on loopback, one process")
+        rows = await baseline(settings, op, args.messages)
+        site_id = await create_site(engine, [(op.jid, "Bench")])
+        gateway = Gateway(settings, await Bus.connect(settings, "bench-gateway"), redis, engine)
+        await gateway.start()
+        status = SiteStatusReader(redis, settings)
+        deadline = time.monotonic() + 20
+        while not (await status.get(site_id)).online:
+            if time.monotonic() > deadline:
+                raise TimeoutError("site never came online")
+            await asyncio.sleep(0.05)
+        rows += await through_gateway(settings, gateway, op, bus, site_id, args.messages)
+        base_in, base_out, gw_in, gw_out = rows
+        print(
+            f"  ratio gateway/baseline throughput: visitor -> operator {gw_in['rate'] / base_out['rate']:.2f} "
+            f"(vs component -> client), operator -> visitor {gw_out['rate'] / base_in['rate']:.2f} "
+            f"(vs client -> component)"
+        )
+        await churn(settings, gateway, op, bus, site_id, args.churn_seconds)
+        await op.stop()
+    finally:
+        if gateway is not None:
+            await gateway.stop()
+            await gateway.bus.close()
+        await bus.close()
+        await redis.aclose()
+        prosody.stop(process)
+        shutil.rmtree(folder, ignore_errors=True)
+        server = sa.create_engine("mysql+pymysql://root:@127.0.0.1:3306/")
+        with server.begin() as conn:
+            conn.execute(sa.text(f"DROP DATABASE IF EXISTS `{database}`"))
+        server.dispose()
+        engine.dispose()
+        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], check=False, capture_output=True)
+        cleanup = state.connect(settings)
+        keys = [k async for k in cleanup.scan_iter(match=f"{settings.redis_prefix}*", count=1000)]
+        if keys:
+            await cleanup.delete(*keys)
+        await cleanup.aclose()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
