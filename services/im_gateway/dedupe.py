@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import urllib.parse
+from collections import deque
 
 import redis.asyncio as aioredis
 
@@ -34,9 +35,10 @@ class Delivered:
     def __init__(self, redis: aioredis.Redis, settings: Settings) -> None:
         self._redis = redis
         self._settings = settings
-        self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
-        self._unanswered = 0
+        self._replies: asyncio.Task[None] | None = None
+        self._waiting: deque[asyncio.Future[None]] = deque()  # one per command, in order
+        self._opening = asyncio.Lock()
 
     def _key(self, message_id: str) -> str:
         return self._settings.redis_key("gw", "sent", message_id)
@@ -46,43 +48,63 @@ class Delivered:
 
     async def ready(self) -> None:
         """Open (or reopen) the marking connection; call before handing stanzas."""
-        if self._writer is not None and not self._writer.is_closing():
-            return
-        url = urllib.parse.urlsplit(self._settings.redis_url)
-        self._reader, self._writer = await asyncio.open_connection(url.hostname or "127.0.0.1", url.port or 6379)
-        self._unanswered = 0
-        if url.password:
-            self._send(
-                *(["AUTH", urllib.parse.unquote(url.username)] if url.username else ["AUTH"]),
-                urllib.parse.unquote(url.password),
-            )
-        database = (url.path or "/0").lstrip("/") or "0"
-        self._send("SELECT", database)
-        await self.confirm()
+        async with self._opening:
+            if self._writer is not None and not self._writer.is_closing():
+                return
+            url = urllib.parse.urlsplit(self._settings.redis_url)
+            reader, self._writer = await asyncio.open_connection(url.hostname or "127.0.0.1", url.port or 6379)
+            self._replies = asyncio.create_task(self._read_replies(reader))
+            if url.password:
+                user = [urllib.parse.unquote(url.username)] if url.username else []
+                await self._send("AUTH", *user, urllib.parse.unquote(url.password))
+            await self._send("SELECT", (url.path or "/0").lstrip("/") or "0")
 
-    def _send(self, *parts: str | int) -> None:
+    def _send(self, *parts: str | int) -> asyncio.Future[None]:
         if self._writer is None or self._writer.is_closing():
             raise ConnectionError("the marking connection to Redis is closed")
         self._writer.write(_resp(*parts))
-        self._unanswered += 1
+        answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append(answered)
+        return answered
 
-    def mark_now(self, message_id: str) -> None:
-        """Write the mark to Redis's socket now, synchronously (see the module doc)."""
-        self._send("SET", self._key(message_id), "1", "NX", "EX", SEEN_TTL_S)
+    def mark_now(self, message_id: str) -> asyncio.Future[None]:
+        """Write the mark to Redis's socket now, synchronously (see the module doc);
+        the future resolves when Redis has answered."""
+        return self._send("SET", self._key(message_id), "1", "NX", "EX", SEEN_TTL_S)
 
-    async def confirm(self) -> None:
-        """Wait for Redis to answer every mark written so far."""
-        assert self._reader is not None
-        while self._unanswered:
-            line = await self._reader.readline()
-            if not line:
-                self._writer = None
-                raise ConnectionError("Redis closed the marking connection")
-            self._unanswered -= 1
-            if line.startswith(b"-"):
-                raise RuntimeError(f"Redis refused a delivery mark: {line.decode(errors='replace').strip()}")
+    async def _read_replies(self, reader: asyncio.StreamReader) -> None:
+        # Redis answers in command order: each reply settles the oldest waiting future.
+        try:
+            while True:
+                line = await reader.readline()
+                if not line:
+                    raise ConnectionError("Redis closed the marking connection")
+                if line.startswith(b"$") and line[1:2] != b"-":
+                    await reader.readline()  # a bulk reply's payload (not sent for SET/SELECT)
+                answered = self._waiting.popleft()
+                if line.startswith(b"-"):
+                    answered.set_exception(RuntimeError(f"Redis refused: {line.decode(errors='replace').strip()}"))
+                else:
+                    answered.set_result(None)
+        except (ConnectionError, OSError) as exc:
+            self._fail_waiting(exc)
+            if self._writer is not None:
+                self._writer.close()
+            self._writer = None
+
+    def _fail_waiting(self, exc: BaseException) -> None:
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_exception(ConnectionError(str(exc)))
 
     async def close(self) -> None:
+        if self._replies is not None:
+            self._replies.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._replies
+            self._replies = None
+        self._fail_waiting(ConnectionError("closed"))
         if self._writer is not None:
             writer, self._writer = self._writer, None
             writer.close()

@@ -102,8 +102,6 @@ class Gateway:
         self._spawn(self.bot.run(), "site-bot")
         self._spawn(self._heartbeat(), "heartbeat")
         self._spawn(forceaway.watch(self.desk), "force-away")
-        self._spawn(self.visitor_consumer.run(), "consume-visitor")
-        self._spawn(self.conversation_consumer.run(), "consume-conversation")
         self._consumers.append(
             await self.bus.consume(topology.GATEWAY_VISITOR, self.visitor_consumer.receive, manual=True)
         )
@@ -132,6 +130,9 @@ class Gateway:
             with contextlib.suppress(Exception):
                 await consumer.stop()  # unacknowledged messages go back to the queue
         self._consumers.clear()
+        await self.inbound.close()
+        await self.visitor_consumer.close()
+        await self.conversation_consumer.close()
         await self.desk.drain()  # lines already in the log still get published
         for task in self._tasks:
             task.cancel()

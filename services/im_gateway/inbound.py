@@ -16,6 +16,7 @@ from slixmpp.stanza import Message, Presence
 from services.im_gateway import commands, metrics, relay
 from services.im_gateway.component import CHATSTATES_NS, RECEIPTS_NS, GatewayComponent, on
 from services.im_gateway.desk import Desk
+from services.im_gateway.lanes import Lanes
 from services.im_gateway.outbox import XmppUnavailable
 from services.im_gateway.roster import Roster
 from services.im_gateway.sitebot import SiteBot
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 CHAT_STATES = ("active", "composing", "paused", "inactive", "gone")
 # Bounded so a flood cannot exhaust memory; at ~1 ms a stanza this is seconds of backlog.
 QUEUE_SIZE = 10_000
+# Conversations handled at once (each waits mostly on Redis and RabbitMQ round trips).
+LANES = 64
 
 
 class Inbound:
@@ -34,7 +37,8 @@ class Inbound:
         self._roster = roster
         self._bot = bot
         self._queue: asyncio.Queue[Message | Presence] = asyncio.Queue(QUEUE_SIZE)
-        self._seen_online: set[str] = set()  # operators shown the bot's presence once
+        self._seen_online: set[str] = set()
+        self._lanes = Lanes(LANES)  # operators shown the bot's presence once
         on(component, "message", self._enqueue)
         on(component, "chatstate", self._on_chat_state)
         on(component, "presence", self._enqueue)
@@ -52,15 +56,24 @@ class Inbound:
     async def run(self) -> None:
         while True:
             stanza = await self._queue.get()
-            try:
-                if isinstance(stanza, Message):
-                    await self.message(stanza)
-                else:
-                    await self.presence(stanza)
-            except XmppUnavailable:
-                log.warning("stanza not answered: XMPP stream down", extra={"from": str(stanza["from"])})
-            except Exception:
-                log.exception("stanza handling failed", extra={"from": str(stanza["from"])})
+            sender = stanza["from"].bare
+            # An operator's lines to one visitor stay in order; presence per operator.
+            key = f"{sender}>{stanza['to'].bare}" if isinstance(stanza, Message) else sender
+            await self._lanes.submit(key, lambda s=stanza: self._handle(s))  # type: ignore[misc]
+
+    async def close(self) -> None:
+        await self._lanes.close()
+
+    async def _handle(self, stanza: Message | Presence) -> None:
+        try:
+            if isinstance(stanza, Message):
+                await self.message(stanza)
+            else:
+                await self.presence(stanza)
+        except XmppUnavailable:
+            log.warning("stanza not answered: XMPP stream down", extra={"from": str(stanza["from"])})
+        except Exception:
+            log.exception("stanza handling failed", extra={"from": str(stanza["from"])})
 
     def _refuse(self, stanza: Message | Presence, text: str) -> None:
         metrics.STRANGERS.inc()
