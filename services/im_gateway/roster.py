@@ -28,11 +28,14 @@ class Roster:
         """Ask for the operator's presence; probe it after a (re)connect to rebuild availability.
 
         A new operator needs no probe: the server sends their presence once they approve.
+        The probe goes first: Prosody answers a probe from a contact it has not approved
+        yet by dropping that contact's pending subscription request, so a probe after
+        the request would cancel it for an operator who is offline right now.
         """
         bot = self._desk.bot_jid(site_id)
-        self._desk.outbox.presence(bot, operator, kind="subscribe")
         if probe:
             self._desk.outbox.presence(bot, operator, kind="probe")
+        self._desk.outbox.presence(bot, operator, kind="subscribe")
         self._bot.present_to(operator, site_id)
 
     def drop(self, operator: str, site_id: str) -> None:

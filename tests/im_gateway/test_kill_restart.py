@@ -14,8 +14,10 @@ from libs.common.messaging import Bus
 from libs.common.state.conversations import ConversationLog
 from libs.common.state.presence import SiteStatusReader
 from libs.common.state.sessions import VisitorSessions
-from tests.im_gateway.conftest import connect_operator, create_site
+from tests.im_gateway.conftest import create_site
 from tests.im_gateway.isolated import isolated_gateway_env, wait_until
+from tests.im_gateway.operator_client import OperatorClient
+from tools import prosody
 
 VISITOR_LINES = 300
 OPERATOR_LINES = 60
@@ -30,11 +32,16 @@ async def test_sigkill_mid_conversation_delivers_everything_exactly_once(setting
         redis = __import__("libs.common.state", fromlist=["connect"]).connect(s)
         bus = await Bus.connect(s, "kill-test")
         await bus.declare_topology()
-        operator = await connect_operator(env.prosody, s, f"op-{uuid.uuid4().hex[:6]}")
-        site_id = await create_site(engine, [(operator.jid, "Kim")])
+        user, password = f"op-{uuid.uuid4().hex[:6]}", uuid.uuid4().hex[:12]
+        await asyncio.to_thread(prosody.register, env.prosody, user, password)
+        site_id = await create_site(engine, [(f"{user}@{s.xmpp_domain}", "Kim")])
         status = SiteStatusReader(redis, s)
         gateway = env.start_gateway("gateway-1")
         restarted = None
+        # The operator logs in only after the gateway invited them (as in `make run`):
+        # the pending subscription must survive the gateway's start-up probe.
+        await asyncio.sleep(2)
+        operator = await OperatorClient(f"{user}@{s.xmpp_domain}", password, "127.0.0.1", s.xmpp_c2s_port).start()
         try:
             await wait_until(lambda: _online(status, site_id), within=20)
 
