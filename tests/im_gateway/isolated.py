@@ -116,7 +116,7 @@ async def isolated_gateway_env(base: Settings, artifacts: Path, **overrides: obj
         await client.aclose()
 
 
-async def wait_until(predicate, within: float = 15.0, every: float = 0.05) -> None:  # type: ignore[no-untyped-def]
+async def wait_until(predicate, within: float = 15.0, every: float = 0.05) -> None:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         result = predicate()

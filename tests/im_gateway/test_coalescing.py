@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 from tests.im_gateway.conftest import Site
+from tests.im_gateway.operator_client import Received
 
 VISITORS = 100
 VIEWS_PER_VISITOR = 10  # 1,000 page views
 FOLLOWED = 10
 JITTER_S = 0.05  # delivery-time jitter allowed when counting per-second windows at the receiver
+
+
+def _last_page(jid: str, suffix: str) -> Callable[[Received], bool]:
+    return lambda r: r.kind == "presence" and r.sender == jid and r.status.endswith(suffix)
 
 
 async def test_burst_of_page_views_respects_the_ceiling(make_site, gateway_settings) -> None:
@@ -35,12 +41,7 @@ async def test_burst_of_page_views_respects_the_ceiling(make_site, gateway_setti
 
     last = VIEWS_PER_VISITOR - 1
     for index, visitor in enumerate(followed):
-        await op.wait_for(
-            lambda r, v=visitor, i=index: (
-                r.kind == "presence" and r.sender == v.jid and r.status.endswith(f"/p/{i}/{last}")
-            ),
-            within=60,
-        )
+        await op.wait_for(_last_page(visitor.jid, f"/p/{index}/{last}"), within=60)
     finished = time.monotonic()
     stanzas = [r.at for r in op.received if r.kind == "presence" and r.at >= started and r.sender.endswith(domain)]
     ceiling = gateway_settings.gateway_presence_ceiling_per_s

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Any
 
 from libs.common import codec
 from libs.common.state.conversations import ConversationLog
@@ -110,9 +112,11 @@ async def test_name_email_phone_are_recorded_and_validated(make_site) -> None:
     assert session is not None
     assert (session["name"], session["email"], session["phone"]) == ("Jane Doe", "jane@shop.example", "+49 30 1234567")
     for field, value in (("name", "Jane Doe"), ("email", "jane@shop.example"), ("phone", "+49 30 1234567")):
-        await site.published.wait_for(
-            lambda s, f=field, v=value: isinstance(s, codec.OperatorAction) and s.action == f and s.value == v
-        )
+        await site.published.wait_for(_action(field, value))
+
+
+def _action(action: str, value: str) -> Callable[[Any], bool]:
+    return lambda s: isinstance(s, codec.OperatorAction) and s.action == action and s.value == value
 
 
 async def test_note_is_archived_as_internal_and_never_reaches_the_visitor(make_site) -> None:
