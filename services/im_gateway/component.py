@@ -57,6 +57,7 @@ class GatewayComponent(ComponentXMPP):
         self.add_event_handler("session_start", self._on_session_start)
         self.add_event_handler("disconnected", self._on_disconnected)
         self.add_event_handler("connection_failed", self._on_connection_failed)
+        self.add_event_handler("reconnect_delay", self._cap_connect_delay)
 
     # --- lifecycle -----------------------------------------------------------------
     def start(self) -> None:
@@ -91,6 +92,12 @@ class GatewayComponent(ComponentXMPP):
     def _on_connection_failed(self, reason: Any) -> None:
         # slixmpp retries a failed TCP connect itself with its own backoff; we only log.
         log.warning("cannot reach the XMPP server's component port; retrying", extra={"reason": str(reason)})
+
+    def _cap_connect_delay(self, _delay: float) -> None:
+        # slixmpp's own retry of a refused TCP connect doubles up to 300 s; ours stops
+        # at BACKOFF_MAX_S so a gateway is back within 30 s of the server's return.
+        # (Called synchronously just before slixmpp sleeps for the delay.)
+        self._connect_loop_wait = min(self._connect_loop_wait, BACKOFF_MAX_S)
 
     async def _reconnect_after(self, delay: float) -> None:
         await asyncio.sleep(delay)

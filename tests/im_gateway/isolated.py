@@ -48,6 +48,14 @@ class Isolated:
     settings: Settings
     prosody: prosody.ProsodyConfig
     log_dir: Path
+    prosody_process: subprocess.Popen[bytes]
+
+    def stop_prosody(self) -> None:
+        prosody.stop(self.prosody_process)
+
+    def start_prosody(self) -> None:
+        """Same config, ports and data folder (rosters survive)."""
+        self.prosody_process = prosody.start(self.prosody)
 
     def start_gateway(self, name: str) -> subprocess.Popen[bytes]:
         with (self.log_dir / f"{name}.log").open("wb") as out:
@@ -102,10 +110,11 @@ async def isolated_gateway_env(base: Settings, artifacts: Path, **overrides: obj
     )
     log_dir = artifacts / f"gateway-{tag}"
     log_dir.mkdir(parents=True, exist_ok=True)
+    env = Isolated(settings, cfg, log_dir, process)
     try:
-        yield Isolated(settings, cfg, log_dir)
+        yield env
     finally:
-        prosody.stop(process)
+        prosody.stop(env.prosody_process)
         shutil.copy(folder / "prosody.log", log_dir / "prosody.log")
         shutil.rmtree(folder, ignore_errors=True)
         await asyncio.to_thread(_rabbitmqctl, "delete_vhost", vhost)
