@@ -27,6 +27,9 @@ from services.im_gateway.visitors import VisitorNames, VisitorPages, page_status
 
 log = logging.getLogger(__name__)
 
+# (operator, visitor) pairs remembered as already shown a visitor's presence.
+SHOWN_KEPT = 100_000
+
 
 @dataclass
 class Desk:
@@ -74,7 +77,7 @@ class Desk:
         self.outbox.presence(
             jid, operator, show="chat" if chatting else None, status=await self.visitor_status(visitor_id)
         )
-        self.shown.add((operator, visitor_id))
+        self.remember_shown(operator, visitor_id)
 
     async def in_background(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` as a task; waits first while too many are running (backpressure)."""
@@ -93,6 +96,12 @@ class Desk:
         """Wait for background work (graceful stop)."""
         if self.background:
             await asyncio.wait(set(self.background), timeout=10)
+
+    def remember_shown(self, operator: str, visitor_id: str) -> None:
+        # Forgetting costs one repeated presence per chat: cheaper than unbounded memory.
+        if len(self.shown) >= SHOWN_KEPT:
+            self.shown.clear()
+        self.shown.add((operator, visitor_id))
 
     def info(self, sender: str, operator: str, text: str) -> None:
         """An [info] line to an operator (from the bot or a visitor JID)."""

@@ -67,7 +67,7 @@ async def visitor_line(desk: Desk, message: Any) -> int:
     for operator in conversation.recipients:
         if (operator, message.visitor_id) not in desk.shown:
             desk.outbox.presence(jid, operator, show="chat", status=status)
-            desk.shown.add((operator, message.visitor_id))
+            desk.remember_shown(operator, message.visitor_id)
         desk.outbox.chat(jid, operator, message.body, stanza_id=message.message_id)
     return len(conversation.recipients)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
+import urllib.error
+import urllib.request
 import uuid
 
 import pytest
@@ -57,10 +59,17 @@ async def test_gateway_reconnects_after_prosody_restart_and_delivers_held_lines(
 
             await visitor_says("before the outage")
             await operator.wait_for(lambda r: r.body == "before the outage")
+            health = f"http://127.0.0.1:{s.gateway_metrics_port}"
+            code, body = await _get(f"{health}/healthz")
+            assert code == 200 and '"xmpp": "ok"' in body
+            code, body = await _get(f"{health}/metrics")
+            assert code == 200 and "habla_gateway_stanzas_sent_total" in body and "habla_gateway_lease_held 1.0" in body
 
             await asyncio.to_thread(env.stop_prosody)
             await visitor_says("during the outage")  # held unacknowledged by the gateway
             await wait_until(lambda: _offline(status, site_id), within=s.presence_ttl_s + 10)
+            code, body = await _get(f"{health}/healthz")
+            assert code == 503 and "xmpp" in body and "reconnecting" in body
             await asyncio.sleep(1.0)
             await asyncio.to_thread(env.start_prosody)
 
@@ -78,6 +87,17 @@ async def test_gateway_reconnects_after_prosody_restart_and_delivers_held_lines(
             await operator.stop()
             await bus.close()
             await redis.aclose()
+
+
+async def _get(url: str) -> tuple[int, str]:
+    def fetch() -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    return await asyncio.to_thread(fetch)
 
 
 async def _online(status: SiteStatusReader, site_id: str) -> bool:
