@@ -47,6 +47,9 @@ from tests.im_gateway.conftest import connect_operator, create_site
 from tests.im_gateway.operator_client import OperatorClient
 from tools import prosody
 
+# Messages sent one at a time (each waits for the previous) for latency without queueing.
+ONE_BY_ONE = 200
+
 
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
@@ -54,7 +57,8 @@ def pct(values: list[float], q: float) -> float:
 
 
 def summary(name: str, n: int, first_sent: float, arrivals: dict[str, float], sent: dict[str, float]) -> dict[str, Any]:
-    latencies = [arrivals[k] - sent[k] for k in arrivals if k in sent]
+    arrivals = {k: t for k, t in arrivals.items() if k in sent}
+    latencies = [arrivals[k] - sent[k] for k in arrivals]
     span = max(arrivals.values()) - first_sent
     row = {
         "name": name,
@@ -126,6 +130,24 @@ async def baseline(settings: Settings, op: OperatorClient, n: int) -> list[dict[
     offset = time.perf_counter() - time.monotonic()
     arrivals = {r.body: r.at + offset for r in op.received[mark:]}
     rows.append(summary("baseline component -> client", n, first, arrivals, sent))
+    # One message at a time: latency without queueing.
+    sent, arrivals = {}, {}
+    for i in range(ONE_BY_ONE):
+        body = f"s{i}"
+        sent[body] = time.perf_counter()
+        op.say(target, body)
+        await wait_until(lambda b=body: b in echo.arrivals, 10, "echo arrival")
+    rows.append(summary("baseline client -> component, one at a time", ONE_BY_ONE, sent["s0"], echo.arrivals, sent))
+    sent = {}
+    mark = len(op.received)
+    for i in range(ONE_BY_ONE):
+        body = f"t{i}"
+        sent[body] = time.perf_counter()
+        echo.send_message(mto=JID(op.jid), mbody=body, mtype="chat", mfrom=target)
+        await wait_until(lambda n=i: len(op.received) - mark > n, 10, "client arrival")
+    offset = time.perf_counter() - time.monotonic()
+    arrivals = {r.body: r.at + offset for r in op.received[mark:]}
+    rows.append(summary("baseline component -> client, one at a time", ONE_BY_ONE, sent["t0"], arrivals, sent))
     echo.disconnect(wait=1.0)
     await asyncio.wait_for(echo.disconnected, 5)
     return rows
@@ -210,6 +232,26 @@ async def through_gateway(
             await asyncio.sleep(0)
     await wait_until(lambda: len([b for b in delivered if b.startswith(tag)]) >= n, 120, "operator lines delivered")
     rows.append(summary(f"gateway operator -> visitor, {label}", n, first, delivered, sent))
+    if conversations > 1:
+        return rows
+    # One message at a time: latency without queueing.
+    sent = {}
+    mark = len(op.received)
+    for i in range(ONE_BY_ONE):
+        body = f"{tag}s{i}"
+        sent[body] = time.perf_counter()
+        await visitor_line(chats[0], body)
+        await wait_until(lambda n=i: len(op.received) - mark > n, 10, "visitor line")
+    offset = time.perf_counter() - time.monotonic()
+    arrivals = {r.body: r.at + offset for r in op.received[mark:] if r.body in sent}
+    rows.append(summary("gateway visitor -> operator, one at a time", ONE_BY_ONE, sent[f"{tag}s0"], arrivals, sent))
+    sent = {}
+    for i in range(ONE_BY_ONE):
+        body = f"{tag}t{i}"
+        sent[body] = time.perf_counter()
+        op.say(chats[0][2], body)
+        await wait_until(lambda b=body: b in delivered, 10, "operator line")
+    rows.append(summary("gateway operator -> visitor, one at a time", ONE_BY_ONE, sent[f"{tag}t0"], delivered, sent))
     return rows
 
 
@@ -318,9 +360,10 @@ async def main() -> None:
             if time.monotonic() > deadline:
                 raise TimeoutError("site never came online")
             await asyncio.sleep(0.05)
-        base_in, base_out = rows
+        base_in, base_out = rows[0], rows[1]
         for conversations in (1, 10):
-            gw_in, gw_out = await through_gateway(settings, gateway, op, bus, site_id, args.messages, conversations)
+            gw = await through_gateway(settings, gateway, op, bus, site_id, args.messages, conversations)
+            gw_in, gw_out = gw[0], gw[1]
             print(
                 f"  ratio to baseline ({conversations} conv.): visitor -> operator "
                 f"{gw_in['rate'] / base_out['rate']:.2f} (vs component -> client), operator -> visitor "
