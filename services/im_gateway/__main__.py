@@ -42,6 +42,9 @@ async def main() -> None:
         await redis.aclose()
         engine.dispose()
         log.info("im_gateway stopped")
+    if gateway.lease_lost:
+        # Non-zero so the supervisor restarts it: it comes back as a standby.
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -103,6 +103,14 @@ class Desk:
             self.shown.clear()
         self.shown.add((operator, visitor_id))
 
+    async def hide_visitor(self, conversation: Any) -> None:
+        """After a chat ends, the visitor leaves the operators' lists unless they follow it."""
+        jid = await self.names.jid_of(conversation.visitor_id)
+        followers = await self.follows.followers(conversation.visitor_id)
+        for operator in conversation.recipients:
+            if operator not in followers:
+                self.coalescer.update(operator, jid, kind="unavailable", status="Chat ended")
+
     def info(self, sender: str, operator: str, text: str) -> None:
         """An [info] line to an operator (from the bot or a visitor JID)."""
         self.outbox.chat(sender, operator, f"[info] {text}")

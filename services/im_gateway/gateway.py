@@ -82,6 +82,7 @@ class Gateway:
         self._tasks: list[asyncio.Task[Any]] = []
         self._consumers: list[Any] = []
         self.active = False
+        self.lease_lost = False  # set when another instance took the domain over
         on(self.component, "session_start", self._on_session_start)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
@@ -120,6 +121,7 @@ class Gateway:
             await asyncio.wait({waiter, keeper}, return_when=asyncio.FIRST_COMPLETED)
             if keeper.done() and not keeper.cancelled() and keeper.exception():
                 log.error("stopping: %s", keeper.exception())
+                self.lease_lost = True
         else:
             starting.cancel()
         waiter.cancel()

@@ -221,6 +221,7 @@ async def visitor_event(desk: Desk, event: Any) -> None:
                 desk.outbox.chat_state(jid, operator, state)
     elif kind == codec.VisitorEventKind.ENDED_CHAT and conversation:
         await desk.routing.close(conversation.conversation_id)
+        await desk.hide_visitor(conversation)
         for operator in conversation.recipients:  # the last awaits are behind us (dedupe)
             desk.info(jid, operator, "The visitor ended the chat; the transcript goes to the site owner.")
     elif kind == codec.VisitorEventKind.IDENTIFIED and conversation:

@@ -71,6 +71,10 @@ async def test_end_closes_the_conversation_and_publishes_the_action(make_site) -
     action = await site.published.wait_for(lambda s: isinstance(s, codec.OperatorAction) and s.action == "end")
     assert action.conversation_id == visitor.conversation_id and action.operator_jid == site.operators[0].jid
     assert await site.gateway.desk.routing.get(visitor.conversation_id) is None
+    # The visitor leaves the operator's list (they do not follow it).
+    await site.operators[0].wait_for(
+        lambda r: r.kind == "presence" and r.sender == visitor.jid and r.ptype == "unavailable"
+    )
     assert "no open chat" in await site.operators[0].ask(visitor.jid, "/end")
 
 

@@ -31,6 +31,7 @@ async def end(call: Call) -> None:
         action="end",
     )
     await call.desk.routing.close(conversation.conversation_id)
+    await call.desk.hide_visitor(conversation)
     call.desk.dirty_sites.add(call.site_id)
     call.reply(f"Chat with {await call.visitor_name()} ended; the transcript goes to the site owner.")
 
@@ -48,8 +49,9 @@ async def block(call: Call) -> None:
         operator=call.operator,
         action="block",
     )
-    if conversation_id:
-        await call.desk.routing.close(conversation_id)
+    closed = await call.desk.routing.close(conversation_id) if conversation_id else None
+    if closed is not None:
+        await call.desk.hide_visitor(closed)
     call.desk.dirty_sites.add(call.site_id)
     call.reply(f"{await call.visitor_name()} is blocked; their lines no longer reach operators.")
 
