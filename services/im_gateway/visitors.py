@@ -62,7 +62,8 @@ class VisitorNames:
         self._redis = redis
         self._settings = settings
         self.domain = settings.xmpp_component_domain
-        self._cache: dict[str, str] = {}
+        self._cache: dict[str, str] = {}  # visitor id -> name
+        self._ids: dict[str, str] = {}  # name -> visitor id
 
     def _name_key(self, visitor_id: str) -> str:
         return self._settings.redis_key("gw", "vname", visitor_id)
@@ -96,7 +97,9 @@ class VisitorNames:
     def _remember(self, visitor_id: str, name: str) -> str:
         if len(self._cache) >= NAME_CACHE_SIZE:
             self._cache.clear()
+            self._ids.clear()
         self._cache[visitor_id] = name
+        self._ids[name] = visitor_id
         return name
 
     async def jid_of(self, visitor_id: str) -> str:
@@ -107,8 +110,13 @@ class VisitorNames:
         name = name.strip().lower().split("@", 1)[0]
         if not _NAME_RE.match(name):
             return None
+        if name in self._ids:
+            return self._ids[name]
         found = await self._redis.get(self._id_key(name))
-        return str(found) if found else None
+        if not found:
+            return None
+        self._remember(str(found), name)
+        return str(found)
 
 
 class VisitorPages:

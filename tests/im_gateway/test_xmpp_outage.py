@@ -80,8 +80,11 @@ async def test_gateway_reconnects_after_prosody_restart_and_delivers_held_lines(
             await operator.wait_for(lambda r: r.body == "after the outage", within=15)
             bodies = collections.Counter(r.body for r in operator.received if r.kind == "message" and r.body)
             assert bodies["during the outage"] == 1 and bodies["after the outage"] == 1
+            # SIGTERM: a graceful stop, exit status 0, the lease released for a standby.
+            assert env.terminate(gateway) == 0
             gateway_log = (env.log_dir / "gateway.log").read_text()
-            assert "XMPP stream lost; reconnecting" in gateway_log
+            assert "XMPP stream lost; reconnecting" in gateway_log and "im_gateway stopped" in gateway_log
+            assert not await redis.exists(s.redis_key("gw", "lease", s.xmpp_component_domain))
         finally:
             env.terminate(gateway)
             await operator.stop()
