@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 
@@ -37,8 +38,10 @@ async def main() -> None:
     try:
         await gateway.run(stop)
     finally:
+        log.info("closing RabbitMQ, Redis and MySQL connections")
         server.stop()
-        await bus.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(bus.close(), 5)  # unacknowledged messages are redelivered anyway
         await redis.aclose()
         engine.dispose()
         log.info("im_gateway stopped")

@@ -95,7 +95,7 @@ class Desk:
     async def drain(self) -> None:
         """Wait for background work (graceful stop)."""
         if self.background:
-            await asyncio.wait(set(self.background), timeout=10)
+            await asyncio.wait(set(self.background), timeout=3)
 
     def remember_shown(self, operator: str, visitor_id: str) -> None:
         # Forgetting costs one repeated presence per chat: cheaper than unbounded memory.

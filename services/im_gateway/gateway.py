@@ -39,6 +39,10 @@ from services.im_gateway.visitors import VisitorNames, VisitorPages
 
 log = logging.getLogger(__name__)
 
+# Each step of a graceful stop gets this long: docker stops a container 10 s after
+# SIGTERM, and nothing is lost by giving up (RabbitMQ redelivers, leases expire).
+STOP_STEP_S = 3.0
+
 
 class Gateway:
     def __init__(self, settings: Settings, bus: Bus, redis: aioredis.Redis, engine: sa.Engine) -> None:
@@ -128,22 +132,27 @@ class Gateway:
         await self.stop()
 
     async def stop(self) -> None:
+        log.info("stopping: consumers first (unacknowledged messages return to their queues)")
         for consumer in self._consumers:
             with contextlib.suppress(Exception):
-                await consumer.stop()  # unacknowledged messages go back to the queue
+                # Unacknowledged messages go back to the queue (also if we give up waiting).
+                await asyncio.wait_for(consumer.stop(), STOP_STEP_S)
         self._consumers.clear()
         await self.inbound.close()
         await self.visitor_consumer.close()
         await self.conversation_consumer.close()
         await self.desk.drain()  # lines already in the log still get published
+        log.info("stopping: background tasks and the XMPP stream")
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
-        await self.component.stop()
-        await self.desk.delivered.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.component.stop(), STOP_STEP_S)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.desk.delivered.close(), STOP_STEP_S)
         if self.active:
             with contextlib.suppress(Exception):
                 await self.lease.release()

@@ -74,7 +74,7 @@ class Isolated:
         if process.poll() is None:
             process.terminate()
             try:
-                return process.wait(15)
+                return process.wait(30)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
