@@ -267,6 +267,8 @@ async def churn(
     for visitor_id in followed:
         await op.ask(bot, f"!follow {await gateway.desk.names.name_of(visitor_id)}")
     await asyncio.sleep(settings.gateway_presence_interval_ms / 1000 * 3)
+    sent_at: list[float] = []
+    gateway.desk.coalescer.on_sent = lambda operator, at: sent_at.append(at) if operator == op.jid else None
     started = time.monotonic()
     views = 0
     while time.monotonic() - started < seconds:
@@ -296,12 +298,13 @@ async def churn(
     busiest = max((sum(1 for t in stamps[i:] if t - s < 1.0) for i, s in enumerate(stamps)), default=0)
     # Receive times carry delivery jitter; the gateway spaces its sends exactly.
     busiest_jitter = max((sum(1 for t in stamps[i:] if t - s < 0.95) for i, s in enumerate(stamps)), default=0)
+    busiest_sent = max((sum(1 for t in sent_at[i:] if t - s < 1.0) for i, s in enumerate(sent_at)), default=0)
     naive = views * len(followed) / len(visitors)
     print(
         f"  churn: {views} page views in {elapsed:.1f} s ({views / elapsed:.0f}/s) across 100 visitors, "
         f"operator follows 20\n"
         f"    presence stanzas to the operator: {len(stamps)} over {span:.1f} s ({len(stamps) / span:.1f}/s); "
-        f"busiest 1 s window {busiest} (0.95 s window {busiest_jitter}); ceiling "
+        f"busiest 1 s window as sent {busiest_sent}, as received {busiest} (0.95 s: {busiest_jitter}); ceiling "
         f"{settings.gateway_presence_ceiling_per_s}/s; without coalescing: {naive:.0f} ({naive / elapsed:.0f}/s)"
     )
 

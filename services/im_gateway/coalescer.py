@@ -56,6 +56,9 @@ class PresenceCoalescer:
         self._clock = clock
         self._queues: dict[str, _OperatorQueue] = {}
         self._wake = asyncio.Event()
+        # Called with (operator, send time) after each presence sent: measurement hook
+        # for bench/bench_gateway.py (receive times there include client-side jitter).
+        self.on_sent: Callable[[str, float], None] | None = None
 
     def update(
         self, operator: str, sender: str, *, show: str | None = None, status: str | None = None, kind: str | None = None
@@ -108,6 +111,8 @@ class PresenceCoalescer:
                 queue.last_sent[sender] = now
                 queue.sent_at.append(now)
                 sent += 1
+                if self.on_sent is not None:
+                    self.on_sent(operator, now)
             self._prune(queue, now)
             if (
                 not queue.pending

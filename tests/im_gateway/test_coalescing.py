@@ -12,7 +12,10 @@ from tests.im_gateway.operator_client import Received
 VISITORS = 100
 VIEWS_PER_VISITOR = 10  # 1,000 page views
 FOLLOWED = 10
-JITTER_S = 0.05  # delivery-time jitter allowed when counting per-second windows at the receiver
+# The ceiling holds exactly for send times (the gateway's clock). Receive times in this
+# process (which also runs the gateway and the publishers) bunch up under CPU load, so
+# the receiver-side check allows a second window's worth of jitter.
+RECEIVE_SLACK = 2
 
 
 def _last_page(jid: str, suffix: str) -> Callable[[Received], bool]:
@@ -30,6 +33,8 @@ async def test_burst_of_page_views_respects_the_ceiling(make_site, gateway_setti
     # Let the follow confirmations' presences drain before measuring.
     await op.wait_for(lambda r: r.kind == "presence" and r.sender == followed[-1].jid and "Home" in r.status, within=30)
     await asyncio.sleep(1.0)
+    sent_at: list[float] = []
+    site.gateway.desk.coalescer.on_sent = lambda operator, at: sent_at.append(at) if operator == op.jid else None
     started = time.monotonic()
 
     async def views_of(index: int, visitor) -> None:
@@ -45,12 +50,17 @@ async def test_burst_of_page_views_respects_the_ceiling(make_site, gateway_setti
     finished = time.monotonic()
     stanzas = [r.at for r in op.received if r.kind == "presence" and r.at >= started and r.sender.endswith(domain)]
     ceiling = gateway_settings.gateway_presence_ceiling_per_s
-    busiest = max(sum(1 for t in stanzas[i:] if t - start < 1.0 - JITTER_S) for i, start in enumerate(stanzas))
+    site.gateway.desk.coalescer.on_sent = None
+    busiest_sent = max(sum(1 for t in sent_at[i:] if t - start < 1.0) for i, start in enumerate(sent_at))
+    busiest = max(sum(1 for t in stanzas[i:] if t - start < 1.0) for i, start in enumerate(stanzas))
     print(
         f"\n{len(stanzas)} presence stanzas for 1,000 page views (published in {published - started:.1f} s); "
-        f"busiest second {busiest} (ceiling {ceiling}); all last pages in {finished - started:.1f} s"
+        f"busiest second {busiest_sent} sent, {busiest} received (ceiling {ceiling}); "
+        f"all last pages in {finished - started:.1f} s"
     )
-    assert busiest <= ceiling
+    assert len(sent_at) >= FOLLOWED  # the presences the operator got went through the coalescer
+    assert busiest_sent <= ceiling
+    assert busiest <= ceiling * RECEIVE_SLACK
     assert len(stanzas) <= ceiling * (finished - started + 1)
     # Unfollowed visitors never produced a presence for this operator.
     unfollowed = {v.jid for v in visitors[FOLLOWED:]}
