@@ -151,3 +151,17 @@ async def test_typing_travels_both_ways(make_site) -> None:
     message.send()
     delivery = await site.deliveries.wait_for(lambda d: d.action is not None and d.action.action == "typing")
     assert delivery.visitor_id == visitor.visitor_id
+
+
+async def test_identified_and_left_visitors_are_shown_to_the_operator(make_site) -> None:
+    site: Site = await make_site(1)
+    op = site.operators[0]
+    visitor = await site.visitor()
+    await site.say(visitor, "hi")
+    await op.wait_for(lambda r: r.body == "hi")
+    await site.event(visitor, codec.VisitorEventKind.IDENTIFIED, name="Jane Doe", email="jane@shop.example")
+    introduced = await op.wait_for(lambda r: r.kind == "message" and "introduced themselves" in r.body)
+    assert introduced.sender == visitor.jid and "Jane Doe, jane@shop.example" in introduced.body
+    await site.event(visitor, codec.VisitorEventKind.LEFT)
+    left = await op.wait_for(lambda r: r.kind == "presence" and r.sender == visitor.jid and r.ptype == "unavailable")
+    assert left.status == "Left the site"
