@@ -136,6 +136,20 @@ class Settings:
     presence_ttl_s: int = field(default=90, metadata={"env": "HABLA_PRESENCE_TTL_S"})
     presence_heartbeat_s: int = field(default=30, metadata={"env": "HABLA_PRESENCE_HEARTBEAT_S"})
     gateway_metrics_port: int = field(default=9102, metadata={"env": "HABLA_GATEWAY_METRICS_PORT"})
+    # One gateway per component domain holds this Redis lease; a standby takes over at
+    # most this long after the active one dies (3 renewals at ttl/3 may be missed first).
+    gateway_lease_ttl_s: int = field(default=15, metadata={"env": "HABLA_GATEWAY_LEASE_TTL_S"})
+    # A followed visitor's page changes reach an operator at most once per this
+    # interval (latest page wins): 2 s keeps a status line current while a visitor
+    # clicking through 10 pages a second costs the operator one stanza per 2 s.
+    gateway_presence_interval_ms: int = field(default=2000, metadata={"env": "HABLA_GATEWAY_PRESENCE_INTERVAL_MS"})
+    # Presence stanzas sent to one operator per second, whatever the churn. Prosody's
+    # stock mod_limits allows 10 kB/s per c2s connection and a visitor presence is
+    # ~400 bytes: 5/s (2 kB/s) leaves most of that budget to chat lines.
+    gateway_presence_ceiling_per_s: int = field(default=5, metadata={"env": "HABLA_GATEWAY_PRESENCE_CEILING_PER_S"})
+    # A new chat left unanswered this long marks its operator away for routing and is
+    # offered to the others (a visitor who waits a minute usually leaves).
+    gateway_answer_timeout_s: int = field(default=60, metadata={"env": "HABLA_GATEWAY_ANSWER_TIMEOUT_S"})
 
     # --- transcript_worker -----------------------------------------------------------
     worker_metrics_port: int = field(default=9103, metadata={"env": "HABLA_WORKER_METRICS_PORT"})

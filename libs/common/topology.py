@@ -82,8 +82,17 @@ EMAIL = QueueSpec("transcript_worker.email", ((TRANSCRIPTS, ""), (VISITOR, "*.of
 # visitor's "end chat" (VisitorEvent ENDED_CHAT). A queue of its own, apart from the
 # archive, so a close never waits behind an archive backlog.
 CLOSER = QueueSpec("transcript_worker.closer", ((OPERATOR, "*.action"), (VISITOR, "*.event")))
+# Closed conversations (idle, visitor, operator): the gateway frees the operator's slot.
+GATEWAY_CONVERSATION = QueueSpec("im_gateway.conversation", ((CONVERSATION, "*.closed"),))
 
-WORK_QUEUES: tuple[QueueSpec, ...] = (GATEWAY_VISITOR, ARCHIVE, TRANSCRIPTS_BUILD, EMAIL, CLOSER)
+WORK_QUEUES: tuple[QueueSpec, ...] = (
+    GATEWAY_VISITOR,
+    ARCHIVE,
+    TRANSCRIPTS_BUILD,
+    EMAIL,
+    CLOSER,
+    GATEWAY_CONVERSATION,
+)
 
 
 def frontend_delivery_queue(frontend_id: str) -> QueueSpec:

@@ -1,0 +1,399 @@
+"""im_gateway throughput and latency, against a bare slixmpp echo component on the same Prosody.
+
+Run: .venv/bin/python bench/bench_gateway.py [--messages 1000] [--churn-seconds 10]
+
+Everything runs in one process and one event loop (Prosody, RabbitMQ, Redis and
+MariaDB are the real local servers), in an isolated vhost, Redis prefix, database and
+Prosody that are removed at the end:
+
+1. baseline: a bare slixmpp ComponentXMPP on the component domain; an operator client
+   sends N messages to it (client → component) and it sends N to the client
+   (component → client): messages/s and one-way latency p50/p99;
+2. the gateway on the same domain of the same Prosody: N visitor lines published on
+   habla.visitor until they reach the operator's client (visitor → operator), and N
+   operator lines until they arrive on habla.deliver (operator → visitor);
+3. presence under churn: visitors clicking through pages while one operator follows
+   some of them: presence stanzas per operator per second vs page views per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import sqlalchemy as sa
+from slixmpp import JID, ComponentXMPP
+
+from libs.common import codec, db, state, topology
+from libs.common.messaging import Bus, Envelope
+from libs.common.settings import Settings
+from libs.common.state.conversations import ConversationLog
+from libs.common.state.presence import SiteStatusReader
+from libs.common.state.sessions import VisitorSessions
+from services.im_gateway.gateway import Gateway
+from tests.im_gateway.conftest import connect_operator, create_site
+from tests.im_gateway.operator_client import OperatorClient
+from tools import prosody
+
+# Messages sent one at a time (each waits for the previous) for latency without queueing.
+ONE_BY_ONE = 200
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] * 1000
+
+
+def summary(name: str, n: int, first_sent: float, arrivals: dict[str, float], sent: dict[str, float]) -> dict[str, Any]:
+    arrivals = {k: t for k, t in arrivals.items() if k in sent}
+    latencies = [arrivals[k] - sent[k] for k in arrivals]
+    span = max(arrivals.values()) - first_sent
+    row = {
+        "name": name,
+        "n": len(arrivals),
+        "rate": len(arrivals) / span,
+        "p50": pct(latencies, 0.5),
+        "p99": pct(latencies, 0.99),
+    }
+    print(
+        f"  {name:<48} {row['n']:>5} msgs {row['rate']:>7.0f} msg/s  p50 {row['p50']:7.1f} ms  p99 {row['p99']:7.1f} ms"
+    )
+    return row
+
+
+async def wait_until(predicate: Any, within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+class Echo(ComponentXMPP):
+    """The baseline: a bare component that records arrivals."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(  # type: ignore[no-untyped-call]
+            settings.xmpp_component_domain,
+            settings.xmpp_component_secret,
+            settings.xmpp_component_host,
+            settings.xmpp_component_port,
+        )
+        self.arrivals: dict[str, float] = {}
+        self.ready = asyncio.Event()
+        self.add_event_handler("session_start", lambda _e: self.ready.set())
+        self.add_event_handler("message", self._on_message)
+
+    def _on_message(self, msg: Any) -> None:
+        self.arrivals[msg["body"]] = time.perf_counter()
+
+
+async def baseline(settings: Settings, op: OperatorClient, n: int) -> list[dict[str, Any]]:
+    echo = Echo(settings)
+    echo.connect()
+    await asyncio.wait_for(echo.ready.wait(), 10)
+    target = f"echo@{settings.xmpp_component_domain}"
+    sent: dict[str, float] = {}
+    first = time.perf_counter()
+    for i in range(n):
+        body = f"c{i}"
+        sent[body] = time.perf_counter()
+        op.say(target, body)
+        if i % 100 == 99:
+            await asyncio.sleep(0)  # let the send queue drain like a real client would
+    await wait_until(lambda: len(echo.arrivals) >= n, 60, "echo arrivals")
+    rows = [summary("baseline client -> component", n, first, echo.arrivals, sent)]
+
+    sent = {}
+    mark = len(op.received)
+    first = time.perf_counter()
+    for i in range(n):
+        body = f"e{i}"
+        sent[body] = time.perf_counter()
+        echo.send_message(mto=JID(op.jid), mbody=body, mtype="chat", mfrom=target)
+        if i % 100 == 99:
+            await asyncio.sleep(0)
+    await wait_until(lambda: len(op.received) - mark >= n, 60, "client arrivals")
+    offset = time.perf_counter() - time.monotonic()
+    arrivals = {r.body: r.at + offset for r in op.received[mark:]}
+    rows.append(summary("baseline component -> client", n, first, arrivals, sent))
+    # One message at a time: latency without queueing.
+    sent, arrivals = {}, {}
+    for i in range(ONE_BY_ONE):
+        body = f"s{i}"
+        sent[body] = time.perf_counter()
+        op.say(target, body)
+        await wait_until(lambda b=body: b in echo.arrivals, 10, "echo arrival")
+    rows.append(summary("baseline client -> component, one at a time", ONE_BY_ONE, sent["s0"], echo.arrivals, sent))
+    sent = {}
+    mark = len(op.received)
+    for i in range(ONE_BY_ONE):
+        body = f"t{i}"
+        sent[body] = time.perf_counter()
+        echo.send_message(mto=JID(op.jid), mbody=body, mtype="chat", mfrom=target)
+        await wait_until(lambda n=i: len(op.received) - mark > n, 10, "client arrival")
+    offset = time.perf_counter() - time.monotonic()
+    arrivals = {r.body: r.at + offset for r in op.received[mark:]}
+    rows.append(summary("baseline component -> client, one at a time", ONE_BY_ONE, sent["t0"], arrivals, sent))
+    echo.disconnect(wait=1.0)
+    await asyncio.wait_for(echo.disconnected, 5)
+    return rows
+
+
+async def through_gateway(
+    settings: Settings, gateway: Gateway, op: OperatorClient, bus: Bus, site_id: str, n: int, conversations: int
+) -> list[dict[str, Any]]:
+    """N lines each way spread over ``conversations`` visitors (round robin)."""
+    redis = gateway.redis
+    sessions, log = VisitorSessions(redis, settings), ConversationLog(redis, settings)
+    frontend_id = f"{settings.frontend_id}-{conversations}"
+    chats: list[tuple[str, str, str]] = []  # (visitor id, conversation id, JID)
+    for _ in range(conversations):
+        visitor_id, conversation_id = sessions.new_visitor_id(), uuid.uuid4().hex
+        await sessions.save(
+            visitor_id,
+            site_id,
+            {"frontend_id": frontend_id, "conversation_id": conversation_id, "page_url": "https://b.example/"},
+        )
+        chats.append((visitor_id, conversation_id, await gateway.desk.names.jid_of(visitor_id)))
+    delivered: dict[str, float] = {}
+
+    async def on_delivery(envelope: Envelope) -> None:
+        if envelope.struct.message is not None:
+            delivered[envelope.struct.message.body] = time.perf_counter()
+
+    await bus.consume(topology.frontend_delivery_queue(frontend_id), on_delivery)
+
+    async def visitor_line(chat: tuple[str, str, str], body: str) -> None:
+        visitor_id, conversation_id, _jid = chat
+        message_id = uuid.uuid4().hex
+        appended = await log.append(
+            conversation_id, message_id, {"kind": "message", "sender": "visitor", "body": body, "sent_at_ms": 0}
+        )
+        await bus.publish(
+            topology.VISITOR,
+            f"{site_id}.message",
+            codec.ChatMessage(
+                message_id=message_id,
+                conversation_id=conversation_id,
+                site_id=site_id,
+                visitor_id=visitor_id,
+                sender=codec.SenderKind.VISITOR,
+                body=body,
+                sent_at_ms=int(time.time() * 1000),
+                seq=appended.seq,
+            ),
+        )
+
+    # Warm up (assignment, presence) outside the measurement.
+    for i, chat in enumerate(chats):
+        await visitor_line(chat, f"warm{conversations}-{i}")
+    await wait_until(
+        lambda: sum(1 for r in op.received if r.body.startswith(f"warm{conversations}-")) >= conversations,
+        30,
+        "warm-up lines",
+    )
+
+    tag = f"c{conversations}"
+    mark = len(op.received)
+    sent: dict[str, float] = {}
+    first = time.perf_counter()
+    for start in range(0, n, 50):  # 50 publishes in flight, as a busy frontend would have
+        batch = [f"{tag}v{i}" for i in range(start, min(n, start + 50))]
+        for body in batch:
+            sent[body] = time.perf_counter()
+        await asyncio.gather(*(visitor_line(chats[i % conversations], b) for i, b in enumerate(batch, start)))
+    await wait_until(lambda: len(op.received) - mark >= n, 120, "visitor lines at the operator")
+    offset = time.perf_counter() - time.monotonic()
+    arrivals = {r.body: r.at + offset for r in op.received[mark:] if r.body in sent}
+    label = f"{conversations} conversation{'s' if conversations > 1 else ''}"
+    rows = [summary(f"gateway visitor -> operator, {label}", n, first, arrivals, sent)]
+
+    sent = {}
+    first = time.perf_counter()
+    for i in range(n):
+        body = f"{tag}o{i}"
+        sent[body] = time.perf_counter()
+        op.say(chats[i % conversations][2], body)
+        if i % 100 == 99:
+            await asyncio.sleep(0)
+    await wait_until(lambda: len([b for b in delivered if b.startswith(tag)]) >= n, 120, "operator lines delivered")
+    rows.append(summary(f"gateway operator -> visitor, {label}", n, first, delivered, sent))
+    if conversations > 1:
+        return rows
+    # One message at a time: latency without queueing.
+    sent = {}
+    mark = len(op.received)
+    for i in range(ONE_BY_ONE):
+        body = f"{tag}s{i}"
+        sent[body] = time.perf_counter()
+        await visitor_line(chats[0], body)
+        await wait_until(lambda n=i: len(op.received) - mark > n, 10, "visitor line")
+    offset = time.perf_counter() - time.monotonic()
+    arrivals = {r.body: r.at + offset for r in op.received[mark:] if r.body in sent}
+    rows.append(summary("gateway visitor -> operator, one at a time", ONE_BY_ONE, sent[f"{tag}s0"], arrivals, sent))
+    sent = {}
+    for i in range(ONE_BY_ONE):
+        body = f"{tag}t{i}"
+        sent[body] = time.perf_counter()
+        op.say(chats[0][2], body)
+        await wait_until(lambda b=body: b in delivered, 10, "operator line")
+    rows.append(summary("gateway operator -> visitor, one at a time", ONE_BY_ONE, sent[f"{tag}t0"], delivered, sent))
+    return rows
+
+
+async def churn(
+    settings: Settings, gateway: Gateway, op: OperatorClient, bus: Bus, site_id: str, seconds: float
+) -> None:
+    sessions = VisitorSessions(gateway.redis, settings)
+    visitors = [sessions.new_visitor_id() for _ in range(100)]
+    for visitor_id in visitors:
+        await sessions.save(visitor_id, site_id, {"frontend_id": settings.frontend_id, "page_url": "https://b/"})
+    bot = f"{site_id}@{settings.xmpp_component_domain}"
+    followed = visitors[:20]
+    for visitor_id in followed:
+        await op.ask(bot, f"!follow {await gateway.desk.names.name_of(visitor_id)}")
+    await asyncio.sleep(settings.gateway_presence_interval_ms / 1000 * 3)
+    sent_at: list[float] = []
+    gateway.desk.coalescer.on_sent = lambda operator, at: sent_at.append(at) if operator == op.jid else None
+    started = time.monotonic()
+    views = 0
+    while time.monotonic() - started < seconds:
+        batch = []
+        for visitor_id in visitors:
+            views += 1
+            batch.append(
+                bus.publish(
+                    topology.VISITOR,
+                    f"{site_id}.pageview",
+                    codec.PageView(
+                        visitor_id=visitor_id,
+                        site_id=site_id,
+                        url=f"https://b.example/{views}",
+                        title="Churn",
+                        viewed_at_ms=int(time.time() * 1000),
+                    ),
+                    message_id=uuid.uuid4().hex,
+                )
+            )
+        await asyncio.gather(*batch)
+    elapsed = time.monotonic() - started
+    await asyncio.sleep(settings.gateway_presence_interval_ms / 1000 * 3)
+    domain = "@" + settings.xmpp_component_domain
+    stamps = [r.at for r in op.received if r.kind == "presence" and r.at >= started and r.sender.endswith(domain)]
+    span = (stamps[-1] - started) if stamps else elapsed
+    busiest = max((sum(1 for t in stamps[i:] if t - s < 1.0) for i, s in enumerate(stamps)), default=0)
+    # Receive times carry delivery jitter; the gateway spaces its sends exactly.
+    busiest_jitter = max((sum(1 for t in stamps[i:] if t - s < 0.95) for i, s in enumerate(stamps)), default=0)
+    busiest_sent = max((sum(1 for t in sent_at[i:] if t - s < 1.0) for i, s in enumerate(sent_at)), default=0)
+    naive = views * len(followed) / len(visitors)
+    print(
+        f"  churn: {views} page views in {elapsed:.1f} s ({views / elapsed:.0f}/s) across 100 visitors, "
+        f"operator follows 20\n"
+        f"    presence stanzas to the operator: {len(stamps)} over {span:.1f} s ({len(stamps) / span:.1f}/s); "
+        f"busiest 1 s window as sent {busiest_sent}, as received {busiest} (0.95 s: {busiest_jitter}); ceiling "
+        f"{settings.gateway_presence_ceiling_per_s}/s; without coalescing: {naive:.0f} ({naive / elapsed:.0f}/s)"
+    )
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=1000)
+    parser.add_argument("--churn-seconds", type=float, default=10.0)
+    args = parser.parse_args()
+
+    tag = uuid.uuid4().hex[:8]
+    vhost = f"habla-bench-{tag}"
+    rabbitmqctl = ["rabbitmqctl", "-q"]
+    await asyncio.to_thread(subprocess.run, [*rabbitmqctl, "add_vhost", vhost], check=True, capture_output=True)
+    await asyncio.to_thread(
+        subprocess.run, [*rabbitmqctl, "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"], check=True
+    )
+    folder = Path(tempfile.mkdtemp(prefix="habla-bench-prosody-"))
+    base = Settings.from_env()
+    cfg = prosody.ProsodyConfig(
+        dir=folder,
+        domain=base.xmpp_domain,
+        component_domain=base.xmpp_component_domain,
+        component_secret=base.xmpp_component_secret,
+        c2s_port=prosody.free_port(),
+        component_port=prosody.free_port(),
+    )
+    database = f"habla_bench_{tag}"
+    settings = dataclasses.replace(
+        base,
+        amqp_url=f"amqp://guest:guest@127.0.0.1:5672/{urllib.parse.quote(vhost, safe='')}",
+        redis_prefix=f"habla-bench-{tag}:",
+        mysql_url=f"mysql+pymysql://root:@127.0.0.1:3306/{database}?charset=utf8mb4",
+        xmpp_c2s_port=cfg.c2s_port,
+        xmpp_component_port=cfg.component_port,
+        frontend_id=f"bench-{tag}",
+        log_level="WARNING",
+    )
+    db.migrate(settings)
+    engine = db.engine(settings)
+    process = prosody.start(cfg)
+    redis = state.connect(settings)
+    bus = await Bus.connect(settings, "bench")
+    await bus.declare_topology()
+    gateway: Gateway | None = None
+    try:
+        op = await connect_operator(cfg, settings, "benchop")
+        print(f"im_gateway benchmark: {args.messages} messages each way, Prosody 0.12 on loopback, one process")
+        rows = await baseline(settings, op, args.messages)
+        site_id = await create_site(engine, [(op.jid, "Bench")])
+        gateway = Gateway(settings, await Bus.connect(settings, "bench-gateway"), redis, engine)
+        await gateway.start()
+        status = SiteStatusReader(redis, settings)
+        deadline = time.monotonic() + 20
+        while not (await status.get(site_id)).online:
+            if time.monotonic() > deadline:
+                raise TimeoutError("site never came online")
+            await asyncio.sleep(0.05)
+        base_in, base_out = rows[0], rows[1]
+        for conversations in (1, 10):
+            gw = await through_gateway(settings, gateway, op, bus, site_id, args.messages, conversations)
+            gw_in, gw_out = gw[0], gw[1]
+            print(
+                f"  ratio to baseline ({conversations} conv.): visitor -> operator "
+                f"{gw_in['rate'] / base_out['rate']:.2f} (vs component -> client), operator -> visitor "
+                f"{gw_out['rate'] / base_in['rate']:.2f} (vs client -> component)"
+            )
+        await churn(settings, gateway, op, bus, site_id, args.churn_seconds)
+        await op.stop()
+    finally:
+        if gateway is not None:
+            await gateway.stop()
+            await gateway.bus.close()
+        await bus.close()
+        await redis.aclose()
+        prosody.stop(process)
+        shutil.rmtree(folder, ignore_errors=True)
+        server = sa.create_engine("mysql+pymysql://root:@127.0.0.1:3306/")
+        with server.begin() as conn:
+            conn.execute(sa.text(f"DROP DATABASE IF EXISTS `{database}`"))
+        server.dispose()
+        engine.dispose()
+        await asyncio.to_thread(subprocess.run, [*rabbitmqctl, "delete_vhost", vhost], capture_output=True)
+        cleanup = state.connect(settings)
+        keys = [k async for k in cleanup.scan_iter(match=f"{settings.redis_prefix}*", count=1000)]
+        if keys:
+            await cleanup.delete(*keys)
+        await cleanup.aclose()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,54 @@
+"""``python -m services.im_gateway``: the XMPP gateway process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from libs.common import db, logs, observability, state
+from libs.common.messaging import Bus
+from libs.common.settings import Settings
+from services.im_gateway.gateway import Gateway
+
+log = logging.getLogger("services.im_gateway")
+
+
+async def main() -> None:
+    settings = Settings.from_env()
+    logs.configure("im_gateway", settings)
+    redis = state.connect(settings)
+    engine = db.engine(settings)
+    bus = await Bus.connect(settings, "im_gateway")
+    gateway = Gateway(settings, bus, redis, engine)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    server = observability.serve(
+        "0.0.0.0",  # scraped by Prometheus / probed by docker from outside the container
+        settings.gateway_metrics_port,
+        {"redis": redis.ping, "rabbitmq": bus.ping, "xmpp": gateway.check_xmpp},
+    )
+    log.info(
+        "im_gateway starting",
+        extra={"domain": settings.xmpp_component_domain, "port": settings.xmpp_component_port},
+    )
+    try:
+        await gateway.run(stop)
+    finally:
+        log.info("closing RabbitMQ, Redis and MySQL connections")
+        server.stop()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(bus.close(), 5)  # unacknowledged messages are redelivered anyway
+        await redis.aclose()
+        engine.dispose()
+        log.info("im_gateway stopped")
+    if gateway.lease_lost:
+        # Non-zero so the supervisor restarts it: it comes back as a standby.
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

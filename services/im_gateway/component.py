@@ -1,0 +1,159 @@
+"""The XMPP connection: a slixmpp ComponentXMPP that reconnects with backoff.
+
+Stanzas the gateway must not lose (chat lines for operators) are written to the
+transport synchronously (``send_raw``), not through slixmpp's send queue: when
+``chat()`` returns, the bytes are in the socket's hands, so the RabbitMQ message they
+came from may be acknowledged. If the stream is down, it raises XmppUnavailable and
+the message stays unacknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable
+from typing import Any
+
+from slixmpp import ComponentXMPP
+from slixmpp.stanza import Message, Presence
+from slixmpp.xmlstream.tostring import tostring
+
+from services.im_gateway import metrics
+from services.im_gateway.outbox import XmppUnavailable
+
+log = logging.getLogger(__name__)
+
+# Reconnect backoff: first retry after 0.5 s (a restarting Prosody is back in ~50 ms,
+# see servers.md), doubling up to 30 s so a long outage costs one attempt per 30 s.
+BACKOFF_FIRST_S = 0.5
+BACKOFF_MAX_S = 30.0
+
+CHATSTATES_NS = "http://jabber.org/protocol/chatstates"
+RECEIPTS_NS = "urn:xmpp:receipts"
+
+
+class GatewayComponent(ComponentXMPP):
+    """One component connection; ``ready`` is set while the stream is usable."""
+
+    def __init__(self, domain: str, secret: str, host: str, port: int) -> None:
+        super().__init__(domain, secret, host, port)  # type: ignore[no-untyped-call]
+        # Subscription requests are answered by services.im_gateway.roster (operators
+        # only), never automatically: a stranger must not get the bot in their roster.
+        self.auto_authorize = None
+        self.auto_subscribe = False
+        # slixmpp answers probes from its in-memory roster, which knows nothing of
+        # subscriptions made before this process started, and so answers an operator's
+        # probe with "unsubscribed" -- cutting the operator's subscription to the bot.
+        # services.im_gateway.inbound answers probes instead.
+        self.del_event_handler("presence_probe", self._handle_probe)
+        # slixmpp's "message" event needs a <body/>; chat states (typing) come bodiless.
+        self.register_plugin("xep_0085")
+        self.ready = asyncio.Event()
+        self._stopping = False
+        self._backoff_s = BACKOFF_FIRST_S
+        self._reconnect_task: asyncio.Task[None] | None = None
+        self.add_event_handler("session_start", self._on_session_start)
+        self.add_event_handler("disconnected", self._on_disconnected)
+        self.add_event_handler("connection_failed", self._on_connection_failed)
+        self.add_event_handler("reconnect_delay", self._cap_connect_delay)
+
+    # --- lifecycle -----------------------------------------------------------------
+    def start(self) -> None:
+        self._stopping = False
+        self.connect()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._reconnect_task:
+            self._reconnect_task.cancel()
+        self.ready.clear()
+        if self.transport:
+            await self.disconnect(wait=1.0)
+
+    def _on_session_start(self, _event: Any) -> None:
+        log.info("connected to the XMPP server as a component", extra={"domain": self.boundjid.bare})
+        self._backoff_s = BACKOFF_FIRST_S
+        self.ready.set()
+        metrics.XMPP_CONNECTED.set(1)
+
+    def _on_disconnected(self, reason: Any) -> None:
+        self.ready.clear()
+        metrics.XMPP_CONNECTED.set(0)
+        if self._stopping:
+            return
+        delay = self._backoff_s * random.uniform(0.8, 1.2)  # jitter: shards do not reconnect in step
+        self._backoff_s = min(self._backoff_s * 2, BACKOFF_MAX_S)
+        log.warning("XMPP stream lost; reconnecting", extra={"reason": str(reason), "in_s": round(delay, 2)})
+        metrics.XMPP_RECONNECTS.inc()
+        self._reconnect_task = asyncio.ensure_future(self._reconnect_after(delay))
+
+    def _on_connection_failed(self, reason: Any) -> None:
+        # slixmpp retries a failed TCP connect itself with its own backoff; we only log.
+        log.warning("cannot reach the XMPP server's component port; retrying", extra={"reason": str(reason)})
+
+    def _cap_connect_delay(self, _delay: float) -> None:
+        # slixmpp's own retry of a refused TCP connect doubles up to 300 s; ours stops
+        # at BACKOFF_MAX_S so a gateway is back within 30 s of the server's return.
+        # (Called synchronously just before slixmpp sleeps for the delay.)
+        self._connect_loop_wait = min(self._connect_loop_wait, BACKOFF_MAX_S)
+
+    async def _reconnect_after(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if not self._stopping:
+            self.connect()
+
+    # --- sending (services.im_gateway.outbox.Outbox) ----------------------------------
+    def _hand(self, stanza: Message | Presence) -> None:
+        transport = self.transport
+        if not self.ready.is_set() or transport is None or transport.is_closing():
+            raise XmppUnavailable("the XMPP stream is down; will retry once reconnected")
+        self.send_raw(tostring(stanza.xml, xmlns=self.default_ns, stream=self, top_level=True))
+        metrics.STANZAS_SENT.labels(stanza.name).inc()
+
+    def chat(self, sender: str, to: str, body: str, *, stanza_id: str | None = None) -> None:
+        msg = self.make_message(mto=to, mbody=body, mtype="chat", mfrom=sender)
+        if stanza_id:
+            msg["id"] = stanza_id
+        self._hand(msg)
+
+    def presence(
+        self, sender: str, to: str, *, show: str | None = None, status: str | None = None, kind: str | None = None
+    ) -> None:
+        pres = self.make_presence(pshow=show, pstatus=status, pto=to, pfrom=sender, ptype=kind)  # type: ignore[arg-type]
+        self._hand(pres)
+
+    def chat_state(self, sender: str, to: str, state: str) -> None:
+        msg = self.make_message(mto=to, mtype="chat", mfrom=sender)
+        msg.xml.append(msg.xml.makeelement(f"{{{CHATSTATES_NS}}}{state}", {}))
+        self._hand(msg)
+
+    def receipt(self, sender: str, to: str, stanza_id: str) -> None:
+        msg = self.make_message(mto=to, mfrom=sender)
+        msg.xml.append(msg.xml.makeelement(f"{{{RECEIPTS_NS}}}received", {"id": stanza_id}))
+        self._hand(msg)
+
+    def error(self, stanza: Message | Presence, condition: str, text: str, etype: str = "auth") -> None:
+        """Answer ``stanza`` with an XMPP error (strangers, unknown visitors)."""
+        if stanza["type"] == "error":
+            return  # never answer an error with an error (RFC 6120 §8.3.1)
+        reply = (
+            stanza.reply(clear=True)  # type: ignore[no-untyped-call]
+            if isinstance(stanza, Message)
+            else self.make_presence(pto=stanza["from"], pfrom=stanza["to"])
+        )
+        if isinstance(stanza, Presence):
+            reply["id"] = stanza["id"]
+        reply["type"] = "error"
+        reply["error"]["condition"] = condition
+        reply["error"]["type"] = etype
+        reply["error"]["text"] = text
+        # If the stream is down the sender is told nothing more; they changed nothing either.
+        with contextlib.suppress(XmppUnavailable):
+            self._hand(reply)
+
+
+def on(component: GatewayComponent, event: str, callback: Callable[[Any], Any]) -> None:
+    """Register a handler (typed wrapper: slixmpp's own signature is untyped)."""
+    component.add_event_handler(event, callback)

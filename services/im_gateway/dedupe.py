@@ -1,0 +1,112 @@
+"""Which RabbitMQ messages already reached an operator's stream (by message id).
+
+The mark and the stanzas leave the process in the same event-loop step: the gateway
+hands the stanzas to the XMPP socket and, with no ``await`` in between, writes the
+Redis command ``SET <id> NX EX`` to a Redis socket of its own (``mark_now``); only
+then does it wait for Redis's answer and acknowledge the RabbitMQ message. A SIGKILL
+lands either before both writes (the message is redelivered and shown once) or after
+both (the kernel still delivers both buffers: the redelivery finds the mark and shows
+nothing). A redis-py command cannot do this: it first awaits a pooled connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import urllib.parse
+from collections import deque
+
+import redis.asyncio as aioredis
+
+from libs.common.settings import Settings
+
+# RabbitMQ redelivers within seconds of a consumer's death; retries wait at most the
+# last HABLA_AMQP_RETRY_DELAYS_MS (30 s). A day covers any realistic redelivery.
+SEEN_TTL_S = 24 * 3600
+
+
+def _resp(*parts: str | int) -> bytes:
+    """A Redis command in RESP (the protocol's array of bulk strings)."""
+    encoded = [str(p).encode() for p in parts]
+    return b"*%d\r\n" % len(encoded) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in encoded)
+
+
+class Delivered:
+    def __init__(self, redis: aioredis.Redis, settings: Settings) -> None:
+        self._redis = redis
+        self._settings = settings
+        self._writer: asyncio.StreamWriter | None = None
+        self._replies: asyncio.Task[None] | None = None
+        self._waiting: deque[asyncio.Future[None]] = deque()  # one per command, in order
+        self._opening = asyncio.Lock()
+
+    def _key(self, message_id: str) -> str:
+        return self._settings.redis_key("gw", "sent", message_id)
+
+    async def seen(self, message_id: str) -> bool:
+        return bool(await self._redis.exists(self._key(message_id)))
+
+    async def ready(self) -> None:
+        """Open (or reopen) the marking connection; call before handing stanzas."""
+        async with self._opening:
+            if self._writer is not None and not self._writer.is_closing():
+                return
+            url = urllib.parse.urlsplit(self._settings.redis_url)
+            reader, self._writer = await asyncio.open_connection(url.hostname or "127.0.0.1", url.port or 6379)
+            self._replies = asyncio.create_task(self._read_replies(reader))
+            if url.password:
+                user = [urllib.parse.unquote(url.username)] if url.username else []
+                await self._send("AUTH", *user, urllib.parse.unquote(url.password))
+            await self._send("SELECT", (url.path or "/0").lstrip("/") or "0")
+
+    def _send(self, *parts: str | int) -> asyncio.Future[None]:
+        if self._writer is None or self._writer.is_closing():
+            raise ConnectionError("the marking connection to Redis is closed")
+        self._writer.write(_resp(*parts))
+        answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append(answered)
+        return answered
+
+    def mark_now(self, message_id: str) -> asyncio.Future[None]:
+        """Write the mark to Redis's socket now, synchronously (see the module doc);
+        the future resolves when Redis has answered."""
+        return self._send("SET", self._key(message_id), "1", "NX", "EX", SEEN_TTL_S)
+
+    async def _read_replies(self, reader: asyncio.StreamReader) -> None:
+        # Redis answers in command order: each reply settles the oldest waiting future.
+        try:
+            while True:
+                line = await reader.readline()
+                if not line:
+                    raise ConnectionError("Redis closed the marking connection")
+                if line.startswith(b"$") and line[1:2] != b"-":
+                    await reader.readline()  # a bulk reply's payload (not sent for SET/SELECT)
+                answered = self._waiting.popleft()
+                if line.startswith(b"-"):
+                    answered.set_exception(RuntimeError(f"Redis refused: {line.decode(errors='replace').strip()}"))
+                else:
+                    answered.set_result(None)
+        except (ConnectionError, OSError) as exc:
+            self._fail_waiting(exc)
+            if self._writer is not None:
+                self._writer.close()
+            self._writer = None
+
+    def _fail_waiting(self, exc: BaseException) -> None:
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_exception(ConnectionError(str(exc)))
+
+    async def close(self) -> None:
+        if self._replies is not None:
+            self._replies.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._replies
+            self._replies = None
+        self._fail_waiting(ConnectionError("closed"))
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()

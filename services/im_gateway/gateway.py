@@ -1,0 +1,197 @@
+"""The gateway assembled: dependencies in, a lifecycle out (start, run, stop)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+import redis.asyncio as aioredis
+import sqlalchemy as sa
+
+from libs.common import topology
+from libs.common.messaging import Bus
+from libs.common.settings import Settings
+from libs.common.sitedir import SiteDirectory
+from libs.common.state.conversations import ConversationLog
+from libs.common.state.presence import OperatorPresence
+from libs.common.state.sessions import VisitorSessions
+from services.im_gateway import forceaway
+from services.im_gateway.availability import Availability
+from services.im_gateway.coalescer import PresenceCoalescer
+from services.im_gateway.component import GatewayComponent, on
+from services.im_gateway.consumers.conversation import ConversationConsumer
+from services.im_gateway.consumers.visitor import VisitorConsumer
+from services.im_gateway.dedupe import Delivered
+from services.im_gateway.desk import Desk
+from services.im_gateway.events import Events
+from services.im_gateway.follows import Follows
+from services.im_gateway.inbound import Inbound
+from services.im_gateway.lease import DomainLease
+from services.im_gateway.operators import OperatorDirectory
+from services.im_gateway.outbox import XmppUnavailable
+from services.im_gateway.roster import Roster
+from services.im_gateway.routing import Routing
+from services.im_gateway.sitebot import SiteBot
+from services.im_gateway.visitors import VisitorNames, VisitorPages
+
+log = logging.getLogger(__name__)
+
+# Each step of a graceful stop gets this long: docker stops a container 10 s after
+# SIGTERM, and nothing is lost by giving up (RabbitMQ redelivers, leases expire).
+STOP_STEP_S = 3.0
+
+
+class Gateway:
+    def __init__(self, settings: Settings, bus: Bus, redis: aioredis.Redis, engine: sa.Engine) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.redis = redis
+        self.component = GatewayComponent(
+            settings.xmpp_component_domain,
+            settings.xmpp_component_secret,
+            settings.xmpp_component_host,
+            settings.xmpp_component_port,
+        )
+        self.sitedir = SiteDirectory(redis, engine, settings)
+        self.lease = DomainLease(redis, settings)
+        operators = OperatorDirectory(self.sitedir, engine)
+        events = Events(bus)
+        self.desk = Desk(
+            settings=settings,
+            outbox=self.component,
+            sessions=VisitorSessions(redis, settings),
+            log=ConversationLog(redis, settings),
+            names=VisitorNames(redis, settings),
+            pages=VisitorPages(redis, settings),
+            operators=operators,
+            availability=Availability(
+                OperatorPresence(redis, settings), events, operators, settings.presence_heartbeat_s
+            ),
+            routing=Routing(redis, settings),
+            coalescer=PresenceCoalescer(
+                self.component, settings.gateway_presence_interval_ms / 1000, settings.gateway_presence_ceiling_per_s
+            ),
+            events=events,
+            delivered=Delivered(redis, settings),
+            follows=Follows(redis, settings),
+        )
+        self.bot = SiteBot(self.desk)
+        self.roster = Roster(self.desk, self.bot)
+        self.inbound = Inbound(self.component, self.desk, self.roster, self.bot)
+        self.visitor_consumer = VisitorConsumer(self.desk, self.component.ready)
+        self.conversation_consumer = ConversationConsumer(self.desk, self.component.ready)
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._consumers: list[Any] = []
+        self.active = False
+        self.lease_lost = False  # set when another instance took the domain over
+        on(self.component, "session_start", self._on_session_start)
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.append(task)
+        return task
+
+    async def start(self) -> None:
+        """Wait for the domain lease, connect, and start consuming."""
+        await self.bus.declare_topology()
+        await self.lease.acquire()
+        self.active = True
+        await self.desk.operators.load_all()
+        self._spawn(self._watch_sites(), "site-changes")
+        self.component.start()
+        self._spawn(self.inbound.run(), "inbound")
+        self._spawn(self.desk.coalescer.run(), "coalescer")
+        self._spawn(self.bot.run(), "site-bot")
+        self._spawn(self._heartbeat(), "heartbeat")
+        self._spawn(forceaway.watch(self.desk), "force-away")
+        self._consumers.append(
+            await self.bus.consume(topology.GATEWAY_VISITOR, self.visitor_consumer.receive, manual=True)
+        )
+        self._consumers.append(
+            await self.bus.consume(topology.GATEWAY_CONVERSATION, self.conversation_consumer.receive, manual=True)
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Start, then run until ``stop`` is set or the lease is lost."""
+        waiter = asyncio.ensure_future(stop.wait())
+        starting = asyncio.ensure_future(self.start())
+        done, _ = await asyncio.wait({waiter, starting}, return_when=asyncio.FIRST_COMPLETED)
+        if starting in done:
+            starting.result()
+            keeper = self._spawn(self.lease.keep(), "lease")
+            await asyncio.wait({waiter, keeper}, return_when=asyncio.FIRST_COMPLETED)
+            if keeper.done() and not keeper.cancelled() and keeper.exception():
+                log.error("stopping: %s", keeper.exception())
+                self.lease_lost = True
+        else:
+            starting.cancel()
+        waiter.cancel()
+        await self.stop()
+
+    async def stop(self) -> None:
+        log.info("stopping: consumers first (unacknowledged messages return to their queues)")
+        for consumer in self._consumers:
+            with contextlib.suppress(Exception):
+                # Unacknowledged messages go back to the queue (also if we give up waiting).
+                await asyncio.wait_for(consumer.stop(), STOP_STEP_S)
+        self._consumers.clear()
+        await self.inbound.close()
+        await self.visitor_consumer.close()
+        await self.conversation_consumer.close()
+        await self.desk.drain()  # lines already in the log still get published
+        log.info("stopping: background tasks and the XMPP stream")
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.component.stop(), STOP_STEP_S)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.desk.delivered.close(), STOP_STEP_S)
+        if self.active:
+            with contextlib.suppress(Exception):
+                await self.lease.release()
+            self.active = False
+
+    def _on_session_start(self, _event: Any) -> None:
+        # Probing every operator rebuilds availability after a restart or reconnect.
+        try:
+            self.roster.sync_all()
+        except XmppUnavailable:
+            log.warning("roster sync deferred: stream dropped again")
+
+    async def _watch_sites(self) -> None:
+        """Site config changed (console, CLI): reload its operators and fix rosters."""
+        while True:
+            try:
+                async for site_id in self.sitedir.changes():
+                    change = await self.desk.operators.reload_site(site_id)
+                    if self.component.ready.is_set():
+                        await self.roster.apply(change)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("site change watch failed; resubscribing")
+                await asyncio.sleep(1)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.presence_heartbeat_s)
+            # Only a connected gateway vouches for operators: while the stream is down
+            # their entries age out and the sites go offline by themselves.
+            if not self.component.ready.is_set():
+                continue
+            try:
+                await self.desk.availability.refresh()
+            except Exception:
+                log.exception("presence heartbeat failed")
+
+    # --- health ---------------------------------------------------------------------
+    async def check_xmpp(self) -> None:
+        if self.active and not self.component.ready.is_set():
+            raise ConnectionError("active gateway without an XMPP stream (reconnecting)")

@@ -1,0 +1,193 @@
+"""What arrives over XMPP, handled in arrival order.
+
+slixmpp runs each async handler as its own task, which could reorder two quick lines
+of one operator; stanzas are therefore queued and handled one at a time. Anything
+from a JID that is not an operator of the site concerned gets an XMPP error and
+changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from slixmpp.stanza import Message, Presence
+
+from services.im_gateway import commands, metrics, relay
+from services.im_gateway.component import CHATSTATES_NS, RECEIPTS_NS, GatewayComponent, on
+from services.im_gateway.desk import Desk
+from services.im_gateway.lanes import Lanes
+from services.im_gateway.outbox import XmppUnavailable
+from services.im_gateway.roster import Roster
+from services.im_gateway.sitebot import SiteBot
+
+log = logging.getLogger(__name__)
+
+CHAT_STATES = ("active", "composing", "paused", "inactive", "gone")
+# Bounded so a flood cannot exhaust memory; at ~1 ms a stanza this is seconds of backlog.
+QUEUE_SIZE = 10_000
+# Conversations handled at once (each waits mostly on Redis and RabbitMQ round trips).
+LANES = 64
+
+
+class Inbound:
+    def __init__(self, component: GatewayComponent, desk: Desk, roster: Roster, bot: SiteBot) -> None:
+        self._component = component
+        self._desk = desk
+        self._roster = roster
+        self._bot = bot
+        self._queue: asyncio.Queue[Message | Presence] = asyncio.Queue(QUEUE_SIZE)
+        self._seen_online: set[str] = set()
+        self._lanes = Lanes(LANES)  # operators shown the bot's presence once
+        on(component, "message", self._enqueue)
+        on(component, "chatstate", self._on_chat_state)
+        on(component, "presence", self._enqueue)
+
+    def _enqueue(self, stanza: Message | Presence) -> None:
+        try:
+            self._queue.put_nowait(stanza)
+        except asyncio.QueueFull:
+            self._component.error(stanza, "resource-constraint", "The gateway is overloaded; try again.", "wait")
+
+    def _on_chat_state(self, msg: Message) -> None:
+        if not msg["body"]:  # with a body it also arrives as "message"
+            self._enqueue(msg)
+
+    async def run(self) -> None:
+        while True:
+            stanza = await self._queue.get()
+            sender = stanza["from"].bare
+            # An operator's lines to one visitor stay in order; presence per operator.
+            key = f"{sender}>{stanza['to'].bare}" if isinstance(stanza, Message) else sender
+            await self._lanes.submit(key, lambda s=stanza: self._handle(s))  # type: ignore[misc]
+
+    async def close(self) -> None:
+        await self._lanes.close()
+
+    async def _handle(self, stanza: Message | Presence) -> None:
+        try:
+            if isinstance(stanza, Message):
+                await self.message(stanza)
+            else:
+                await self.presence(stanza)
+        except XmppUnavailable:
+            log.warning("stanza not answered: XMPP stream down", extra={"from": str(stanza["from"])})
+        except Exception:
+            log.exception("stanza handling failed", extra={"from": str(stanza["from"])})
+
+    def _refuse(self, stanza: Message | Presence, text: str) -> None:
+        metrics.STRANGERS.inc()
+        log.info("stranger refused", extra={"from": str(stanza["from"]), "to": str(stanza["to"])})
+        self._component.error(stanza, "forbidden", text)
+
+    # --- messages -------------------------------------------------------------------
+    async def message(self, msg: Message) -> None:
+        if msg["type"] in ("error", "groupchat", "headline"):
+            return
+        sender = msg["from"].bare.lower()
+        local = msg["to"].user
+        body = msg["body"]
+        site_id = self._desk.site_of_bot(local) if local else None
+        if site_id is not None:
+            await self._to_bot(msg, sender, site_id, body)
+            return
+        visitor_id = await self._desk.names.visitor_of(local) if local else None
+        session = await self._desk.sessions.get(visitor_id) if visitor_id else None
+        if not self._desk.operators.sites_of(sender):
+            self._refuse(msg, "Only a site's operators may write here.")
+            return
+        if visitor_id is None or session is None:
+            self._component.error(msg, "item-not-found", "No such visitor, or their visit has ended.", "cancel")
+            return
+        if not self._desk.operators.is_operator(sender, session["site_id"]):
+            self._refuse(msg, "This visitor is on a site you do not operate.")
+            return
+        visitor_jid = str(msg["to"].bare)
+        reply_to = str(msg["from"])
+
+        def reply(text: str) -> None:
+            self._desk.info(visitor_jid, reply_to, text)
+
+        if not body:
+            state = next((s for s in CHAT_STATES if msg.xml.find(f"{{{CHATSTATES_NS}}}{s}") is not None), None)
+            if state:
+                await relay.operator_typing(self._desk, sender, visitor_id, session, state)
+            return
+        parsed = commands.parse(body)
+        if parsed:
+            name, args = parsed
+            await commands.run(self._desk, sender, session["site_id"], visitor_id, name, args, reply)
+            return
+        # XEP-0184: the client's tick means "in the log and published"; a client that
+        # resends an unticked line with the same id after a gateway restart is stored once.
+        on_committed = None
+        if msg["id"] and msg.xml.find(f"{{{RECEIPTS_NS}}}request") is not None:
+            stanza_id = msg["id"]
+
+            def on_committed() -> None:
+                self._desk.outbox.receipt(visitor_jid, reply_to, stanza_id)
+
+        refusal = await relay.operator_line(self._desk, sender, visitor_id, session, body, msg["id"], on_committed)
+        if refusal:
+            reply(refusal)
+            return
+        metrics.OPERATOR_LINES.inc()
+
+    async def _to_bot(self, msg: Message, sender: str, site_id: str, body: str) -> None:
+        if not self._desk.operators.is_operator(sender, site_id):
+            self._refuse(msg, "Only this site's operators may talk to its bot.")
+            return
+        if not body.strip():
+            return
+        bot_jid = self._desk.bot_jid(site_id)
+        reply_to = str(msg["from"])
+
+        def reply(text: str) -> None:
+            self._desk.outbox.chat(bot_jid, reply_to, text)
+
+        name, args = commands.parse(body) or ("help", "")
+        await commands.run(self._desk, sender, site_id, None, name, args, reply)
+
+    # --- presence -------------------------------------------------------------------
+    async def presence(self, pres: Presence) -> None:
+        # Presence['type'] folds <show/> into the type; the attribute is what we need.
+        kind = pres.xml.get("type") or ""
+        if kind == "error":
+            return
+        sender = pres["from"].bare.lower()
+        local = pres["to"].user
+        site_id = self._desk.site_of_bot(local) if local else None
+        visitor_id = None
+        if site_id is None and local:
+            visitor_id = await self._desk.names.visitor_of(local)
+            session = await self._desk.sessions.get(visitor_id) if visitor_id else None
+            site_id = session["site_id"] if session else None
+        allowed = site_id is not None and self._desk.operators.is_operator(sender, site_id)
+        if not allowed:
+            if kind in ("", "subscribe", "probe"):
+                self._refuse(pres, "Only a site's operators may subscribe to its bot and visitors.")
+            return
+        assert site_id is not None
+        if kind == "subscribe":
+            self._roster.accept(sender, str(pres["to"].bare))
+            if visitor_id:
+                await self._desk.show_visitor(sender, visitor_id, chatting=False)
+            else:
+                # Ask back: our first request may have crossed the client's own and
+                # been lost (the server answers an early probe with "unsubscribed").
+                # If we already have their presence subscription this is a no-op.
+                self._roster.invite(sender, site_id)
+        elif kind == "probe":
+            if visitor_id:
+                await self._desk.show_visitor(sender, visitor_id, chatting=False)
+            else:
+                self._bot.present_to(sender, site_id)
+        elif kind in ("", "unavailable") and visitor_id is None:
+            online = kind == ""
+            if online:
+                # A status change lifts a force-away (the operator is clearly there).
+                await self._desk.routing.clear_away(sender)
+            await self._desk.availability.update(sender, pres["from"].resource, pres["show"], pres["status"], online)
+            if online and sender not in self._seen_online:
+                self._seen_online.add(sender)
+                self._bot.present_to(sender, site_id)

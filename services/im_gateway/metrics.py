@@ -1,0 +1,21 @@
+"""Prometheus metrics of the gateway (served on HABLA_GATEWAY_METRICS_PORT)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+XMPP_CONNECTED = Gauge("habla_gateway_xmpp_connected", "1 while the component stream is up")
+XMPP_RECONNECTS = Counter("habla_gateway_xmpp_reconnects_total", "Lost XMPP streams")
+LEASE_HELD = Gauge("habla_gateway_lease_held", "1 while this instance is the active gateway of its domain")
+STANZAS_SENT = Counter("habla_gateway_stanzas_sent_total", "Stanzas handed to the XMPP stream", ["kind"])
+PRESENCE_COALESCED = Counter(
+    "habla_gateway_presence_coalesced_total", "Visitor presence updates replaced by a newer one before sending"
+)
+PRESENCE_DEFERRED = Counter(
+    "habla_gateway_presence_deferred_total", "Presence sends postponed by the per-operator ceiling"
+)
+VISITOR_LINES = Counter("habla_gateway_visitor_lines_total", "Visitor lines handled", ["outcome"])
+OPERATOR_LINES = Counter("habla_gateway_operator_lines_total", "Operator lines relayed to visitors")
+COMMANDS = Counter("habla_gateway_commands_total", "Operator commands", ["command"])
+STRANGERS = Counter("habla_gateway_strangers_total", "Stanzas refused because the sender is no operator of the site")
+RELAY_SECONDS = Histogram("habla_gateway_relay_seconds", "Handling time of one chat line", ["direction"])

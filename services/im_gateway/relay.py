@@ -1,0 +1,241 @@
+"""Chat lines both ways, and what visitors do that operators should see.
+
+Visitor → operator: a ChatMessage from habla.visitor goes, from the visitor's JID, to
+the conversation's operator (assigned least-busy on its first line, then sticky).
+Operator → visitor: a line to the visitor's JID is appended to the conversation log,
+published on habla.operator for the archive, then handed to the visitor's frontend on
+habla.deliver. Operators may also start a chat by writing to a visitor's JID.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from libs.common import codec
+from services.im_gateway.desk import Desk
+from services.im_gateway.events import now_ms
+from services.im_gateway.outbox import XmppUnavailable
+from services.im_gateway.routing import Conversation
+from services.im_gateway.visitors import page_status
+
+log = logging.getLogger(__name__)
+
+# Operator message ids derive from (operator, stanza id): a client that resends a line
+# with the same stanza id (after an error bounce) is stored once.
+_STANZA_NS = uuid.UUID("6f6c6b1e-7a0e-4d4e-9b8f-68616261a001")
+
+
+async def route_new(
+    desk: Desk, conversation_id: str, site_id: str, visitor_id: str, exclude: Iterable[str] = ()
+) -> Conversation:
+    """Give a new conversation to the least busy available operator, else offer it."""
+    excluded = set(exclude) | await desk.routing.forced_away()
+    available = [
+        op
+        for op in await desk.availability.available_operators(site_id)
+        if op not in excluded and desk.operators.is_operator(op, site_id)
+    ]
+    chosen = await desk.routing.choose(available)
+    desk.dirty_sites.add(site_id)
+    if chosen:
+        log.info("conversation assigned", extra={"conversation": conversation_id, "operator": chosen})
+        return await desk.routing.assign(conversation_id, site_id, visitor_id, chosen)
+    # Nobody available for routing: offer it to whoever is connected at all (away,
+    # dnd), else to every operator of the site; the first to answer takes it.
+    fallback = [op for op in desk.availability.online_operators(site_id) if op not in exclude]
+    fallback = fallback or [op for op in desk.operators.operators_of(site_id) if op not in exclude]
+    log.info("conversation offered", extra={"conversation": conversation_id, "operators": ",".join(fallback)})
+    return await desk.routing.offer(conversation_id, site_id, visitor_id, fallback)
+
+
+async def visitor_line(desk: Desk, message: Any) -> int:
+    """Hand a visitor's line to the conversation's operator(s); returns how many got it."""
+    conversation, blocked = await desk.routing.for_line(message.conversation_id, message.site_id, message.visitor_id)
+    if blocked:
+        return 0
+    if conversation is None:
+        conversation = await route_new(desk, message.conversation_id, message.site_id, message.visitor_id)
+    jid = await desk.names.jid_of(message.visitor_id)
+    shown = all((operator, message.visitor_id) in desk.shown for operator in conversation.recipients)
+    status = "" if shown else await desk.visitor_status(message.visitor_id)
+    # From here on nothing is awaited: the caller marks the message delivered in the
+    # same event-loop step as the last stanza (services.im_gateway.dedupe).
+    for operator in conversation.recipients:
+        if (operator, message.visitor_id) not in desk.shown:
+            desk.outbox.presence(jid, operator, show="chat", status=status)
+            desk.remember_shown(operator, message.visitor_id)
+        desk.outbox.chat(jid, operator, message.body, stanza_id=message.message_id)
+    return len(conversation.recipients)
+
+
+async def operator_line(
+    desk: Desk,
+    operator: str,
+    visitor_id: str,
+    session: dict[str, str],
+    body: str,
+    stanza_id: str,
+    on_committed: Callable[[], None] | None = None,
+) -> str | None:
+    """Relay an operator's line to the visitor. Returns a sentence for the operator if refused.
+
+    The log append happens here, in arrival order (it numbers the line); publishing it
+    for the archive and the visitor's frontend (two broker confirms) runs in the
+    background so the next line need not wait, and ``on_committed`` (the XEP-0184
+    receipt) fires only once both are confirmed.
+    """
+    site_id = session["site_id"]
+    if len(body) > desk.settings.max_message_chars:
+        return f"That line is {len(body)} characters long; visitors accept at most {desk.settings.max_message_chars}."
+    conversation_id = session.get("conversation_id", "")
+    conversation, blocked = await desk.routing.for_line(conversation_id, site_id, visitor_id)
+    if blocked:
+        return "This visitor is blocked."
+    if conversation is None:
+        # Operator-initiated chat (or one this gateway lost track of): the operator
+        # who writes first owns it; the session tells the widget to open.
+        if not conversation_id:
+            conversation_id = uuid.uuid4().hex
+            await desk.sessions.save(visitor_id, site_id, {"conversation_id": conversation_id})
+        conversation = await desk.routing.assign(conversation_id, site_id, visitor_id, operator, answered=True)
+        first = True
+        desk.dirty_sites.add(site_id)
+    elif conversation.operator and conversation.operator != operator:
+        return f"{conversation.operator} is handling this chat; ask them to !transfer it to you."
+    elif conversation.operator == operator and conversation.answered:
+        first = False
+    else:
+        first = await desk.routing.answered(conversation, operator)
+        jid = await desk.names.jid_of(visitor_id)
+        for other in conversation.offered:
+            if other != operator:
+                _info_quietly(desk, jid, other, f"{desk.operators.display_name(operator, site_id)} took this chat.")
+    name = desk.operators.display_name(operator, site_id)
+    message_id = uuid.uuid5(_STANZA_NS, f"{operator}/{stanza_id}").hex if stanza_id else uuid.uuid4().hex
+    sent_at = now_ms()
+    appended = await desk.log.append(
+        conversation_id,
+        message_id,
+        {
+            "kind": "message",
+            "sender": "operator",
+            "body": body,
+            "sent_at_ms": sent_at,
+            "operator_name": name,
+        },
+    )
+    chat = codec.ChatMessage(
+        message_id=message_id,
+        conversation_id=conversation_id,
+        site_id=site_id,
+        visitor_id=visitor_id,
+        sender=codec.SenderKind.OPERATOR,
+        operator_jid=operator,
+        body=body,
+        sent_at_ms=sent_at,
+        seq=appended.seq,
+        operator_name=name,
+    )
+
+    async def announce() -> None:
+        # Published even when the log already had it (a resend): the archive dedupes by
+        # message id, and a crash between append and publish is healed by the resend.
+        await desk.routing.clear_away(operator)
+        await desk.events.operator_line(chat)
+        await desk.events.deliver(
+            session.get("frontend_id", ""),
+            codec.VisitorDelivery(
+                visitor_id=visitor_id, site_id=site_id, conversation_id=conversation_id, message=chat
+            ),
+        )
+        if first:
+            await desk.events.action(
+                site_id=site_id,
+                conversation_id=conversation_id,
+                visitor_id=visitor_id,
+                operator=operator,
+                action="joined",
+                value=name,
+            )
+        if on_committed is not None:
+            on_committed()
+
+    await desk.in_background(announce())
+    return None
+
+
+async def operator_typing(desk: Desk, operator: str, visitor_id: str, session: dict[str, str], state: str) -> None:
+    """XEP-0085 from the operator → typing / stopped_typing for the visitor's widget."""
+    conversation = await desk.routing.get(session.get("conversation_id", ""))
+    if conversation is None or conversation.operator != operator:
+        return
+    action = "typing" if state == "composing" else "stopped_typing"
+    struct = await desk.events.action(
+        site_id=conversation.site_id,
+        conversation_id=conversation.conversation_id,
+        visitor_id=visitor_id,
+        operator=operator,
+        action=action,
+    )
+    await desk.events.deliver(
+        session.get("frontend_id", ""),
+        codec.VisitorDelivery(
+            visitor_id=visitor_id,
+            site_id=conversation.site_id,
+            conversation_id=conversation.conversation_id,
+            action=struct,
+        ),
+    )
+
+
+async def page_view(desk: Desk, view: Any) -> None:
+    """A page view becomes a (coalesced) presence update for whoever watches the visitor."""
+    await desk.pages.add(view.visitor_id, view.url, view.title or "", view.viewed_at_ms)
+    desk.dirty_sites.add(view.site_id)
+    conversation = await desk.routing.get(view.conversation_id or "")
+    watchers = await desk.follows.followers(view.visitor_id)
+    if conversation:
+        watchers.update(conversation.recipients)
+    if not watchers:
+        return
+    jid = await desk.names.jid_of(view.visitor_id)
+    status = page_status(view.url, view.title or "")
+    for operator in watchers:
+        desk.coalescer.update(operator, jid, show="chat" if conversation else None, status=status)
+
+
+async def visitor_event(desk: Desk, event: Any) -> None:
+    """Typing, identified, ended chat, arrived, left."""
+    kind = event.kind
+    desk.dirty_sites.add(event.site_id)
+    conversation = await desk.routing.get(event.conversation_id or "")
+    jid = await desk.names.jid_of(event.visitor_id)
+    if kind in (codec.VisitorEventKind.TYPING, codec.VisitorEventKind.STOPPED_TYPING):
+        state = "composing" if kind == codec.VisitorEventKind.TYPING else "paused"
+        for operator in conversation.recipients if conversation else ():
+            with contextlib.suppress(XmppUnavailable):  # typing is momentary: not worth a redelivery
+                desk.outbox.chat_state(jid, operator, state)
+    elif kind == codec.VisitorEventKind.ENDED_CHAT and conversation:
+        await desk.routing.close(conversation.conversation_id)
+        await desk.hide_visitor(conversation)
+        for operator in conversation.recipients:  # the last awaits are behind us (dedupe)
+            desk.info(jid, operator, "The visitor ended the chat; the transcript goes to the site owner.")
+    elif kind == codec.VisitorEventKind.IDENTIFIED and conversation:
+        known = ", ".join(v for v in (event.name, event.email, event.phone) if v)
+        for operator in conversation.recipients:
+            desk.info(jid, operator, f"The visitor introduced themselves: {known}")
+    elif kind == codec.VisitorEventKind.LEFT:
+        watchers = await desk.follows.followers(event.visitor_id)
+        for operator in watchers | set(conversation.recipients if conversation else ()):
+            desk.coalescer.update(operator, jid, kind="unavailable", status="Left the site")
+
+
+def _info_quietly(desk: Desk, sender: str, operator: str, text: str) -> None:
+    try:
+        desk.info(sender, operator, text)
+    except XmppUnavailable:
+        log.warning("could not tell an operator", extra={"operator": operator, "text": text})

@@ -1,0 +1,221 @@
+"""Which operator a conversation goes to: least busy first, sticky, force-away.
+
+State lives in Redis (so a restarted or standby gateway routes the same way):
+* ``gw:conv:<id>`` hash: site, visitor, operator ("" while offered), offered (comma
+  list), answered (0/1), deadline_ms (answer-by time while unanswered);
+* ``gw:opconv:<operator>`` set of the operator's open conversations (their load);
+* ``gw:siteconv:<site>`` set of the site's open conversations ("1 chatting");
+* ``gw:deadlines`` sorted set of unanswered conversations by answer-by time;
+* ``gw:away`` hash of operators forced away for routing (until they write or
+  change their status).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import cast
+
+import redis.asyncio as aioredis
+
+from libs.common.settings import Settings
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class Conversation:
+    conversation_id: str
+    site_id: str
+    visitor_id: str
+    operator: str  # "" while offered to several
+    offered: tuple[str, ...]
+    answered: bool
+
+    @property
+    def recipients(self) -> tuple[str, ...]:
+        return (self.operator,) if self.operator else self.offered
+
+
+class Routing:
+    def __init__(self, redis: aioredis.Redis, settings: Settings) -> None:
+        self._redis = redis
+        self._settings = settings
+        # Gateway state of a conversation outlives its idle timeout a little, so the
+        # closer (transcript worker) always finds it to free the operator's slot.
+        self._ttl_s = settings.conversation_idle_s * 2
+
+    def _key(self, *parts: str) -> str:
+        return self._settings.redis_key("gw", *parts)
+
+    async def get(self, conversation_id: str) -> Conversation | None:
+        if not conversation_id:
+            return None
+        data = cast(dict[str, str], await self._redis.hgetall(self._key("conv", conversation_id)))
+        return self._conversation(conversation_id, data)
+
+    @staticmethod
+    def _conversation(conversation_id: str, data: dict[str, str]) -> Conversation | None:
+        if not data:
+            return None
+        return Conversation(
+            conversation_id,
+            data["site"],
+            data["visitor"],
+            data.get("operator", ""),
+            tuple(op for op in data.get("offered", "").split(",") if op),
+            data.get("answered") == "1",
+        )
+
+    async def for_line(self, conversation_id: str, site_id: str, visitor_id: str) -> tuple[Conversation | None, bool]:
+        """(conversation, visitor blocked) in one round trip, refreshing the conversation's TTL."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self._key("conv", conversation_id))
+            pipe.sismember(self._key("blocked", site_id), visitor_id)
+            pipe.expire(self._key("conv", conversation_id), self._ttl_s)
+            data, blocked, _ = await pipe.execute()
+        return self._conversation(conversation_id, data), bool(blocked)
+
+    async def load(self, operator: str) -> int:
+        """Open conversations of an operator (stale members are dropped)."""
+        key = self._key("opconv", operator)
+        members = [str(m) for m in await self._redis.smembers(key)]
+        if not members:
+            return 0
+        alive = [bool(await self._redis.exists(self._key("conv", cid))) for cid in members]
+        stale = [cid for cid, ok in zip(members, alive, strict=True) if not ok]
+        if stale:
+            await self._redis.srem(key, *stale)
+        return sum(alive)
+
+    async def choose(self, candidates: Iterable[str]) -> str | None:
+        """The least busy candidate; ties go to whoever was assigned longest ago."""
+        best: tuple[int, int, str] | None = None
+        for operator in sorted(set(candidates)):
+            last = await self._redis.hget(self._key("lastassigned"), operator)
+            rank = (await self.load(operator), int(last or 0), operator)
+            if best is None or rank < best:
+                best = rank
+        return best[2] if best else None
+
+    async def assign(
+        self, conversation_id: str, site_id: str, visitor_id: str, operator: str, *, answered: bool = False
+    ) -> Conversation:
+        previous = await self.get(conversation_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            if previous and previous.operator and previous.operator != operator:
+                pipe.srem(self._key("opconv", previous.operator), conversation_id)
+            pipe.hset(
+                self._key("conv", conversation_id),
+                mapping={
+                    "site": site_id,
+                    "visitor": visitor_id,
+                    "operator": operator,
+                    "offered": "",
+                    "answered": "1" if answered else "0",
+                },
+            )
+            pipe.expire(self._key("conv", conversation_id), self._ttl_s)
+            pipe.sadd(self._key("opconv", operator), conversation_id)
+            pipe.expire(self._key("opconv", operator), self._ttl_s)
+            pipe.sadd(self._key("siteconv", site_id), conversation_id)
+            pipe.expire(self._key("siteconv", site_id), self._ttl_s)
+            pipe.hset(self._key("lastassigned"), operator, _now_ms())
+            if answered:
+                pipe.zrem(self._key("deadlines"), conversation_id)
+            else:
+                deadline = _now_ms() + self._settings.gateway_answer_timeout_s * 1000
+                pipe.zadd(self._key("deadlines"), {conversation_id: deadline})
+            await pipe.execute()
+        return Conversation(conversation_id, site_id, visitor_id, operator, (), answered)
+
+    async def offer(
+        self, conversation_id: str, site_id: str, visitor_id: str, operators: Iterable[str]
+    ) -> Conversation:
+        """Offer to several operators: the first to answer takes it."""
+        offered = tuple(sorted(set(operators)))
+        previous = await self.get(conversation_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            if previous and previous.operator:
+                pipe.srem(self._key("opconv", previous.operator), conversation_id)
+            pipe.hset(
+                self._key("conv", conversation_id),
+                mapping={
+                    "site": site_id,
+                    "visitor": visitor_id,
+                    "operator": "",
+                    "offered": ",".join(offered),
+                    "answered": "0",
+                },
+            )
+            pipe.expire(self._key("conv", conversation_id), self._ttl_s)
+            pipe.sadd(self._key("siteconv", site_id), conversation_id)
+            pipe.expire(self._key("siteconv", site_id), self._ttl_s)
+            pipe.zrem(self._key("deadlines"), conversation_id)
+            await pipe.execute()
+        return Conversation(conversation_id, site_id, visitor_id, "", offered, False)
+
+    async def answered(self, conversation: Conversation, operator: str) -> bool:
+        """Record that ``operator`` wrote in the conversation; True the first time."""
+        if conversation.operator != operator:
+            await self.assign(
+                conversation.conversation_id, conversation.site_id, conversation.visitor_id, operator, answered=True
+            )
+            return True
+        first = not conversation.answered
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self._key("conv", conversation.conversation_id), "answered", "1")
+            pipe.expire(self._key("conv", conversation.conversation_id), self._ttl_s)
+            pipe.zrem(self._key("deadlines"), conversation.conversation_id)
+            await pipe.execute()
+        return first
+
+    async def touch(self, conversation_id: str) -> None:
+        await self._redis.expire(self._key("conv", conversation_id), self._ttl_s)
+
+    async def close(self, conversation_id: str) -> Conversation | None:
+        conversation = await self.get(conversation_id)
+        if conversation is None:
+            return None
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self._key("conv", conversation_id))
+            if conversation.operator:
+                pipe.srem(self._key("opconv", conversation.operator), conversation_id)
+            pipe.srem(self._key("siteconv", conversation.site_id), conversation_id)
+            pipe.zrem(self._key("deadlines"), conversation_id)
+            await pipe.execute()
+        return conversation
+
+    async def chatting(self, site_id: str) -> int:
+        members = [str(m) for m in await self._redis.smembers(self._key("siteconv", site_id))]
+        alive = [cid for cid in members if await self._redis.exists(self._key("conv", cid))]
+        if len(alive) != len(members):
+            await self._redis.srem(self._key("siteconv", site_id), *(set(members) - set(alive)))
+        return len(alive)
+
+    async def overdue(self) -> list[str]:
+        """Unanswered conversations past their answer-by time."""
+        return [str(c) for c in await self._redis.zrangebyscore(self._key("deadlines"), "-inf", _now_ms())]
+
+    async def drop_deadline(self, conversation_id: str) -> None:
+        await self._redis.zrem(self._key("deadlines"), conversation_id)
+
+    # --- force-away ---------------------------------------------------------------------
+    async def force_away(self, operator: str) -> None:
+        await self._redis.hset(self._key("away"), operator, _now_ms())
+
+    async def clear_away(self, operator: str) -> bool:
+        return bool(await self._redis.hdel(self._key("away"), operator))
+
+    async def forced_away(self) -> set[str]:
+        return {str(op) for op in await self._redis.hkeys(self._key("away"))}
+
+    # --- blocked visitors ---------------------------------------------------------------
+    async def block(self, site_id: str, visitor_id: str) -> None:
+        await self._redis.sadd(self._key("blocked", site_id), visitor_id)
+
+    async def is_blocked(self, site_id: str, visitor_id: str) -> bool:
+        return bool(await self._redis.sismember(self._key("blocked", site_id), visitor_id))

@@ -1,0 +1,146 @@
+"""Visitors as XMPP contacts: a friendly, stable JID per visitor, and the pages they saw.
+
+A visitor id (16 hex chars) makes a poor buddy name; "amber-otter-412" is easy to read
+and type in ``!follow``. The name derives from a hash of the visitor id (so it is the
+same after a Redis loss) and is claimed in Redis so two visitors never share one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from libs.common.settings import Settings
+
+ADJECTIVES = (
+    "amber", "azure", "brave", "bright", "calm", "clever", "coral", "cosy", "crisp", "dapper",
+    "eager", "fancy", "gentle", "golden", "happy", "hazel", "jolly", "keen", "kind", "lively",
+    "lucky", "merry", "mint", "noble", "olive", "plucky", "quiet", "rosy", "sunny", "swift",
+    "tidy", "witty",
+)  # fmt: skip
+ANIMALS = (
+    "badger", "beaver", "bison", "crane", "dolphin", "falcon", "ferret", "finch", "fox", "gecko",
+    "heron", "ibis", "koala", "lemur", "lynx", "marten", "moose", "newt", "ocelot", "otter",
+    "panda", "puffin", "quail", "raven", "robin", "seal", "stoat", "swan", "tapir", "vole",
+    "walrus", "yak",
+)  # fmt: skip
+# 32 x 32 x 1000 = ~1M names: collisions among a site's live visitors are rare, and a
+# collision only bumps the number.
+NUMBERS = 1000
+# Names live as long as a returning visitor is likely to be recognised.
+NAME_TTL_S = 30 * 24 * 3600
+# Names cached in memory: they never change, and a chat line should not cost a Redis
+# round trip for them. 50,000 entries is a few MB; the cache is simply dropped when full.
+NAME_CACHE_SIZE = 50_000
+# Pages remembered per visitor for !info (the last ones matter; a long visit is summarised).
+PAGES_KEPT = 50
+
+_NAME_RE = re.compile(r"^[a-z]+-[a-z]+-\d+$")
+
+
+@dataclass(frozen=True)
+class Page:
+    url: str
+    title: str
+    at_ms: int
+
+
+def page_status(url: str, title: str) -> str:
+    """A visitor's presence status line: what they are reading."""
+    title = " ".join(title.split())[:120]
+    return f"{title} — {url}" if title else url
+
+
+class VisitorNames:
+    def __init__(self, redis: aioredis.Redis, settings: Settings) -> None:
+        self._redis = redis
+        self._settings = settings
+        self.domain = settings.xmpp_component_domain
+        self._cache: dict[str, str] = {}  # visitor id -> name
+        self._ids: dict[str, str] = {}  # name -> visitor id
+
+    def _name_key(self, visitor_id: str) -> str:
+        return self._settings.redis_key("gw", "vname", visitor_id)
+
+    def _id_key(self, name: str) -> str:
+        return self._settings.redis_key("gw", "vid", name)
+
+    @staticmethod
+    def candidate(visitor_id: str, attempt: int = 0) -> str:
+        digest = hashlib.sha256(f"{visitor_id}:{attempt}".encode()).digest()
+        number = int.from_bytes(digest[2:6], "big") % NUMBERS
+        return f"{ADJECTIVES[digest[0] % len(ADJECTIVES)]}-{ANIMALS[digest[1] % len(ANIMALS)]}-{number}"
+
+    async def name_of(self, visitor_id: str) -> str:
+        """The visitor's friendly name, claimed on first use."""
+        cached = self._cache.get(visitor_id)
+        if cached:
+            return cached
+        known = await self._redis.get(self._name_key(visitor_id))
+        if known:
+            return self._remember(visitor_id, str(known))
+        for attempt in range(20):  # 20 collisions in a row would mean ~all names taken
+            name = self.candidate(visitor_id, attempt)
+            if await self._redis.set(self._id_key(name), visitor_id, nx=True, ex=NAME_TTL_S) or (
+                await self._redis.get(self._id_key(name)) == visitor_id
+            ):
+                await self._redis.set(self._name_key(visitor_id), name, ex=NAME_TTL_S)
+                return self._remember(visitor_id, name)
+        raise RuntimeError(f"no free friendly name for visitor {visitor_id}")
+
+    def _remember(self, visitor_id: str, name: str) -> str:
+        if len(self._cache) >= NAME_CACHE_SIZE:
+            self._cache.clear()
+            self._ids.clear()
+        self._cache[visitor_id] = name
+        self._ids[name] = visitor_id
+        return name
+
+    async def jid_of(self, visitor_id: str) -> str:
+        return f"{await self.name_of(visitor_id)}@{self.domain}"
+
+    async def visitor_of(self, name: str) -> str | None:
+        """The visitor id behind a friendly name (or a visitor JID's local part)."""
+        name = name.strip().lower().split("@", 1)[0]
+        if not _NAME_RE.match(name):
+            return None
+        if name in self._ids:
+            return self._ids[name]
+        found = await self._redis.get(self._id_key(name))
+        if not found:
+            return None
+        self._remember(str(found), name)
+        return str(found)
+
+
+class VisitorPages:
+    """The last pages each visitor opened, newest first (for !info and presence)."""
+
+    def __init__(self, redis: aioredis.Redis, settings: Settings) -> None:
+        self._redis = redis
+        self._settings = settings
+
+    def _key(self, visitor_id: str) -> str:
+        return self._settings.redis_key("gw", "pages", visitor_id)
+
+    async def add(self, visitor_id: str, url: str, title: str, at_ms: int | None = None) -> None:
+        entry: dict[str, Any] = {"url": url, "title": title, "at_ms": at_ms or int(time.time() * 1000)}
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.lpush(self._key(visitor_id), json.dumps(entry))
+            pipe.ltrim(self._key(visitor_id), 0, PAGES_KEPT - 1)
+            pipe.expire(self._key(visitor_id), self._settings.session_ttl_s)
+            await pipe.execute()
+
+    async def latest(self, visitor_id: str) -> Page | None:
+        raw = await self._redis.lindex(self._key(visitor_id), 0)
+        return Page(**json.loads(raw)) if raw else None
+
+    async def recent(self, visitor_id: str) -> list[Page]:
+        raw = await self._redis.lrange(self._key(visitor_id), 0, PAGES_KEPT - 1)
+        return [Page(**json.loads(item)) for item in raw]

@@ -1,0 +1,141 @@
+"""A real operator: a slixmpp ClientXMPP logged in to the test Prosody, recording what it gets."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from slixmpp import ClientXMPP
+
+
+@dataclass
+class Received:
+    kind: str  # "message" | "presence"
+    sender: str  # full JID
+    body: str
+    status: str
+    ptype: str  # presence type attribute ("" = available)
+    show: str
+    stanza_id: str
+    at: float
+    error: str = ""
+
+
+class OperatorClient:
+    def __init__(self, jid: str, password: str, host: str, port: int) -> None:
+        self.jid = jid
+        self.xmpp = ClientXMPP(jid, password, plugin_config={"feature_mechanisms": {"unencrypted_plain": True}})
+        self.xmpp.enable_starttls = False
+        self.xmpp.enable_direct_tls = False
+        self.xmpp.enable_plaintext = True
+        self.xmpp.register_plugin("xep_0085")
+        self.xmpp.register_plugin("xep_0184", {"auto_ack": False, "auto_request": False})
+        self.xmpp.add_event_handler("receipt_received", self._on_receipt)
+        self.xmpp.add_event_handler("chatstate", self._on_chat_state)
+        self.chat_states: list[tuple[str, str]] = []  # (sender bare JID, state)
+        self._host, self._port = host, port
+        self.received: list[Received] = []
+        self.receipts: set[str] = set()  # stanza ids the gateway acknowledged (XEP-0184)
+        self._changed = asyncio.Event()
+        self._online = asyncio.Event()
+        self.xmpp.add_event_handler("session_start", self._on_start)
+        self.xmpp.add_event_handler("message", self._on_message)
+        self.xmpp.add_event_handler("message_error", self._on_message)
+        self.xmpp.add_event_handler("presence", self._on_presence)
+
+    async def start(self, show: str | None = None) -> OperatorClient:
+        self.xmpp.connect(self._host, self._port)
+        self._show = show
+        await asyncio.wait_for(self._online.wait(), 15)
+        return self
+
+    async def _on_start(self, _event: Any) -> None:
+        self.xmpp.send_presence(pshow=self._show)
+        await self.xmpp.get_roster()
+        self._online.set()
+
+    def _record(self, item: Received) -> None:
+        self.received.append(item)
+        self._changed.set()
+
+    def _on_receipt(self, msg: Any) -> None:
+        self.receipts.add(msg["receipt"])
+        self._changed.set()
+
+    def _on_chat_state(self, msg: Any) -> None:
+        self.chat_states.append((msg["from"].bare, msg["chat_state"]))
+        self._changed.set()
+
+    def _on_message(self, msg: Any) -> None:
+        error = msg["error"]["condition"] if msg["type"] == "error" else ""
+        self._record(
+            Received("message", str(msg["from"]), msg["body"], "", msg["type"], "", msg["id"], time.monotonic(), error)
+        )
+
+    def _on_presence(self, pres: Any) -> None:
+        error = pres["error"]["condition"] if pres.xml.get("type") == "error" else ""
+        self._record(
+            Received(
+                "presence",
+                str(pres["from"]),
+                "",
+                pres["status"],
+                pres.xml.get("type") or "",
+                pres["show"],
+                pres["id"],
+                time.monotonic(),
+                error,
+            )
+        )
+
+    async def wait_for(self, predicate: Callable[[Received], bool], within: float = 10.0) -> Received:
+        """The first received stanza matching ``predicate`` (already there or arriving)."""
+        deadline = time.monotonic() + within
+        seen = 0
+        while True:
+            for item in self.received[seen:]:
+                if predicate(item):
+                    return item
+            seen = len(self.received)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"{self.jid}: nothing matched within {within} s; got {self.received[-5:]}")
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+
+    def messages_from(self, bare: str) -> list[Received]:
+        return [r for r in self.received if r.kind == "message" and r.sender.split("/")[0] == bare and r.body]
+
+    def say(self, to: str, body: str, stanza_id: str | None = None, receipt: bool = False) -> None:
+        msg = self.xmpp.make_message(mto=to, mbody=body, mtype="chat")
+        if stanza_id:
+            msg["id"] = stanza_id
+        if receipt:
+            msg.xml.append(msg.xml.makeelement("{urn:xmpp:receipts}request", {}))
+        msg.send()
+
+    async def ask(self, to: str, body: str, within: float = 10.0) -> str:
+        """Send a command and return the reply from ``to``."""
+        mark = len(self.received)
+        self.say(to, body)
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            for item in self.received[mark:]:
+                if item.kind == "message" and item.sender.split("/")[0] == to and (item.body or item.error):
+                    return item.body or f"error:{item.error}"
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), max(0.01, deadline - time.monotonic()))
+        raise TimeoutError(f"no answer from {to} to {body!r}")
+
+    async def stop(self) -> None:
+        self.xmpp.disconnect(wait=0.5)
+        try:
+            await asyncio.wait_for(self.xmpp.disconnected, 3)
+        except (TimeoutError, asyncio.CancelledError):
+            self.xmpp.abort()
