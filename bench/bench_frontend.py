@@ -25,15 +25,12 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
-import urllib.parse
 import uuid
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
 import tornado.httpclient
 import tornado.websocket
 
@@ -51,6 +48,7 @@ from libs.common.messaging import Bus  # noqa: E402
 from libs.common.settings import Settings  # noqa: E402
 from libs.common.state.conversations import ConversationLog  # noqa: E402
 from libs.common.state.sessions import VisitorSessions  # noqa: E402
+from tools import sandbox  # noqa: E402
 from tools.prosody import free_port  # noqa: E402
 
 
@@ -292,22 +290,7 @@ def main() -> None:
     parser.add_argument("--latency-samples", type=int, default=300)
     parser.add_argument("--latency-rate", type=float, default=50, help="paced replies per second")
     args = parser.parse_args()
-    run = uuid.uuid4().hex[:8]
-    vhost = f"habla-bench-{run}"
-    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, capture_output=True)
-    subprocess.run(
-        ["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
-        check=True,
-        capture_output=True,
-    )
-    database = f"habla_bench_{run}"
-    settings = Settings.from_env(
-        amqp_url=f"amqp://guest:guest@127.0.0.1:5672/{urllib.parse.quote(vhost, safe='')}",
-        redis_prefix=f"habla-bench-{run}:",
-        mysql_url=f"mysql+pymysql://root:@127.0.0.1:3306/{database}?charset=utf8mb4",
-    )
-    try:
-        db.migrate(settings)
+    with sandbox.sandboxed("bench-frontend") as settings:
         engine = db.engine(settings)
         with engine.begin() as conn:
             account = site_store.account_for_email(conn, "bench@habla.localhost")
@@ -324,19 +307,6 @@ def main() -> None:
                 args.latency_rate,
             )
         )
-    finally:
-        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True)
-        server = sa.create_engine("mysql+pymysql://root:@127.0.0.1:3306/")
-        with server.begin() as conn:
-            conn.execute(sa.text(f"DROP DATABASE IF EXISTS `{database}`"))
-        server.dispose()
-        import redis as sync_redis
-
-        client = sync_redis.Redis.from_url(settings.redis_url)
-        keys = list(client.scan_iter(match=f"{settings.redis_prefix}*", count=1000))
-        if keys:
-            client.delete(*keys)
-        client.close()
 
 
 if __name__ == "__main__":

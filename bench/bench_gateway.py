@@ -20,20 +20,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import shutil
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.parse
 import uuid
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import sqlalchemy as sa
 from slixmpp import JID, ComponentXMPP
 
 from libs.common import codec, db, state, topology
@@ -45,7 +40,7 @@ from libs.common.state.sessions import VisitorSessions
 from services.im_gateway.gateway import Gateway
 from tests.im_gateway.conftest import connect_operator, create_site
 from tests.im_gateway.operator_client import OperatorClient
-from tools import prosody
+from tools import prosody, sandbox
 
 # Messages sent one at a time (each waits for the previous) for latency without queueing.
 ONE_BY_ONE = 200
@@ -315,35 +310,9 @@ async def main() -> None:
     parser.add_argument("--churn-seconds", type=float, default=10.0)
     args = parser.parse_args()
 
-    tag = uuid.uuid4().hex[:8]
-    vhost = f"habla-bench-{tag}"
-    rabbitmqctl = ["rabbitmqctl", "-q"]
-    await asyncio.to_thread(subprocess.run, [*rabbitmqctl, "add_vhost", vhost], check=True, capture_output=True)
-    await asyncio.to_thread(
-        subprocess.run, [*rabbitmqctl, "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"], check=True
-    )
-    folder = Path(tempfile.mkdtemp(prefix="habla-bench-prosody-"))
-    base = Settings.from_env()
-    cfg = prosody.ProsodyConfig(
-        dir=folder,
-        domain=base.xmpp_domain,
-        component_domain=base.xmpp_component_domain,
-        component_secret=base.xmpp_component_secret,
-        c2s_port=prosody.free_port(),
-        component_port=prosody.free_port(),
-    )
-    database = f"habla_bench_{tag}"
-    settings = dataclasses.replace(
-        base,
-        amqp_url=f"amqp://guest:guest@127.0.0.1:5672/{urllib.parse.quote(vhost, safe='')}",
-        redis_prefix=f"habla-bench-{tag}:",
-        mysql_url=f"mysql+pymysql://root:@127.0.0.1:3306/{database}?charset=utf8mb4",
-        xmpp_c2s_port=cfg.c2s_port,
-        xmpp_component_port=cfg.component_port,
-        frontend_id=f"bench-{tag}",
-        log_level="WARNING",
-    )
-    db.migrate(settings)
+    box = await asyncio.to_thread(sandbox.create, "bench-gateway", log_level="WARNING")
+    cfg = sandbox.prosody_config(box.settings)
+    settings = sandbox.with_prosody_ports(box.settings, cfg)
     engine = db.engine(settings)
     process = prosody.start(cfg)
     redis = state.connect(settings)
@@ -381,18 +350,9 @@ async def main() -> None:
         await bus.close()
         await redis.aclose()
         prosody.stop(process)
-        shutil.rmtree(folder, ignore_errors=True)
-        server = sa.create_engine("mysql+pymysql://root:@127.0.0.1:3306/")
-        with server.begin() as conn:
-            conn.execute(sa.text(f"DROP DATABASE IF EXISTS `{database}`"))
-        server.dispose()
+        shutil.rmtree(cfg.dir, ignore_errors=True)
         engine.dispose()
-        await asyncio.to_thread(subprocess.run, [*rabbitmqctl, "delete_vhost", vhost], capture_output=True)
-        cleanup = state.connect(settings)
-        keys = [k async for k in cleanup.scan_iter(match=f"{settings.redis_prefix}*", count=1000)]
-        if keys:
-            await cleanup.delete(*keys)
-        await cleanup.aclose()
+        await asyncio.to_thread(sandbox.remove, box)
 
 
 if __name__ == "__main__":

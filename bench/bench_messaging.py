@@ -10,7 +10,6 @@ and the ratio of each Bus figure to its bare aio-pika baseline.
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import sys
 import time
 import uuid
@@ -22,6 +21,7 @@ from libs.common import codec, topology
 from libs.common.messaging import Bus, Envelope
 from libs.common.settings import Settings
 from libs.common.topology import QueueSpec
+from tools import sandbox
 
 IN_FLIGHT = 50  # concurrent confirmed publishes, like 50 visitors sending at once
 
@@ -148,13 +148,8 @@ async def run(settings: Settings, n: int) -> None:
 
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
-    vhost = f"habla-bench-{uuid.uuid4().hex[:6]}"
-    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, capture_output=True)
-    subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"], check=True)
-    try:
-        asyncio.run(run(Settings.from_env(amqp_url=f"amqp://guest:guest@127.0.0.1:5672/{vhost}"), n))
-    finally:
-        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True)
+    with sandbox.sandboxed("bench-messaging", own_database=False) as settings:
+        asyncio.run(run(settings, n))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.parse
 import uuid
 from pathlib import Path
 from typing import Any
@@ -42,18 +41,13 @@ from libs.common.messaging import Bus  # noqa: E402
 from libs.common.settings import Settings  # noqa: E402
 from libs.common.state.conversations import ConversationLog  # noqa: E402
 from services.transcript_worker.app import Worker  # noqa: E402
-from tools import prosody  # noqa: E402
+from tools import prosody, sandbox  # noqa: E402
 
-RUN = uuid.uuid4().hex[:8]
 # Publishes in flight at once while filling queues: enough to keep the broker busy
 # with confirms, few enough not to swamp a 2-core machine.
 PUBLISH_CONCURRENCY = 100
 # Lines per benchmark transcript: a typical support chat.
 LINES_PER_TRANSCRIPT = 20
-
-
-def _rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
 
 
 async def _publish_all(bus: Bus, exchange: str, items: list[tuple[str, Any]]) -> None:
@@ -325,34 +319,10 @@ def main() -> None:
     parser.add_argument("--chats", type=int, default=30)
     args = parser.parse_args()
 
-    vhost = f"habla-bench-{RUN}"
-    _rabbitmqctl("add_vhost", vhost)
-    _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-    # A prefix of our own: once a "habla_bench_…" database of this script vanished
-    # mid-run on this shared server (someone's clean-up); this one is only ours.
-    database = f"worker_bench_{RUN}"
-    settings = Settings.from_env(
-        amqp_url=f"amqp://guest:guest@127.0.0.1:5672/{urllib.parse.quote(vhost, safe='')}",
-        redis_prefix=f"habla-bench-{RUN}:",
-        mysql_url=f"mysql+pymysql://root:@127.0.0.1:3306/{database}?charset=utf8mb4",
-        log_level="WARNING",
-    )
-    db.migrate(settings)
-    try:
+    # A sandbox of its own (vhost, Redis prefix, database with a random tag): the
+    # servers are shared with test runs, so a fixed name could be someone else's.
+    with sandbox.sandboxed("bench-worker", log_level="WARNING") as settings:
         asyncio.run(_bench(args, settings))
-    finally:
-        _rabbitmqctl("delete_vhost", vhost)
-        server = sa.create_engine("mysql+pymysql://root:@127.0.0.1:3306/")
-        with server.begin() as conn:
-            conn.execute(sa.text(f"DROP DATABASE IF EXISTS `{database}`"))
-        server.dispose()
-        import redis as sync_redis
-
-        client = sync_redis.Redis.from_url(settings.redis_url)
-        keys = list(client.scan_iter(match=f"{settings.redis_prefix}*", count=1000))
-        if keys:
-            client.delete(*keys)
-        client.close()
 
 
 if __name__ == "__main__":

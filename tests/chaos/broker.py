@@ -3,6 +3,7 @@ other test run on the machine, so these tests start (and kill) one of their own.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -42,6 +43,7 @@ class PrivateBroker:
             "RABBITMQ_PID_FILE": str(self.dir / "pid"),
         }
         self.process: subprocess.Popen[bytes] | None = None
+        self.beam_pid: int | None = None
 
     @property
     def url(self) -> str:
@@ -58,16 +60,36 @@ class PrivateBroker:
                 ["rabbitmqctl", "-q", "-n", self.node, "status"], env=self.env, capture_output=True, timeout=30
             )
             if result.returncode == 0:
+                # Debian's wrapper may exit while the Erlang VM runs on: remember the
+                # VM's own pid, the process that really has to die.
+                pid = subprocess.run(
+                    ["rabbitmqctl", "-q", "-n", self.node, "eval", "os:getpid()."],
+                    env=self.env,
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                )
+                self.beam_pid = int(pid.stdout.strip().strip('"'))
                 return
             if self.process.poll() is not None:
                 raise RuntimeError(f"private RabbitMQ exited; see {self.dir}/out.log")
             time.sleep(0.5)
         raise RuntimeError(f"private RabbitMQ did not start within {timeout_s} s; see {self.dir}/out.log")
 
+    def stop(self) -> None:
+        """A clean shutdown (what an operator's restart does): everything is flushed."""
+        subprocess.run(["rabbitmqctl", "-q", "-n", self.node, "stop"], env=self.env, capture_output=True, timeout=60)
+        self.kill()  # reaps the wrapper; the VM is already gone
+
     def kill(self) -> None:
         """SIGKILL the whole node: no clean shutdown, no chance to flush anything."""
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
+        if self.beam_pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.beam_pid, signal.SIGKILL)
+            self.beam_pid = None
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
         # epmd may still list the dead node for a moment; wait until the port is free.
         deadline = time.monotonic() + 10

@@ -58,19 +58,29 @@ async def test_confirmed_messages_survive_a_killed_broker(broker: PrivateBroker,
     bus = await Bus.connect(settings, "chaos")
     spec = QueueSpec("chaos.archive", ((topology.VISITOR, "*.message"),))
     await bus.declare_topology(queues=(spec,))
+    # The queue exists before the crash, as work queues do in production (declared at
+    # service start). A clean restart writes the queue's Raft membership to disk:
+    # RabbitMQ 3.10 keeps it in memory for a while, and a node killed within seconds of
+    # *creating* a quorum queue can come back with that queue leaderless (the
+    # name_not_registered family of bugs, rabbitmq-server#15725). That is a fault of a
+    # queue's first seconds, not of confirmed messages, which is what this test is about.
+    await asyncio.to_thread(broker.stop)
+    await asyncio.to_thread(broker.start)
+    await _wait_connected(bus)
     sent = [_message(n) for n in range(1, 201)]
     for message in sent:
         await bus.publish(topology.VISITOR, "4324-24618-10-8812.message", message)
 
-    broker.kill()
-    broker.start()
+    # In a thread: the event loop must keep running to notice the broken connection.
+    await asyncio.to_thread(broker.kill)
+    await asyncio.to_thread(broker.start)
     await _wait_connected(bus)
 
     # The same Bus publishes again once its robust connection is back.
     after = _message(201)
     for _ in range(50):
         try:
-            await bus.publish(topology.VISITOR, "4324-24618-10-8812.message", after)
+            await asyncio.wait_for(bus.publish(topology.VISITOR, "4324-24618-10-8812.message", after), 5)
             break
         except Exception:  # the channel may still be re-opening; the caller retries
             await asyncio.sleep(0.2)
