@@ -11,9 +11,6 @@ Several runs (other worktrees, CI) can share the servers at once.
 from __future__ import annotations
 
 import shutil
-import subprocess
-import tempfile
-import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -25,49 +22,22 @@ import sqlalchemy as sa
 from libs.common import db, state
 from libs.common.messaging import Bus
 from libs.common.settings import Settings
-from tools import prosody
+from tools import prosody, sandbox
 
-RUN = uuid.uuid4().hex[:8]
 ARTIFACTS = Path(__file__).parent / "artifacts"
 
 
-def _rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
-
-
 @pytest.fixture(scope="session")
-def vhost() -> Iterator[str]:
-    name = f"habla-test-{RUN}"
-    _rabbitmqctl("add_vhost", name)
-    _rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
-    yield name
-    _rabbitmqctl("delete_vhost", name)
-
-
-@pytest.fixture(scope="session")
-def database() -> Iterator[str]:
-    name = f"habla_test_{RUN}"
-    yield name
-    server = sa.create_engine("mysql+pymysql://root:@127.0.0.1:3306/")
-    with server.begin() as conn:
-        conn.execute(sa.text(f"DROP DATABASE IF EXISTS `{name}`"))
-    server.dispose()
-
-
-@pytest.fixture(scope="session")
-def settings(vhost: str, database: str) -> Settings:
-    """Settings pointing at this run's isolated corner of every server, migrated."""
-    test_settings = Settings.from_env(
-        amqp_url=f"amqp://guest:guest@127.0.0.1:5672/{urllib.parse.quote(vhost, safe='')}",
-        redis_prefix=f"habla-test-{RUN}:",
-        mysql_url=f"mysql+pymysql://root:@127.0.0.1:3306/{database}?charset=utf8mb4",
-        frontend_id=f"test-{RUN}",
+def settings() -> Iterator[Settings]:
+    """Settings pointing at this run's own vhost, Redis prefix and migrated database."""
+    box = sandbox.create(
+        "test",
         # Short retry delays keep the retry tests fast; the mechanism is the same.
         amqp_retry_delays_ms="100,200",
-        secret_key=f"test-secret-{RUN}",
+        secret_key=f"test-secret-{uuid.uuid4().hex}",
     )
-    db.migrate(test_settings)
-    return test_settings
+    yield box.settings
+    sandbox.remove(box)
 
 
 @pytest.fixture(scope="session")
@@ -106,29 +76,17 @@ async def make_bus(settings: Settings) -> AsyncIterator[Callable[[str], Awaitabl
 @pytest.fixture(scope="session")
 def prosody_server(settings: Settings) -> Iterator[prosody.ProsodyConfig]:
     """A Prosody of this run's own, on free ports, with a fresh data folder."""
-    folder = Path(tempfile.mkdtemp(prefix="habla-prosody-"))
-    cfg = prosody.ProsodyConfig(
-        dir=folder,
-        domain=settings.xmpp_domain,
-        component_domain=settings.xmpp_component_domain,
-        component_secret=settings.xmpp_component_secret,
-        c2s_port=prosody.free_port(),
-        component_port=prosody.free_port(),
-    )
+    cfg = sandbox.prosody_config(settings)
     process = prosody.start(cfg)
     yield cfg
     prosody.stop(process)
-    shutil.rmtree(folder, ignore_errors=True)
+    shutil.rmtree(cfg.dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
 def xmpp_settings(settings: Settings, prosody_server: prosody.ProsodyConfig) -> Settings:
     """Settings whose XMPP ports point at this run's Prosody."""
-    import dataclasses
-
-    return dataclasses.replace(
-        settings, xmpp_component_port=prosody_server.component_port, xmpp_c2s_port=prosody_server.c2s_port
-    )
+    return sandbox.with_prosody_ports(settings, prosody_server)
 
 
 @pytest.fixture(scope="session")

@@ -202,6 +202,15 @@ class Settings:
                 values[f.name] = _env_str(env, name, "")
         return cls(**values)
 
+    def to_env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The environment that makes ``from_env`` return these settings (for child
+        processes): ``base`` (default os.environ) without its HABLA_* variables, plus ours."""
+        env = {k: v for k, v in (os.environ if base is None else base).items() if not k.startswith("HABLA_")}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            env[f.metadata["env"]] = str(value).lower() if isinstance(value, bool) else str(value)
+        return env
+
     @property
     def retry_delays_ms(self) -> tuple[int, ...]:
         try:

@@ -8,24 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.parse
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import redis.asyncio as aioredis
-
 from libs.common.settings import Settings
-from tools import prosody
+from tools import prosody, sandbox
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,11 +30,7 @@ def _rabbitmqctl(*args: str) -> None:
 
 def env_of(settings: Settings) -> dict[str, str]:
     """The environment that makes Settings.from_env() return ``settings``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HABLA_")}
-    for f in dataclasses.fields(settings):
-        value = getattr(settings, f.name)
-        env[f.metadata["env"]] = ("true" if value else "false") if isinstance(value, bool) else str(value)
-    return env
+    return settings.to_env()
 
 
 @dataclass
@@ -84,28 +74,15 @@ class Isolated:
 
 @asynccontextmanager
 async def isolated_gateway_env(base: Settings, artifacts: Path, **overrides: object) -> AsyncIterator[Isolated]:
-    tag = uuid.uuid4().hex[:8]
-    vhost = f"habla-gw-{tag}"
-    await asyncio.to_thread(_rabbitmqctl, "add_vhost", vhost)
-    await asyncio.to_thread(_rabbitmqctl, "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-    folder = Path(tempfile.mkdtemp(prefix="habla-prosody-gw-"))
-    cfg = prosody.ProsodyConfig(
-        dir=folder,
-        domain=base.xmpp_domain,
-        component_domain=base.xmpp_component_domain,
-        component_secret=base.xmpp_component_secret,
-        c2s_port=prosody.free_port(),
-        component_port=prosody.free_port(),
-    )
+    # A vhost and Redis prefix of its own; MySQL (operators, sites) is the run's.
+    box = await asyncio.to_thread(sandbox.create, "gw", base=base, own_database=False)
+    tag = box.tag
+    cfg = sandbox.prosody_config(box.settings)
     process = await asyncio.to_thread(prosody.start, cfg)
     settings = dataclasses.replace(
-        base,
-        amqp_url=f"amqp://guest:guest@127.0.0.1:5672/{urllib.parse.quote(vhost, safe='')}",
+        sandbox.with_prosody_ports(box.settings, cfg),
         redis_prefix=f"{base.redis_prefix}gw-{tag}:",
-        xmpp_c2s_port=cfg.c2s_port,
-        xmpp_component_port=cfg.component_port,
         gateway_metrics_port=prosody.free_port(),
-        frontend_id=f"fe-{tag}",
         **overrides,  # type: ignore[arg-type]
     )
     log_dir = artifacts / f"gateway-{tag}"
@@ -115,14 +92,11 @@ async def isolated_gateway_env(base: Settings, artifacts: Path, **overrides: obj
         yield env
     finally:
         prosody.stop(env.prosody_process)
-        shutil.copy(folder / "prosody.log", log_dir / "prosody.log")
-        shutil.rmtree(folder, ignore_errors=True)
-        await asyncio.to_thread(_rabbitmqctl, "delete_vhost", vhost)
-        client = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
-        keys = [k async for k in client.scan_iter(match=f"{settings.redis_prefix}*", count=1000)]
-        if keys:
-            await client.delete(*keys)
-        await client.aclose()
+        shutil.copy(cfg.dir / "prosody.log", log_dir / "prosody.log")
+        shutil.rmtree(cfg.dir, ignore_errors=True)
+        # The prefix above is under the run's own, so the sandbox's removal and the
+        # run's clean-up both reach it.
+        await asyncio.to_thread(sandbox.remove, dataclasses.replace(box, settings=settings))
 
 
 async def wait_until(predicate, within: float = 15.0, every: float = 0.05) -> None:

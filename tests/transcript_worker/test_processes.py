@@ -32,11 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _env(settings: Settings) -> dict[str, str]:
-    env = dict(os.environ)
-    for f in dataclasses.fields(settings):
-        value = getattr(settings, f.name)
-        env[f.metadata["env"]] = str(value).lower() if isinstance(value, bool) else str(value)
-    return env
+    return settings.to_env()
 
 
 class WorkerProcess:
