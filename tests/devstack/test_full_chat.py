@@ -96,6 +96,15 @@ async def test_visitor_and_operator_chat_end_to_end(stack_settings: Settings, ar
                 assert await frame.locator(".hb-log b").count() == 0
                 await page.screenshot(path=str(artifacts / "full-chat-widget.png"))
 
+                # !push takes the visitor's browser to another page of the site; the
+                # conversation (and the widget) follow the visitor there.
+                pushed = f"{stack_settings.public_url}/demo?site={site_id}&from=push"
+                operator.say(visitor_jid, f"!push {pushed}")
+                await page.wait_for_url(pushed, timeout=15_000)
+                await frame.locator(".hb-msg.operator .hb-body", has_text="size 42 is in stock").wait_for(
+                    state="attached", timeout=15_000
+                )
+
                 operator.say(visitor_jid, "!end")
                 await frame.locator(".hb-system", has_text="The chat has ended.").wait_for(timeout=20_000)
                 await chromium.close()

@@ -271,6 +271,11 @@
   }
   function pushed(url) {
     if (!/^https?:\/\//i.test(String(url))) return;
+    // A page of the visitor's own site: go there (the operator's !push). Any other
+    // site only as a link the visitor may follow: an operator must not be able to send
+    // visitors somewhere else without their say.
+    var target = el("a", { href: url });
+    if (target.host === host.location.host) { host.location.assign(target.href); return; }
     var line = el("div", { className: "hb-system" }, [doc.createTextNode("The operator suggests: ")]);
     var link = el("a", { href: url, target: "_top", rel: "noopener", text: url });
     line.appendChild(link);
