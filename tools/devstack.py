@@ -104,6 +104,7 @@ def main() -> int:
         component_secret=settings.xmpp_component_secret,
         c2s_port=settings.xmpp_c2s_port,
         component_port=settings.xmpp_component_port,
+        tls=True,
     )
     print(f"habla: starting Prosody on 127.0.0.1:{cfg.c2s_port} (component port {cfg.component_port}) …", flush=True)
     try:
@@ -129,7 +130,8 @@ Habla is running. Ctrl-C stops everything.
   Status image      {demo["HABLA_DEMO_STATUS_IMAGE"]}
   Owner console     {demo["HABLA_CONSOLE_URL"]}  (sign up there to make sites of your own)
   Operator login    {demo["HABLA_DEMO_OPERATOR_JID"]}  password {demo["HABLA_DEMO_OPERATOR_PASSWORD"]}
-  XMPP server       {demo["HABLA_DEMO_XMPP_HOST"]} port {demo["HABLA_DEMO_XMPP_PORT"]} (plaintext, loopback only)
+  XMPP server       {demo["HABLA_DEMO_XMPP_HOST"]} port {demo["HABLA_DEMO_XMPP_PORT"]}
+                    (STARTTLS, self-signed certificate: accept it once in your client)
   Sent mail         {demo["HABLA_DEMO_MAIL_DIR"]}
   Services          {", ".join(_services()) or "none yet"}
 

@@ -57,7 +57,7 @@ authentication = "internal_hashed"
 -- Nagle's algorithm added ~40 ms to every small stanza round trip.
 network_settings = {{ nagle = false }}
 
-VirtualHost "{domain}"
+VirtualHost "{domain}"{tls}
 
 Component "{component_domain}"
   component_secret = "{component_secret}"
@@ -73,6 +73,9 @@ class ProsodyConfig:
     c2s_port: int = 5222
     component_port: int = 5347
     interface: str = "127.0.0.1"
+    # Offer STARTTLS with a self-signed certificate (make run): many XMPP clients refuse
+    # plaintext logins. Plaintext stays allowed on loopback for tests and scripts.
+    tls: bool = False
 
     @property
     def config_file(self) -> Path:
@@ -88,10 +91,15 @@ def free_port() -> int:
 def write_config(cfg: ProsodyConfig) -> Path:
     (cfg.dir / "data").mkdir(parents=True, exist_ok=True)
     (cfg.dir / "certs").mkdir(exist_ok=True)
+    tls = ""
+    if cfg.tls:
+        cert, key = _self_signed(cfg)
+        tls = f'\n  ssl = {{ certificate = "{cert}"; key = "{key}" }}'
     cfg.config_file.write_text(
         CONFIG.format(
             dir=cfg.dir,
-            modules=", ".join(f'"{m}"' for m in MODULES),
+            tls=tls,
+            modules=", ".join(f'"{m}"' for m in [*MODULES, *(["tls"] if cfg.tls else [])]),
             c2s_port=cfg.c2s_port,
             component_port=cfg.component_port,
             interface=cfg.interface,
@@ -101,6 +109,19 @@ def write_config(cfg: ProsodyConfig) -> Path:
         )
     )
     return cfg.config_file
+
+
+def _self_signed(cfg: ProsodyConfig) -> tuple[Path, Path]:
+    """A certificate for the server's domain, made once per data folder."""
+    cert, key = cfg.dir / "certs" / f"{cfg.domain}.crt", cfg.dir / "certs" / f"{cfg.domain}.key"
+    if not cert.exists() or not key.exists():
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "825",
+             "-subj", f"/CN={cfg.domain}", "-addext", f"subjectAltName=DNS:{cfg.domain}",
+             "-keyout", str(key), "-out", str(cert)],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+    return cert, key
 
 
 def register(cfg: ProsodyConfig, user: str, password: str) -> None:

@@ -7,6 +7,7 @@ database, Redis prefix, RabbitMQ vhost, state folder and free ports for everythi
 
 from __future__ import annotations
 
+import socket
 import urllib.request
 
 import pytest
@@ -24,3 +25,21 @@ def test_make_run_starts_every_service_healthy_and_ctrl_c_stops_everything(stack
             url = f"{stack_settings.status_public_url}/status/{site_id}/image.png"
             with urllib.request.urlopen(url, timeout=5) as image:
                 assert image.status == 200 and image.headers["Content-Type"] == "image/png"
+        # Operators' clients are offered STARTTLS (many refuse plaintext logins).
+        assert "urn:ietf:params:xml:ns:xmpp-tls" in _stream_features(stack_settings)
+
+
+def _stream_features(settings: Settings) -> str:
+    """What the XMPP server offers a client that opens a stream."""
+    with socket.create_connection(("127.0.0.1", settings.xmpp_c2s_port), timeout=5) as sock:
+        sock.sendall(
+            f"<?xml version='1.0'?><stream:stream to='{settings.xmpp_domain}' version='1.0' "
+            "xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>".encode()
+        )
+        received = b""
+        while b"</stream:features>" not in received:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            received += chunk
+    return received.decode(errors="replace")
