@@ -9,28 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 
 import redis.asyncio as aioredis
 
+from libs.common.lease import Lease
 from libs.common.settings import Settings
 from services.im_gateway import metrics
 
 log = logging.getLogger(__name__)
-
-# Renew or release only if we still hold it (compare-and-set on the token).
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
 
 
 class LeaseLost(RuntimeError):
@@ -40,16 +26,19 @@ class LeaseLost(RuntimeError):
 class DomainLease:
     def __init__(self, redis: aioredis.Redis, settings: Settings) -> None:
         self._redis = redis
-        self._key = settings.redis_key("gw", "lease", settings.xmpp_component_domain)
-        self._ttl_ms = settings.gateway_lease_ttl_s * 1000
-        self.token = secrets.token_hex(8)
-        self._renew = redis.register_script(_RENEW)
-        self._release = redis.register_script(_RELEASE)
+        self._lease = Lease(
+            redis,
+            settings.redis_key("gw", "lease", settings.xmpp_component_domain),
+            settings.gateway_lease_ttl_s * 1000,
+        )
+        self._key = self._lease.key
+        self._ttl_ms = self._lease.ttl_ms
+        self.token = self._lease.token
 
     async def acquire(self) -> None:
         """Wait until this instance holds the lease."""
         waited = False
-        while not await self._redis.set(self._key, self.token, nx=True, px=self._ttl_ms):
+        while not await self._lease.acquire():
             if not waited:
                 log.info("another gateway holds this component domain; standing by", extra={"key": self._key})
                 waited = True
@@ -62,12 +51,12 @@ class DomainLease:
         """Renew every TTL/3 until cancelled; LeaseLost if someone else took it."""
         while True:
             await asyncio.sleep(self._ttl_ms / 3000)
-            if not await self._renew(keys=[self._key], args=[self.token, self._ttl_ms]):
+            if not await self._lease.acquire():
                 metrics.LEASE_HELD.set(0)
                 raise LeaseLost(f"lease {self._key} was taken by another gateway")
 
     async def release(self) -> None:
-        await self._release(keys=[self._key], args=[self.token])
+        await self._lease.release()
         metrics.LEASE_HELD.set(0)
 
     async def held(self) -> None:

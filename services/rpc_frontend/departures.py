@@ -17,6 +17,7 @@ import time
 import redis.asyncio as aioredis
 
 from libs.common import codec, topology
+from libs.common.lease import Lease
 from libs.common.messaging import Bus
 from libs.common.settings import Settings
 
@@ -48,7 +49,8 @@ class Departures:
         self._bus = bus
         self._settings = settings
         self._key = settings.redis_key("frontend", "last-seen")
-        self._lease = settings.redis_key("frontend", "sweeper")
+        # Token-checked: a sweep that outlives its lease never releases the next holder's.
+        self._lease = Lease(redis, settings.redis_key("frontend", "sweeper"), LEASE_S * 1000)
         self._forget_if_unseen = redis.register_script(_FORGET_IF_UNSEEN)
 
     async def seen(self, site_id: str, visitor_id: str) -> None:
@@ -56,7 +58,7 @@ class Departures:
 
     async def sweep(self) -> int:
         """Announce visits unseen for the session TTL; returns how many (0 if another instance sweeps)."""
-        if not await self._redis.set(self._lease, self._settings.frontend_id, nx=True, ex=LEASE_S):
+        if not await self._lease.acquire():
             return 0
         try:
             cutoff = time.time() - self._settings.session_ttl_s
@@ -73,7 +75,7 @@ class Departures:
                 await self._forget(str(member), cutoff)
             return len(due)
         finally:
-            await self._redis.delete(self._lease)
+            await self._lease.release()
 
     async def _forget(self, member: str, cutoff: float) -> None:
         await self._forget_if_unseen(keys=[self._key], args=[member, cutoff])

@@ -28,10 +28,10 @@ import sqlalchemy as sa
 from prometheus_client import Counter
 
 from libs.common import codec, topology
+from libs.common.lease import Lease, LeaseBusy
 from libs.common.settings import Settings
 from libs.common.state.conversations import ConversationLog
 from services.transcript_worker import conversation_store
-from services.transcript_worker.lease import Lease, LeaseBusy
 
 log = logging.getLogger(__name__)
 

@@ -20,12 +20,12 @@ import sqlalchemy as sa
 from prometheus_client import Counter
 
 from libs.common import topology
+from libs.common.lease import Lease, LeaseBusy
 from libs.common.messaging import Envelope, Permanent
 from libs.common.settings import Settings
 from libs.common.sitedir import SiteConfig, SiteDirectory, UnknownSite
 from services.transcript_worker import conversation_store, rendering
 from services.transcript_worker.closing import LOCK_TTL_MS, LOCK_WAIT_S
-from services.transcript_worker.lease import Lease, LeaseBusy
 from services.transcript_worker.mailer import Mailer, MailRejected
 
 log = logging.getLogger(__name__)

@@ -17,12 +17,12 @@ import redis.asyncio as aioredis
 import sqlalchemy as sa
 
 from libs.common import codec, topology
+from libs.common.lease import Lease, LeaseBusy
 from libs.common.messaging import Envelope, Permanent
 from libs.common.settings import Settings
 from libs.common.sitedir import SiteDirectory, UnknownSite
 from services.transcript_worker import conversation_store
 from services.transcript_worker.closing import LOCK_TTL_MS, LOCK_WAIT_S, MARKER_TTL_S, Publisher
-from services.transcript_worker.lease import Lease, LeaseBusy
 from services.transcript_worker.transcript_builder import TranscriptBuilder, UnknownConversation
 
 log = logging.getLogger(__name__)

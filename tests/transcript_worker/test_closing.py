@@ -13,11 +13,11 @@ import redis.asyncio as aioredis
 import sqlalchemy as sa
 
 from libs.common import codec, topology
+from libs.common.lease import Lease, LeaseBusy
 from libs.common.settings import Settings
 from libs.common.sitedir import SiteConfig
 from services.transcript_worker import conversation_store
 from services.transcript_worker.closing import Closer, IdleSweeper
-from services.transcript_worker.lease import Lease, LeaseBusy
 
 
 async def test_only_one_sweeper_holds_the_lease_until_it_stops_renewing(

@@ -1,4 +1,4 @@
-"""A Redis lease: at most one holder at a time across every worker process.
+"""A Redis lease: at most one holder at a time across every process of a service.
 
 ``SET key token NX PX ttl`` takes it; the holder renews it well before it expires and
 only the holder (same token) may renew or release it, checked atomically in Lua. A
