@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from libs.common import codec
+from libs.common.state.conversations import chat_line
 from services.im_gateway.desk import Desk
 from services.im_gateway.events import now_ms
 from services.im_gateway.outbox import XmppUnavailable
@@ -120,13 +121,7 @@ async def operator_line(
     appended = await desk.log.append(
         conversation_id,
         message_id,
-        {
-            "kind": "message",
-            "sender": "operator",
-            "body": body,
-            "sent_at_ms": sent_at,
-            "operator_name": name,
-        },
+        chat_line("operator", body, sent_at, name),
     )
     chat = codec.ChatMessage(
         message_id=message_id,

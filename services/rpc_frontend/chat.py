@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from libs.common import codec, topology
 from libs.common.messaging import Bus
 from libs.common.settings import Settings
-from libs.common.state.conversations import LOG_TTL_S, ConversationLog
+from libs.common.state.conversations import LOG_TTL_S, ConversationLog, chat_line
 from libs.common.state.sessions import VisitorSessions
 from services.rpc_frontend.departures import Departures
 
@@ -186,7 +186,7 @@ class VisitorChat:
             raise TooLarge(f"message is {len(body)} characters; the limit is {self._settings.max_message_chars}")
         conversation_id = await self._conversation_for(visitor)
         sent_at = now_ms()
-        entry = {"kind": "message", "sender": "visitor", "body": body, "sent_at_ms": sent_at, "operator_name": None}
+        entry = chat_line("visitor", body, sent_at)
         appended = await self.log.append(conversation_id, message_id, entry)
         if not appended.created:
             # The first attempt's time stays the message's time.

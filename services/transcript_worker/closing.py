@@ -30,7 +30,7 @@ from prometheus_client import Counter
 from libs.common import codec, topology
 from libs.common.lease import Lease, LeaseBusy
 from libs.common.settings import Settings
-from libs.common.state.conversations import ConversationLog
+from libs.common.state.conversations import ConversationLog, system_line
 from services.transcript_worker import conversation_store
 
 log = logging.getLogger(__name__)
@@ -164,13 +164,7 @@ class Closer:
         await self._log.append(
             conversation_id,
             ended_id,
-            {
-                "kind": "system",
-                "sender": "system",
-                "body": ENDED_LINE,
-                "sent_at_ms": closed_at_ms,
-                "operator_name": None,
-            },
+            system_line(ENDED_LINE, closed_at_ms),
         )
         frontend_id = str(session.get("frontend_id") or "")
         if frontend_id:

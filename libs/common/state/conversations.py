@@ -39,6 +39,17 @@ return {seq, 1}
 """
 
 
+def chat_line(sender: str, body: str, sent_at_ms: int, operator_name: str | None = None) -> dict[str, Any]:
+    """A log entry for a line someone wrote; sender is "visitor" or "operator". The
+    widget renders these fields (as text), so every writer builds them here."""
+    return {"kind": "message", "sender": sender, "body": body, "sent_at_ms": sent_at_ms, "operator_name": operator_name}
+
+
+def system_line(body: str, sent_at_ms: int) -> dict[str, Any]:
+    """A log entry Habla itself writes ("The chat has ended.")."""
+    return {"kind": "system", "sender": "system", "body": body, "sent_at_ms": sent_at_ms, "operator_name": None}
+
+
 @dataclass(frozen=True)
 class Appended:
     seq: int
