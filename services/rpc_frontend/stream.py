@@ -8,6 +8,7 @@ the visitor's session moves on to a new conversation, the tail of the old one (e
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,16 @@ async def resume_cursor(chat: VisitorChat, visitor: Visitor, conversation_id: st
     if conversation_id and await chat.owns(visitor, conversation_id):
         return Cursor(conversation_id, max(after, 0))
     return Cursor()
+
+
+async def cursor_from_query(chat: VisitorChat, visitor: Visitor, query: Callable[[str, str], str]) -> Cursor:
+    """``resume_cursor`` for ?conversation_id=…&after=N (``query`` = a handler's
+    get_query_argument); an ``after`` that is not a number means from the start."""
+    try:
+        after = int(query("after", "0"))
+    except ValueError:
+        after = 0
+    return await resume_cursor(chat, visitor, query("conversation_id", ""), after)
 
 
 async def catch_up(

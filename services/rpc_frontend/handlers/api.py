@@ -12,7 +12,7 @@ from typing import Any
 from libs.common import theme
 from services.rpc_frontend.handlers.base import ApiError, ApiHandler
 from services.rpc_frontend.metrics import LINES
-from services.rpc_frontend.stream import catch_up, resume_cursor
+from services.rpc_frontend.stream import catch_up, cursor_from_query
 
 
 def status_json(online: bool, operators_available: int) -> dict[str, Any]:
@@ -91,12 +91,7 @@ class MessagesHandler(ApiHandler):
     async def get(self, site_id: str) -> None:
         await self.load_site(site_id)
         visitor = await self.load_visitor(self.get_query_argument("token", ""))
-        cursor = await resume_cursor(
-            self.frontend.chat,
-            visitor,
-            self.get_query_argument("conversation_id", ""),
-            _int(self.get_query_argument("after", "0")),
-        )
+        cursor = await cursor_from_query(self.frontend.chat, visitor, self.get_query_argument)
         events = await catch_up(self.frontend.chat, visitor.visitor_id, cursor)
         self.reply({"events": events, "conversation_id": cursor.conversation_id, "after": cursor.after})
 
@@ -166,10 +161,3 @@ class StatusHandler(ApiHandler):
 def _page(body: dict[str, Any]) -> dict[str, Any]:
     page = body.get("page")
     return page if isinstance(page, dict) else {}
-
-
-def _int(raw: str) -> int:
-    try:
-        return int(raw)
-    except ValueError:
-        return 0

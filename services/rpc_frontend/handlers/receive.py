@@ -29,7 +29,7 @@ from services.rpc_frontend.hub import Event
 from services.rpc_frontend.metrics import LINES
 from services.rpc_frontend.origins import origin_allowed
 from services.rpc_frontend.ratelimit import RateLimited
-from services.rpc_frontend.stream import Cursor, catch_up, resume_cursor
+from services.rpc_frontend.stream import Cursor, catch_up, cursor_from_query
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +46,6 @@ SESSION_EXPIRED = 4401
 PING_INTERVAL_S = 45
 # A WebSocket message from the widget is a small JSON object; the longest is a line.
 MAX_WS_MESSAGE_BYTES = 64 * 1024
-
-
-def _int(raw: str) -> int:
-    try:
-        return max(int(raw), 0)
-    except ValueError:
-        return 0
 
 
 class ReceiveSocket(tornado.websocket.WebSocketHandler):
@@ -95,12 +88,7 @@ class ReceiveSocket(tornado.websocket.WebSocketHandler):
         self.visitor = await self.frontend.chat.visitor(self.get_query_argument("token", ""), site_id)
         if self.visitor is None:
             return None  # accepted, then closed with SESSION_EXPIRED: a browser cannot see a 401
-        self.cursor = await resume_cursor(
-            self.frontend.chat,
-            self.visitor,
-            self.get_query_argument("conversation_id", ""),
-            _int(self.get_query_argument("after", "0")),
-        )
+        self.cursor = await cursor_from_query(self.frontend.chat, self.visitor, self.get_query_argument)
         return None
 
     def check_origin(self, origin: str) -> bool:
@@ -263,12 +251,7 @@ class PollHandler(ApiHandler):
         stale = time.time() * 1000 - last_seen_ms > SESSION_REFRESH_S * 1000
         if stale or visitor.session.get("frontend_id") != self.frontend.settings.frontend_id:
             await self.frontend.chat.attach(visitor)  # deliveries come here; the session lives on
-        cursor = await resume_cursor(
-            self.frontend.chat,
-            visitor,
-            self.get_query_argument("conversation_id", ""),
-            _int(self.get_query_argument("after", "0")),
-        )
+        cursor = await cursor_from_query(self.frontend.chat, visitor, self.get_query_argument)
         events = await catch_up(self.frontend.chat, visitor.visitor_id, cursor)
         if not events:
             self.parked = _Parked()
