@@ -8,11 +8,10 @@ import logging
 import signal
 import sys
 
-from libs.common import db, logs
+from libs.common import db, logs, state
 from libs.common.settings import Settings
 from libs.common.sitedir import SiteDirectory
 from libs.common.state.presence import SiteStatusReader
-from services.status_image import cache as cache_module
 from services.status_image.cache import SiteStatusCache
 from services.status_image.handlers import make_app
 from services.status_image.render import ImageRenderer
@@ -22,7 +21,7 @@ log = logging.getLogger("services.status_image")
 
 async def serve(settings: Settings) -> None:
     """Build every dependency once, serve until SIGTERM/SIGINT, then close them."""
-    redis = cache_module.connect(settings)
+    redis = state.connect(settings)
     engine = db.engine(settings)
     renderer = ImageRenderer()
     cache = SiteStatusCache(

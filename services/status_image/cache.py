@@ -27,8 +27,6 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 import redis.exceptions
 import sqlalchemy.exc
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from libs.common.settings import Settings
 from libs.common.sitedir import MISSING_TTL_S, SiteDirectory, UnknownSite
@@ -65,23 +63,6 @@ RESUBSCRIBE_DELAY_S = 1.0
 BACKEND_ERRORS = (redis.exceptions.RedisError, sqlalchemy.exc.SQLAlchemyError, OSError, TimeoutError)
 
 T = TypeVar("T")
-
-
-def connect(settings: Settings) -> aioredis.Redis:
-    """``state.connect``'s client, plus one immediate retry on a broken connection.
-
-    After a Redis restart every idle pooled connection still holds its dead socket and
-    fails its next command once ("Connection closed by server"); without the retry each
-    one would look like a fresh outage. Safe here because this service only reads (and
-    SiteDirectory's idempotent cache SET); clients that append or publish must not
-    blindly retry a command that may have run.
-    """
-    return aioredis.Redis.from_url(
-        settings.redis_url,
-        decode_responses=True,
-        health_check_interval=30,
-        retry=Retry(NoBackoff(), 1),
-    )
 
 
 class SiteEntry:

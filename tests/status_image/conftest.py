@@ -22,11 +22,11 @@ import tornado.httpserver
 import tornado.testing
 from PIL import Image
 
+from libs.common import state
 from libs.common.db import site_store
 from libs.common.settings import Settings
 from libs.common.sitedir import SiteDirectory
 from libs.common.state.presence import SiteStatusReader
-from services.status_image import cache as cache_module
 from services.status_image.cache import SiteStatusCache
 from services.status_image.handlers import make_app
 from services.status_image.render import ImageRenderer
@@ -76,7 +76,7 @@ async def start_server(
     default_engine = engine
 
     async def start(settings: Settings, engine: sa.Engine = default_engine) -> StatusServer:
-        client = cache_module.connect(settings)
+        client = state.connect(settings)
         renderer = ImageRenderer()
         cache = SiteStatusCache(
             client, SiteDirectory(client, engine, settings), SiteStatusReader(client, settings), renderer, settings
