@@ -42,7 +42,8 @@ async def main() -> None:
         server.stop()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(bus.close(), 5)  # unacknowledged messages are redelivered anyway
-        await redis.aclose()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(redis.aclose(), 5)
         engine.dispose()
         log.info("im_gateway stopped")
     if gateway.lease_lost:

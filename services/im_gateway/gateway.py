@@ -145,9 +145,12 @@ class Gateway:
         log.info("stopping: background tasks and the XMPP stream")
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        # Bounded like every other step: a task whose cancellation was swallowed inside
+        # a client library must not keep the process from stopping.
+        if self._tasks:
+            _, stuck = await asyncio.wait(self._tasks, timeout=STOP_STEP_S)
+            if stuck:
+                log.warning("stopping: background tasks did not finish", extra={"tasks": len(stuck)})
         self._tasks.clear()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.component.stop(), STOP_STEP_S)
