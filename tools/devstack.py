@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
 import subprocess
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -22,6 +21,7 @@ from libs.common import db
 from libs.common.db import site_store
 from libs.common.settings import Settings
 from tools import prosody
+from tools.supervise import Child, run_until_signalled
 
 ROOT = Path(__file__).resolve().parents[1]
 OPERATOR_USER = "operator"
@@ -79,6 +79,22 @@ def _demo(settings: Settings, cfg: prosody.ProsodyConfig, state: Path) -> dict[s
     return demo
 
 
+def secret_key(state: Path) -> str:
+    """`make run`'s token-signing key: random, made once, kept in .habla/ (owner-only).
+
+    The built-in default is public (it is in the source), so anyone could forge a
+    visitor's token with it; a key per checkout keeps even a demo honest.
+    """
+    path = state / "secret_key"
+    if path.exists() and len(key := path.read_text().strip()) >= 32:
+        return key
+    key = secrets.token_urlsafe(48)
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text(key + "\n")
+    return key
+
+
 def _services() -> list[str]:
     return sorted(p.parent.name for p in (ROOT / "services").glob("*/__main__.py"))
 
@@ -112,14 +128,25 @@ def main() -> int:
     except RuntimeError as exc:
         print(f"habla: {exc}", file=sys.stderr)
         return 1
-    children: list[tuple[str, subprocess.Popen[bytes]]] = [("prosody", xmpp)]
+    children = [Child("prosody", lambda: prosody.start(cfg), running=xmpp)]
     demo = _demo(settings, cfg, state)
-    env = {**os.environ, "HABLA_XMPP_C2S_PORT": str(cfg.c2s_port)}
+    env = {
+        **os.environ,
+        "HABLA_XMPP_C2S_PORT": str(cfg.c2s_port),
+        # A key of the caller's own is kept; the built-in default is replaced.
+        "HABLA_SECRET_KEY": (
+            settings.secret_key if settings.secret_key != Settings.from_env({}).secret_key else secret_key(state)
+        ),
+    }
+
+    def starter(module: str) -> Callable[[], subprocess.Popen[bytes]]:
+        return lambda: subprocess.Popen([sys.executable, "-m", module], cwd=ROOT, env=env)
+
     for module, what in DEV_HELPERS:
         if _module_exists(module):
-            children.append((what, subprocess.Popen([sys.executable, "-m", module], cwd=ROOT, env=env)))
+            children.append(Child(what, starter(module)))
     for name in _services():
-        children.append((name, subprocess.Popen([sys.executable, "-m", f"services.{name}"], cwd=ROOT, env=env)))
+        children.append(Child(name, starter(f"services.{name}")))
 
     print(
         f"""
@@ -142,30 +169,8 @@ These values are also in {state / "demo.env"}.
         flush=True,
     )
 
-    stopping = False
-
-    def stop(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    reported: set[str] = set()
-    while not stopping:
-        for name, child in children:
-            if child.poll() is not None and name not in reported:
-                reported.add(name)
-                print(f"habla: {name} exited with status {child.returncode}", file=sys.stderr, flush=True)
-        time.sleep(0.5)
-    print("habla: stopping …", flush=True)
-    for _, child in reversed(children):
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-    for _, child in children:
-        try:
-            child.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            child.kill()
+    # A dead service is reported and restarted with a back-off (tools/supervise.py).
+    run_until_signalled(children)
     return 0
 
 

@@ -135,6 +135,10 @@ class Settings:
     # gateway cannot leave a site online: 3 missed heartbeats of 30 s.
     presence_ttl_s: int = field(default=90, metadata={"env": "HABLA_PRESENCE_TTL_S"})
     presence_heartbeat_s: int = field(default=30, metadata={"env": "HABLA_PRESENCE_HEARTBEAT_S"})
+    # Where the gateway's and the worker's /healthz and /metrics listen. They have no
+    # authentication and show dependency errors, so loopback unless an operator opens
+    # them on purpose (docker-compose sets 0.0.0.0 inside its private network).
+    ops_host: str = field(default="127.0.0.1", metadata={"env": "HABLA_OPS_HOST"})
     gateway_metrics_port: int = field(default=9102, metadata={"env": "HABLA_GATEWAY_METRICS_PORT"})
     # One gateway per component domain holds this Redis lease; a standby takes over at
     # most this long after the active one dies (3 renewals at ttl/3 may be missed first).

@@ -27,7 +27,7 @@ async def main() -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     server = observability.serve(
-        "0.0.0.0",  # scraped by Prometheus / probed by docker from outside the container
+        settings.ops_host,
         settings.gateway_metrics_port,
         {"redis": redis.ping, "rabbitmq": bus.ping, "xmpp": gateway.check_xmpp},
     )

@@ -168,7 +168,7 @@ async def run(settings: Settings) -> None:
     bus = await Bus.connect(settings, "transcript_worker")
     worker = Worker.build(settings, bus, redis, engine)
     await worker.start()
-    server = observability.serve("0.0.0.0", settings.worker_metrics_port, worker.checks())
+    server = observability.serve(settings.ops_host, settings.worker_metrics_port, worker.checks())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -42,21 +43,24 @@ def test_readme_documents_every_setting() -> None:
     assert missing == [], f"README.md does not document {missing}"
 
 
+def _compose(*args: str, secret: str | None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "HABLA_SECRET_KEY"}
+    if secret is not None:
+        env["HABLA_SECRET_KEY"] = secret
+    return subprocess.run(
+        ["docker-compose", "-f", str(ROOT / "docker-compose.yml"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+
+
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="scripts/setup.sh installs docker-compose")
 def test_docker_compose_file_is_valid() -> None:
-    result = subprocess.run(
-        ["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = _compose("config", "-q", secret="x" * 40)
     assert result.returncode == 0, result.stderr
-    services = subprocess.run(
-        ["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config", "--services"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    ).stdout.split()
+    services = _compose("config", "--services", secret="x" * 40).stdout.split()
     assert {
         "rpc_frontend",
         "status_image",
@@ -67,6 +71,14 @@ def test_docker_compose_file_is_valid() -> None:
         "mariadb",
         "prosody",
     } <= set(services)
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="scripts/setup.sh installs docker-compose")
+def test_docker_compose_refuses_to_start_without_a_secret_key() -> None:
+    # A default key would let anyone who read the source forge visitor tokens.
+    result = _compose("config", "-q", secret=None)
+    assert result.returncode != 0
+    assert "HABLA_SECRET_KEY" in result.stderr
 
 
 async def test_healthz_reports_each_dependency_and_metrics_are_prometheus_text() -> None:

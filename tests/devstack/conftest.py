@@ -28,6 +28,8 @@ def stack_settings(settings: Settings, tmp_path: Path) -> Iterator[Settings]:
         redis_prefix=f"habla-devstack-{run}:",
         mysql_url=sa.make_url(settings.mysql_url).set(database=database).render_as_string(hide_password=False),
         state_dir=str(tmp_path / "state"),
+        # As on a fresh checkout with no HABLA_SECRET_KEY: `make run` makes its own.
+        secret_key=Settings.from_env({}).secret_key,
         public_url=f"http://127.0.0.1:{ports['frontend_port']}",
         status_public_url=f"http://127.0.0.1:{ports['status_port']}",
         **ports,

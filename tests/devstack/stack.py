@@ -43,7 +43,7 @@ def services() -> list[str]:
     return sorted(p.parent.name for p in (ROOT / "services").glob("*/__main__.py"))
 
 
-def _healthz(port: int) -> int:
+def healthz(port: int) -> int:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=3) as response:
             return int(response.status)
@@ -110,7 +110,7 @@ def running_stack(stack_settings: Settings) -> Iterator[Stack]:
             port = getattr(stack_settings, HEALTH_PORTS[name])
             while True:
                 try:
-                    code: object = _healthz(port)
+                    code: object = healthz(port)
                 except OSError as exc:
                     code = exc
                 if code == 200:

@@ -7,13 +7,19 @@ database, Redis prefix, RabbitMQ vhost, state folder and free ports for everythi
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import socket
+import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
 from libs.common.settings import Settings
-from tests.devstack.stack import START_WITHIN_S, running_stack, services
+from tests.devstack.stack import START_WITHIN_S, Stack, healthz, running_stack, services
+from tests.listening import listen_addresses
 
 
 @pytest.mark.slow
@@ -27,6 +33,39 @@ def test_make_run_starts_every_service_healthy_and_ctrl_c_stops_everything(stack
                 assert image.status == 200 and image.headers["Content-Type"] == "image/png"
         # Operators' clients are offered STARTTLS (many refuse plaintext logins).
         assert "urn:ietf:params:xml:ns:xmpp-tls" in _stream_features(stack_settings)
+        # Health and metrics without authentication stay on loopback by default.
+        for name in ("im_gateway", "transcript_worker"):
+            port = stack_settings.gateway_metrics_port if name == "im_gateway" else stack_settings.worker_metrics_port
+            assert listen_addresses(port) == {"127.0.0.1"}, name
+        # The token-signing key is made for this checkout, readable only by its owner.
+        key = Path(stack_settings.state_dir) / "secret_key"
+        assert key.stat().st_mode & 0o777 == 0o600 and len(key.read_text().strip()) >= 32
+        _a_killed_service_is_reported_and_restarted(stack)
+
+
+def _a_killed_service_is_reported_and_restarted(stack: Stack) -> None:
+    def pid_of(name: str, verb: str) -> int | None:
+        found = re.findall(rf"habla: {verb} {name} \(pid (\d+)\)", "".join(stack.output))
+        return int(found[-1]) if found else None
+
+    pid = pid_of("transcript_worker", "started")
+    assert pid is not None, "".join(stack.output)
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while pid_of("transcript_worker", "restarted") is None:
+        assert time.monotonic() < deadline, "".join(stack.output)
+        time.sleep(0.2)
+    assert "habla: transcript_worker exited with status -9; restarting in 1 s" in "".join(stack.output)
+    while not _healthy(stack.settings.worker_metrics_port):
+        assert time.monotonic() < deadline, "".join(stack.output)
+        time.sleep(0.2)
+
+
+def _healthy(port: int) -> bool:
+    try:
+        return healthz(port) == 200
+    except OSError:
+        return False
 
 
 def _stream_features(settings: Settings) -> str:
