@@ -20,6 +20,7 @@ from slixmpp import ComponentXMPP
 from slixmpp.stanza import Message, Presence
 from slixmpp.xmlstream.tostring import tostring
 
+from libs.common import xmlsafe
 from services.im_gateway import metrics
 from services.im_gateway.outbox import XmppUnavailable
 
@@ -105,6 +106,16 @@ class GatewayComponent(ComponentXMPP):
             self.connect()
 
     # --- sending (services.im_gateway.outbox.Outbox) ----------------------------------
+    def send_raw(self, data: str | bytes) -> None:
+        """Every byte this component writes passes here (slixmpp's queued sends and
+        our direct ones alike): the one place where text is made XML-safe
+        (libs.common.xmlsafe), so no visitor field, command reply or plugin answer
+        can make the server close the stream. Removing forbidden characters from
+        the serialised stanza is exact: they cannot occur in markup, only in text."""
+        if isinstance(data, str):
+            data = xmlsafe.clean(data)
+        super().send_raw(data)
+
     def _hand(self, stanza: Message | Presence) -> None:
         transport = self.transport
         if not self.ready.is_set() or transport is None or transport.is_closing():
@@ -121,6 +132,8 @@ class GatewayComponent(ComponentXMPP):
     def presence(
         self, sender: str, to: str, *, show: str | None = None, status: str | None = None, kind: str | None = None
     ) -> None:
+        # A status is shown on one line: a page title or URL must not fake more lines.
+        status = xmlsafe.one_line(status) if status else status
         pres = self.make_presence(pshow=show, pstatus=status, pto=to, pfrom=sender, ptype=kind)  # type: ignore[arg-type]
         self._hand(pres)
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from libs.common import codec
 from libs.common.state.conversations import chat_line
+from libs.common.xmlsafe import one_line
 from services.im_gateway.desk import Desk
 from services.im_gateway.events import now_ms
 from services.im_gateway.outbox import XmppUnavailable
@@ -220,7 +221,7 @@ async def visitor_event(desk: Desk, event: Any) -> None:
         for operator in conversation.recipients:  # the last awaits are behind us (dedupe)
             desk.info(jid, operator, "The visitor ended the chat; the transcript goes to the site owner.")
     elif kind == codec.VisitorEventKind.IDENTIFIED and conversation:
-        known = ", ".join(v for v in (event.name, event.email, event.phone) if v)
+        known = ", ".join(one_line(v) for v in (event.name, event.email, event.phone) if v)
         for operator in conversation.recipients:
             desk.info(jid, operator, f"The visitor introduced themselves: {known}")
     elif kind == codec.VisitorEventKind.LEFT:

@@ -17,6 +17,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from libs.common.settings import Settings
+from libs.common.xmlsafe import one_line
 
 ADJECTIVES = (
     "amber", "azure", "brave", "bright", "calm", "clever", "coral", "cosy", "crisp", "dapper",
@@ -52,8 +53,10 @@ class Page:
 
 
 def page_status(url: str, title: str) -> str:
-    """A visitor's presence status line: what they are reading."""
-    title = " ".join(title.split())[:120]
+    """A visitor's presence status line: what they are reading (one line, whatever
+    the page's title or URL contain)."""
+    title = " ".join(one_line(title).split())[:120]
+    url = one_line(url)
     return f"{title} — {url}" if title else url
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from libs.common.xmlsafe import one_line
 from services.im_gateway.commands.registry import Call, command
 from services.im_gateway.visitors import page_status
 
@@ -39,7 +40,7 @@ async def who(call: Call) -> None:
         chatting = ""
         if conversation:
             chatting = f", chatting with {conversation.operator}" if conversation.operator else ", chatting (waiting)"
-        name = f" ({session['name']})" if session.get("name") else ""
+        name = f" ({one_line(session['name'])})" if session.get("name") else ""
         lines.append(
             f"  {jid}{name} — {await desk.visitor_status(visitor_id)} — {duration(session.get('started_at'))} on site"
             f"{chatting}"
@@ -58,10 +59,11 @@ async def info(call: Call) -> None:
     lines = [f"{name}:"]
     for label in ("name", "email", "phone"):
         if session.get(label):
-            lines.append(f"  {label}: {session[label]}")
+            lines.append(f"  {label}: {one_line(session[label])}")
     lines.append(f"  on site: {duration(session.get('started_at'))}, {session.get('pages', len(pages))} pages")
-    lines.append(f"  referrer: {session.get('referrer') or '(none)'}")
-    lines.append(f"  browser: {session.get('user_agent') or '(unknown)'}")
+    # Each field on its own line: what the visitor's browser sent cannot add lines.
+    lines.append(f"  referrer: {one_line(session.get('referrer') or '(none)')}")
+    lines.append(f"  browser: {one_line(session.get('user_agent') or '(unknown)')}")
     if pages:
         lines.append("  pages (newest first):")
         lines.extend(f"    {page_status(p.url, p.title)}" for p in pages[:10])
