@@ -22,6 +22,7 @@ from slixmpp.xmlstream.tostring import tostring
 
 from libs.common import xmlsafe
 from services.im_gateway import metrics
+from services.im_gateway.disco import caps_element
 from services.im_gateway.outbox import XmppUnavailable
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,8 @@ class GatewayComponent(ComponentXMPP):
         # A status is shown on one line: a page title or URL must not fake more lines.
         status = xmlsafe.one_line(status) if status else status
         pres = self.make_presence(pshow=show, pstatus=status, pto=to, pfrom=sender, ptype=kind)  # type: ignore[arg-type]
+        if kind is None:  # XEP-0115: clients learn what this JID supports without asking
+            pres.xml.append(caps_element(pres["from"].user))
         self._hand(pres)
 
     def chat_state(self, sender: str, to: str, state: str) -> None:

@@ -18,7 +18,7 @@ from libs.common.sitedir import SiteDirectory
 from libs.common.state.conversations import ConversationLog
 from libs.common.state.presence import OperatorPresence
 from libs.common.state.sessions import VisitorSessions
-from services.im_gateway import forceaway
+from services.im_gateway import disco, forceaway
 from services.im_gateway.availability import Availability
 from services.im_gateway.coalescer import PresenceCoalescer
 from services.im_gateway.component import GatewayComponent, on
@@ -78,6 +78,7 @@ class Gateway:
             delivered=Delivered(redis, settings),
             follows=Follows(redis, settings),
         )
+        disco.install(self.component, self.desk)
         self.bot = SiteBot(self.desk)
         self.roster = Roster(self.desk, self.bot)
         self.inbound = Inbound(self.component, self.desk, self.roster, self.bot)

@@ -147,6 +147,8 @@ class Inbound:
 
         name, args = commands.parse(body) or ("help", "")
         await commands.run(self._desk, sender, site_id, None, name, args, reply)
+        if msg["id"] and msg.xml.find(f"{{{RECEIPTS_NS}}}request") is not None:
+            self._desk.outbox.receipt(bot_jid, reply_to, msg["id"])  # the command has run
 
     # --- presence -------------------------------------------------------------------
     async def presence(self, pres: Presence) -> None:

@@ -1,0 +1,76 @@
+"""XMPP client features through a real client connection to Prosody: what the gateway's
+JIDs advertise (disco#info, entity caps), receipts, chat states, corrections, /me and
+lines from Habla itself."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from slixmpp.exceptions import IqError
+
+from services.im_gateway import disco
+from tests.im_gateway.conftest import Site
+
+
+async def _eventually(check: Callable[[], Any], within: float = 10.0) -> Any:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        await asyncio.sleep(0.05)
+    raise TimeoutError("condition not met")
+
+
+async def test_visitor_and_bot_advertise_what_the_gateway_supports(make_site) -> None:
+    site: Site = await make_site(1)
+    op = site.operators[0]
+    caps: dict[str, str] = {}
+
+    def on_presence(pres: Any) -> None:
+        c = pres.xml.find(f"{{{disco.CAPS_NS}}}c")
+        if c is not None:
+            caps[pres["from"].bare] = c.get("ver")
+
+    op.xmpp.add_event_handler("presence", on_presence)
+    visitor = await site.visitor()
+    await site.say(visitor, "hello")
+    await op.wait_for(lambda r: r.body == "hello")
+    await _eventually(lambda: visitor.jid in caps)
+
+    discovered = op.xmpp.plugin["xep_0030"]
+    info = (await discovered.get_info(jid=visitor.jid, timeout=10))["disco_info"]
+    features = set(info["features"])
+    assert {disco.RECEIPTS_NS, disco.CHATSTATES_NS, disco.CORRECTION_NS, disco.VERSION_NS} <= features
+    assert ("client", "web", None, "Habla visitor") in info["identities"]
+    # The caps hash in the presence is the one of exactly these features (XEP-0115 §5).
+    assert caps[visitor.jid] == disco.VISITOR.ver
+    by_node = (await discovered.get_info(jid=visitor.jid, node=f"{disco.CAPS_NODE}#{caps[visitor.jid]}", timeout=10))[
+        "disco_info"
+    ]
+    assert set(by_node["features"]) == features
+
+    bot = (await discovered.get_info(jid=site.bot, timeout=10))["disco_info"]
+    assert disco.RECEIPTS_NS in bot["features"] and disco.CORRECTION_NS not in bot["features"]
+
+    op.xmpp.register_plugin("xep_0092")
+    version = await op.xmpp.plugin["xep_0092"].get_version(visitor.jid, timeout=10)
+    assert version["software_version"]["name"] == "Habla" and not version["software_version"]["os"]
+
+    # Nobody learns whether a made-up visitor exists.
+    stranger = f"quiet-newt-999999@{site.settings.xmpp_component_domain}"
+    try:
+        await discovered.get_info(jid=stranger, timeout=10)
+        raise AssertionError("disco#info of an unknown visitor answered")
+    except IqError as exc:
+        assert exc.iq["error"]["condition"] == "item-not-found"
+
+
+async def test_the_bot_acknowledges_a_command_it_ran(make_site) -> None:
+    site: Site = await make_site(1)
+    op = site.operators[0]
+    op.say(site.bot, "!who", stanza_id="cmd-1", receipt=True)
+    await _eventually(lambda: "cmd-1" in op.receipts)
