@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from slixmpp import JID
 from slixmpp.exceptions import IqError
 
 from services.im_gateway import disco
@@ -42,28 +43,28 @@ async def test_visitor_and_bot_advertise_what_the_gateway_supports(make_site) ->
     await _eventually(lambda: visitor.jid in caps)
 
     discovered = op.xmpp.plugin["xep_0030"]
-    info = (await discovered.get_info(jid=visitor.jid, timeout=10))["disco_info"]
+    info = (await discovered.get_info(jid=JID(visitor.jid), timeout=10))["disco_info"]
     features = set(info["features"])
     assert {disco.RECEIPTS_NS, disco.CHATSTATES_NS, disco.CORRECTION_NS, disco.VERSION_NS} <= features
     assert ("client", "web", None, "Habla visitor") in info["identities"]
     # The caps hash in the presence is the one of exactly these features (XEP-0115 §5).
     assert caps[visitor.jid] == disco.VISITOR.ver
-    by_node = (await discovered.get_info(jid=visitor.jid, node=f"{disco.CAPS_NODE}#{caps[visitor.jid]}", timeout=10))[
-        "disco_info"
-    ]
+    by_node = (
+        await discovered.get_info(jid=JID(visitor.jid), node=f"{disco.CAPS_NODE}#{caps[visitor.jid]}", timeout=10)
+    )["disco_info"]
     assert set(by_node["features"]) == features
 
-    bot = (await discovered.get_info(jid=site.bot, timeout=10))["disco_info"]
+    bot = (await discovered.get_info(jid=JID(site.bot), timeout=10))["disco_info"]
     assert disco.RECEIPTS_NS in bot["features"] and disco.CORRECTION_NS not in bot["features"]
 
     op.xmpp.register_plugin("xep_0092")
-    version = await op.xmpp.plugin["xep_0092"].get_version(visitor.jid, timeout=10)
+    version = await op.xmpp.plugin["xep_0092"].get_version(JID(visitor.jid), timeout=10)
     assert version["software_version"]["name"] == "Habla" and not version["software_version"]["os"]
 
     # Nobody learns whether a made-up visitor exists.
     stranger = f"quiet-newt-999999@{site.settings.xmpp_component_domain}"
     try:
-        await discovered.get_info(jid=stranger, timeout=10)
+        await discovered.get_info(jid=JID(stranger), timeout=10)
         raise AssertionError("disco#info of an unknown visitor answered")
     except IqError as exc:
         assert exc.iq["error"]["condition"] == "item-not-found"
