@@ -10,8 +10,13 @@ Services publish and consume Thrift structs, never bytes:
 Guarantees:
 * every publish is persistent and waits for the broker's confirm;
 * a consumer acknowledges only after its handler returns;
-* a message that does not decode goes straight to the queue's dead-letter queue with
-  the reason, and the consumer goes on;
+* a message that does not decode, is larger than MAX_BODY_BYTES or carries an
+  implausible number (``libs.common.plausible``) goes straight to the queue's
+  dead-letter queue with the reason, and the consumer goes on; every queue, transient
+  ones included, has a dead-letter queue;
+* a publish the broker does not confirm within PUBLISH_TIMEOUT_S, or one attempted
+  while the connection is down, raises ``BrokerUnavailable`` (the caller answers
+  "try again" and retries with the same message id; consumers dedupe by it);
 * a handler that raises ``Permanent`` dead-letters the message at once; any other
   exception retries it after each delay in HABLA_AMQP_RETRY_DELAYS_MS (a TTL'd retry
   queue that dead-letters back into the work queue), then dead-letters it.
@@ -32,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aio_pika
+import aiormq.exceptions
 from aio_pika.abc import (
     AbstractChannel,
     AbstractExchange,
@@ -41,7 +47,7 @@ from aio_pika.abc import (
 )
 from prometheus_client import Counter
 
-from libs.common import codec, topology
+from libs.common import codec, plausible, topology
 from libs.common.settings import Settings
 from libs.common.topology import QueueSpec
 
@@ -51,12 +57,27 @@ ATTEMPT_HEADER = "x-habla-attempt"
 REASON_HEADER = "x-habla-reason"
 SOURCE_HEADER = "x-habla-source-queue"
 
+# How long a publish waits for the broker's confirm. A healthy local broker confirms
+# in about a millisecond; 5 s rides out a busy disk but answers a widget (whose own
+# resend timer is 8 s) before it gives up on us.
+PUBLISH_TIMEOUT_S = 5.0
+# Largest message a consumer decodes. Our biggest honest message is a Transcript: a
+# long chat of 2,000 lines of 2,000 characters is ~16 MB in UTF-8 at worst; anything
+# larger is dead-lettered unread rather than decoded into memory.
+MAX_BODY_BYTES = 16 * 1024 * 1024
+
 PUBLISHED = Counter("habla_amqp_published_total", "Messages published and confirmed", ["exchange", "type"])
 CONSUMED = Counter("habla_amqp_consumed_total", "Messages handled, by outcome", ["queue", "outcome"])
 
 
 class Permanent(Exception):
     """Raised by a handler for a message that can never succeed: dead-letter it now."""
+
+
+class BrokerUnavailable(ConnectionError):
+    """The broker did not confirm a publish (connection down, channel closed, no
+    confirm within PUBLISH_TIMEOUT_S). Nothing is known to be lost: retry the same
+    message id later (HTTP 503 + Retry-After to a widget)."""
 
 
 @dataclass
@@ -159,9 +180,11 @@ class Bus:
         queue = await channel.declare_queue(spec.name, durable=spec.durable, arguments=arguments)
         for exchange, key in spec.bindings:
             await queue.bind(await self._exchange(exchange, channel), routing_key=key)
+        # Every queue has a dead-letter queue. A transient per-instance queue shares one
+        # durable dead-letter queue with its kind (it outlives the instance).
+        dead = await channel.declare_queue(spec.dead_letter_queue, durable=True)
+        await dead.bind(await self._exchange(topology.DEAD, channel), routing_key=spec.dead_letter_key)
         if spec.retry:
-            dead = await channel.declare_queue(spec.dead_letter_queue, durable=True)
-            await dead.bind(await self._exchange(topology.DEAD, channel), routing_key=spec.name)
             for delay in self._settings.retry_delays_ms:
                 # A parked copy expires after `delay` and RabbitMQ dead-letters it
                 # through the default exchange straight back into the work queue.
@@ -202,13 +225,29 @@ class Bus:
             timestamp=datetime.datetime.now(datetime.UTC),
             headers=headers or {},
         )
-        await (await self._exchange(exchange)).publish(message, routing_key=routing_key, mandatory=mandatory)
+        await self._confirmed(exchange, routing_key, message, mandatory)
         PUBLISHED.labels(exchange, message.type).inc()
         return message_id
 
-    async def publish_raw(self, exchange: str, routing_key: str, message: aio_pika.Message) -> None:
+    async def _confirmed(self, exchange: str, routing_key: str, message: aio_pika.Message, mandatory: bool) -> None:
+        try:
+            async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+                target = await self._exchange(exchange)
+                await target.publish(message, routing_key=routing_key, mandatory=mandatory)
+        except aiormq.exceptions.PublishError:
+            raise  # returned as unroutable: a topology bug, not an outage
+        except TimeoutError as exc:
+            raise BrokerUnavailable(f"RabbitMQ did not confirm within {PUBLISH_TIMEOUT_S:g} s") from exc
+        except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError, ConnectionError) as exc:
+            # A nack, a closed channel or connection: the robust connection reconnects
+            # in the background; the caller retries with the same message id.
+            raise BrokerUnavailable(f"RabbitMQ unavailable: {exc.__class__.__name__}: {exc}") from exc
+
+    async def publish_raw(
+        self, exchange: str, routing_key: str, message: aio_pika.Message, *, mandatory: bool = False
+    ) -> None:
         """Republish bytes as they are (retries, dead letters, tests of poison messages)."""
-        await (await self._exchange(exchange)).publish(message, routing_key=routing_key)
+        await self._confirmed(exchange, routing_key, message, mandatory)
 
     # --- consuming ---------------------------------------------------------------------
     async def consume(
@@ -278,25 +317,15 @@ class _Consumer:
             await self.channel.close()
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        # Nothing here may raise before the message is settled: an exception would
+        # leave it unacknowledged until the channel closes, and a prefetch-full of
+        # such messages stalls the consumer.
         try:
-            struct = codec.decode(message.type, message.body)
-        except codec.DecodeError as exc:
-            log.warning("undecodable message dead-lettered", extra={"queue": self.spec.name, "reason": str(exc)})
-            await self.dead_letter(message, f"undecodable: {exc}")
+            envelope = self._envelope(message)
+        except _Poison as exc:
+            log.warning("message dead-lettered unread", extra={"queue": self.spec.name, "reason": str(exc)})
+            await self.dead_letter(message, str(exc))
             return
-        headers = message.headers or {}
-        raw_attempt = headers.get(ATTEMPT_HEADER, 0)
-        envelope = Envelope(
-            struct=struct,
-            type_name=str(message.type),
-            message_id=str(message.message_id or ""),
-            routing_key=str(message.routing_key or ""),
-            exchange=str(message.exchange or ""),
-            attempt=int(raw_attempt) if isinstance(raw_attempt, (int, str)) else 0,
-            redelivered=bool(message.redelivered),
-            _message=message,
-            _consumer=self,
-        )
         try:
             await self.handler(envelope)
         except Permanent as exc:
@@ -312,9 +341,33 @@ class _Consumer:
         if not self.manual:
             await envelope.ack()
 
+    def _envelope(self, message: AbstractIncomingMessage) -> Envelope:
+        if len(message.body) > MAX_BODY_BYTES:
+            raise _Poison(f"oversized: {len(message.body)} bytes; at most {MAX_BODY_BYTES}")
+        type_name = message.type if isinstance(message.type, str) else None
+        try:
+            struct = codec.decode(type_name, message.body)
+        except codec.DecodeError as exc:
+            raise _Poison(f"undecodable: {exc}") from None
+        try:
+            plausible.check(struct)
+        except plausible.Implausible as exc:
+            raise _Poison(f"implausible: {exc}") from None
+        return Envelope(
+            struct=struct,
+            type_name=str(type_name),
+            message_id=_text(message.message_id),
+            routing_key=_text(message.routing_key),
+            exchange=_text(message.exchange),
+            attempt=plausible.header_int(message.headers, ATTEMPT_HEADER),
+            redelivered=bool(message.redelivered),
+            _message=message,
+            _consumer=self,
+        )
+
     async def retry(self, message: AbstractIncomingMessage, reason: str) -> None:
         delays = self.retry_delays_ms
-        attempt = int((message.headers or {}).get(ATTEMPT_HEADER, 0) or 0)  # type: ignore[arg-type]
+        attempt = plausible.header_int(message.headers, ATTEMPT_HEADER)
         if attempt >= len(delays):
             await self.dead_letter(message, f"gave up after {attempt + 1} attempts: {reason}")
             return
@@ -325,9 +378,19 @@ class _Consumer:
 
     async def dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
         copy = _copy(message, {REASON_HEADER: reason[:1000], SOURCE_HEADER: self.spec.name})
-        await self.bus.publish_raw(topology.DEAD, self.spec.name, copy)
+        # mandatory: a dead letter nobody would keep must fail loudly, not vanish.
+        await self.bus.publish_raw(topology.DEAD, self.spec.name, copy, mandatory=True)
         await message.ack()
         CONSUMED.labels(self.spec.name, "dead").inc()
+
+
+class _Poison(Exception):
+    """A message no handler should see (the text is the dead-letter reason)."""
+
+
+def _text(value: Any, limit: int = 256) -> str:
+    # AMQP short strings are at most 255 bytes; never trust a peer's type either.
+    return value[:limit] if isinstance(value, str) else ""
 
 
 def _copy(message: AbstractIncomingMessage, extra_headers: dict[str, Any]) -> aio_pika.Message:

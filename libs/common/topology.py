@@ -52,10 +52,18 @@ class QueueSpec:
     expires_ms: int | None = None  # transient queues: removed this long after last use
     retry: bool = True
     extra_arguments: dict[str, object] = field(default_factory=dict)
+    # Transient queues of one kind share a durable dead-letter queue, named by this
+    # prefix, that outlives every instance (a per-instance one would vanish with it).
+    dead_letter_prefix: str | None = None
 
     @property
     def dead_letter_queue(self) -> str:
-        return f"{self.name}.dead"
+        return f"{self.dead_letter_prefix or self.name}.dead"
+
+    @property
+    def dead_letter_key(self) -> str:
+        """The binding key on habla.dead; dead letters are published with the queue's name."""
+        return f"{self.dead_letter_prefix}.#" if self.dead_letter_prefix else self.name
 
     def retry_queue(self, delay_ms: int) -> str:
         return f"{self.name}.retry.{delay_ms}ms"
@@ -95,14 +103,18 @@ WORK_QUEUES: tuple[QueueSpec, ...] = (
 )
 
 
+FRONTEND_DELIVERY_PREFIX = "rpc_frontend.deliver"
+
+
 def frontend_delivery_queue(frontend_id: str) -> QueueSpec:
     """The queue a frontend instance reads its visitors' deliveries from."""
     # 60 s of absence removes the queue of an instance that died; one that only
     # reconnects within a minute keeps it.
     return QueueSpec(
-        f"rpc_frontend.deliver.{frontend_id}",
+        f"{FRONTEND_DELIVERY_PREFIX}.{frontend_id}",
         ((DELIVER, frontend_id),),
         durable=False,
         expires_ms=60_000,
         retry=False,
+        dead_letter_prefix=FRONTEND_DELIVERY_PREFIX,
     )

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+import redis.exceptions
 
 from libs.common import codec, topology
-from libs.common.messaging import Bus
+from libs.common.messaging import BrokerUnavailable, Bus
 from libs.common.settings import Settings
 from libs.common.state.conversations import LOG_TTL_S, ConversationLog, chat_line
 from libs.common.state.sessions import VisitorSessions
@@ -43,6 +44,20 @@ if current and current ~= '' then return {current, 0} end
 redis.call('HSET', KEYS[1], 'conversation_id', ARGV[1])
 return {ARGV[1], 1}
 """
+
+
+# Failures that pass: Redis down or loading a snapshot, RabbitMQ down or not confirming.
+# The widget is told to retry (HTTP 503 + Retry-After, or an error frame with
+# "retry_after") and resends the same message id, which appends nothing twice.
+OUTAGES: tuple[type[Exception], ...] = (
+    BrokerUnavailable,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
+# Seconds a widget waits before resending after an outage answer: the robust AMQP
+# connection reconnects within ~5 s and Redis restarts in about 1 s, so 2 s, then the
+# widget's own back-off, finds them back without hammering them.
+RETRY_AFTER_S = 2
 
 
 class Invalid(ValueError):

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
+from types import TracebackType
 from typing import Any
 
 import tornado.web
 
 from libs.common.sitedir import SiteConfig, UnknownSite
-from services.rpc_frontend.chat import Invalid, SessionExpired, TooLarge, Visitor
+from services.rpc_frontend.chat import OUTAGES, RETRY_AFTER_S, Invalid, SessionExpired, TooLarge, Visitor
 from services.rpc_frontend.context import Frontend
 from services.rpc_frontend.origins import origin_allowed
 from services.rpc_frontend.ratelimit import RateLimited
@@ -16,6 +18,8 @@ from services.rpc_frontend.ratelimit import RateLimited
 # Largest request body: the longest message (4 bytes per character in UTF-8, up to 6
 # when JSON-escaped) plus the other fields fits in 64 KiB at the default 2000 chars.
 MAX_BODY_BYTES = 64 * 1024
+
+log = logging.getLogger(__name__)
 
 
 class ApiError(tornado.web.HTTPError):
@@ -47,11 +51,28 @@ class ApiHandler(tornado.web.RequestHandler):
             message = exc.message
             if exc.retry_after_s is not None:
                 self.set_header("Retry-After", str(exc.retry_after_s))
+        elif isinstance(exc, OUTAGES):
+            # Redis or RabbitMQ is down for a moment: nothing was lost, try again.
+            self.set_status(503)
+            status_code = 503
+            self.set_header("Retry-After", str(RETRY_AFTER_S))
+            message = "temporarily unavailable; send again in a moment (with the same message_id)"
         elif status_code == 405:
             message = f"{self.request.method} is not supported here"
         else:
             message = "internal error; try again in a moment"
         self.finish(json.dumps({"error": message, "status": status_code}))
+
+    def log_exception(
+        self,
+        typ: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if isinstance(value, OUTAGES):  # an outage is a warning (503), not a bug
+            log.warning("answered 503: %s", value, extra={"path": self.request.path})
+            return
+        super().log_exception(typ, value, tb)
 
     async def _guard(self, call: Any) -> Any:
         """Run a domain call, turning its exceptions into HTTP errors."""

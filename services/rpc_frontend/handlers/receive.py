@@ -21,7 +21,7 @@ from typing import Any
 import tornado.websocket
 
 from libs.common.sitedir import UnknownSite
-from services.rpc_frontend.chat import Invalid, SessionExpired, TooLarge, Visitor
+from services.rpc_frontend.chat import OUTAGES, RETRY_AFTER_S, Invalid, SessionExpired, TooLarge, Visitor
 from services.rpc_frontend.context import Frontend
 from services.rpc_frontend.handlers.api import status_json
 from services.rpc_frontend.handlers.base import ApiHandler
@@ -42,6 +42,8 @@ SESSION_REFRESH_S = 300
 # Close code for an unknown or expired token (4000-4999: private use, RFC 6455 7.4.2);
 # the widget renews its session and reconnects.
 SESSION_EXPIRED = 4401
+# "Try Again Later" (RFC 6455 registry): Redis or RabbitMQ is down for a moment.
+TRY_AGAIN_LATER = 1013
 # Seconds between server pings on each WebSocket (see app.py).
 PING_INTERVAL_S = 45
 # A WebSocket message from the widget is a small JSON object; the longest is a line.
@@ -73,6 +75,14 @@ class ReceiveSocket(tornado.websocket.WebSocketHandler):
 
     async def _admit(self, site_id: str) -> tuple[int, str] | None:
         try:
+            return await self._admit_visitor(site_id)
+        except OUTAGES as exc:
+            log.warning("WebSocket refused with 503: %s", exc)
+            self.set_header("Retry-After", str(RETRY_AFTER_S))
+            return 503, "temporarily unavailable; reconnect in a moment"
+
+    async def _admit_visitor(self, site_id: str) -> tuple[int, str] | None:
+        try:
             await self.frontend.limits.check(
                 "ip", self.request.remote_ip or "-", self.frontend.settings.ip_requests_per_min, "requests"
             )
@@ -102,9 +112,14 @@ class ReceiveSocket(tornado.websocket.WebSocketHandler):
             self.close(SESSION_EXPIRED, "unknown or expired visitor token: start a session first")
             return
         self.frontend.hub.add(self.visitor.site_id, self.visitor.visitor_id, self)
-        await self.frontend.chat.attach(self.visitor)
+        try:
+            await self.frontend.chat.attach(self.visitor)
+            state = await self.frontend.status.get(self.visitor.site_id)
+        except OUTAGES as exc:
+            log.warning("WebSocket closed with 1013: %s", exc)
+            self.close(TRY_AGAIN_LATER, "temporarily unavailable; reconnect in a moment")
+            return
         self._refreshed = time.monotonic()
-        state = await self.frontend.status.get(self.visitor.site_id)
         self._send({"type": "status", **status_json(state.online, state.operators_available)})
         self.wake({"type": "log"})
         if self._pump is not None:
@@ -185,6 +200,18 @@ class ReceiveSocket(tornado.websocket.WebSocketHandler):
             self._send({"type": "error", "status": 400, "error": str(exc), "message_id": data.get("message_id")})
         except TooLarge as exc:
             self._send({"type": "error", "status": 413, "error": str(exc), "message_id": data.get("message_id")})
+        except OUTAGES as exc:
+            # Redis or RabbitMQ is down for a moment: the widget resends the same id.
+            log.warning("frame answered 503: %s", exc, extra={"visitor": self.visitor.visitor_id})
+            self._send(
+                {
+                    "type": "error",
+                    "status": 503,
+                    "error": "temporarily unavailable; sending again",
+                    "retry_after": RETRY_AFTER_S,
+                    "message_id": data.get("message_id"),
+                }
+            )
         except RateLimited as exc:
             self._send(
                 {

@@ -20,6 +20,9 @@
   var TYPING_SHOWN_MS = 15000;
   // Resend an unconfirmed line after this long, with the same id (never duplicated).
   var RESEND_MS = 8000;
+  // After a 5xx (Redis or RabbitMQ down for a moment) without Retry-After: resend after
+  // 1 s, doubling up to 30 s, plus jitter so recovering servers are not hit in step.
+  var RETRY_MIN_MS = 1000, RETRY_MAX_MS = 30000;
   // Keep-alive on the WebSocket: under the 30-60 s idle timeouts of common proxies.
   var PING_MS = 25000;
   // Reconnect backoff doubles from 1 s up to 30 s.
@@ -224,7 +227,10 @@
     (event.entries || []).forEach(function (entry) {
       if (entry.seq <= state.after) return; // already shown: never twice
       state.after = entry.seq;
-      if (drawn[entry.message_id]) { settle(entry.message_id); delete drawn[entry.message_id]; return; }
+      // Our own line back from the log is already drawn; it is NOT confirmed by this:
+      // the log holds it before the broker does, so only the server's "sent" (or the
+      // POST's 200) settles it, and until then it is resent with the same id.
+      if (drawn[entry.message_id]) { delete drawn[entry.message_id]; return; }
       if (entry.kind === "system") { systemLine(entry.body); endButton.setAttribute("hidden", ""); return; }
       if (entry.sender === "operator") {
         if (entry.operator_name) { state.operatorName = entry.operator_name; showStatus(); }
@@ -408,9 +414,12 @@
     var line = pending[id];
     if (!line) return;
     if (event.status === 401) { renew(); return; } // resent by its timer, under the new session
-    if (event.status === 429) { // wait as told, then resend with the same id
+    if (event.status === 429 || event.status >= 500) { // wait as told, then resend with the same id
       clearTimeout(line.timer);
-      line.timer = setTimeout(function () { transmit(id); }, 1000 * (parseInt(event.retry_after, 10) || 5));
+      line.tries = (line.tries || 0) + 1;
+      var told = 1000 * parseInt(event.retry_after, 10);
+      var wait = told > 0 ? told : Math.min(RETRY_MAX_MS, RETRY_MIN_MS * Math.pow(2, line.tries - 1));
+      line.timer = setTimeout(function () { transmit(id); }, wait + Math.random() * 500);
       return;
     }
     clearTimeout(line.timer);

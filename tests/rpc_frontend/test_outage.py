@@ -1,0 +1,92 @@
+"""Broker trouble while a visitor sends: 503 + Retry-After (HTTP) or an error frame
+(WebSocket), never a 500 or an aborted socket; the resend with the same message id
+then goes through, once, under the same seq.
+
+The broker is the shared one: only this run's vhost has its connections closed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import time
+import urllib.parse
+import uuid
+
+import tornado.websocket
+
+from libs.common.settings import Settings
+from tests.rpc_frontend.conftest import Api, Captured, RunningFrontend
+
+
+def close_vhost_connections(settings: Settings) -> None:
+    vhost = urllib.parse.unquote(urllib.parse.urlparse(settings.amqp_url).path.lstrip("/"))
+    subprocess.run(
+        ["rabbitmqctl", "-q", "close_all_connections", "-p", vhost, "chaos test"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+async def _until(condition: object, wait_s: float = 30) -> None:
+    deadline = time.monotonic() + wait_s
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+async def _broker_down(fe: RunningFrontend) -> None:
+    close_vhost_connections(fe.settings)
+    await _until(lambda: not fe.bus.connection.connected.is_set())
+
+
+async def _broker_back(fe: RunningFrontend) -> None:
+    await _until(lambda: fe.bus.connection.connected.is_set())
+
+
+async def test_post_answers_503_with_retry_after_and_the_resend_goes_through(
+    fe: RunningFrontend, api: Api, captured: Captured
+) -> None:
+    visitor = await api.session()
+    line = {"token": visitor["token"], "message_id": uuid.uuid4().hex, "body": "during the outage"}
+    await _broker_down(fe)
+    response = await api.call("POST", "/messages", line)
+    assert response.code == 503, response.body
+    assert int(response.headers["Retry-After"]) > 0
+    assert "same message_id" in json.loads(response.body)["error"]
+    await _broker_back(fe)
+    sent = await api.ok("POST", "/messages", line)
+    message = await captured.next("ChatMessage", message_id=line["message_id"])
+    assert message.seq == sent["seq"] == 1
+    again = await api.ok("POST", "/messages", line)
+    assert again["seq"] == sent["seq"] and again["duplicate"] is True
+
+
+async def test_websocket_send_gets_an_error_frame_and_stays_open(
+    fe: RunningFrontend, api: Api, captured: Captured, site_id: str
+) -> None:
+    visitor = await api.session()
+    url = f"{fe.url.replace('http', 'ws')}/api/sites/{site_id}/ws?token={visitor['token']}&after=0"
+    socket = await tornado.websocket.websocket_connect(url)
+    message_id = uuid.uuid4().hex
+
+    async def frame(kind: str) -> dict[str, object]:
+        while True:
+            raw = await asyncio.wait_for(socket.read_message(), 20)
+            assert raw is not None, "socket closed"
+            event: dict[str, object] = json.loads(raw)
+            if event.get("type") == kind:
+                return event
+
+    await _broker_down(fe)
+    socket.write_message(json.dumps({"type": "send", "message_id": message_id, "body": "hello?"}))
+    error = await frame("error")
+    assert error["status"] == 503 and error["message_id"] == message_id and error["retry_after"]
+    await _broker_back(fe)
+    socket.write_message(json.dumps({"type": "send", "message_id": message_id, "body": "hello?"}))
+    sent = await frame("sent")
+    assert sent["message_id"] == message_id
+    message = await captured.next("ChatMessage", message_id=message_id)
+    assert message.seq == sent["seq"]
+    socket.close()
