@@ -124,10 +124,23 @@ class GatewayComponent(ComponentXMPP):
         self.send_raw(tostring(stanza.xml, xmlns=self.default_ns, stream=self, top_level=True))
         metrics.STANZAS_SENT.labels(stanza.name).inc()
 
-    def chat(self, sender: str, to: str, body: str, *, stanza_id: str | None = None) -> None:
+    def chat(
+        self,
+        sender: str,
+        to: str,
+        body: str,
+        *,
+        stanza_id: str | None = None,
+        request_receipt: bool = False,
+        state: str | None = None,
+    ) -> None:
         msg = self.make_message(mto=to, mbody=body, mtype="chat", mfrom=sender)
         if stanza_id:
             msg["id"] = stanza_id
+            if request_receipt:  # XEP-0184 §5.3: only with an id the receipt can name
+                msg.xml.append(msg.xml.makeelement(f"{{{RECEIPTS_NS}}}request", {}))
+        if state:
+            msg.xml.append(msg.xml.makeelement(f"{{{CHATSTATES_NS}}}{state}", {}))
         self._hand(msg)
 
     def presence(

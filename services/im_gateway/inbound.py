@@ -12,6 +12,8 @@ import asyncio
 import logging
 
 from slixmpp.stanza import Message, Presence
+from slixmpp.xmlstream.handler import Callback
+from slixmpp.xmlstream.matcher import MatchXPath
 
 from services.im_gateway import commands, metrics, relay
 from services.im_gateway.component import CHATSTATES_NS, RECEIPTS_NS, GatewayComponent, on
@@ -41,6 +43,14 @@ class Inbound:
         self._lanes = Lanes(LANES)  # operators shown the bot's presence once
         on(component, "message", self._enqueue)
         on(component, "chatstate", self._on_chat_state)
+        # Receipts come bodiless, so slixmpp's "message" event never sees them.
+        component.register_handler(
+            Callback(
+                "habla receipts",
+                MatchXPath(f"{{{component.default_ns}}}message/{{{RECEIPTS_NS}}}received"),
+                lambda stanza: self._on_chat_state(stanza),  # type: ignore[arg-type]
+            )
+        )
         on(component, "presence", self._enqueue)
 
     def _enqueue(self, stanza: Message | Presence) -> None:
@@ -50,7 +60,10 @@ class Inbound:
             self._component.error(stanza, "resource-constraint", "The gateway is overloaded; try again.", "wait")
 
     def _on_chat_state(self, msg: Message) -> None:
-        if not msg["body"]:  # with a body it also arrives as "message"
+        """Bodiless messages (chat states, receipts); with a body they arrive as "message".
+        One with both a chat state and a receipt is queued twice: both effects are
+        idempotent."""
+        if not msg["body"]:
             self._enqueue(msg)
 
     async def run(self) -> None:
@@ -109,6 +122,9 @@ class Inbound:
             self._desk.info(visitor_jid, reply_to, text)
 
         if not body:
+            received = msg.xml.find(f"{{{RECEIPTS_NS}}}received")
+            if received is not None and received.get("id"):
+                await relay.operator_received(self._desk, sender, visitor_id, session, received.get("id", ""))
             state = next((s for s in CHAT_STATES if msg.xml.find(f"{{{CHATSTATES_NS}}}{s}") is not None), None)
             if state:
                 await relay.operator_typing(self._desk, sender, visitor_id, session, state)

@@ -14,8 +14,20 @@ class XmppUnavailable(ConnectionError):
 
 
 class Outbox(Protocol):
-    def chat(self, sender: str, to: str, body: str, *, stanza_id: str | None = None) -> None:
-        """Hand a chat line to the stream now (XmppUnavailable if it is down)."""
+    def chat(
+        self,
+        sender: str,
+        to: str,
+        body: str,
+        *,
+        stanza_id: str | None = None,
+        request_receipt: bool = False,
+        state: str | None = None,
+    ) -> None:
+        """Hand a chat line to the stream now (XmppUnavailable if it is down).
+
+        request_receipt asks the operator's client for an XEP-0184 receipt (the
+        visitor's delivery tick); state adds an XEP-0085 chat state (``active``)."""
 
     def presence(
         self, sender: str, to: str, *, show: str | None = None, status: str | None = None, kind: str | None = None

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from libs.common import codec
-from libs.common.state.conversations import chat_line
+from libs.common.state.conversations import chat_line, receipt_line
 from libs.common.xmlsafe import one_line
 from services.im_gateway.desk import Desk
 from services.im_gateway.events import now_ms
@@ -70,7 +70,11 @@ async def visitor_line(desk: Desk, message: Any) -> int:
         if (operator, message.visitor_id) not in desk.shown:
             desk.outbox.presence(jid, operator, show="chat", status=status)
             desk.remember_shown(operator, message.visitor_id)
-        desk.outbox.chat(jid, operator, message.body, stanza_id=message.message_id)
+        # A receipt from the operator's client becomes the visitor's delivery tick
+        # (operator_received); <active/> ends the "typing" the client may show.
+        desk.outbox.chat(
+            jid, operator, message.body, stanza_id=message.message_id, request_receipt=True, state="active"
+        )
     return len(conversation.recipients)
 
 
@@ -184,6 +188,48 @@ async def operator_typing(desk: Desk, operator: str, visitor_id: str, session: d
             site_id=conversation.site_id,
             conversation_id=conversation.conversation_id,
             action=struct,
+        ),
+    )
+
+
+async def operator_received(
+    desk: Desk, operator: str, visitor_id: str, session: dict[str, str], message_id: str
+) -> None:
+    """XEP-0184 from the operator's client: the visitor's line reached them.
+
+    Recorded in the conversation log (as a "receipt" entry, once per line), so the
+    widget's tick survives reloads and reconnects like every other entry; only a
+    receipt for one of this visitor's lines, from an operator of the chat, counts.
+    """
+    conversation = await desk.routing.get(session.get("conversation_id", ""))
+    if conversation is None or operator not in conversation.recipients:
+        return
+    conversation_id = conversation.conversation_id
+    seq = await desk.log.seq_of(conversation_id, message_id)
+    if seq is None:
+        return
+    original = await desk.log.after(conversation_id, seq - 1, 1)
+    if not original or original[0].get("sender") != "visitor" or original[0].get("kind") != "message":
+        return
+    appended = await desk.log.append(conversation_id, f"rcpt-{message_id}", receipt_line(message_id, now_ms()))
+    if not appended.created:
+        return  # a second resource (or a resend) acknowledged it already
+    await desk.events.deliver(
+        session.get("frontend_id", ""),
+        codec.VisitorDelivery(
+            visitor_id=visitor_id,
+            site_id=conversation.site_id,
+            conversation_id=conversation_id,
+            action=codec.OperatorAction(
+                action_id=uuid.uuid4().hex,
+                conversation_id=conversation_id,
+                site_id=conversation.site_id,
+                visitor_id=visitor_id,
+                operator_jid=operator,
+                action="received",
+                value=message_id,
+                at_ms=now_ms(),
+            ),
         ),
     )
 

@@ -17,7 +17,7 @@ from services.rpc_frontend.hub import Hub
 log = logging.getLogger(__name__)
 
 # Operator actions a visitor sees; the rest (name, block, transfer …) concern operators.
-VISIBLE_ACTIONS = {"typing", "stopped_typing", "push", "ended", "joined"}
+VISIBLE_ACTIONS = {"typing", "stopped_typing", "push", "ended", "joined", "received"}
 
 
 def events_for(delivery: Any) -> list[dict[str, Any]]:
@@ -31,6 +31,10 @@ def events_for(delivery: Any) -> list[dict[str, Any]]:
             events.append({"type": "typing", "typing": action.action == "typing"})
         elif action.action == "push":
             events.append({"type": "push", "url": action.value or ""})
+        elif action.action == "received":
+            # The operator's client acknowledged a visitor line: a "receipt" entry in
+            # the log, read like any other (so the tick survives reconnects).
+            events.append({"type": "log", "conversation_id": action.conversation_id})
         else:
             events.append({"type": action.action, "conversation_id": action.conversation_id})
             events.append({"type": "log", "conversation_id": action.conversation_id})

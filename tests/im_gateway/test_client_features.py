@@ -12,6 +12,7 @@ from typing import Any
 from slixmpp import JID
 from slixmpp.exceptions import IqError
 
+from libs.common.state.conversations import ConversationLog, shown
 from services.im_gateway import disco
 from tests.im_gateway.conftest import Site
 
@@ -75,3 +76,39 @@ async def test_the_bot_acknowledges_a_command_it_ran(make_site) -> None:
     op = site.operators[0]
     op.say(site.bot, "!who", stanza_id="cmd-1", receipt=True)
     await _eventually(lambda: "cmd-1" in op.receipts)
+
+
+async def test_receipts_both_ways(make_site) -> None:
+    site: Site = await make_site(1)
+    op = site.operators[0]
+    requested: dict[str, bool] = {}
+    op.xmpp.add_event_handler(
+        "message",
+        lambda m: requested.__setitem__(m["body"], m.xml.find(f"{{{disco.RECEIPTS_NS}}}request") is not None),
+    )
+    visitor = await site.visitor()
+    line_id = await site.say(visitor, "is this delivered?")
+    line = await op.wait_for(lambda r: r.body == "is this delivered?")
+    # The gateway asks for a receipt, naming the visitor's own message id.
+    assert requested["is this delivered?"] and line.stanza_id == line_id
+
+    def ack(stanza_id: str) -> None:
+        message = op.xmpp.make_message(mto=visitor.jid, mtype="chat")
+        message["receipt"] = stanza_id
+        message.send()
+
+    ack("not-a-line-of-this-chat")
+    ack(line_id)
+    ack(line_id)  # a second resource, or a client that acks twice: one tick
+    delivery = await site.deliveries.wait_for(lambda d: d.action is not None and d.action.action == "received")
+    assert delivery.action.value == line_id and delivery.conversation_id == visitor.conversation_id
+    log = ConversationLog(site.redis, site.settings)
+    entries = await log.after(visitor.conversation_id, 0)
+    receipts = [e for e in entries if e["kind"] == "receipt"]
+    assert [e["receipt_for"] for e in receipts] == [line_id]
+    assert [e["body"] for e in shown(entries)] == ["is this delivered?"]
+
+    # The other way: the operator's line is receipted once it is in the log and published.
+    op.say(visitor.jid, "yes it is", stanza_id="op-line-1", receipt=True)
+    await _eventually(lambda: "op-line-1" in op.receipts)
+    assert [e["body"] for e in shown(await log.after(visitor.conversation_id, 0))][-1] == "yes it is"

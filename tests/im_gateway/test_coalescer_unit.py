@@ -24,7 +24,7 @@ class Recorder:
             raise XmppUnavailable("down")
         self.sent.append((sender, to, status, kind))
 
-    def chat(self, sender, to, body, *, stanza_id=None) -> None:
+    def chat(self, sender, to, body, *, stanza_id=None, request_receipt=False, state=None) -> None:
         raise AssertionError("no chat expected")
 
     def chat_state(self, sender, to, state) -> None:

@@ -68,6 +68,8 @@ def test_deliveries_become_widget_events() -> None:
     assert action("push", "https://shop.example/sale") == [{"type": "push", "url": "https://shop.example/sale"}]
     assert action("ended") == [{"type": "ended", "conversation_id": "c"}, {"type": "log", "conversation_id": "c"}]
     assert action("block") == []  # operators' business, not the visitor's
+    # A receipt is an entry in the log: the widget reads it from there (its tick).
+    assert action("received", "line-1") == [{"type": "log", "conversation_id": "c"}]
     status = codec.SiteStatus(site_id="s", online=True, operators_available=2, at_ms=1)
     assert events_for(codec.VisitorDelivery(visitor_id="v", site_id="s", site_status=status)) == [
         {"type": "status", "online": True, "operators_available": 2}

@@ -50,6 +50,25 @@ def system_line(body: str, sent_at_ms: int) -> dict[str, Any]:
     return {"kind": "system", "sender": "system", "body": body, "sent_at_ms": sent_at_ms, "operator_name": None}
 
 
+def receipt_line(message_id: str, at_ms: int) -> dict[str, Any]:
+    """A log entry saying the operator's client received the visitor's line
+    ``message_id`` (XEP-0184): the widget's delivery tick. Not a line of the
+    conversation: transcripts and the archive leave it out (see ``shown``)."""
+    return {
+        "kind": "receipt",
+        "sender": "operator",
+        "body": "",
+        "sent_at_ms": at_ms,
+        "operator_name": None,
+        "receipt_for": message_id,
+    }
+
+
+def shown(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The lines of a log as a person reads them: receipts left out."""
+    return [entry for entry in entries if entry.get("kind") != "receipt"]
+
+
 @dataclass(frozen=True)
 class Appended:
     seq: int

@@ -6,6 +6,7 @@ import time
 import uuid
 
 from libs.common import codec
+from libs.common.state.conversations import shown
 from services.im_gateway.commands.registry import Call, CommandError, command
 from services.im_gateway.events import now_ms
 from services.im_gateway.outbox import XmppUnavailable
@@ -84,7 +85,7 @@ async def note(call: Call) -> None:
 @command("transcript", "transcript", "the chat so far", needs_visitor=True)
 async def transcript(call: Call) -> None:
     conversation, _session = await _conversation(call)
-    entries = await call.desk.log.after(conversation.conversation_id, 0)
+    entries = shown(await call.desk.log.after(conversation.conversation_id, 0))
     name = await call.visitor_name()
     lines = [f"Chat with {name} ({len(entries)} lines):"]
     for entry in entries:
@@ -131,7 +132,7 @@ async def transfer(call: Call) -> None:
             await desk.show_visitor(operator, conversation.visitor_id)
             offer = "this chat is yours now" if target else "reply to take this chat"
             desk.info(visitor_jid, operator, f"{me} transferred {name} to you: {offer}. The chat so far:")
-            for entry in await desk.log.after(conversation.conversation_id, 0):
+            for entry in shown(await desk.log.after(conversation.conversation_id, 0)):
                 who = name if entry.get("sender") == "visitor" else entry.get("operator_name") or "operator"
                 desk.outbox.chat(visitor_jid, operator, f"[{who}] {entry.get('body', '')}")
         except XmppUnavailable:

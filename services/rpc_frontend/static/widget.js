@@ -124,6 +124,7 @@
   };
   var pending = {}; // message_id -> {body, node, timer}: sent, not yet confirmed
   var drawn = {}; // message_id -> bubble of a line this page sent, until the log echoes it
+  var bubbles = {}; // message_id -> bubble of every line shown (ticks and edits find them here)
   var handlers = {};
 
   function load() {
@@ -227,10 +228,11 @@
     (event.entries || []).forEach(function (entry) {
       if (entry.seq <= state.after) return; // already shown: never twice
       state.after = entry.seq;
+      if (entry.kind === "receipt") { received(entry.receipt_for); return; }
       // Our own line back from the log is already drawn; it is NOT confirmed by this:
       // the log holds it before the broker does, so only the server's "sent" (or the
       // POST's 200) settles it, and until then it is resent with the same id.
-      if (drawn[entry.message_id]) { delete drawn[entry.message_id]; return; }
+      if (drawn[entry.message_id]) { bubbles[entry.message_id] = drawn[entry.message_id]; delete drawn[entry.message_id]; return; }
       if (entry.kind === "system") { systemLine(entry.body); endButton.setAttribute("hidden", ""); return; }
       if (entry.sender === "operator") {
         if (entry.operator_name) { state.operatorName = entry.operator_name; showStatus(); }
@@ -241,10 +243,18 @@
           emit("messageToVisitor", { message: { body: entry.body, operatorName: entry.operator_name || "" } });
         }
       } else {
-        bubble("visitor", entry.body, "", entry.sent_at_ms);
+        bubbles[entry.message_id] = bubble("visitor", entry.body, "", entry.sent_at_ms);
       }
       endButton.removeAttribute("hidden");
     });
+  }
+  // The operator's XMPP client acknowledged the visitor's line (XEP-0184): a tick.
+  function received(id) {
+    var node = bubbles[id];
+    if (!node || / received/.test(node.className)) return;
+    node.className += " received";
+    var time = node.querySelector(".hb-time");
+    if (time) time.appendChild(el("span", { className: "hb-tick", title: "Delivered", "aria-label": "delivered", text: " \u2713" }));
   }
   var typingTimer = null;
   function showTyping(on) {
@@ -407,7 +417,7 @@
     var line = pending[id];
     if (!line) return;
     clearTimeout(line.timer);
-    line.node.className = "hb-msg visitor";
+    line.node.className = line.node.className.replace(" pending", ""); // keeps a tick that came first
     delete pending[id];
   }
   function failed(id, event) {
