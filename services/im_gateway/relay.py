@@ -169,9 +169,15 @@ async def operator_line(
 
 
 async def operator_typing(desk: Desk, operator: str, visitor_id: str, session: dict[str, str], state: str) -> None:
-    """XEP-0085 from the operator → typing / stopped_typing for the visitor's widget."""
+    """XEP-0085 from the operator → typing / stopped_typing for the visitor's widget.
+
+    Any client's form counts: a bare or full JID, type chat or normal, with or without
+    a body (a line's <active/> needs nothing: the line itself clears "typing"). Only
+    "composing" means typing; paused, active, inactive and gone all mean not typing
+    (XEP-0085 §5.1). An operator offered the chat may type before taking it.
+    """
     conversation = await desk.routing.get(session.get("conversation_id", ""))
-    if conversation is None or conversation.operator != operator:
+    if conversation is None or operator not in conversation.recipients:
         return
     action = "typing" if state == "composing" else "stopped_typing"
     struct = await desk.events.action(
@@ -265,6 +271,8 @@ async def visitor_event(desk: Desk, event: Any) -> None:
         await desk.routing.close(conversation.conversation_id)
         await desk.hide_visitor(conversation)
         for operator in conversation.recipients:  # the last awaits are behind us (dedupe)
+            with contextlib.suppress(XmppUnavailable):
+                desk.outbox.chat_state(jid, operator, "gone")  # XEP-0085: the visitor left the chat
             desk.info(jid, operator, "The visitor ended the chat; the transcript goes to the site owner.")
     elif kind == codec.VisitorEventKind.IDENTIFIED and conversation:
         known = ", ".join(one_line(v) for v in (event.name, event.email, event.phone) if v)

@@ -12,6 +12,7 @@ from typing import Any
 from slixmpp import JID
 from slixmpp.exceptions import IqError
 
+from libs.common import codec
 from libs.common.state.conversations import ConversationLog, shown
 from services.im_gateway import disco
 from tests.im_gateway.conftest import Site
@@ -112,3 +113,31 @@ async def test_receipts_both_ways(make_site) -> None:
     op.say(visitor.jid, "yes it is", stanza_id="op-line-1", receipt=True)
     await _eventually(lambda: "op-line-1" in op.receipts)
     assert [e["body"] for e in shown(await log.after(visitor.conversation_id, 0))][-1] == "yes it is"
+
+
+async def test_chat_states_both_ways(make_site) -> None:
+    site: Site = await make_site(1)
+    op = site.operators[0]
+    visitor = await site.visitor()
+    await site.say(visitor, "anyone?")
+    await op.wait_for(lambda r: r.body == "anyone?")
+    # The visitor's line itself says "active" (XEP-0085 §5.1), ending any "typing".
+    await _eventually(lambda: (visitor.jid, "active") in op.chat_states)
+
+    await site.event(visitor, codec.VisitorEventKind.TYPING)
+    await _eventually(lambda: op.chat_states[-1] == (visitor.jid, "composing"))
+    await site.event(visitor, codec.VisitorEventKind.STOPPED_TYPING)
+    await _eventually(lambda: op.chat_states[-1] == (visitor.jid, "paused"))
+
+    def typing_actions() -> list[str]:
+        return [d.action.action for d in site.deliveries.items if d.action is not None and "typing" in d.action.action]
+
+    for n, state in enumerate(("composing", "paused", "composing", "active"), start=1):
+        message = op.xmpp.make_message(mto=visitor.jid, mtype="chat")
+        message["chat_state"] = state
+        message.send()
+        await _eventually(lambda n=n: len(typing_actions()) >= n)  # type: ignore[misc]
+    assert typing_actions() == ["typing", "stopped_typing", "typing", "stopped_typing"]
+
+    await site.event(visitor, codec.VisitorEventKind.ENDED_CHAT)
+    await _eventually(lambda: op.chat_states[-1] == (visitor.jid, "gone"))
