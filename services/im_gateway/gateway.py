@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 import sqlalchemy as sa
 
 from libs.common import topology
+from libs.common.db.history import seq_floor
 from libs.common.messaging import Bus
 from libs.common.settings import Settings
 from libs.common.sitedir import SiteDirectory
@@ -63,7 +64,8 @@ class Gateway:
             settings=settings,
             outbox=self.component,
             sessions=VisitorSessions(redis, settings),
-            log=ConversationLog(redis, settings),
+            # The floor: numbering never goes back after Redis reloads an older copy.
+            log=ConversationLog(redis, settings, seq_floor(engine)),
             names=VisitorNames(redis, settings),
             pages=VisitorPages(redis, settings),
             operators=operators,

@@ -19,7 +19,7 @@ import redis.exceptions
 from libs.common import codec, topology
 from libs.common.messaging import BrokerUnavailable, Bus
 from libs.common.settings import Settings
-from libs.common.state.conversations import LOG_TTL_S, ConversationLog, chat_line
+from libs.common.state.conversations import LOG_TTL_S, ConversationLog, FloorSource, chat_line
 from libs.common.state.sessions import VisitorSessions
 from services.rpc_frontend.departures import Departures
 
@@ -99,12 +99,12 @@ def clip(value: Any, limit: int = MAX_FIELD_CHARS) -> str:
 
 
 class VisitorChat:
-    def __init__(self, redis: aioredis.Redis, bus: Bus, settings: Settings) -> None:
+    def __init__(self, redis: aioredis.Redis, bus: Bus, settings: Settings, floor: FloorSource | None = None) -> None:
         self._redis = redis
         self._bus = bus
         self._settings = settings
         self.sessions = VisitorSessions(redis, settings)
-        self.log = ConversationLog(redis, settings)
+        self.log = ConversationLog(redis, settings, floor)
         self._ensure = redis.register_script(_ENSURE_CONVERSATION)
         self.departures = Departures(redis, bus, settings)
 
@@ -180,7 +180,8 @@ class VisitorChat:
         # conversation after the closer removed it from the session.
         await self._redis.set(self._owner_key(conversation_id), visitor_id, ex=LOG_TTL_S, nx=True)
 
-    async def _conversation_for(self, visitor: Visitor) -> str:
+    async def _conversation_for(self, visitor: Visitor) -> tuple[str, bool]:
+        """The visitor's open conversation id, and whether it was created just now."""
         # The session key is VisitorSessions' own ("visitor:<id>"); the Lua script must
         # name it to set the field atomically.
         session_key = self._settings.redis_key("visitor", visitor.visitor_id)
@@ -190,7 +191,7 @@ class VisitorChat:
         conversation_id, created = ensured
         if created or conversation_id != visitor.conversation_id:
             await self.claim(visitor.visitor_id, str(conversation_id))
-        return str(conversation_id)
+        return str(conversation_id), bool(created)
 
     async def send(self, visitor: Visitor, message_id: Any, body: Any) -> Sent:
         if not isinstance(message_id, str) or not MESSAGE_ID_RE.match(message_id):
@@ -199,10 +200,10 @@ class VisitorChat:
             raise Invalid("body must be a non-empty string")
         if len(body) > self._settings.max_message_chars:
             raise TooLarge(f"message is {len(body)} characters; the limit is {self._settings.max_message_chars}")
-        conversation_id = await self._conversation_for(visitor)
+        conversation_id, new_conversation = await self._conversation_for(visitor)
         sent_at = now_ms()
         entry = chat_line("visitor", body, sent_at)
-        appended = await self.log.append(conversation_id, message_id, entry)
+        appended = await self.log.append(conversation_id, message_id, entry, new_conversation=new_conversation)
         if not appended.created:
             # The first attempt's time stays the message's time.
             first = await self.log.after(conversation_id, appended.seq - 1, 1)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 import sqlalchemy as sa
 
+from libs.common.db.history import seq_floor
 from libs.common.messaging import Bus
 from libs.common.settings import Settings
 from libs.common.sitedir import SiteDirectory
@@ -21,8 +22,8 @@ class Frontend:
     settings: Settings
     redis: aioredis.Redis
     bus: Bus
-    # Only the site directory (on a cache miss) and /demo (when no site is named) read
-    # MySQL; chat paths never do.
+    # Only the site directory (on a cache miss), /demo (when no site is named) and a
+    # conversation's first line after a Redis restart (its seq floor) read MySQL.
     engine: sa.Engine
     chat: VisitorChat = field(init=False)
     sites: SiteDirectory = field(init=False)
@@ -31,7 +32,7 @@ class Frontend:
     hub: Hub = field(default_factory=Hub)
 
     def __post_init__(self) -> None:
-        self.chat = VisitorChat(self.redis, self.bus, self.settings)
+        self.chat = VisitorChat(self.redis, self.bus, self.settings, seq_floor(self.engine))
         self.sites = SiteDirectory(self.redis, self.engine, self.settings)
         self.status = SiteStatusReader(self.redis, self.settings)
         self.limits = RateLimiter(self.redis, self.settings)

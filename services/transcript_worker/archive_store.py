@@ -5,7 +5,10 @@ views, visitors, conversations), merging rows that touch the same visitor or
 conversation, so a batch of any size is at most four statements in one transaction:
 
 * ``messages`` and ``page_views``: multi-row ``INSERT IGNORE`` on their unique event
-  ids, so a redelivered message is not stored twice;
+  ids (a message's id is unique per conversation), so a redelivered message is not
+  stored twice; a line whose (conversation, seq) another line already holds is not
+  stored either, and is logged and counted (it cannot happen unless the Redis log
+  handed out a seq twice, which its floor prevents);
 * ``visitors`` and ``conversations``: multi-row ``INSERT … ON DUPLICATE KEY UPDATE``
   whose updates only ever move towards the truth (earliest start, latest activity,
   highest seq, first referrer, newest name), so the order in which batches commit,
@@ -15,13 +18,21 @@ conversation, so a batch of any size is at most four statements in one transacti
 from __future__ import annotations
 
 import datetime
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
+from prometheus_client import Counter
 from sqlalchemy.dialects import mysql
 
 from libs.common.db import conversations, messages, page_views, visitors
+
+log = logging.getLogger(__name__)
+
+SEQ_CONFLICTS = Counter(
+    "habla_archive_seq_conflicts_total", "Lines not archived because another line holds their (conversation, seq)"
+)
 
 SENDERS = {1: "visitor", 2: "operator", 3: "system"}
 
@@ -79,6 +90,7 @@ class Batch:
                 "message_id": m.message_id[:64],
                 "conversation_id": m.conversation_id[:64],
                 "seq": m.seq,
+                "line_seq": m.seq if m.seq > 0 else None,
                 "sender": SENDERS.get(int(m.sender), "system"),
                 "operator_jid": _cut(m.operator_jid, 255),
                 "body": m.body,
@@ -208,9 +220,29 @@ def write_batch(conn: sa.Connection, batch: Batch) -> None:
             list(batch.conversations.values()),
         )
     if batch.messages:
-        conn.execute(sa.insert(messages).prefix_with("IGNORE"), batch.messages)
+        inserted = conn.execute(sa.insert(messages).prefix_with("IGNORE"), batch.messages).rowcount
+        if inserted is not None and 0 <= inserted < len(batch.messages):
+            _report_seq_conflicts(conn, batch.messages)
     if batch.page_views:
         conn.execute(sa.insert(page_views).prefix_with("IGNORE"), batch.page_views)
+
+
+def _report_seq_conflicts(conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
+    """Fewer rows than sent: repeats (normal after a redelivery) or seq conflicts. One
+    query tells them apart; only runs when the count is short."""
+    wanted = {(r["conversation_id"], r["message_id"]) for r in rows}
+    stored = conn.execute(
+        sa.select(messages.c.conversation_id, messages.c.message_id).where(
+            sa.tuple_(messages.c.conversation_id, messages.c.message_id).in_(list(wanted))
+        )
+    ).all()
+    lost = wanted - {(r.conversation_id, r.message_id) for r in stored}
+    if lost:
+        SEQ_CONFLICTS.inc(len(lost))
+        log.error(
+            "lines not archived: another line holds their seq",
+            extra={"count": len(lost), "lines": ", ".join(f"{c}/{m}" for c, m in sorted(lost)[:10])},
+        )
 
 
 def write(engine: sa.Engine, batch: Batch) -> None:

@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from prometheus_client import Counter
 
 from libs.common import codec, topology
+from libs.common.db.history import seq_floor
 from libs.common.lease import Lease, LeaseBusy
 from libs.common.settings import Settings
 from libs.common.state.conversations import ConversationLog, system_line
@@ -94,7 +95,7 @@ class Closer:
         self._redis = redis
         self._publisher = publisher
         self._settings = settings
-        self._log = ConversationLog(redis, settings)
+        self._log = ConversationLog(redis, settings, seq_floor(engine))
         self._forget = redis.register_script(_FORGET_CONVERSATION)
 
     def done_key(self, conversation_id: str) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 import redis.asyncio as aioredis
 import sqlalchemy as sa
 
-from libs.common import codec
+from libs.common import codec, plausible
 from libs.common.settings import Settings
 from libs.common.state.conversations import ConversationLog
 from services.transcript_worker import archive_store, conversation_store
@@ -29,12 +29,12 @@ FIRST_WAIT_S, MAX_WAIT_STEP_S = 0.05, 2.0
 _SENDER_KINDS = {"visitor": 1, "operator": 2, "system": 3}
 
 
-class NotArchived(Exception):
-    """Lines of the conversation are still missing from MySQL."""
-
-
 class UnknownConversation(LookupError):
     pass
+
+
+# The log is read in pages of this many lines (one ZRANGE each).
+LOG_PAGE = 500
 
 
 class TranscriptBuilder:
@@ -43,58 +43,70 @@ class TranscriptBuilder:
         self._settings = settings
         self._log = ConversationLog(redis, settings)
 
+    async def _logged_lines(self, closed: Any) -> list[dict[str, Any]]:
+        """The log's chat lines up to last_seq, as many as the log really holds (never a
+        range built from last_seq: a number someone else chose must not size our work)."""
+        last_seq = plausible.seq(closed.last_seq, "last_seq")
+        lines: list[dict[str, Any]] = []
+        after = 0
+        while True:
+            page = await self._log.after(closed.conversation_id, after, LOG_PAGE)
+            for entry in page:
+                seq = entry.get("seq")
+                if not isinstance(seq, int) or seq > last_seq:
+                    return lines
+                if entry.get("kind") == "message" and entry.get("message_id"):
+                    lines.append(entry)
+                after = seq
+            if len(page) < LOG_PAGE:
+                return lines
+
     async def missing(self, closed: Any) -> list[int]:
-        """Sequence numbers up to last_seq that the archive has not stored yet.
+        """Sequence numbers of lines in the log (up to last_seq) the archive lacks.
 
         Lines that never travel on RabbitMQ (system lines written straight into the
-        log, like "operator joined") are not waited for; everything the frontend and
-        gateway publish as ChatMessage is.
-        """
-        last_seq = int(closed.last_seq)
-        if last_seq <= 0:
+        log, like "The chat has ended.") are not waited for; everything the frontend
+        and gateway publish as ChatMessage is. A log that is gone (expired, or lost by
+        Redis) leaves nothing to wait for: the archive is then the whole truth."""
+        lines = await self._logged_lines(closed)
+        if not lines:
             return []
         archived = await asyncio.to_thread(
-            conversation_store.archived_seqs, self._engine, closed.conversation_id, last_seq
+            conversation_store.archived_seqs, self._engine, closed.conversation_id, int(lines[-1]["seq"])
         )
-        missing = [seq for seq in range(1, last_seq + 1) if seq not in archived]
-        if not missing:
-            return []
-        entries = await self._log.after(closed.conversation_id, 0, last_seq)
-        kinds = {int(e.get("seq", 0)): e.get("kind") for e in entries}
-        return [seq for seq in missing if kinds.get(seq, "message") == "message"]
+        return [int(e["seq"]) for e in lines if int(e["seq"]) not in archived]
 
-    async def wait_until_archived(self, closed: Any, wait_s: float) -> None:
+    async def wait_until_archived(self, closed: Any, wait_s: float) -> list[int]:
+        """Wait (bounded by ``wait_s``) until every logged line is archived; then archive
+        what is still missing from the log itself. Returns the seqs still missing after
+        that (the transcript shows a gap note for them), normally none."""
         deadline = time.monotonic() + wait_s
         step = FIRST_WAIT_S
-        from_log_tried = False
         while True:
             missing = await self.missing(closed)
             if not missing:
-                return
+                return []
             if time.monotonic() >= deadline:
-                # Lines in the log that never reached RabbitMQ (a frontend or gateway
-                # died between appending and publishing) are archived from the log.
-                if not from_log_tried:
-                    from_log_tried = True
-                    if await self._archive_from_log(closed, missing):
-                        continue
-                shown = ", ".join(str(s) for s in missing[:10]) + (" …" if len(missing) > 10 else "")
-                raise NotArchived(
-                    f"line(s) {shown} of conversation {closed.conversation_id} are not archived after {wait_s:g} s"
-                )
+                break
             await asyncio.sleep(step)
             step = min(step * 2, MAX_WAIT_STEP_S)
+        # Lines in the log that never reached RabbitMQ (a frontend or gateway died
+        # between appending and publishing) are archived from the log.
+        await self._archive_from_log(closed, missing)
+        missing = await self.missing(closed)
+        if missing:
+            log.warning(
+                "transcript built with a gap",
+                extra={"conversation": closed.conversation_id, "missing": _shown(missing)},
+            )
+        return missing
 
     async def _archive_from_log(self, closed: Any, missing: list[int]) -> bool:
         """Archive the missing lines from the Redis log; False if the log lacks them.
         Their message ids are the ones the publisher would have used, so a late copy
         arriving through the archive afterwards is ignored as a repeat."""
         wanted = set(missing)
-        entries = [
-            e
-            for e in await self._log.after(closed.conversation_id, 0, int(closed.last_seq))
-            if int(e.get("seq", 0)) in wanted and e.get("message_id")
-        ]
+        entries = [e for e in await self._logged_lines(closed) if int(e["seq"]) in wanted]
         if not entries:
             return False
         batch = Batch()
@@ -120,7 +132,9 @@ class TranscriptBuilder:
         )
         return True
 
-    async def build(self, closed: Any, site_name: str, operator_names: dict[str, str]) -> Any:
+    async def build(
+        self, closed: Any, site_name: str, operator_names: dict[str, str], gaps: list[int] | None = None
+    ) -> Any:
         # Pages of this visit: from one session timeout before the first line.
         lookback = datetime.timedelta(seconds=self._settings.session_ttl_s)
         rows = await asyncio.to_thread(
@@ -131,6 +145,8 @@ class TranscriptBuilder:
         conv = rows.conversation
         pages = rows.pages
         lines = _in_order([_chat_message(m, closed, operator_names) for m in rows.messages])
+        if gaps:
+            lines.append(_gap_note(closed, gaps))
         jids: list[str] = []
         for jid in [conv.operator_jid, *(m.operator_jid for m in lines), closed.operator_jid]:
             if jid and jid not in jids:
@@ -167,6 +183,24 @@ def _chat_message(row: Any, closed: Any, operator_names: dict[str, str]) -> Any:
         seq=int(row.seq),
         operator_name=operator_names.get(row.operator_jid or "") or None,
         internal=bool(row.internal),
+    )
+
+
+def _shown(seqs: list[int]) -> str:
+    return ", ".join(str(s) for s in seqs[:10]) + (f" and {len(seqs) - 10} more" if len(seqs) > 10 else "")
+
+
+def _gap_note(closed: Any, gaps: list[int]) -> Any:
+    """A system line at the end of the transcript saying which lines it lacks."""
+    return codec.ChatMessage(
+        message_id=f"{closed.conversation_id}:gap"[:64],
+        conversation_id=closed.conversation_id,
+        site_id=closed.site_id,
+        visitor_id=closed.visitor_id,
+        sender=codec.SenderKind.SYSTEM,
+        body=f"{len(gaps)} line(s) of this conversation could not be archived in time (seq {_shown(gaps)}).",
+        sent_at_ms=int(closed.closed_at_ms),
+        seq=0,
     )
 
 

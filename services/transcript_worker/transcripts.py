@@ -1,11 +1,12 @@
 """Consumer of transcript_worker.transcripts: ConversationClosed → Transcript, stored
 once and published once on habla.transcripts.
 
-The Transcript is built only when every line up to last_seq is archived (waiting with
-backoff, then the queue's retries). It is stored under the conversation id (primary
-key) before it is published, so a repeat publishes the stored copy, never a second
-different one; a Redis marker after the publish makes repeats (redeliveries, repair
-passes) publish nothing.
+The Transcript is built once every line the log holds up to last_seq is archived
+(waiting with backoff up to HABLA_TRANSCRIPT_WAIT_S, then archiving what is missing
+from the log itself; anything still missing then is named in a gap note). It is
+stored under the conversation id (primary key) before it is published, so a repeat
+publishes the stored copy, never a second different one; a Redis marker after the
+publish makes repeats (redeliveries, repair passes) publish nothing.
 """
 
 from __future__ import annotations
@@ -70,9 +71,9 @@ class TranscriptsConsumer:
                     return  # the holder we waited for published it
                 body = await asyncio.to_thread(conversation_store.transcript_body, self._engine, conversation_id)
                 if body is None:
-                    await self._builder.wait_until_archived(closed, self._settings.transcript_wait_s)
+                    gaps = await self._builder.wait_until_archived(closed, self._settings.transcript_wait_s)
                     try:
-                        transcript = await self._builder.build(closed, site.name, dict(site.operators))
+                        transcript = await self._builder.build(closed, site.name, dict(site.operators), gaps)
                     except UnknownConversation as exc:
                         raise Permanent(str(exc)) from exc
                     await asyncio.to_thread(

@@ -90,16 +90,22 @@ messages = sa.Table(
     "messages",
     metadata,
     sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=True),
-    # The client's id: INSERT IGNORE on this unique key makes archiving idempotent.
-    sa.Column("message_id", sa.String(64), nullable=False, unique=True),
+    # The client's id, unique per conversation as in the Redis log (a browser may reuse
+    # an id in another conversation): INSERT IGNORE on it makes archiving idempotent.
+    sa.Column("message_id", sa.String(64), nullable=False),
     sa.Column("conversation_id", sa.String(64), nullable=False),
     sa.Column("seq", sa.BigInteger, nullable=False),
+    # seq for lines of the conversation, NULL for internal notes (seq 0, any number of
+    # them): unique per conversation, so the archive never holds two lines under one seq.
+    sa.Column("line_seq", sa.BigInteger, nullable=True),
     sa.Column("sender", sa.String(10), nullable=False),  # visitor | operator | system
     sa.Column("operator_jid", sa.String(255), nullable=True),
     sa.Column("body", sa.Text, nullable=False),
     sa.Column("internal", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("sent_at", Timestamp, nullable=False),
     sa.Index("ix_messages_conversation_seq", "conversation_id", "seq"),
+    sa.UniqueConstraint("conversation_id", "message_id", name="uq_messages_conversation_message"),
+    sa.UniqueConstraint("conversation_id", "line_seq", name="uq_messages_conversation_line"),
 )
 
 page_views = sa.Table(

@@ -1,14 +1,26 @@
-"""Conversation logs: an ordered list per conversation with gap-free sequence numbers.
+"""Conversation logs: the lines of a conversation in Redis, with sequence numbers that
+never go backwards.
 
-Entry n of the list has seq n (1-based), so "everything after seq N" is one LRANGE and
-the sequence can never have a gap: a number is only ever taken by the append that
-pushes the entry, inside one Lua script (atomic in Redis). The client's message id
-maps to its seq, so a retried send returns the first seq and appends nothing.
+Each line is a member of a sorted set scored by its seq, so "everything after seq N"
+is one ZRANGE BYSCORE whatever the numbering. A number is only ever taken inside one
+Lua script (atomic in Redis) from a counter; the client's message id maps to its seq,
+so a retried send returns the first seq and appends nothing.
+
+**Why a floor.** Redis without AOF (``appendonly no``) restarts from its last
+snapshot: the counter, the lines and the message ids written since are gone, and a
+plain counter would hand out seq numbers that widgets, operators and MySQL already
+have for other lines. So the script remembers, per conversation, which Redis process
+(``run_id``) last vouched for the counter. When it differs (Redis restarted, or a
+replica took over) the counter may be stale: the caller supplies a floor (what MySQL
+has archived for the conversation plus FLOOR_GAP for lines logged but not yet
+archived) and numbering resumes above it. Numbers then jump (there are gaps), never
+repeat. A conversation the caller has just created needs no floor (nothing can exist).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,24 +31,53 @@ from libs.common.settings import Settings
 # Logs are the visitor-facing copy; MySQL holds history. Seven days after the last
 # line covers a visitor who returns within a week to a still-open widget.
 LOG_TTL_S = 7 * 24 * 3600
+# Lines that may be in the log but not yet in MySQL when Redis loses them: the archive
+# trails the log by one batch (~0.1 s) normally, by the length of a broker outage at
+# worst; a conversation's lines are rate-limited to a few a second, so 1,000 covers
+# minutes of outage. Numbering after a Redis restart resumes this far above MySQL.
+FLOOR_GAP = 1000
 
-# KEYS[1] = log list, KEYS[2] = message-id -> seq hash
-# ARGV[1] = message id, ARGV[2] = entry JSON without seq, ARGV[3] = ttl
-# Returns {seq, 1 if newly appended else 0}.
+# What a caller can tell about a conversation's floor: a number, or "ask".
+FloorSource = Callable[[str], Awaitable[int]]
+
+# KEYS[1] = lines (sorted set by seq), KEYS[2] = message-id -> seq hash,
+# KEYS[3] = meta hash {seq = last number taken, run = run_id that vouches for it}
+# ARGV[1] = message id, ARGV[2] = entry JSON without seq, ARGV[3] = ttl,
+# ARGV[4] = floor (the lowest seq already possibly taken), or -1 if not known yet
+# Returns {seq, 1 if newly appended else 0}, or {-1, 0}: "call again with a floor".
 _APPEND = """
 local existing = redis.call('HGET', KEYS[2], ARGV[1])
 if existing then
   return {tonumber(existing), 0}
 end
-local seq = redis.call('LLEN', KEYS[1]) + 1
+local run = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
+local seq = tonumber(redis.call('HGET', KEYS[3], 'seq') or '0')
+if redis.call('HGET', KEYS[3], 'run') ~= run then
+  local floor = tonumber(ARGV[4])
+  if floor < 0 then
+    return {-1, 0}
+  end
+  local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+  if last[2] and tonumber(last[2]) > seq then seq = tonumber(last[2]) end
+  if floor > seq then seq = floor end
+  redis.call('HSET', KEYS[3], 'run', run)
+end
+seq = seq + 1
 local entry = cjson.decode(ARGV[2])
 entry['seq'] = seq
-redis.call('RPUSH', KEYS[1], cjson.encode(entry))
+redis.call('ZADD', KEYS[1], seq, cjson.encode(entry))
 redis.call('HSET', KEYS[2], ARGV[1], seq)
+redis.call('HSET', KEYS[3], 'seq', seq)
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('EXPIRE', KEYS[3], ARGV[3])
 return {seq, 1}
 """
+
+
+async def _no_floor(conversation_id: str) -> int:
+    # Only for tools and tests that never outlive a Redis restart: trust the log.
+    return 0
 
 
 def chat_line(sender: str, body: str, sent_at_ms: int, operator_name: str | None = None) -> dict[str, Any]:
@@ -76,34 +117,49 @@ class Appended:
 
 
 class ConversationLog:
-    def __init__(self, redis: aioredis.Redis, settings: Settings) -> None:
+    def __init__(self, redis: aioredis.Redis, settings: Settings, floor: FloorSource | None = None) -> None:
+        """``floor`` tells the lowest seq a conversation's next line may take after a
+        Redis restart (``libs.common.db.history.seq_floor`` in the services)."""
         self._redis = redis
         self._settings = settings
+        self._floor = floor or _no_floor
         self._append = redis.register_script(_APPEND)
 
     def _keys(self, conversation_id: str) -> list[str]:
+        # "lines", not the earlier "log" list: a key of the old type is never misread.
         return [
-            self._settings.redis_key("conv", conversation_id, "log"),
+            self._settings.redis_key("conv", conversation_id, "lines"),
             self._settings.redis_key("conv", conversation_id, "ids"),
+            self._settings.redis_key("conv", conversation_id, "meta"),
         ]
 
-    async def append(self, conversation_id: str, message_id: str, entry: dict[str, Any]) -> Appended:
-        """Append ``entry`` (JSON-able, without "seq") unless ``message_id`` is already there."""
+    async def append(
+        self, conversation_id: str, message_id: str, entry: dict[str, Any], *, new_conversation: bool = False
+    ) -> Appended:
+        """Append ``entry`` (JSON-able, without "seq") unless ``message_id`` is already there.
+
+        new_conversation=True: the caller created this conversation id a moment ago, so
+        numbering starts at 1 without asking for a floor."""
         payload = {**entry, "message_id": message_id}
         payload.pop("seq", None)
-        seq, created = await self._append(
-            keys=self._keys(conversation_id), args=[message_id, json.dumps(payload), LOG_TTL_S]
-        )
+        keys, body = self._keys(conversation_id), json.dumps(payload)
+        seq, created = await self._append(keys=keys, args=[message_id, body, LOG_TTL_S, 0 if new_conversation else -1])
+        if int(seq) < 0:
+            floor = await self._floor(conversation_id)
+            seq, created = await self._append(keys=keys, args=[message_id, body, LOG_TTL_S, max(floor, 0)])
         return Appended(int(seq), bool(created))
 
     async def after(self, conversation_id: str, after_seq: int, limit: int = 500) -> list[dict[str, Any]]:
         """Entries with seq > after_seq, oldest first, at most ``limit``."""
-        start = max(after_seq, 0)
-        raw = await self._redis.lrange(self._keys(conversation_id)[0], start, start + limit - 1)
-        return [json.loads(item) for item in raw]
+        raw = await self._redis.zrangebyscore(
+            self._keys(conversation_id)[0], f"({max(after_seq, 0)}", "+inf", start=0, num=max(limit, 1)
+        )
+        return [json.loads(item) for item in raw if isinstance(item, str | bytes)]
 
     async def last_seq(self, conversation_id: str) -> int:
-        return int(await self._redis.llen(self._keys(conversation_id)[0]))
+        """The highest seq in the log (0 if none): what a transcript waits for."""
+        last = await self._redis.zrange(self._keys(conversation_id)[0], -1, -1, withscores=True)
+        return int(last[0][1]) if last else 0
 
     async def seq_of(self, conversation_id: str, message_id: str) -> int | None:
         raw = await self._redis.hget(self._keys(conversation_id)[1], message_id)

@@ -1,0 +1,82 @@
+"""A redis-server of a test's own, on a free port: killed, restarted, and restarted
+from an older snapshot (what a Redis with ``appendonly no`` does after a crash).
+The shared Redis on 6379 is never touched."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+from tools.prosody import free_port
+
+
+class PrivateRedis:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="habla-redis-"))
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout_s: float = 20) -> None:
+        """Start (loading dump.rdb from its folder if there is one) and wait for PING."""
+        self.process = subprocess.Popen(
+            # --save "": no snapshots unless the test asks (snapshot()); a SIGKILL then
+            # restarts from the last one the test took, as a crashed Redis would.
+            [
+                *("redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""),
+                *("--appendonly", "no", "--daemonize", "no", "--dir", str(self.dir), "--logfile", "redis.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout_s
+        client = redis.Redis(port=self.port, socket_timeout=1)
+        try:
+            while True:
+                try:
+                    if client.ping():
+                        return
+                except redis.exceptions.BusyLoadingError:
+                    pass
+                except redis.exceptions.ConnectionError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server on {self.port} did not start; see {self.dir}/redis.log")
+                time.sleep(0.05)
+        finally:
+            client.close()
+
+    def snapshot(self) -> None:
+        """Write dump.rdb now (the "older snapshot" a later restart reloads)."""
+        client = redis.Redis(port=self.port, socket_timeout=10)
+        try:
+            client.save()
+        finally:
+            client.close()
+
+    def kill(self) -> None:
+        """SIGKILL: nothing written since the last snapshot survives."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+        self.process = None
+
+    def forget_snapshot(self) -> None:
+        """The next start begins empty (a Redis that lost everything)."""
+        with contextlib.suppress(FileNotFoundError):
+            (self.dir / "dump.rdb").unlink()
+
+    def close(self) -> None:
+        self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
