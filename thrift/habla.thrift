@@ -63,6 +63,8 @@ struct ChatMessage {
   10: optional string page_url,        // the page the visitor was on (sender VISITOR)
   11: optional string operator_name,   // display name shown to the visitor
   12: optional bool internal = false,  // an operator's !note: kept in the transcript, never shown to the visitor
+  13: optional string replaces_message_id, // a correction (XEP-0308): message_id of the line it edits (always the
+                                           // first version); body is the new text; the original stays archived
 }
 
 // A page the visitor opened; it becomes the visitor's XMPP status line.

@@ -12,7 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from libs.common import siteids
+from libs.common import chatlines, siteids
 from libs.common.db import accounts, conversations, messages, operators, site_store, sites, visitors
 
 # A page of recent conversations: a day's chats on a busy small site; older ones are
@@ -50,6 +50,8 @@ class TranscriptLine:
     body: str
     internal: bool
     sent_at: datetime.datetime
+    edited: bool = False  # corrected by its author (XEP-0308): body is the latest text
+    action: str | None = None  # "/me waves": shown as "* Alice waves"
 
 
 class ConsoleStore:
@@ -151,7 +153,11 @@ class ConsoleStore:
         counts = (
             sa.select(sa.func.count())
             .select_from(messages)
-            .where(messages.c.conversation_id == conversations.c.id, messages.c.internal == sa.false())
+            .where(
+                messages.c.conversation_id == conversations.c.id,
+                messages.c.internal == sa.false(),
+                messages.c.replaces_message_id.is_(None),  # a correction is no new message
+            )
             .scalar_subquery()
         )
         query = (
@@ -211,14 +217,32 @@ class ConsoleStore:
             ).all()
         visitor_label = _visitor_label(visitor.name, visitor.email, visitor.visitor_id)
         lines = []
-        for r in rows:
+        folded = chatlines.fold(
+            rows,
+            message_id=lambda r: str(r.message_id),
+            replaces=lambda r: r.replaces_message_id,
+            body=lambda r: r.body,
+        )
+        for shown in folded:
+            r = shown.line
             if r.sender == "visitor":
                 who = visitor_label
             elif r.sender == "operator":
                 who = names.get(r.operator_jid or "", r.operator_jid or "Operator")
             else:
                 who = "Habla"
-            lines.append(TranscriptLine(r.seq, r.sender, who, r.body, bool(r.internal), r.sent_at))
+            lines.append(
+                TranscriptLine(
+                    r.seq,
+                    r.sender,
+                    who,
+                    shown.body,
+                    bool(r.internal),
+                    r.sent_at,
+                    edited=shown.edited,
+                    action=chatlines.action(shown.body) if r.sender != "system" else None,
+                )
+            )
         return lines
 
 

@@ -18,6 +18,7 @@ from slixmpp.xmlstream.matcher import MatchXPath
 from services.im_gateway import commands, metrics, relay
 from services.im_gateway.component import CHATSTATES_NS, RECEIPTS_NS, GatewayComponent, on
 from services.im_gateway.desk import Desk
+from services.im_gateway.disco import CORRECTION_NS
 from services.im_gateway.lanes import Lanes
 from services.im_gateway.outbox import XmppUnavailable
 from services.im_gateway.roster import Roster
@@ -143,7 +144,11 @@ class Inbound:
             def on_committed() -> None:
                 self._desk.outbox.receipt(visitor_jid, reply_to, stanza_id)
 
-        refusal = await relay.operator_line(self._desk, sender, visitor_id, session, body, msg["id"], on_committed)
+        correction = msg.xml.find(f"{{{CORRECTION_NS}}}replace")  # XEP-0308
+        replaces = correction.get("id") if correction is not None else None
+        refusal = await relay.operator_line(
+            self._desk, sender, visitor_id, session, body, msg["id"], on_committed, replaces=replaces or None
+        )
         if refusal:
             reply(refusal)
             return

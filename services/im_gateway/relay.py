@@ -86,6 +86,7 @@ async def operator_line(
     body: str,
     stanza_id: str,
     on_committed: Callable[[], None] | None = None,
+    replaces: str | None = None,
 ) -> str | None:
     """Relay an operator's line to the visitor. Returns a sentence for the operator if refused.
 
@@ -122,11 +123,12 @@ async def operator_line(
                 _info_quietly(desk, jid, other, f"{desk.operators.display_name(operator, site_id)} took this chat.")
     name = desk.operators.display_name(operator, site_id)
     message_id = uuid.uuid5(_STANZA_NS, f"{operator}/{stanza_id}").hex if stanza_id else uuid.uuid4().hex
+    corrected = await _corrected_line(desk, conversation_id, operator, replaces) if replaces else None
     sent_at = now_ms()
     appended = await desk.log.append(
         conversation_id,
         message_id,
-        chat_line("operator", body, sent_at, name),
+        chat_line("operator", body, sent_at, name, replaces=corrected),
     )
     chat = codec.ChatMessage(
         message_id=message_id,
@@ -139,6 +141,7 @@ async def operator_line(
         sent_at_ms=sent_at,
         seq=appended.seq,
         operator_name=name,
+        replaces_message_id=corrected,
     )
 
     async def announce() -> None:
@@ -166,6 +169,23 @@ async def operator_line(
 
     await desk.in_background(announce())
     return None
+
+
+async def _corrected_line(desk: Desk, conversation_id: str, operator: str, stanza_id: str) -> str | None:
+    """The message id of the operator's own line that an XEP-0308 correction names.
+
+    Always the first version: a correction of a correction (clients differ in which
+    id they name) edits the same line. None if the operator wrote no such line in
+    this conversation: the correction is then shown as a line of its own.
+    """
+    candidate = uuid.uuid5(_STANZA_NS, f"{operator}/{stanza_id}").hex  # only this operator's ids
+    seq = await desk.log.seq_of(conversation_id, candidate)
+    if seq is None:
+        return None
+    entries = await desk.log.after(conversation_id, seq - 1, 1)
+    if not entries or entries[0].get("sender") != "operator" or entries[0].get("kind") != "message":
+        return None
+    return str(entries[0].get("replaces") or candidate)
 
 
 async def operator_typing(desk: Desk, operator: str, visitor_id: str, session: dict[str, str], state: str) -> None:

@@ -96,6 +96,7 @@ class Batch:
                 "body": m.body,
                 "internal": bool(m.internal),
                 "sent_at": sent_at,
+                "replaces_message_id": m.replaces_message_id[:64] if m.replaces_message_id else None,
             }
         )
         self._conversation(m.conversation_id, m.site_id, m.visitor_id, sent_at, m.seq, m.operator_jid)

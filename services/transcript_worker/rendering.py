@@ -20,7 +20,7 @@ from typing import Any
 
 import jinja2
 
-from libs.common import theme
+from libs.common import chatlines, theme
 from libs.common.sitedir import SiteConfig
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -85,7 +85,15 @@ def transcript_context(transcript: Any, site: SiteConfig) -> dict[str, Any]:
     names = dict(site.operators)
     visitor_label = transcript.visitor_name or "Visitor"
     lines = []
-    for m in transcript.messages:
+    # Corrections (XEP-0308) edit the line they name: one line, its latest text.
+    folded = chatlines.fold(
+        transcript.messages,
+        message_id=lambda m: str(m.message_id),
+        replaces=lambda m: m.replaces_message_id,
+        body=lambda m: str(m.body),
+    )
+    for shown in folded:
+        m = shown.line
         if m.internal:
             who = m.operator_name or names.get(m.operator_jid or "") or m.operator_jid or "Operator"
         elif int(m.sender) == 1:
@@ -98,7 +106,9 @@ def transcript_context(transcript: Any, site: SiteConfig) -> dict[str, Any]:
             {
                 "when": _when(m.sent_at_ms),
                 "who": who,
-                "body": m.body,
+                "body": shown.body,
+                "action": chatlines.action(shown.body),  # "/me waves" → "* Alice waves"
+                "edited": shown.edited,
                 "internal": bool(m.internal),
                 "kind": {1: "visitor", 2: "operator"}.get(int(m.sender), "system"),
             }

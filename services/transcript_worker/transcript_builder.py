@@ -122,6 +122,7 @@ class TranscriptBuilder:
                     sent_at_ms=int(e.get("sent_at_ms") or closed.closed_at_ms),
                     seq=int(e["seq"]),
                     operator_name=e.get("operator_name"),
+                    replaces_message_id=e.get("replaces"),
                 ),
                 str(e["message_id"]),
             )
@@ -183,6 +184,7 @@ def _chat_message(row: Any, closed: Any, operator_names: dict[str, str]) -> Any:
         seq=int(row.seq),
         operator_name=operator_names.get(row.operator_jid or "") or None,
         internal=bool(row.internal),
+        replaces_message_id=row.replaces_message_id,
     )
 
 

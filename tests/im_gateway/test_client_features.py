@@ -141,3 +141,48 @@ async def test_chat_states_both_ways(make_site) -> None:
 
     await site.event(visitor, codec.VisitorEventKind.ENDED_CHAT)
     await _eventually(lambda: op.chat_states[-1] == (visitor.jid, "gone"))
+
+
+async def test_an_operator_correction_edits_that_line_not_a_second_one(make_site) -> None:
+    site: Site = await make_site(1)
+    op = site.operators[0]
+    visitor = await site.visitor()
+    visitor_line = await site.say(visitor, "shipping to Canada?")
+    await op.wait_for(lambda r: r.body == "shipping to Canada?")
+
+    def correct(body: str, stanza_id: str, replaces: str) -> None:
+        message = op.xmpp.make_message(mto=visitor.jid, mbody=body, mtype="chat")
+        message["id"] = stanza_id
+        message.xml.append(message.xml.makeelement(f"{{{disco.CORRECTION_NS}}}replace", {"id": replaces}))
+        message.send()
+
+    op.say(visitor.jid, "3-5 weeks", stanza_id="l1")
+    correct("3-5 days", "l2", "l1")
+    correct("3-5 business days", "l3", "l2")  # a correction of the correction: same line
+    correct("not mine to correct", "l4", visitor_line)  # the visitor's line: a line of its own
+    op.say(visitor.jid, "/me waves", stanza_id="l5")
+    published = site.published
+
+    def lines() -> list[Any]:
+        return [s for s in published.items if isinstance(s, codec.ChatMessage)]
+
+    await _eventually(lambda: len(lines()) >= 5)
+    first = lines()[0]
+    assert [(m.body, m.replaces_message_id) for m in lines()] == [
+        ("3-5 weeks", None),
+        ("3-5 days", first.message_id),
+        ("3-5 business days", first.message_id),
+        ("not mine to correct", None),
+        ("/me waves", None),
+    ]
+    log = await ConversationLog(site.redis, site.settings).after(visitor.conversation_id, 0)
+    assert [(e["body"], e.get("edited")) for e in shown(log)] == [
+        ("shipping to Canada?", False),
+        ("3-5 business days", True),
+        ("not mine to correct", False),
+        ("/me waves", False),
+    ]
+    # !transcript reads the same way.
+    answer = await op.ask(visitor.jid, "!transcript")
+    assert "Agent 0: 3-5 business days (edited)" in answer and "3-5 weeks" not in answer
+    assert "* Agent 0 waves" in answer

@@ -25,7 +25,7 @@ from libs.common.db import site_store, sites
 from libs.common.messaging import Bus
 from libs.common.settings import Settings
 from libs.common.sitedir import SiteConfig, SiteDirectory
-from libs.common.state.conversations import ConversationLog
+from libs.common.state.conversations import ConversationLog, chat_line
 from libs.common.state.sessions import VisitorSessions
 from services.transcript_worker.app import Worker
 from tools import prosody
@@ -179,13 +179,14 @@ class Chat:
     async def visitor_says(self, body: str) -> Any:
         return await self._line(codec.SenderKind.VISITOR, body, topology.VISITOR, None)
 
-    async def operator_says(self, body: str) -> Any:
-        return await self._line(codec.SenderKind.OPERATOR, body, topology.OPERATOR, OPERATOR_JID)
+    async def operator_says(self, body: str, replaces: str | None = None) -> Any:
+        """An operator's line; ``replaces``: it corrects that message id (XEP-0308)."""
+        return await self._line(codec.SenderKind.OPERATOR, body, topology.OPERATOR, OPERATOR_JID, replaces)
 
-    async def _line(self, sender: int, body: str, exchange: str, jid: str | None) -> Any:
+    async def _line(self, sender: int, body: str, exchange: str, jid: str | None, replaces: str | None = None) -> Any:
         message_id = uuid.uuid4().hex
         who = "visitor" if sender == codec.SenderKind.VISITOR else "operator"
-        entry = {"kind": "message", "sender": who, "body": body, "sent_at_ms": now_ms(), "operator_name": None}
+        entry = chat_line(who, body, now_ms(), None, replaces=replaces)
         appended = await self.log.append(self.conversation_id, message_id, entry)
         message = codec.ChatMessage(
             message_id=message_id,
@@ -198,6 +199,7 @@ class Chat:
             sent_at_ms=now_ms(),
             seq=appended.seq,
             operator_name=OPERATOR_NAME if jid else None,
+            replaces_message_id=replaces,
         )
         await self.bus.publish(exchange, f"{self.site_id}.message", message)
         self.sent.append(message)

@@ -103,6 +103,9 @@ messages = sa.Table(
     sa.Column("body", sa.Text, nullable=False),
     sa.Column("internal", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("sent_at", Timestamp, nullable=False),
+    # A correction (XEP-0308) is a row of its own naming the line it edits; the
+    # original row is never changed, so the archive keeps what was first sent.
+    sa.Column("replaces_message_id", sa.String(64), nullable=True),
     sa.Index("ix_messages_conversation_seq", "conversation_id", "seq"),
     sa.UniqueConstraint("conversation_id", "message_id", name="uq_messages_conversation_message"),
     sa.UniqueConstraint("conversation_id", "line_seq", name="uq_messages_conversation_line"),

@@ -26,6 +26,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from libs.common import chatlines
 from libs.common.settings import Settings
 
 # Logs are the visitor-facing copy; MySQL holds history. Seven days after the last
@@ -80,10 +81,22 @@ async def _no_floor(conversation_id: str) -> int:
     return 0
 
 
-def chat_line(sender: str, body: str, sent_at_ms: int, operator_name: str | None = None) -> dict[str, Any]:
+def chat_line(
+    sender: str, body: str, sent_at_ms: int, operator_name: str | None = None, replaces: str | None = None
+) -> dict[str, Any]:
     """A log entry for a line someone wrote; sender is "visitor" or "operator". The
-    widget renders these fields (as text), so every writer builds them here."""
-    return {"kind": "message", "sender": sender, "body": body, "sent_at_ms": sent_at_ms, "operator_name": operator_name}
+    widget renders these fields (as text), so every writer builds them here.
+    ``replaces``: this line corrects the line with that message id (XEP-0308)."""
+    entry: dict[str, Any] = {
+        "kind": "message",
+        "sender": sender,
+        "body": body,
+        "sent_at_ms": sent_at_ms,
+        "operator_name": operator_name,
+    }
+    if replaces:
+        entry["replaces"] = replaces
+    return entry
 
 
 def system_line(body: str, sent_at_ms: int) -> dict[str, Any]:
@@ -106,8 +119,15 @@ def receipt_line(message_id: str, at_ms: int) -> dict[str, Any]:
 
 
 def shown(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The lines of a log as a person reads them: receipts left out."""
-    return [entry for entry in entries if entry.get("kind") != "receipt"]
+    """The lines of a log as a person reads them: receipts left out, corrections
+    folded into the line they edit (its latest text, ``"edited": True``)."""
+    folded = chatlines.fold(
+        (entry for entry in entries if entry.get("kind") != "receipt"),
+        message_id=lambda e: str(e.get("message_id", "")),
+        replaces=lambda e: e.get("replaces"),
+        body=lambda e: str(e.get("body", "")),
+    )
+    return [{**item.line, "body": item.body, "edited": item.edited} for item in folded]
 
 
 @dataclass(frozen=True)

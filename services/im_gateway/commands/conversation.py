@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from libs.common import codec
+from libs.common import chatlines, codec
 from libs.common.state.conversations import shown
 from services.im_gateway.commands.registry import Call, CommandError, command
 from services.im_gateway.events import now_ms
@@ -91,7 +91,8 @@ async def transcript(call: Call) -> None:
     for entry in entries:
         at = time.strftime("%H:%M", time.gmtime(int(entry.get("sent_at_ms", 0)) / 1000))
         who = {"visitor": name, "system": "—"}.get(entry.get("sender", ""), entry.get("operator_name") or "operator")
-        lines.append(f"[{at}] {who}: {entry.get('body', '')}")
+        edited = " (edited)" if entry.get("edited") else ""
+        lines.append(f"[{at}] {chatlines.as_text(who, str(entry.get('body', '')))}{edited}")
     call.reply("\n".join(lines))
 
 

@@ -213,11 +213,24 @@
   function bubble(sender, body, who, ms) {
     var node = el("div", { className: "hb-msg " + sender });
     if (who) node.appendChild(el("span", { className: "hb-who", text: who }));
-    node.appendChild(el("span", { className: "hb-body", text: body }));
+    node.appendChild(el("span", { className: "hb-body" }));
     node.appendChild(el("time", { className: "hb-time", text: clock(ms || Date.now()) }));
+    setBody(node, body, who || (sender.indexOf("visitor") === 0 ? nameInput.value || "You" : ""));
     logBox.appendChild(node);
     scrollDown();
     return node;
+  }
+  // XEP-0245: "/me waves" is an action, shown as "* Alice waves".
+  function setBody(node, body, who) {
+    var action = body.indexOf("/me ") === 0 && body.slice(4).trim() ? body.slice(4) : null;
+    node.querySelector(".hb-body").textContent = action === null ? body : "* " + who + " " + action;
+    if (action === null) node.classList.remove("action"); else node.classList.add("action");
+  }
+  // XEP-0308: the operator corrected a line: new text in place, marked "(edited)".
+  function edit(node, body) {
+    var who = node.querySelector(".hb-who");
+    setBody(node, body, who ? who.textContent : "");
+    if (!node.querySelector(".hb-edited")) node.querySelector(".hb-time").appendChild(el("span", { className: "hb-edited", text: " (edited)" }));
   }
   function systemLine(text) {
     logBox.appendChild(el("div", { className: "hb-system", text: text }));
@@ -234,9 +247,13 @@
       // POST's 200) settles it, and until then it is resent with the same id.
       if (drawn[entry.message_id]) { bubbles[entry.message_id] = drawn[entry.message_id]; delete drawn[entry.message_id]; return; }
       if (entry.kind === "system") { systemLine(entry.body); endButton.setAttribute("hidden", ""); return; }
+      if (entry.replaces && bubbles[entry.replaces]) {
+        edit(bubbles[entry.replaces], entry.body); bubbles[entry.message_id] = bubbles[entry.replaces]; return;
+      }
       if (entry.sender === "operator") {
         if (entry.operator_name) { state.operatorName = entry.operator_name; showStatus(); }
-        bubble("operator", entry.body, entry.operator_name || "", entry.sent_at_ms);
+        bubbles[entry.message_id] = bubble("operator", entry.body, entry.operator_name || "", entry.sent_at_ms);
+        if (entry.replaces) edit(bubbles[entry.message_id], entry.body); // its original is not shown here
         showTyping(false);
         if (state.historyLoaded) {
           if (!state.expanded) { state.unread += 1; layout(); }
@@ -434,7 +451,7 @@
     }
     clearTimeout(line.timer);
     delete pending[id];
-    line.node.className = "hb-msg visitor failed";
+    line.node.classList.remove("pending"); line.node.classList.add("failed");
     systemLine(event.error || "That message could not be sent.");
   }
   var typingSent = false, typingIdle = null;
