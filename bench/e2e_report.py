@@ -1,0 +1,136 @@
+"""What bench_e2e prints: progress while it runs, then every figure with its baseline."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import statistics
+
+from bench.e2e_baselines import ComponentRates
+from bench.e2e_chat import Lines, percentile
+from bench.e2e_http import Load
+from bench.e2e_procs import Phase, table
+
+
+def _ratio(ours: float, baseline: float) -> str:
+    return f"{ours / baseline:.2f}x" if baseline else "-"
+
+
+def _latency(lines: Lines) -> str:
+    values = lines.latencies_ms
+    return f"p50 {statistics.median(values or [0.0]):6.1f} ms  p99 {percentile(values, 0.99):6.1f} ms"
+
+
+class Report:
+    def __init__(self, args: argparse.Namespace, at: datetime.datetime) -> None:
+        self.args, self.at = args, at
+        self.phases: list[Phase] = []
+        self.lines: tuple[Lines, Lines] | None = None
+        self.paced_rows: list[tuple[float, list[Lines]]] = []
+        self.http: tuple[Load, Load] | None = None
+        self.tool = ""
+        self.publish_rate = 0.0
+        self.component_rates = ComponentRates(0.0, 0.0)
+        self.bare_http: tuple[Load, Load | None] | None = None
+        self.answer_bytes = 0
+        self.profile_lines: list[str] = []
+
+    @staticmethod
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    def header(self) -> None:
+        load = os.getloadavg()
+        a = self.args
+        self.say(
+            f"Habla end to end, {self.at:%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, load average "
+            f"{load[0]:.1f} {load[1]:.1f} {load[2]:.1f} at start (figures from a noisy, shared machine)\n"
+            f"  {a.visitors} visitors on WebSockets, {a.operators} operators on XMPP (strict clients), "
+            f"{a.lines} lines per visitor saturated, paced {', '.join(f'{r:g}' for r in a.rates)} lines/s "
+            f"for {a.paced_seconds:g} s, page views {a.connections} at once for {a.http_seconds:g} s"
+        )
+
+    def started(self, seconds: float) -> None:
+        self.say(f"  stack started in {seconds:.1f} s")
+
+    def processes(self, names: list[str]) -> None:
+        self.say(f"  processes measured: {', '.join(names)}")
+
+    def phase(self, name: str, unit: str, count: int, cpu: dict[str, float]) -> None:
+        self.phases.append(Phase(name, unit, count, cpu))
+        self.say(f"  .. {name}: {count} {unit}")
+
+    def saturated(self, to_operator: Lines, to_visitor: Lines) -> None:
+        self.lines = (to_operator, to_visitor)
+
+    def paced(self, rate: float, rows: list[Lines]) -> None:
+        self.paced_rows.append((rate, rows))
+        self.say(f"  .. paced {rate:g} lines/s each way")
+
+    def page_views(self, boots: Load, views: Load, connections: int, tool: str) -> None:
+        self.http, self.tool = (boots, views), tool
+
+    def publishes(self, rate: float, tasks: int) -> None:
+        self.publish_rate = rate
+        self.say(f"  .. bare confirmed publishes ({tasks} tasks)")
+
+    def component(self, rates: ComponentRates) -> None:
+        self.component_rates = rates
+        self.say("  .. bare slixmpp component")
+
+    def http_baselines(self, tornado_load: Load, nginx_load: Load | None, answer_bytes: int) -> None:
+        self.bare_http, self.answer_bytes = (tornado_load, nginx_load), answer_bytes
+
+    def profile(self, lines: list[str]) -> None:
+        self.profile_lines = lines
+
+    def summary(self) -> None:
+        assert self.lines is not None and self.http is not None and self.bare_http is not None
+        to_op, to_v = self.lines
+        comp = self.component_rates
+        out = ["", "figure                                         ours   baseline (same run)                 ratio"]
+        out.append(
+            f"lines/s visitor -> operator, saturated   {to_op.rate:9.0f}   bare component -> client "
+            f"{comp.component_to_client:8.0f}/s   {_ratio(to_op.rate, comp.component_to_client)}"
+        )
+        out.append(
+            f"lines/s operator -> visitor, saturated   {to_v.rate:9.0f}   bare client -> component "
+            f"{comp.client_to_component:8.0f}/s   {_ratio(to_v.rate, comp.client_to_component)}"
+        )
+        accepted = to_op.count / to_op.accepted_s if to_op.accepted_s else 0.0
+        out.append(
+            f"frontend accepted lines/s ('sent')       {accepted:9.0f}   bare confirmed publishes "
+            f"{self.publish_rate:8.0f}/s   {_ratio(accepted, self.publish_rate)}"
+        )
+        for rate, (v_to_o, o_to_v) in self.paced_rows:
+            out.append(f"latency paced at {rate:g} lines/s each way: visitor -> operator {_latency(v_to_o)}")
+            out.append(f"{'':>37} operator -> visitor {_latency(o_to_v)}")
+        boots, views = self.http
+        tornado_load, nginx_load = self.bare_http
+        for name, ours in (("widget boots/s", boots), ("returning page views/s", views)):
+            line = (
+                f"{name:<28} {ours.rate:8.0f}/s  p50 {ours.p50_ms:6.1f} ms  p99 {ours.p99_ms:6.1f} ms   "
+                f"bare Tornado {tornado_load.rate:7.0f}/s {_ratio(ours.rate, tornado_load.rate)}"
+            )
+            if nginx_load is not None:
+                line += f"; nginx {nginx_load.rate:7.0f}/s {_ratio(ours.rate, nginx_load.rate)}"
+            out.append(line + (f"  [{ours.errors}]" if ours.errors else ""))
+        if nginx_load is None:
+            out.append("nginx baseline skipped: nginx is not installed (apt-get install nginx-light)")
+        out.append(
+            f"  (page views: {self.tool}, {self.args.connections} connections, one request in flight each; baselines "
+            f"answer the same POST with the same {self.answer_bytes} bytes: bare Tornado p50 {tornado_load.p50_ms:.1f} "
+            f"ms" + (f", nginx p50 {nginx_load.p50_ms:.2f} ms)" if nginx_load else ")")
+        )
+        out.append("")
+        out.append("CPU seconds per 1 M units, per process (from /proc/<pid>/stat before and after each phase;")
+        out.append("shared servers also served other runs meanwhile; bench client and wrk are the load, not the suite)")
+        out += table(self.phases)
+        boots_phase = next((p for p in self.phases if p.name == "widget boots"), None)
+        if boots_phase is not None:
+            per_thousand = boots_phase.per_million("rpc_frontend") / 1000
+            out.append(f"  rpc_frontend alone: {per_thousand:.2f} CPU s per 1,000 widget boots")
+        if self.profile_lines:
+            out += ["", *self.profile_lines]
+        self.say("\n".join(out))
