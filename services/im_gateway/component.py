@@ -1,10 +1,12 @@
 """The XMPP connection: a slixmpp ComponentXMPP that reconnects with backoff.
 
 Stanzas the gateway must not lose (chat lines for operators) are written to the
-transport synchronously (``send_raw``), not through slixmpp's send queue: when
-``chat()`` returns, the bytes are in the socket's hands, so the RabbitMQ message they
-came from may be acknowledged. If the stream is down, it raises XmppUnavailable and
-the message stays unacknowledged.
+transport synchronously (``send_raw``), not through slixmpp's send queue; if the
+stream is down, that raises XmppUnavailable and the message stays unacknowledged.
+Written is not delivered, though: XEP-0114 has no acknowledgements, and bytes in a
+socket die with the connection. ``confirm()`` is the barrier: an XEP-0199 ping to
+the server, which handles a component's stanzas in order, so its answer means every
+stanza written before it was routed. Only then is the RabbitMQ message acknowledged.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from slixmpp import ComponentXMPP
+from slixmpp.exceptions import IqError, IqTimeout
 from slixmpp.stanza import Message, Presence
 from slixmpp.xmlstream.tostring import tostring
 
@@ -32,15 +35,26 @@ log = logging.getLogger(__name__)
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 30.0
 
+# A server answers a ping in about a millisecond (servers.md); one unanswered for this
+# long means a stream that is stuck, so the lines are sent again after a reconnect.
+CONFIRM_TIMEOUT_S = 10.0
+
 CHATSTATES_NS = "http://jabber.org/protocol/chatstates"
 RECEIPTS_NS = "urn:xmpp:receipts"
+PING_NS = "urn:xmpp:ping"
+# XEP-0359: the message id travels as origin-id too, so a client that receives a line
+# twice (resent because the stream died before the barrier) shows it once.
+SID_NS = "urn:xmpp:sid:0"
 
 
 class GatewayComponent(ComponentXMPP):
     """One component connection; ``ready`` is set while the stream is usable."""
 
-    def __init__(self, domain: str, secret: str, host: str, port: int) -> None:
+    def __init__(self, domain: str, secret: str, host: str, port: int, server: str = "") -> None:
         super().__init__(domain, secret, host, port)  # type: ignore[no-untyped-call]
+        # Where barrier pings go: the server's own domain (any answer will do, even
+        # an error: it is the order that counts).
+        self.ping_target = server or domain.split(".", 1)[-1]
         # Subscription requests are answered by services.im_gateway.roster (operators
         # only), never automatically: a stranger must not get the bot in their roster.
         self.auto_authorize = None
@@ -56,6 +70,13 @@ class GatewayComponent(ComponentXMPP):
         self._stopping = False
         self._backoff_s = BACKOFF_FIRST_S
         self._reconnect_task: asyncio.Task[None] | None = None
+        # The barrier: stanzas written on stream number ``_stream`` so far, how many of
+        # them a pong has covered, and the one ping in flight (shared by its waiters).
+        self._stream = 0
+        self._written = 0
+        self._confirmed = 0
+        self._ping: asyncio.Future[None] | None = None
+        self._ping_tasks: set[asyncio.Task[None]] = set()
         self.add_event_handler("session_start", self._on_session_start)
         self.add_event_handler("disconnected", self._on_disconnected)
         self.add_event_handler("connection_failed", self._on_connection_failed)
@@ -75,6 +96,8 @@ class GatewayComponent(ComponentXMPP):
             await self.disconnect(wait=1.0)
 
     def _on_session_start(self, _event: Any) -> None:
+        self._stream += 1
+        self._written = self._confirmed = 0
         log.info("connected to the XMPP server as a component", extra={"domain": self.boundjid.bare})
         self._backoff_s = BACKOFF_FIRST_S
         self.ready.set()
@@ -83,6 +106,10 @@ class GatewayComponent(ComponentXMPP):
     def _on_disconnected(self, reason: Any) -> None:
         self.ready.clear()
         metrics.XMPP_CONNECTED.set(0)
+        self._stream += 1  # whatever was written and not confirmed must be sent again
+        if self._ping is not None and not self._ping.done():
+            self._ping.set_exception(XmppUnavailable("the XMPP stream was lost before the server confirmed"))
+        self._ping = None
         if self._stopping:
             return
         delay = self._backoff_s * random.uniform(0.8, 1.2)  # jitter: shards do not reconnect in step
@@ -122,7 +149,63 @@ class GatewayComponent(ComponentXMPP):
         if not self.ready.is_set() or transport is None or transport.is_closing():
             raise XmppUnavailable("the XMPP stream is down; will retry once reconnected")
         self.send_raw(tostring(stanza.xml, xmlns=self.default_ns, stream=self, top_level=True))
+        self._written += 1
         metrics.STANZAS_SENT.labels(stanza.name).inc()
+
+    async def confirm(self) -> None:
+        """Return once the server has every stanza written so far on this stream;
+        XmppUnavailable if the stream was lost first (then they must be sent again).
+
+        One ping at a time: waiters whose stanzas it covers share it; those who wrote
+        after it was sent share the next one (so a busy gateway pings once per batch).
+        """
+        stream, mark = self._stream, self._written
+        while self._confirmed < mark:
+            if self._stream != stream or not self.ready.is_set():
+                raise XmppUnavailable("the XMPP stream was lost before the server confirmed")
+            if self._ping is None:
+                self._ping = self._start_ping()
+            await asyncio.shield(self._ping)
+        if self._stream != stream:
+            raise XmppUnavailable("the XMPP stream was lost before the server confirmed")
+
+    def _start_ping(self) -> asyncio.Future[None]:
+        answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Nobody may be left to await a ping that failed: do not warn about it.
+        answered.add_done_callback(lambda f: f.cancelled() or f.exception())
+        task = asyncio.ensure_future(self._ping_server(answered, self._stream, self._written))
+        self._ping_tasks.add(task)
+        task.add_done_callback(self._ping_tasks.discard)
+        return answered
+
+    async def _ping_server(self, answered: asyncio.Future[None], stream: int, covers: int) -> None:
+        try:
+            iq = self.make_iq_get(ito=self.ping_target, ifrom=self.boundjid.bare)
+            iq.xml.append(iq.xml.makeelement(f"{{{PING_NS}}}ping", {}))
+            try:
+                await iq.send(timeout=CONFIRM_TIMEOUT_S)  # type: ignore[no-untyped-call]
+            except IqError:
+                pass  # an error answer is an answer: everything before it was handled
+            except IqTimeout:
+                log.warning("the XMPP server did not answer a ping; reconnecting")
+                if self._stream == stream:
+                    self.abort_stream()
+                return  # answered fails below: the lines are sent again after reconnecting
+            if self._stream == stream and not answered.done():
+                self._confirmed = max(self._confirmed, covers)
+                answered.set_result(None)
+        except Exception as exc:  # the stream broke under the send
+            log.warning("barrier ping failed: %s", exc)
+        finally:
+            if not answered.done():
+                answered.set_exception(XmppUnavailable("the XMPP stream was lost before the server confirmed"))
+            if self._ping is answered:
+                self._ping = None
+
+    def abort_stream(self) -> None:
+        """Drop a stuck stream; the disconnect handler reconnects."""
+        if self.transport is not None:
+            self.transport.abort()
 
     def chat(
         self,
@@ -137,6 +220,7 @@ class GatewayComponent(ComponentXMPP):
         msg = self.make_message(mto=to, mbody=body, mtype="chat", mfrom=sender)
         if stanza_id:
             msg["id"] = stanza_id
+            msg.xml.append(msg.xml.makeelement(f"{{{SID_NS}}}origin-id", {"id": stanza_id}))
             if request_receipt:  # XEP-0184 §5.3: only with an id the receipt can name
                 msg.xml.append(msg.xml.makeelement(f"{{{RECEIPTS_NS}}}request", {}))
         if state:

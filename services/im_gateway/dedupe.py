@@ -1,12 +1,12 @@
-"""Which RabbitMQ messages already reached an operator's stream (by message id).
+"""Which RabbitMQ messages already reached the XMPP server (by message id).
 
-The mark and the stanzas leave the process in the same event-loop step: the gateway
-hands the stanzas to the XMPP socket and, with no ``await`` in between, writes the
-Redis command ``SET <id> NX EX`` to a Redis socket of its own (``mark_now``); only
-then does it wait for Redis's answer and acknowledge the RabbitMQ message. A SIGKILL
-lands either before both writes (the message is redelivered and shown once) or after
-both (the kernel still delivers both buffers: the redelivery finds the mark and shows
-nothing). A redis-py command cannot do this: it first awaits a pooled connection.
+The mark is set after the component's barrier (services.im_gateway.component.confirm:
+the server answered a ping sent after the stanzas), then the RabbitMQ message is
+acknowledged. A gateway that dies before the mark leaves the message to be
+redelivered and sent again under the same stanza id (a client shows it once); one
+that dies after the mark but before the ack gets it redelivered, finds the mark and
+sends nothing. The mark travels on a Redis connection of its own, written without
+first awaiting a pooled connection (``mark_now``), so it costs one round trip.
 """
 
 from __future__ import annotations

@@ -55,6 +55,7 @@ class Gateway:
             settings.xmpp_component_secret,
             settings.xmpp_component_host,
             settings.xmpp_component_port,
+            server=settings.xmpp_domain,
         )
         self.sitedir = SiteDirectory(redis, engine, settings)
         self.lease = DomainLease(redis, settings)
@@ -84,8 +85,8 @@ class Gateway:
         self.bot = SiteBot(self.desk)
         self.roster = Roster(self.desk, self.bot)
         self.inbound = Inbound(self.component, self.desk, self.roster, self.bot)
-        self.visitor_consumer = VisitorConsumer(self.desk, self.component.ready)
-        self.conversation_consumer = ConversationConsumer(self.desk, self.component.ready)
+        self.visitor_consumer = VisitorConsumer(self.desk, self.component)
+        self.conversation_consumer = ConversationConsumer(self.desk, self.component)
         self._tasks: list[asyncio.Task[Any]] = []
         self._consumers: list[Any] = []
         self.active = False

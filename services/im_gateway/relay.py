@@ -64,8 +64,7 @@ async def visitor_line(desk: Desk, message: Any) -> int:
     jid = await desk.names.jid_of(message.visitor_id)
     shown = all((operator, message.visitor_id) in desk.shown for operator in conversation.recipients)
     status = "" if shown else await desk.visitor_status(message.visitor_id)
-    # From here on nothing is awaited: the caller marks the message delivered in the
-    # same event-loop step as the last stanza (services.im_gateway.dedupe).
+    # The caller confirms with the server (ping barrier) before marking it delivered.
     for operator in conversation.recipients:
         if (operator, message.visitor_id) not in desk.shown:
             desk.outbox.presence(jid, operator, show="chat", status=status)
@@ -290,7 +289,7 @@ async def visitor_event(desk: Desk, event: Any) -> None:
     elif kind == codec.VisitorEventKind.ENDED_CHAT and conversation:
         await desk.routing.close(conversation.conversation_id)
         await desk.hide_visitor(conversation)
-        for operator in conversation.recipients:  # the last awaits are behind us (dedupe)
+        for operator in conversation.recipients:
             with contextlib.suppress(XmppUnavailable):
                 desk.outbox.chat_state(jid, operator, "gone")  # XEP-0085: the visitor left the chat
             desk.info(jid, operator, "The visitor ended the chat; the transcript goes to the site owner.")

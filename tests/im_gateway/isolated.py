@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from libs.common.settings import Settings
 from tools import prosody, sandbox
@@ -109,3 +110,21 @@ async def wait_until(predicate, within: float = 15.0, every: float = 0.05) -> No
             return
         await asyncio.sleep(every)
     raise TimeoutError(f"condition not met within {within} s")
+
+
+def shown_once(received: list[Any]) -> tuple[list[str], int]:
+    """Bodies as a client that honours message ids shows them (a stanza id or XEP-0359
+    origin-id it has already shown is not shown again), and how many copies it dropped.
+
+    A line written to the stream but not yet confirmed by the server when the gateway
+    died is sent again under the same id: delivered at least once, shown once."""
+    ids: dict[str, str] = {}
+    copies = 0
+    for item in received:
+        key = item.stanza_id or f"no-id:{id(item)}"
+        if key in ids:
+            copies += 1
+            assert ids[key] == item.body, f"one id, two different lines: {key}"
+            continue
+        ids[key] = item.body
+    return list(ids.values()), copies

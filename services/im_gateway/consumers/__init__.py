@@ -1,17 +1,21 @@
 """RabbitMQ consumers, one module per queue.
 
 Each handles a visitor's messages one at a time, in queue order (a visitor's lines must
-reach the operator in the order they were written), different visitors at once, and acknowledges a message only after
-what it carries was handed to the XMPP stream. While the stream is down, messages
-wait unacknowledged; a gateway that dies leaves them to be redelivered, and the
-message-id mark (services.im_gateway.dedupe) keeps a redelivery from showing twice.
+reach the operator in the order they were written), different visitors at once, and
+acknowledges a message only after the XMPP server confirmed what it carries (the
+component's ping barrier, shared by every lane waiting at the same time). While the
+stream is down, messages wait unacknowledged; a stream lost before the barrier means
+the stanzas are written again after the reconnect (with the same stanza id, so a
+client shows them once); a gateway that dies leaves them to be redelivered, and the
+message-id mark (services.im_gateway.dedupe), set after the barrier, keeps a
+confirmed message from being sent twice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 from libs.common.messaging import Envelope
 from services.im_gateway.desk import Desk
@@ -22,6 +26,14 @@ log = logging.getLogger(__name__)
 
 # While XMPP is down, re-check this often (reconnect backoff starts at 0.5 s).
 STREAM_WAIT_S = 0.2
+
+
+class Stream(Protocol):
+    """The part of the component a consumer needs (services.im_gateway.component)."""
+
+    ready: asyncio.Event
+
+    async def confirm(self) -> None: ...
 
 
 class Unhandled(Exception):
@@ -36,9 +48,10 @@ LANES = 64
 class SerialConsumer:
     """Settle envelopes from Bus.consume(manual=True) in order per visitor, visitors at once."""
 
-    def __init__(self, desk: Desk, ready: asyncio.Event) -> None:
+    def __init__(self, desk: Desk, stream: Stream) -> None:
         self.desk = desk
-        self._ready = ready
+        self._stream = stream
+        self._ready = stream.ready
         self._lanes = Lanes(LANES)
 
     async def receive(self, envelope: Envelope) -> None:
@@ -55,8 +68,7 @@ class SerialConsumer:
                 if not await self.desk.delivered.seen(envelope.message_id):
                     await self.desk.delivered.ready()
                     await self.consume(envelope.type_name, envelope.struct)
-                    # Same event-loop step as the last stanza consume() handed over:
-                    # consume() awaits nothing after it (services.im_gateway.dedupe).
+                    await self._stream.confirm()  # the server has it: now it is delivered
                     await self.desk.delivered.mark_now(envelope.message_id)
             except XmppUnavailable:
                 await asyncio.sleep(STREAM_WAIT_S)

@@ -1,0 +1,171 @@
+"""Delivered means the XMPP server has it (issue 10, item 3).
+
+The XMPP server is frozen (SIGSTOP) so that the gateway's stanzas sit written in a
+socket with no answer to its barrier ping; the gateway is SIGKILLed in that state and
+the server thawed. Nothing was acknowledged on RabbitMQ, so the restarted gateway
+sends every line again: each line reaches the operator, shown once by its id."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import re
+import signal
+import time
+import urllib.request
+import uuid
+
+import pytest
+
+from libs.common import codec, state, topology
+from libs.common.messaging import Bus
+from libs.common.state.conversations import ConversationLog
+from libs.common.state.presence import SiteStatusReader
+from libs.common.state.sessions import VisitorSessions
+from services.im_gateway.component import on
+from tests.im_gateway.conftest import create_site
+from tests.im_gateway.isolated import isolated_gateway_env, shown_once, wait_until
+from tests.im_gateway.operator_client import OperatorClient
+from tools import prosody
+
+LINES = 40
+VISITORS = 10
+
+
+def _messages_written(port: int) -> float:
+    """habla_gateway_stanzas_sent_total{kind="message"} of a gateway process."""
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    except OSError:
+        return -1.0
+    found = re.search(r'^habla_gateway_stanzas_sent_total\{kind="message"\} (\S+)$', text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+@pytest.mark.slow
+async def test_lines_written_but_unconfirmed_when_the_gateway_dies_arrive_after_restart(
+    settings, engine, artifacts
+) -> None:
+    async with isolated_gateway_env(
+        settings, artifacts, presence_heartbeat_s=1, presence_ttl_s=3, gateway_lease_ttl_s=2
+    ) as env:
+        s = env.settings
+        redis = state.connect(s)
+        bus = await Bus.connect(s, "barrier-test")
+        await bus.declare_topology()
+        user, password = f"op-{uuid.uuid4().hex[:6]}", uuid.uuid4().hex[:12]
+        await asyncio.to_thread(prosody.register, env.prosody, user, password)
+        site_id = await create_site(engine, [(f"{user}@{s.xmpp_domain}", "Kim")])
+        status = SiteStatusReader(redis, s)
+        gateway = env.start_gateway("gateway-1")
+        restarted = None
+        frozen = False
+        operator = await OperatorClient(f"{user}@{s.xmpp_domain}", password, "127.0.0.1", s.xmpp_c2s_port).start()
+        try:
+            await wait_until(lambda: _online(status, site_id), within=30)
+            sessions, log = VisitorSessions(redis, s), ConversationLog(redis, s)
+            # One line of each visitor at a time waits for the barrier (a visitor's
+            # lines stay in order), so several visitors put several lines in the socket.
+            visitors = [(sessions.new_visitor_id(), uuid.uuid4().hex) for _ in range(VISITORS)]
+            for visitor_id, conversation_id in visitors:
+                await sessions.save(
+                    visitor_id, site_id, {"frontend_id": s.frontend_id, "conversation_id": conversation_id,
+                                          "page_url": "https://shop.example/", "page_title": "Home"},
+                )  # fmt: skip
+
+            async def visitor_says(visitor: tuple[str, str], body: str) -> None:
+                visitor_id, conversation_id = visitor
+                message_id = uuid.uuid4().hex
+                appended = await log.append(
+                    conversation_id, message_id,
+                    {"kind": "message", "sender": "visitor", "body": body, "sent_at_ms": 0, "operator_name": None},
+                )  # fmt: skip
+                await bus.publish(
+                    topology.VISITOR, f"{site_id}.message",
+                    codec.ChatMessage(
+                        message_id=message_id, conversation_id=conversation_id, site_id=site_id,
+                        visitor_id=visitor_id, sender=codec.SenderKind.VISITOR, body=body,
+                        sent_at_ms=int(time.time() * 1000), seq=appended.seq,
+                    ),
+                )  # fmt: skip
+
+            for n, visitor in enumerate(visitors):
+                await visitor_says(visitor, f"hello {n}")
+            await wait_until(lambda: sum(1 for r in operator.received if r.body.startswith("hello ")) >= VISITORS, 30)
+            await asyncio.sleep(1.0)  # their barrier pings answered, their messages acknowledged
+            written_before = _messages_written(s.gateway_metrics_port)
+            assert written_before >= VISITORS
+
+            # Freeze the server: what the gateway writes now stays unconfirmed.
+            os.kill(env.prosody_process.pid, signal.SIGSTOP)
+            frozen = True
+            expected = set()
+            for n in range(LINES):
+                expected.add(f"line {n}")
+                await visitor_says(visitors[n % VISITORS], f"line {n}")
+            # The first line of each visitor is in the socket; the rest wait behind it.
+            await wait_until(lambda: _messages_written(s.gateway_metrics_port) >= written_before + VISITORS, 30)
+            env.kill(gateway)
+            os.kill(env.prosody_process.pid, signal.SIGCONT)
+            frozen = False
+
+            restarted = env.start_gateway("gateway-2")
+            await wait_until(lambda: expected <= {r.body for r in operator.received}, 60)
+            await asyncio.sleep(2.0)  # a late copy would arrive by now
+            received = [r for r in operator.received if r.kind == "message" and r.body.startswith("line ")]
+            bodies, copies = shown_once(received)
+            counts = collections.Counter(bodies)
+            assert set(counts) == expected
+            assert [b for b, c in counts.items() if c > 1] == []
+            print(
+                f"\n{VISITORS} lines written and unconfirmed at the SIGKILL ({LINES} in all): each line reached "
+                f"the operator; {len(received)} stanzas received, {copies} copies under an id already shown"
+            )
+        finally:
+            if frozen:
+                os.kill(env.prosody_process.pid, signal.SIGCONT)
+            for process in (gateway, restarted):
+                if process is not None:
+                    env.terminate(process)
+            await operator.stop()
+            await bus.close()
+            await redis.aclose()
+
+
+async def _online(status: SiteStatusReader, site_id: str) -> bool:
+    return (await status.get(site_id)).online
+
+
+async def test_a_stream_lost_before_the_barrier_sends_the_line_again_after_reconnecting(make_site, monkeypatch) -> None:
+    """The server drops the stream with our stanza unread (here: it reads bytes that
+    are not XML just before it): the line was written, never delivered, and must not
+    be marked delivered; it reaches the operator after the reconnect, once."""
+    site = await make_site(1)
+    operator = site.operators[0]
+    component = site.gateway.component
+    lost: list[object] = []
+    on(component, "disconnected", lost.append)
+    hand = component._hand
+    broken: list[str] = []
+
+    def hand_after_garbage(stanza):
+        if not broken and stanza.name == "message" and stanza["body"] == "line 3":
+            broken.append(stanza["id"])
+            assert component.transport is not None
+            component.transport.write(b"<\x01/>")  # not-well-formed: the server closes the stream
+        hand(stanza)
+
+    monkeypatch.setattr(component, "_hand", hand_after_garbage)
+    try:
+        visitor = await site.visitor()
+        for n in range(8):
+            await site.say(visitor, f"line {n}")
+        expected = {f"line {n}" for n in range(8)}
+        await operator.wait_for(lambda r: r.body == "line 7", within=30)
+        await asyncio.sleep(1.0)
+        lines = [r for r in operator.messages_from(visitor.jid) if r.body.startswith("line ")]
+        assert broken and len(lost) == 1
+        assert sorted(r.body for r in lines) == sorted(expected)  # each once: line 3 after the reconnect
+    finally:
+        component.del_event_handler("disconnected", lost.append)
