@@ -15,6 +15,7 @@ from libs.common import siteids
 from libs.common.settings import Settings
 from libs.common.state.conversations import ConversationLog
 from libs.common.state.sessions import VisitorSessions
+from services.im_gateway import voice
 from services.im_gateway.availability import Availability
 from services.im_gateway.coalescer import PresenceCoalescer
 from services.im_gateway.dedupe import Delivered
@@ -112,5 +113,5 @@ class Desk:
                 self.coalescer.update(operator, jid, kind="unavailable", status="Chat ended")
 
     def info(self, sender: str, operator: str, text: str) -> None:
-        """An [info] line to an operator (from the bot or a visitor JID)."""
-        self.outbox.chat(sender, operator, f"[info] {text}")
+        """A "[Habla] …" line to an operator (from the bot or a visitor JID; see voice)."""
+        self.outbox.chat(sender, operator, voice.from_habla(text))

@@ -2,7 +2,7 @@
 
 An operator who does not answer within HABLA_GATEWAY_ANSWER_TIMEOUT_S is marked away
 for routing (until they write or change their status) and the chat goes to the least
-busy other available operator; both get an [info] line saying so.
+busy other available operator; both get a [Habla] line saying so.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from services.im_gateway import voice
 from services.im_gateway.desk import Desk
 from services.im_gateway.outbox import XmppUnavailable
 from services.im_gateway.relay import route_new
@@ -73,7 +74,7 @@ async def _replay(desk: Desk, operator: str, conversation_id: str, visitor_jid: 
     """The visitor's lines so far, so the new operator knows what was asked."""
     for entry in await desk.log.after(conversation_id, 0):
         if entry.get("sender") == "visitor":
-            desk.outbox.chat(visitor_jid, operator, entry.get("body", ""))
+            desk.outbox.chat(visitor_jid, operator, voice.from_visitor(str(entry.get("body", ""))))
 
 
 async def watch(desk: Desk) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 from libs.common import codec
 from libs.common.state.conversations import chat_line, receipt_line
 from libs.common.xmlsafe import one_line
+from services.im_gateway import voice
 from services.im_gateway.desk import Desk
 from services.im_gateway.events import now_ms
 from services.im_gateway.outbox import XmppUnavailable
@@ -72,7 +73,12 @@ async def visitor_line(desk: Desk, message: Any) -> int:
         # A receipt from the operator's client becomes the visitor's delivery tick
         # (operator_received); <active/> ends the "typing" the client may show.
         desk.outbox.chat(
-            jid, operator, message.body, stanza_id=message.message_id, request_receipt=True, state="active"
+            jid,
+            operator,
+            voice.from_visitor(message.body),
+            stanza_id=message.message_id,
+            request_receipt=True,
+            state="active",
         )
     return len(conversation.recipients)
 

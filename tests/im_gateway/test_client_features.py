@@ -186,3 +186,17 @@ async def test_an_operator_correction_edits_that_line_not_a_second_one(make_site
     answer = await op.ask(visitor.jid, "!transcript")
     assert "Agent 0: 3-5 business days (edited)" in answer and "3-5 weeks" not in answer
     assert "* Agent 0 waves" in answer
+
+
+async def test_habla_speaks_with_a_prefix_a_visitor_cannot_imitate(make_site) -> None:
+    site: Site = await make_site(1)
+    op = site.operators[0]
+    visitor = await site.visitor()
+    await site.say(visitor, "[Habla] Agent 1 took this chat.\n\u200b[Habla] Please close this window.")
+    faked = await op.wait_for(lambda r: "took this chat" in r.body)
+    assert faked.body == "> [Habla] Agent 1 took this chat.\n> \u200b[Habla] Please close this window."
+    # Habla's own lines in the visitor's window: command replies and notices.
+    answer = await op.ask(visitor.jid, "!info")
+    assert answer.startswith("[Habla] ")
+    await site.say(visitor, "/me waves")
+    assert (await op.wait_for(lambda r: "waves" in r.body)).body == "/me waves"  # XEP-0245: the client renders it

@@ -67,7 +67,7 @@ async def test_follow_shows_page_changes_and_unfollow_stops_them(make_site) -> N
 async def test_end_closes_the_conversation_and_publishes_the_action(make_site) -> None:
     site, visitor = await _chatting(make_site)
     answer = await site.operators[0].ask(visitor.jid, "!end")
-    assert "ended" in answer and answer.startswith("[info]")
+    assert "ended" in answer and answer.startswith("[Habla] ")
     action = await site.published.wait_for(lambda s: isinstance(s, codec.OperatorAction) and s.action == "end")
     assert action.conversation_id == visitor.conversation_id and action.operator_jid == site.operators[0].jid
     assert await site.gateway.desk.routing.get(visitor.conversation_id) is None

@@ -69,7 +69,7 @@ async def test_unanswered_chat_forces_the_operator_away_and_goes_to_another(make
     other = next(op for op in site.operators if op.jid != slow_jid)
     within = gateway_settings.gateway_answer_timeout_s + 5
     notice = await slow.wait_for(lambda r: r.kind == "message" and "without an answer" in r.body, within)
-    assert notice.body.startswith("[info]") and other.jid in notice.body
+    assert notice.body.startswith("[Habla] ") and other.jid in notice.body
     handed = await other.wait_for(lambda r: r.kind == "message" and "this chat is yours now" in r.body, within)
     assert handed.sender == visitor.jid
     await other.wait_for(lambda r: r.kind == "message" and r.body == "anyone there?" and r.sender == visitor.jid)

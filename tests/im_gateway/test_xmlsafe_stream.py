@@ -43,7 +43,7 @@ async def test_control_characters_and_huge_lines_never_cut_the_stream(make_site)
         assert presence.status.startswith("Checkout step 2 — https://shop.example/pay?x=")
         assert not any(ch in presence.status for ch in C0)
 
-        # The name: the [info] line when the visitor introduces themselves, and !info.
+        # The name: the [Habla] line when the visitor introduces themselves, and !info.
         await site.event(visitor, codec.VisitorEventKind.IDENTIFIED, name=f"Jane{C0}Doe")
         intro = await operator.wait_for(lambda r: r.kind == "message" and "introduced" in r.body)
         assert intro.body.endswith("Jane Doe")

@@ -7,6 +7,7 @@ import uuid
 
 from libs.common import chatlines, codec
 from libs.common.state.conversations import shown
+from services.im_gateway import voice
 from services.im_gateway.commands.registry import Call, CommandError, command
 from services.im_gateway.events import now_ms
 from services.im_gateway.outbox import XmppUnavailable
@@ -134,8 +135,12 @@ async def transfer(call: Call) -> None:
             offer = "this chat is yours now" if target else "reply to take this chat"
             desk.info(visitor_jid, operator, f"{me} transferred {name} to you: {offer}. The chat so far:")
             for entry in shown(await desk.log.after(conversation.conversation_id, 0)):
-                who = name if entry.get("sender") == "visitor" else entry.get("operator_name") or "operator"
-                desk.outbox.chat(visitor_jid, operator, f"[{who}] {entry.get('body', '')}")
+                body = str(entry.get("body", ""))
+                if entry.get("sender") == "visitor":
+                    who, body = name, voice.from_visitor(body)
+                else:
+                    who = entry.get("operator_name") or "operator"
+                desk.outbox.chat(visitor_jid, operator, f"[{who}] {body}")
         except XmppUnavailable:
             raise CommandError("the XMPP connection dropped; try again in a moment") from None
     if target:
