@@ -1,5 +1,5 @@
 # The two commands: `make run` (whole suite locally, with a demo site) and `make test`.
-.PHONY: run test lint setup bench
+.PHONY: run test lint setup bench bench-e2e
 
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -20,5 +20,10 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy libs services tools tests bench
 
+# Every benchmark, bench_e2e.py (the whole stack, about 2-3 minutes) among them.
 bench: setup
 	@for script in bench/bench_*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+
+# Only the end-to-end one, with arguments: make bench-e2e BENCH_ARGS="--visitors 100 --http-seconds 20"
+bench-e2e: setup
+	$(PY) bench/bench_e2e.py $(BENCH_ARGS)

@@ -159,7 +159,9 @@ async def run(args: argparse.Namespace, settings: Settings, demo: dict[str, str]
 
     # Baselines, after the suite's figures (so they do not share the phases' CPU).
     report.publishes(await e2e_baselines.bare_publishes(settings, len(visitors), args.lines), len(visitors))
-    report.component(await e2e_baselines.bare_component(settings, len(visitors) * args.lines))
+    report.component(
+        await e2e_baselines.bare_component(settings, len(visitors) * args.lines, args.rates, args.paced_seconds)
+    )
     answer = await e2e_http.session_answer(url)
     with e2e_http.baselines(site_id, answer) as bare:
         tornado_load = await e2e_http.load(bare.tornado_url, [e2e_http.BOOT_BODY], args.connections, args.http_seconds)

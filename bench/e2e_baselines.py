@@ -63,9 +63,11 @@ async def bare_publishes(settings: Settings, tasks: int, per_task: int) -> float
 class ComponentRates:
     client_to_component: float
     component_to_client: float
+    # rate -> (client -> component, component -> client) one-way latencies, ms
+    paced: dict[float, tuple[list[float], list[float]]] = dataclasses.field(default_factory=dict)
 
 
-async def bare_component(settings: Settings, lines: int) -> ComponentRates:
+async def bare_component(settings: Settings, lines: int, rates: list[float], seconds: float) -> ComponentRates:
     cfg = sandbox.prosody_config(settings)
     own = sandbox.with_prosody_ports(settings, cfg)
     process = await asyncio.to_thread(prosody.start, cfg)
@@ -96,7 +98,10 @@ async def bare_component(settings: Settings, lines: int) -> ComponentRates:
                 await asyncio.sleep(0)
         await wait_until(lambda: all(b in bare.arrived for b in bodies), 60, "lines at the bare client")
         to_client = lines / (max(bare.arrived[b] for b in bodies) - began)
-        return ComponentRates(to_component, to_client)
+        rates_found = ComponentRates(to_component, to_client)
+        for rate in rates:
+            rates_found.paced[rate] = await _paced(bare, component, target, rate, seconds)
+        return rates_found
     finally:
         if client is not None:
             await client.stop()
@@ -104,3 +109,26 @@ async def bare_component(settings: Settings, lines: int) -> ComponentRates:
             echo.disconnect(wait=1.0)
         await asyncio.to_thread(prosody.stop, process)
         shutil.rmtree(cfg.dir, ignore_errors=True)
+
+
+async def _paced(
+    bare: StrictOperator, component: Echo, target: str, rate: float, seconds: float
+) -> tuple[list[float], list[float]]:
+    """Both ways at once at ``rate`` lines/s, as e2e_chat.paced does through the suite."""
+    tag = uuid.uuid4().hex[:6]
+    to_component: dict[str, float] = {}  # perf_counter, as Echo stamps
+    to_client: dict[str, float] = {}  # monotonic, as StrictOperator stamps
+    start = time.monotonic()
+    for i in range(max(1, round(rate * seconds))):
+        if (delay := start + i / rate - time.monotonic()) > 0:
+            await asyncio.sleep(delay)
+        to_component[f"pc {tag} {i}"] = time.perf_counter()
+        bare.say(target, f"pc {tag} {i}")
+        to_client[f"pe {tag} {i}"] = time.monotonic()
+        component.send_message(mto=JID(bare.jid), mbody=f"pe {tag} {i}", mtype="chat", mfrom=target)
+    await wait_until(lambda: all(b in component.arrivals for b in to_component), 60, "paced lines at the component")
+    await wait_until(lambda: all(b in bare.arrived for b in to_client), 60, "paced lines at the client")
+    return (
+        [(component.arrivals[b] - t) * 1000 for b, t in to_component.items()],
+        [(bare.arrived[b] - t) * 1000 for b, t in to_client.items()],
+    )

@@ -17,9 +17,15 @@ def _ratio(ours: float, baseline: float) -> str:
     return f"{ours / baseline:.2f}x" if baseline else "-"
 
 
-def _latency(lines: Lines) -> str:
-    values = lines.latencies_ms
+def _latency(values: list[float]) -> str:
     return f"p50 {statistics.median(values or [0.0]):6.1f} ms  p99 {percentile(values, 0.99):6.1f} ms"
+
+
+def _latency_vs(ours: list[float], bare: list[float]) -> str:
+    """Latency, the bare component's at the same rate, and ours over it (p50 and p99)."""
+    p50, p99 = statistics.median(ours or [0.0]), percentile(ours, 0.99)
+    b50, b99 = statistics.median(bare or [0.0]), percentile(bare, 0.99)
+    return f"{_latency(ours)}   bare component {_latency(bare)}   {_ratio(p50, b50)} / {_ratio(p99, b99)}"
 
 
 class Report:
@@ -104,8 +110,10 @@ class Report:
             f"{self.publish_rate:8.0f}/s   {_ratio(accepted, self.publish_rate)}"
         )
         for rate, (v_to_o, o_to_v) in self.paced_rows:
-            out.append(f"latency paced at {rate:g} lines/s each way: visitor -> operator {_latency(v_to_o)}")
-            out.append(f"{'':>37} operator -> visitor {_latency(o_to_v)}")
+            client_to_component, component_to_client = comp.paced.get(rate, ([], []))
+            out.append(f"latency paced at {rate:g} lines/s each way (baseline: the same direction's bare component):")
+            out.append(f"  visitor -> operator {_latency_vs(v_to_o.latencies_ms, component_to_client)}")
+            out.append(f"  operator -> visitor {_latency_vs(o_to_v.latencies_ms, client_to_component)}")
         boots, views = self.http
         tornado_load, nginx_load = self.bare_http
         for name, ours in (("widget boots/s", boots), ("returning page views/s", views)):
