@@ -345,6 +345,9 @@ class _Consumer:
         if len(message.body) > MAX_BODY_BYTES:
             raise _Poison(f"oversized: {len(message.body)} bytes; at most {MAX_BODY_BYTES}")
         type_name = message.type if isinstance(message.type, str) else None
+        if self.spec.accepts and type_name not in self.spec.accepts:
+            shown = repr(type_name[:64]) if type_name else "none"
+            raise _Poison(f"wrong type: {shown}; {self.spec.name} takes {', '.join(sorted(self.spec.accepts))}")
         try:
             struct = codec.decode(type_name, message.body)
         except codec.DecodeError as exc:

@@ -74,7 +74,7 @@ def header_int(headers: Any, name: str, default: int = 0, high: int = MAX_ATTEMP
 # --- whole structs -------------------------------------------------------------------
 
 # Thrift type ids (thriftpy2's TType) of the fields we look at.
-_I08, _I16, _I32, _I64, _STRUCT, _LIST, _SET, _MAP = 3, 6, 8, 10, 12, 15, 14, 13
+_I08, _I16, _I32, _I64, _STRING, _STRUCT, _LIST, _SET = 3, 6, 8, 10, 11, 12, 15, 14
 
 
 def check(struct: Any) -> None:
@@ -83,8 +83,15 @@ def check(struct: Any) -> None:
 
     The rule is by field name, so a new field is covered as soon as it follows the
     naming of the IDL: ``*seq`` are sequence numbers, ``*_ms`` timestamps, other
-    integers counts; enum fields must hold one of the enum's values."""
+    integers counts; enum fields must hold one of the enum's values. Strings must be
+    text: thriftpy2 hands back *bytes* for invalid UTF-8 (a lone surrogate, say), which
+    MySQL then refuses (a batch retried forever) and XML cannot carry."""
     _check(struct, type(struct).__name__, depth=0)
+
+
+def _text(value: Any, where: str) -> None:
+    if not isinstance(value, str):
+        raise Implausible(f"{where} is not valid UTF-8 text")
 
 
 def _check(struct: Any, path: str, depth: int) -> None:
@@ -99,7 +106,9 @@ def _check(struct: Any, path: str, depth: int) -> None:
         if value is None:
             continue
         where = f"{path}.{name}"
-        if ttype == _STRUCT:
+        if ttype == _STRING:
+            _text(value, where)
+        elif ttype == _STRUCT:
             _check(value, where, depth + 1)
         elif ttype in (_LIST, _SET):
             if len(value) > MAX_LIST:
@@ -108,6 +117,9 @@ def _check(struct: Any, path: str, depth: int) -> None:
             if isinstance(inner, tuple) and inner[0] == _STRUCT:
                 for index, item in enumerate(value):
                     _check(item, f"{where}[{index}]", depth + 1)
+            elif inner == _STRING:
+                for index, item in enumerate(value):
+                    _text(item, f"{where}[{index}]")
         elif ttype in (_I08, _I16, _I32, _I64):
             enum = field_spec[2] if len(field_spec) > 3 else None
             if enum is not None and hasattr(enum, "_VALUES_TO_NAMES"):

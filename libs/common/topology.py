@@ -55,6 +55,9 @@ class QueueSpec:
     # Transient queues of one kind share a durable dead-letter queue, named by this
     # prefix, that outlives every instance (a per-instance one would vanish with it).
     dead_letter_prefix: str | None = None
+    # Struct names a consumer of this queue handles; anything else is dead-lettered by
+    # the bus before a handler sees it ("wrong type"). Empty: any (tests, tools).
+    accepts: frozenset[str] = frozenset()
 
     @property
     def dead_letter_queue(self) -> str:
@@ -73,6 +76,7 @@ class QueueSpec:
 GATEWAY_VISITOR = QueueSpec(
     "im_gateway.visitor",
     ((VISITOR, "*.message"), (VISITOR, "*.pageview"), (VISITOR, "*.event")),
+    accepts=frozenset({"ChatMessage", "PageView", "VisitorEvent"}),
 )
 ARCHIVE = QueueSpec(
     "transcript_worker.archive",
@@ -83,15 +87,28 @@ ARCHIVE = QueueSpec(
         (OPERATOR, "*.message"),
         (OPERATOR, "*.action"),
     ),
+    accepts=frozenset({"ChatMessage", "PageView", "VisitorEvent", "OperatorAction"}),
 )
-TRANSCRIPTS_BUILD = QueueSpec("transcript_worker.transcripts", ((CONVERSATION, "*.closed"),))
-EMAIL = QueueSpec("transcript_worker.email", ((TRANSCRIPTS, ""), (VISITOR, "*.offline")))
+TRANSCRIPTS_BUILD = QueueSpec(
+    "transcript_worker.transcripts", ((CONVERSATION, "*.closed"),), accepts=frozenset({"ConversationClosed"})
+)
+EMAIL = QueueSpec(
+    "transcript_worker.email",
+    ((TRANSCRIPTS, ""), (VISITOR, "*.offline")),
+    accepts=frozenset({"Transcript", "OfflineMessage"}),
+)
 # What ends a conversation at once: an operator's end/block (OperatorAction) and the
 # visitor's "end chat" (VisitorEvent ENDED_CHAT). A queue of its own, apart from the
 # archive, so a close never waits behind an archive backlog.
-CLOSER = QueueSpec("transcript_worker.closer", ((OPERATOR, "*.action"), (VISITOR, "*.event")))
+CLOSER = QueueSpec(
+    "transcript_worker.closer",
+    ((OPERATOR, "*.action"), (VISITOR, "*.event")),
+    accepts=frozenset({"OperatorAction", "VisitorEvent"}),
+)
 # Closed conversations (idle, visitor, operator): the gateway frees the operator's slot.
-GATEWAY_CONVERSATION = QueueSpec("im_gateway.conversation", ((CONVERSATION, "*.closed"),))
+GATEWAY_CONVERSATION = QueueSpec(
+    "im_gateway.conversation", ((CONVERSATION, "*.closed"),), accepts=frozenset({"ConversationClosed"})
+)
 
 WORK_QUEUES: tuple[QueueSpec, ...] = (
     GATEWAY_VISITOR,
@@ -117,4 +134,5 @@ def frontend_delivery_queue(frontend_id: str) -> QueueSpec:
         expires_ms=60_000,
         retry=False,
         dead_letter_prefix=FRONTEND_DELIVERY_PREFIX,
+        accepts=frozenset({"VisitorDelivery"}),
     )

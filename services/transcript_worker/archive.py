@@ -84,8 +84,10 @@ class ArchiveConsumer:
         started = time.perf_counter()
         try:
             await asyncio.to_thread(archive_store.write, self._engine, batch)
-        except sa.exc.IntegrityError:
-            # One message breaks a constraint (a site deleted meanwhile): find it.
+        except (sa.exc.IntegrityError, sa.exc.DataError):
+            # One message breaks a constraint (a site deleted meanwhile) or holds data
+            # MySQL refuses (too long for its column): find it and dead-letter only it;
+            # retrying would hold the whole archive behind it forever.
             await self._one_by_one(envelopes)
             return
         BATCH_SECONDS.observe(time.perf_counter() - started)
@@ -97,7 +99,7 @@ class ArchiveConsumer:
             single.add(envelope.struct, envelope.message_id)
             try:
                 await asyncio.to_thread(archive_store.write, self._engine, single)
-            except sa.exc.IntegrityError as exc:
+            except (sa.exc.IntegrityError, sa.exc.DataError) as exc:
                 await envelope.dead_letter(f"rejected: cannot archive: {str(exc.orig)[:300]}")
                 continue
             await _ack_all([envelope])

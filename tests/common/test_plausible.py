@@ -83,3 +83,12 @@ def test_ordinary_messages_pass() -> None:
 def test_header_int_never_raises(raw: object, expected: int) -> None:
     assert plausible.header_int({"x-habla-attempt": raw}, "x-habla-attempt") == expected
     assert plausible.header_int(None, "x-habla-attempt") == 0
+
+
+def test_bytes_where_text_belongs_are_refused() -> None:
+    # What thriftpy2 returns for a string field holding invalid UTF-8.
+    with pytest.raises(plausible.Implausible, match="site_id is not valid UTF-8"):
+        plausible.check(_line(site_id=b"\xed\xa0\x80"))
+    presence = codec.OperatorPresence(operator_jid="a@b", availability=1, at_ms=1, site_ids=["s", b"\xff"])
+    with pytest.raises(plausible.Implausible, match=r"site_ids\[1\]"):
+        plausible.check(presence)
