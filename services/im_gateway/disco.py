@@ -11,9 +11,10 @@ it (services.im_gateway.inbound and relay), no more:
 
 Every available presence the gateway sends carries an XEP-0115 ``<c/>`` element
 (services.im_gateway.component), so a client learns all this once per kind of JID
-from the hash, without a disco round trip per visitor. A disco#info for a name that
-is not a current visitor answers item-not-found: strangers learn nothing of who is
-on a site.
+from the hash, without a disco round trip per visitor. An operator asking about a
+name that is not a current visitor of their sites gets item-not-found (a stale
+contact); anyone else gets the same answer for every name, so disco tells strangers
+nothing of who is on a site.
 """
 
 from __future__ import annotations
@@ -110,7 +111,8 @@ def install(component: Any, desk: Desk) -> None:
         wanted = node or ""
         if wanted and wanted != f"{CAPS_NODE}#{entity.ver}":
             raise XMPPError("item-not-found", text="No such node.", etype="cancel")
-        if entity is VISITOR and not await _is_visiting(desk, local):
+        asker = ifrom.bare.lower() if ifrom is not None else ""
+        if entity is VISITOR and desk.operators.sites_of(asker) and not await _visits(desk, local, asker):
             raise XMPPError("item-not-found", text="No such visitor, or their visit has ended.", etype="cancel")
         return entity.info(wanted)
 
@@ -119,6 +121,13 @@ def install(component: Any, desk: Desk) -> None:
     component.plugin["xep_0030"].api.register(get_info, "get_info")
 
 
-async def _is_visiting(desk: Desk, name: str) -> bool:
+async def _visits(desk: Desk, name: str, operator: str) -> bool:
+    """Is ``name`` a current visitor of one of ``operator``'s sites?
+
+    Only operators are told (item-not-found tells them a contact is stale); anyone
+    else gets the same answer for every name, so disco is no way to find out who
+    is on a site.
+    """
     visitor_id = await desk.names.visitor_of(name)
-    return visitor_id is not None and await desk.sessions.get(visitor_id) is not None
+    session = await desk.sessions.get(visitor_id) if visitor_id else None
+    return session is not None and desk.operators.is_operator(operator, session.get("site_id", ""))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -15,7 +16,7 @@ from slixmpp.exceptions import IqError
 from libs.common import codec
 from libs.common.state.conversations import ConversationLog, shown
 from services.im_gateway import disco
-from tests.im_gateway.conftest import Site
+from tests.im_gateway.conftest import Site, connect_operator
 
 
 async def _eventually(check: Callable[[], Any], within: float = 10.0) -> Any:
@@ -28,7 +29,7 @@ async def _eventually(check: Callable[[], Any], within: float = 10.0) -> Any:
     raise TimeoutError("condition not met")
 
 
-async def test_visitor_and_bot_advertise_what_the_gateway_supports(make_site) -> None:
+async def test_visitor_and_bot_advertise_what_the_gateway_supports(make_site, prosody_server) -> None:
     site: Site = await make_site(1)
     op = site.operators[0]
     caps: dict[str, str] = {}
@@ -56,6 +57,9 @@ async def test_visitor_and_bot_advertise_what_the_gateway_supports(make_site) ->
     )["disco_info"]
     assert set(by_node["features"]) == features
 
+    # The bot's presence carries its own caps (asked for again with a probe).
+    op.xmpp.send_presence(pto=site.bot, ptype="probe")
+    await _eventually(lambda: caps.get(site.bot) == disco.BOT.ver)
     bot = (await discovered.get_info(jid=JID(site.bot), timeout=10))["disco_info"]
     assert disco.RECEIPTS_NS in bot["features"] and disco.CORRECTION_NS not in bot["features"]
 
@@ -63,13 +67,21 @@ async def test_visitor_and_bot_advertise_what_the_gateway_supports(make_site) ->
     version = await op.xmpp.plugin["xep_0092"].get_version(JID(visitor.jid), timeout=10)
     assert version["software_version"]["name"] == "Habla" and not version["software_version"]["os"]
 
-    # Nobody learns whether a made-up visitor exists.
-    stranger = f"quiet-newt-999999@{site.settings.xmpp_component_domain}"
+    # An operator learns that a contact is stale (no such visitor on their sites)...
+    made_up = f"quiet-newt-999999@{site.settings.xmpp_component_domain}"
     try:
-        await discovered.get_info(jid=JID(stranger), timeout=10)
+        await discovered.get_info(jid=JID(made_up), timeout=10)
         raise AssertionError("disco#info of an unknown visitor answered")
     except IqError as exc:
         assert exc.iq["error"]["condition"] == "item-not-found"
+    # ...and someone who operates no site gets one answer for every name: no oracle.
+    stranger = await connect_operator(prosody_server, site.settings, f"stranger-{uuid.uuid4().hex[:6]}")
+    try:
+        for jid in (visitor.jid, made_up):
+            info = (await stranger.xmpp.plugin["xep_0030"].get_info(jid=JID(jid), timeout=10))["disco_info"]
+            assert set(info["features"]) == features
+    finally:
+        await stranger.stop()
 
 
 async def test_the_bot_acknowledges_a_command_it_ran(make_site) -> None:
