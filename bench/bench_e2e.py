@@ -37,7 +37,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench import e2e_baselines, e2e_chat, e2e_http, e2e_procs  # noqa: E402
+from bench import e2e_baselines, e2e_chat, e2e_http, e2e_procs, e2e_redis  # noqa: E402
 from bench.e2e_report import Report  # noqa: E402
 from libs.common import db, sitedir  # noqa: E402
 from libs.common.db import site_store  # noqa: E402
@@ -49,6 +49,8 @@ from tools.prosody import free_port  # noqa: E402
 # A bench sends from one IP and a few visitors as fast as it can: the limits that
 # protect a real deployment from that would be all it measures.
 UNLIMITED = 1_000_000_000
+# Each unit of work repeated under Redis MONITOR; the figure is the mean.
+REDIS_COUNT_TIMES = 5
 
 
 def stack_settings(box: sandbox.Sandbox, state_dir: Path, log_level: str) -> Settings:
@@ -113,6 +115,42 @@ async def wait_online(api: str, operators: list[e2e_chat.StrictOperator]) -> Non
         await asyncio.sleep(0.2)
 
 
+async def redis_commands(settings: Settings, url: str, returning: str, visitor: e2e_chat.Visitor) -> dict[str, str]:
+    """Redis commands per unit of work (MONITOR, outside the measured phases)."""
+    import tornado.httpclient
+
+    client = tornado.httpclient.AsyncHTTPClient()
+    operator = visitor.operator
+    assert operator is not None
+    counter = iter(range(1_000_000))
+
+    async def boot() -> None:
+        await client.fetch(url, method="POST", body=e2e_http.BOOT_BODY)
+
+    async def view() -> None:
+        await client.fetch(url, method="POST", body=returning)
+
+    async def line_in() -> None:
+        body = f"redis count {next(counter)}"
+        await visitor.say(body)
+        await e2e_chat.wait_until(lambda: body in operator.arrived, 30, "the line at the operator")
+
+    async def line_out() -> None:
+        body = f"redis count {next(counter)}"
+        operator.say(visitor.jid, body)
+        await e2e_chat.wait_until(lambda: body in visitor.arrived, 30, "the line at the visitor")
+
+    found = {}
+    for name, action in (
+        ("widget boot", boot),
+        ("returning page view", view),
+        ("visitor -> operator line", line_in),
+        ("operator -> visitor line", line_out),
+    ):
+        found[name] = e2e_redis.describe(await e2e_redis.commands_per(settings, action, REDIS_COUNT_TIMES))
+    return found
+
+
 async def run(args: argparse.Namespace, settings: Settings, demo: dict[str, str], report: Report) -> None:
     site_id = demo["HABLA_DEMO_SITE_ID"]
     api = f"{settings.public_url}/api/sites/{site_id}"
@@ -151,6 +189,7 @@ async def run(args: argparse.Namespace, settings: Settings, demo: dict[str, str]
         views = await e2e_http.load(url, bodies, args.connections, args.http_seconds)
         report.phase("returning views", "page views", views.requests, suite.since(before))
         report.page_views(boots, views, args.connections, e2e_http.load_tool())
+        report.redis_commands(await redis_commands(settings, url, bodies[0], visitors[0]))
     finally:
         for v in visitors:
             v.close()

@@ -41,6 +41,7 @@ class Report:
         self.bare_http: tuple[Load, Load | None] | None = None
         self.answer_bytes = 0
         self.profile_lines: list[str] = []
+        self.redis: dict[str, str] = {}
 
     @staticmethod
     def say(line: str) -> None:
@@ -87,6 +88,9 @@ class Report:
 
     def http_baselines(self, tornado_load: Load, nginx_load: Load | None, answer_bytes: int) -> None:
         self.bare_http, self.answer_bytes = (tornado_load, nginx_load), answer_bytes
+
+    def redis_commands(self, found: dict[str, str]) -> None:
+        self.redis = found
 
     def profile(self, lines: list[str]) -> None:
         self.profile_lines = lines
@@ -139,6 +143,9 @@ class Report:
         if boots_phase is not None:
             per_thousand = boots_phase.per_million("rpc_frontend") / 1000
             out.append(f"  rpc_frontend alone: {per_thousand:.2f} CPU s per 1,000 widget boots")
+        if self.redis:
+            out += ["", "Redis commands per unit of work, whole suite (MONITOR, this run's prefix only; mean of 5)"]
+            out += [f"  {name:<26} {counts}" for name, counts in self.redis.items()]
         if self.profile_lines:
             out += ["", *self.profile_lines]
         self.say("\n".join(out))

@@ -32,6 +32,9 @@ FIGURES = [
     "CPU seconds per 1 M units, per process",
     "rpc_frontend alone:",
     "suite total",
+    "Redis commands per unit of work",
+    "widget boot ",
+    "operator -> visitor line",
 ]
 PROCESSES = ["rpc_frontend", "im_gateway", "transcript_worker", "prosody", "rabbitmq", "redis", "mariadb"]
 
