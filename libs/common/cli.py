@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     site.add_parser("list", help="list sites").add_argument("--json", action="store_true")
     show = site.add_parser("show", help="a site's settings and snippets")
     show.add_argument("site_id")
+    move = site.add_parser("set-xmpp-domain", help="serve a site from the gateway of another XMPP component domain")
+    move.add_argument("site_id")
+    move.add_argument("domain", help="component domain, or 'default' for HABLA_XMPP_DEFAULT_COMPONENT_DOMAIN")
 
     operator = sub.add_parser("operator", help="operators").add_subparsers(dest="action", required=True)
     add = operator.add_parser("add", help="let an XMPP account answer a site's chats")
@@ -107,6 +110,14 @@ def _dispatch(args: argparse.Namespace, conn: sa.Connection, settings: Settings,
             f"allowed domains: {', '.join(site.allowed_domains) or 'any'}\n\n"
         )
         _snippets(site.id, settings, emit)
+    elif args.command == "site" and args.action == "set-xmpp-domain":
+        domain = None if args.domain == "default" else args.domain
+        site_store.set_xmpp_domain(conn, args.site_id, domain)
+        conn.commit()
+        # Gateways rebind at once on this notice (and every 60 s in any case).
+        sitedir.invalidate_sync(settings, args.site_id)
+        shown = site_store.xmpp_domain_of(conn, args.site_id) or f"{settings.default_component_domain} (default)"
+        emit(f"site {args.site_id} is now served on {shown}\n")
     elif args.command == "operator" and args.action == "add":
         jid = site_store.add_operator(conn, args.site_id, args.jid, args.name)
         conn.commit()

@@ -249,6 +249,16 @@ class Bus:
         """Republish bytes as they are (retries, dead letters, tests of poison messages)."""
         await self._confirmed(exchange, routing_key, message, mandatory)
 
+    async def bind(self, queue: str, exchange: str, routing_key: str) -> None:
+        """Bind a declared queue (idempotent)."""
+        declared = await self._channel.get_queue(queue, ensure=False)
+        await declared.bind(await self._exchange(exchange), routing_key=routing_key)
+
+    async def unbind(self, queue: str, exchange: str, routing_key: str) -> None:
+        """Remove a binding (unbinding one that does not exist is fine)."""
+        declared = await self._channel.get_queue(queue, ensure=False)
+        await declared.unbind(await self._exchange(exchange), routing_key=routing_key)
+
     # --- consuming ---------------------------------------------------------------------
     async def consume(
         self, spec: QueueSpec, handler: Handler, *, manual: bool = False, prefetch: int | None = None

@@ -128,6 +128,10 @@ class Settings:
     )
     xmpp_component_host: str = field(default="127.0.0.1", metadata={"env": "HABLA_XMPP_COMPONENT_HOST"})
     xmpp_component_port: int = field(default=5347, metadata={"env": "HABLA_XMPP_COMPONENT_PORT"})
+    # The component domain of sites whose sites.xmpp_domain is NULL (every site made
+    # before migration 0003, and new ones unless `habla site set-xmpp-domain` moves
+    # them). Empty: this process's own HABLA_XMPP_COMPONENT_DOMAIN (one-domain set-ups).
+    xmpp_default_component_domain: str = field(default="", metadata={"env": "HABLA_XMPP_DEFAULT_COMPONENT_DOMAIN"})
     # The XMPP server's own domain, where operator accounts live.
     xmpp_domain: str = field(default="localhost", metadata={"env": "HABLA_XMPP_DOMAIN"})
     xmpp_c2s_port: int = field(default=5222, metadata={"env": "HABLA_XMPP_C2S_PORT"})
@@ -224,6 +228,10 @@ class Settings:
                 f"HABLA_AMQP_RETRY_DELAYS_MS={self.amqp_retry_delays_ms!r} must be comma-separated milliseconds"
             ) from None
         return delays
+
+    @property
+    def default_component_domain(self) -> str:
+        return self.xmpp_default_component_domain or self.xmpp_component_domain
 
     def redis_key(self, *parts: str) -> str:
         return self.redis_prefix + ":".join(parts)

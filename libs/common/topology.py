@@ -73,11 +73,6 @@ class QueueSpec:
 
 
 # --- work queues, one per consumer module ------------------------------------------
-GATEWAY_VISITOR = QueueSpec(
-    "im_gateway.visitor",
-    ((VISITOR, "*.message"), (VISITOR, "*.pageview"), (VISITOR, "*.event")),
-    accepts=frozenset({"ChatMessage", "PageView", "VisitorEvent"}),
-)
 ARCHIVE = QueueSpec(
     "transcript_worker.archive",
     (
@@ -105,19 +100,38 @@ CLOSER = QueueSpec(
     ((OPERATOR, "*.action"), (VISITOR, "*.event")),
     accepts=frozenset({"OperatorAction", "VisitorEvent"}),
 )
-# Closed conversations (idle, visitor, operator): the gateway frees the operator's slot.
-GATEWAY_CONVERSATION = QueueSpec(
-    "im_gateway.conversation", ((CONVERSATION, "*.closed"),), accepts=frozenset({"ConversationClosed"})
-)
 
 WORK_QUEUES: tuple[QueueSpec, ...] = (
-    GATEWAY_VISITOR,
     ARCHIVE,
     TRANSCRIPTS_BUILD,
     EMAIL,
     CLOSER,
-    GATEWAY_CONVERSATION,
 )
+
+
+# --- the gateway's queues: one pair per XMPP component domain -------------------------
+# Gateways for different domains (or different XMPP servers) share one broker without
+# taking each other's messages: each domain has its own queues, bound per site to the
+# sites that domain serves (sites.xmpp_domain; services.im_gateway.bindings keeps the
+# bindings in step). Partitioning one domain's sites across gateways will add a
+# partition number: im_gateway.<domain>.p<N>.visitor / .conversation, bound the same
+# way per site; today's names are that scheme with the partition left out.
+def gateway_visitor_queue(domain: str) -> QueueSpec:
+    """Visitor lines, page views and events of the domain's sites."""
+    return QueueSpec(f"im_gateway.{domain}.visitor", (), accepts=frozenset({"ChatMessage", "PageView", "VisitorEvent"}))
+
+
+def gateway_conversation_queue(domain: str) -> QueueSpec:
+    """Closed conversations of the domain's sites (the gateway frees the operator's slot)."""
+    return QueueSpec(f"im_gateway.{domain}.conversation", (), accepts=frozenset({"ConversationClosed"}))
+
+
+def gateway_site_bindings(site_id: str) -> dict[str, tuple[tuple[str, str], ...]]:
+    """Per queue kind ("visitor", "conversation"), what binds one site to a gateway."""
+    return {
+        "visitor": ((VISITOR, f"{site_id}.message"), (VISITOR, f"{site_id}.pageview"), (VISITOR, f"{site_id}.event")),
+        "conversation": ((CONVERSATION, f"{site_id}.closed"),),
+    }
 
 
 FRONTEND_DELIVERY_PREFIX = "rpc_frontend.deliver"

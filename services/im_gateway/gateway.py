@@ -11,7 +11,6 @@ from typing import Any
 import redis.asyncio as aioredis
 import sqlalchemy as sa
 
-from libs.common import topology
 from libs.common.db.history import seq_floor
 from libs.common.messaging import Bus
 from libs.common.settings import Settings
@@ -21,6 +20,7 @@ from libs.common.state.presence import OperatorPresence
 from libs.common.state.sessions import VisitorSessions
 from services.im_gateway import disco, forceaway
 from services.im_gateway.availability import Availability
+from services.im_gateway.bindings import RESYNC_S, SiteBindings
 from services.im_gateway.coalescer import PresenceCoalescer
 from services.im_gateway.component import GatewayComponent, on
 from services.im_gateway.consumers.conversation import ConversationConsumer
@@ -59,6 +59,7 @@ class Gateway:
         )
         self.sitedir = SiteDirectory(redis, engine, settings)
         self.lease = DomainLease(redis, settings)
+        self.bindings = SiteBindings(bus, engine, settings)
         operators = OperatorDirectory(self.sitedir, engine)
         events = Events(bus)
         self.desk = Desk(
@@ -103,8 +104,11 @@ class Gateway:
         await self.bus.declare_topology()
         await self.lease.acquire()
         self.active = True
-        await self.desk.operators.load_all()
+        await self.bindings.declare()
+        served = await self.bindings.resync()
+        await self.desk.operators.load_all(served)
         self._spawn(self._watch_sites(), "site-changes")
+        self._spawn(self._rebind(), "site-rebind")
         self.component.start()
         self._spawn(self.inbound.run(), "inbound")
         self._spawn(self.desk.coalescer.run(), "coalescer")
@@ -112,10 +116,12 @@ class Gateway:
         self._spawn(self._heartbeat(), "heartbeat")
         self._spawn(forceaway.watch(self.desk), "force-away")
         self._consumers.append(
-            await self.bus.consume(topology.GATEWAY_VISITOR, self.visitor_consumer.receive, manual=True)
+            await self.bus.consume(self.bindings.queues["visitor"], self.visitor_consumer.receive, manual=True)
         )
         self._consumers.append(
-            await self.bus.consume(topology.GATEWAY_CONVERSATION, self.conversation_consumer.receive, manual=True)
+            await self.bus.consume(
+                self.bindings.queues["conversation"], self.conversation_consumer.receive, manual=True
+            )
         )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -177,14 +183,31 @@ class Gateway:
         while True:
             try:
                 async for site_id in self.sitedir.changes():
-                    change = await self.desk.operators.reload_site(site_id)
-                    if self.component.ready.is_set():
-                        await self.roster.apply(change)
+                    await self._site_changed(site_id, await self.bindings.site_changed(site_id))
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("site change watch failed; resubscribing")
                 await asyncio.sleep(1)
+
+    async def _site_changed(self, site_id: str, served: bool) -> None:
+        change = await self.desk.operators.reload_site(site_id, served)
+        if self.component.ready.is_set():
+            await self.roster.apply(change)
+
+    async def _rebind(self) -> None:
+        """Every RESYNC_S: sites created or moved without a notice reach us anyway."""
+        while True:
+            await asyncio.sleep(RESYNC_S)
+            try:
+                before = set(self.bindings.bound)
+                after = await self.bindings.resync()
+                for site_id in sorted(after ^ before):
+                    await self._site_changed(site_id, site_id in after)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("site rebind failed; next try in %s s", RESYNC_S)
 
     async def _heartbeat(self) -> None:
         while True:

@@ -32,21 +32,26 @@ class OperatorDirectory:
         self._engine = engine
         self._by_site: dict[str, dict[str, str]] = {}  # site -> {bare jid: display name}
 
-    async def load_all(self) -> None:
+    async def load_all(self, served: set[str] | None = None) -> None:
+        """Load the operators of every site (or of the ``served`` ones)."""
+
         def query() -> dict[str, list[str]]:
             with self._engine.connect() as conn:
                 return site_store.all_operators(conn)
 
         by_operator = await asyncio.to_thread(query)
         site_ids = sorted({site for sites in by_operator.values() for site in sites})
+        if served is not None:
+            site_ids = [site for site in site_ids if site in served]
         for site_id in site_ids:
             await self.reload_site(site_id)
         log.info("operators loaded", extra={"sites": len(site_ids), "operators": len(by_operator)})
 
-    async def reload_site(self, site_id: str) -> SiteChange:
-        """Re-read one site's operators; returns who was added and removed."""
+    async def reload_site(self, site_id: str, served: bool = True) -> SiteChange:
+        """Re-read one site's operators; returns who was added and removed. A site
+        this gateway does not serve (another component domain's) has none here."""
         try:
-            operators = dict((await self._sitedir.get(site_id)).operators)
+            operators = dict((await self._sitedir.get(site_id)).operators) if served else {}
         except UnknownSite:
             operators = {}  # a deleted site: every operator goes
         before = set(self._by_site.get(site_id, {}))

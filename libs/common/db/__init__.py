@@ -42,6 +42,9 @@ sites = sa.Table(
     sa.Column("transcript_emails", sa.JSON, nullable=False),  # list of addresses
     sa.Column("allowed_domains", sa.JSON, nullable=False),  # list of host names; empty = any
     sa.Column("created_at", Timestamp, nullable=False),
+    # The XMPP component domain whose gateway serves the site; NULL: the default one
+    # (HABLA_XMPP_DEFAULT_COMPONENT_DOMAIN). Migration 0003.
+    sa.Column("xmpp_domain", sa.String(190), nullable=True, index=True),
 )
 
 operators = sa.Table(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,3 +140,39 @@ def all_operators(conn: sa.Connection) -> dict[str, list[str]]:
     for row in conn.execute(sa.select(operators.c.jid, operators.c.site_id)).all():
         result.setdefault(row.jid, []).append(row.site_id)
     return result
+
+
+# A component domain: DNS labels (lower case). At most 190 characters, so that
+# "im_gateway.<domain>.conversation.retry.<ms>ms.dead" stays within AMQP's 255.
+_DOMAIN = re.compile(r"^(?=.{1,190}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+
+
+def check_xmpp_domain(domain: str) -> str:
+    """``domain`` lower-cased, or ValueError with what a component domain looks like."""
+    value = domain.strip().lower()
+    if not _DOMAIN.match(value):
+        raise ValueError(f"{domain!r} is not a component domain (like chat.example.org, at most 190 characters)")
+    return value
+
+
+def set_xmpp_domain(conn: sa.Connection, site_id: str, domain: str | None) -> None:
+    """Move a site to the gateway of ``domain`` (None: the default domain)."""
+    get_site(conn, site_id)
+    value = check_xmpp_domain(domain) if domain is not None else None
+    conn.execute(sa.update(sites).where(sites.c.id == site_id).values(xmpp_domain=value))
+
+
+def xmpp_domain_of(conn: sa.Connection, site_id: str) -> str | None:
+    """The site's own domain (None: the default one); NotFound for an unknown site."""
+    row = conn.execute(sa.select(sites.c.xmpp_domain).where(sites.c.id == site_id)).first()
+    if row is None:
+        raise NotFound(f"no site {site_id}")
+    return str(row.xmpp_domain) if row.xmpp_domain else None
+
+
+def sites_of_xmpp_domain(conn: sa.Connection, domain: str, default_domain: str) -> list[str]:
+    """Ids of the sites served by the gateway of ``domain``."""
+    served = sites.c.xmpp_domain == domain
+    if domain == default_domain:
+        served = sa.or_(served, sites.c.xmpp_domain.is_(None))
+    return list(conn.execute(sa.select(sites.c.id).where(served).order_by(sites.c.id)).scalars())
