@@ -248,7 +248,8 @@
       if (drawn[entry.message_id]) { bubbles[entry.message_id] = drawn[entry.message_id]; delete drawn[entry.message_id]; return; }
       if (entry.kind === "system") { systemLine(entry.body); endButton.setAttribute("hidden", ""); return; }
       if (entry.replaces && bubbles[entry.replaces]) {
-        edit(bubbles[entry.replaces], entry.body); bubbles[entry.message_id] = bubbles[entry.replaces]; return;
+        edit(bubbles[entry.replaces], entry.body); bubbles[entry.message_id] = bubbles[entry.replaces];
+        showTyping(false); return;
       }
       if (entry.sender === "operator") {
         if (entry.operator_name) { state.operatorName = entry.operator_name; showStatus(); }
