@@ -111,7 +111,10 @@ class Inbound:
             self._refuse(msg, "Only a site's operators may write here.")
             return
         if visitor_id is None or session is None:
-            self._component.error(msg, "item-not-found", "No such visitor, or their visit has ended.", "cancel")
+            # A receipt or chat state for a visit that just ended is not worth an error
+            # (clients may show one as "message not delivered"); a line is.
+            if body:
+                self._component.error(msg, "item-not-found", "No such visitor, or their visit has ended.", "cancel")
             return
         if not self._desk.operators.is_operator(sender, session["site_id"]):
             self._refuse(msg, "This visitor is on a site you do not operate.")
