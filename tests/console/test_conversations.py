@@ -100,3 +100,34 @@ def test_visitor_without_a_name_is_labelled_by_id(engine: sa.Engine) -> None:
 
     summary = ConsoleStore(engine).conversation(site_id, conversation_id)
     assert summary is not None and summary.visitor.startswith("Visitor ") and summary.operator == "ana@example.org"
+
+
+async def test_a_corrected_line_and_an_action_in_the_console_transcript(client: Client, engine: sa.Engine) -> None:
+    site_id = await client.sign_up()
+    await client.post(f"/account/sites/{site_id}/operators", {"jid": "ana@example.org", "display_name": "Ana"})
+    conversation_id = archive_conversation(
+        engine, site_id, [("visitor", "Shipping?", False), ("operator", "3-5 weeks", False)]
+    )
+    with engine.begin() as conn:
+        first = conn.execute(
+            sa.select(messages.c.message_id).where(messages.c.conversation_id == conversation_id, messages.c.seq == 2)
+        ).scalar_one()
+        for seq, body, replaces in ((3, "3-5 <i>days</i>", first), (4, "/me waves", None)):
+            conn.execute(
+                messages.insert().values(
+                    message_id=uuid.uuid4().hex,
+                    conversation_id=conversation_id,
+                    seq=seq,
+                    sender="operator",
+                    operator_jid="ana@example.org",
+                    body=body,
+                    internal=False,
+                    sent_at=T0 + datetime.timedelta(seconds=seq),
+                    replaces_message_id=replaces,
+                )
+            )
+    page = text(await client.get(f"/account/sites/{site_id}/conversations/{conversation_id}"))
+    assert "3-5 &lt;i&gt;days&lt;/i&gt;" in page and "3-5 weeks" not in page and "(edited)" in page
+    assert "* Ana waves" in page and "/me" not in page
+    listing = text(await client.get(f"/account/sites/{site_id}/conversations"))
+    assert "3 messages" in listing  # the correction is no message of its own
