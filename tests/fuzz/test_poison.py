@@ -211,7 +211,10 @@ async def _run(stack: Stack) -> None:
         await stack.wait_healthy(name)
     s = stack.settings
     rss_before = {name: stack.rss_kib(name) for name in HEALTH_PORTS}
-    queues = [(spec.name, spec.accepts, spec.dead_letter_queue) for spec in topology.WORK_QUEUES]
+    # The gateway's queues are named after its component domain (declared when it starts).
+    domain = s.xmpp_component_domain
+    specs = [*topology.WORK_QUEUES, topology.gateway_visitor_queue(domain), topology.gateway_conversation_queue(domain)]
+    queues = [(spec.name, spec.accepts, spec.dead_letter_queue) for spec in specs]
     delivery = topology.frontend_delivery_queue(s.frontend_id)
     queues.append((delivery.name, delivery.accepts, delivery.dead_letter_queue))
 
