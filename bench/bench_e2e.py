@@ -166,6 +166,10 @@ async def run(args: argparse.Namespace, settings: Settings, demo: dict[str, str]
         for v in visitors:
             await v.connect(ws_url)
         await e2e_chat.pair(visitors, operators, 60)
+        url = f"{api}/session"
+        returning = await e2e_chat.new_visitors(api, args.tokens)
+        bodies = [e2e_http.returning_body(v.token) for v in returning]
+        report.redis_commands(await redis_commands(settings, url, bodies[0], visitors[0]))
 
         before = suite.snapshot()
         to_operator = await e2e_chat.visitors_saturated(visitors, operators, args.lines)
@@ -178,10 +182,7 @@ async def run(args: argparse.Namespace, settings: Settings, demo: dict[str, str]
         for rate in args.rates:
             report.paced(rate, await e2e_chat.paced(visitors, operators, rate, args.paced_seconds))
 
-        # Page views: boots (no token) and returning views (tokens of visitors made here).
-        returning = await e2e_chat.new_visitors(api, args.tokens)
-        bodies = [e2e_http.returning_body(v.token) for v in returning]
-        url = f"{api}/session"
+        # Page views: boots (no token) and returning views (the tokens made above).
         before = suite.snapshot()
         boots = await e2e_http.load(url, [e2e_http.BOOT_BODY], args.connections, args.http_seconds)
         report.phase("widget boots", "page views", boots.requests, suite.since(before))
@@ -189,7 +190,6 @@ async def run(args: argparse.Namespace, settings: Settings, demo: dict[str, str]
         views = await e2e_http.load(url, bodies, args.connections, args.http_seconds)
         report.phase("returning views", "page views", views.requests, suite.since(before))
         report.page_views(boots, views, args.connections, e2e_http.load_tool())
-        report.redis_commands(await redis_commands(settings, url, bodies[0], visitors[0]))
     finally:
         for v in visitors:
             v.close()
@@ -203,10 +203,15 @@ async def run(args: argparse.Namespace, settings: Settings, demo: dict[str, str]
     )
     answer = await e2e_http.session_answer(url)
     with e2e_http.baselines(site_id, answer) as bare:
-        tornado_load = await e2e_http.load(bare.tornado_url, [e2e_http.BOOT_BODY], args.connections, args.http_seconds)
-        nginx_load = None
-        if bare.nginx_url is not None:
-            nginx_load = await e2e_http.load(bare.nginx_url, [e2e_http.BOOT_BODY], args.connections, args.http_seconds)
+        loads: dict[str, e2e_http.Load] = {}
+        for name, bare_url in (("bare tornado", bare.tornado_url), ("nginx", bare.nginx_url)):
+            if bare_url is None:
+                continue
+            cpu_before = e2e_procs.tree_cpu_seconds(bare.pids[name])
+            loads[name] = await e2e_http.load(bare_url, [e2e_http.BOOT_BODY], args.connections, args.http_seconds)
+            cpu = e2e_procs.tree_cpu_seconds(bare.pids[name]) - cpu_before
+            loads[name].cpu_us = cpu / max(1, loads[name].requests) * 1e6
+        tornado_load, nginx_load = loads["bare tornado"], loads.get("nginx")
         report.http_baselines(tornado_load, nginx_load, len(answer))
 
     if args.profile:

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import shutil
 import time
@@ -107,6 +108,8 @@ async def bare_component(settings: Settings, lines: int, rates: list[float], sec
             await client.stop()
         if echo is not None:
             echo.disconnect(wait=1.0)
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(echo.disconnected, 5)
         await asyncio.to_thread(prosody.stop, process)
         shutil.rmtree(cfg.dir, ignore_errors=True)
 

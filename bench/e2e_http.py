@@ -43,6 +43,7 @@ class Load:
     p50_ms: float
     p99_ms: float
     errors: str  # non-2xx or socket errors, "" if none
+    cpu_us: float = 0.0  # the server's CPU per request, where measured
 
 
 def _lua(bodies: list[str]) -> str:

@@ -49,6 +49,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS  # stat fields 14 and 15
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """A process and its direct children (nginx's worker)."""
+    return cpu_seconds(pid) + sum(cpu_seconds(child) for child in children(pid))
+
+
 def listening_pid(port: int) -> int | None:
     """The process that listens on 127.0.0.1/any ``port`` (TCP), found through its socket inode."""
     inodes: set[str] = set()

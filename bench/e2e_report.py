@@ -10,7 +10,7 @@ import statistics
 from bench.e2e_baselines import ComponentRates
 from bench.e2e_chat import Lines, percentile
 from bench.e2e_http import Load
-from bench.e2e_procs import Phase, table
+from bench.e2e_procs import BENCH, WRK, Phase, table
 
 
 def _ratio(ours: float, baseline: float) -> str:
@@ -135,6 +135,16 @@ class Report:
             f"answer the same POST with the same {self.answer_bytes} bytes: bare Tornado p50 {tornado_load.p50_ms:.1f} "
             f"ms" + (f", nginx p50 {nginx_load.p50_ms:.2f} ms)" if nginx_load else ")")
         )
+        boots_cpu = next((p for p in self.phases if p.name == "widget boots"), None)
+        if boots_cpu is not None:
+            suite_us = sum(boots_cpu.per_million(n) for n in boots_cpu.cpu if n not in (BENCH, WRK))
+            line = (
+                f"CPU per widget boot: rpc_frontend {boots_cpu.per_million('rpc_frontend'):.0f} us, whole suite "
+                f"{suite_us:.0f} us; same request: bare Tornado {tornado_load.cpu_us:.0f} us"
+            )
+            if nginx_load is not None:
+                line += f", nginx {nginx_load.cpu_us:.0f} us"
+            out.append(line)
         out.append("")
         out.append("CPU seconds per 1 M units, per process (from /proc/<pid>/stat before and after each phase;")
         out.append("shared servers also served other runs meanwhile; bench client and wrk are the load, not the suite)")
@@ -144,7 +154,11 @@ class Report:
             per_thousand = boots_phase.per_million("rpc_frontend") / 1000
             out.append(f"  rpc_frontend alone: {per_thousand:.2f} CPU s per 1,000 widget boots")
         if self.redis:
-            out += ["", "Redis commands per unit of work, whole suite (MONITOR, this run's prefix only; mean of 5)"]
+            out += [
+                "",
+                "Redis commands per unit of work, whole suite (MONITOR, this run's prefix only;",
+                "mean of 5, less the suite's own background commands in as long a window)",
+            ]
             out += [f"  {name:<26} {counts}" for name, counts in self.redis.items()]
         if self.profile_lines:
             out += ["", *self.profile_lines]

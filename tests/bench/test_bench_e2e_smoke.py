@@ -29,6 +29,7 @@ FIGURES = [
     "widget boots/s",
     "returning page views/s",
     "bare Tornado",
+    "CPU per widget boot: rpc_frontend",
     "CPU seconds per 1 M units, per process",
     "rpc_frontend alone:",
     "suite total",
