@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 import secrets
 
-SITE_ID_RE = re.compile(r"^\d{4}-\d{5}-\d{2}-\d{4}$")
+# ASCII digits only ("\d" also matches "١٢٣٤") and always fullmatch ("$" would let a
+# trailing newline through).
+SITE_ID_RE = re.compile(r"[0-9]{4}-[0-9]{5}-[0-9]{2}-[0-9]{4}")
 
 
 def new_site_id() -> str:
@@ -17,7 +19,7 @@ def new_site_id() -> str:
 
 
 def is_site_id(text: str) -> bool:
-    return bool(SITE_ID_RE.match(text))
+    return isinstance(text, str) and SITE_ID_RE.fullmatch(text) is not None
 
 
 def check_site_id(text: str) -> str:

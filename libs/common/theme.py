@@ -8,10 +8,12 @@ into a visitor's page.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Mapping
 from typing import Any
 
-COLOUR_RE = re.compile(r"^#[0-9a-fA-F]{6}$")
+# Used with fullmatch: a "$" would let "#ffffff\n" into the widget's CSS.
+COLOUR_RE = re.compile(r"#[0-9a-fA-F]{6}")
 
 DEFAULT_COLOURS: dict[str, str] = {
     "header_background": "#1f6f8b",
@@ -56,6 +58,18 @@ DEFAULT_TEXTS: dict[str, str] = {
 }
 
 
+def _plain_text(text: str, one_line: bool) -> bool:
+    """No control or surrogate characters (they break XML, Pillow and mail); line breaks
+    only where the text may have several lines (the widget's messages, not an image)."""
+    for char in text:
+        category = unicodedata.category(char)
+        if category == "Cs" or (category == "Cc" and (one_line or char not in "\t\n\r")):
+            return False
+        if one_line and category in ("Zl", "Zp"):
+            return False
+    return True
+
+
 def default_theme() -> dict[str, dict[str, str]]:
     return {"colours": dict(DEFAULT_COLOURS), "texts": dict(DEFAULT_TEXTS)}
 
@@ -74,7 +88,7 @@ def validate(theme: Mapping[str, Any]) -> tuple[dict[str, dict[str, str]], dict[
     for key, value in dict(colours).items():
         if key not in DEFAULT_COLOURS:
             errors[key] = f"unknown colour {key!r}"
-        elif not isinstance(value, str) or not COLOUR_RE.match(value):
+        elif not isinstance(value, str) or not COLOUR_RE.fullmatch(value):
             errors[key] = "must be a colour like #1f6f8b"
         else:
             merged["colours"][key] = value.lower()
@@ -85,6 +99,10 @@ def validate(theme: Mapping[str, Any]) -> tuple[dict[str, dict[str, str]], dict[
             errors[key] = "must not be empty"
         elif len(value) > TEXT_LIMITS[key]:
             errors[key] = f"must be at most {TEXT_LIMITS[key]} characters"
+        elif not _plain_text(value, one_line=key.endswith("_image_text")):
+            errors[key] = "must be plain text, without control characters" + (
+                " or line breaks (it is drawn on one line)" if key.endswith("_image_text") else ""
+            )
         else:
             merged["texts"][key] = value.strip()
     return merged, errors

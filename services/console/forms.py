@@ -10,7 +10,7 @@ from libs.common.db import site_store
 
 # Deliberately loose (one @, a dot in the domain, no spaces): the authority on an
 # address is the mail server; this catches typos, not every RFC 5322 corner.
-EMAIL_RE = re.compile(r"^[^@\s<>\"']+@[^@\s<>\"']+\.[^@\s<>\"']+$")
+EMAIL_RE = re.compile(r"[^@\s<>\"']+@[^@\s<>\"']+\.[^@\s<>\"']+")  # fullmatch: no trailing newline
 # RFC 5321: 254 characters is the longest usable address (also the accounts column).
 EMAIL_MAX = 254
 # NIST SP 800-63B: at least 8 characters; the upper bound keeps argon2 from being
@@ -51,7 +51,7 @@ def email(text: str) -> tuple[str, str | None]:
         return value, "Enter your email address."
     if len(value) > EMAIL_MAX:
         return value, f"An email address has at most {EMAIL_MAX} characters."
-    if not EMAIL_RE.match(value):
+    if not EMAIL_RE.fullmatch(value):
         return value, "Enter an email address like you@example.com."
     return value, None
 

@@ -25,9 +25,10 @@ from services.rpc_frontend.departures import Departures
 
 # Client-generated ids: a UUID (32-36 chars) in practice; 8-64 of these characters
 # leave room for other clients without letting an id carry anything odd.
-MESSAGE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+# Always used with fullmatch: a "$" would also accept a trailing newline.
+MESSAGE_ID_RE = re.compile(r"[A-Za-z0-9_-]{8,64}")
 # A pragmatic address check (one @, a dot in the domain); the mail server decides.
-EMAIL_RE = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")
+EMAIL_RE = re.compile(r"[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+")
 # Name, phone and page fields: longer than any real one, short enough for a roster line.
 MAX_FIELD_CHARS = 200
 MAX_URL_CHARS = 2000  # the classic practical URL limit
@@ -194,7 +195,7 @@ class VisitorChat:
         return str(conversation_id), bool(created)
 
     async def send(self, visitor: Visitor, message_id: Any, body: Any) -> Sent:
-        if not isinstance(message_id, str) or not MESSAGE_ID_RE.match(message_id):
+        if not isinstance(message_id, str) or not MESSAGE_ID_RE.fullmatch(message_id):
             raise Invalid("message_id must be 8 to 64 letters, digits, '-' or '_' (use a UUID)")
         if not isinstance(body, str) or not body.strip():
             raise Invalid("body must be a non-empty string")
@@ -238,7 +239,7 @@ class VisitorChat:
                 continue
             if not isinstance(value, str) or len(value) > MAX_FIELD_CHARS:
                 raise Invalid(f"{name} must be text of at most {MAX_FIELD_CHARS} characters")
-            if name == "email" and not EMAIL_RE.match(value.strip()):
+            if name == "email" and not EMAIL_RE.fullmatch(value.strip()):
                 raise Invalid(f"{value!r} does not look like an email address")
             known[name] = value.strip()
         if not known:
@@ -270,11 +271,11 @@ class VisitorChat:
         self, site_id: str, visitor: Visitor | None, form: dict[str, Any], page_url: str
     ) -> str:
         message_id, name, email, body = (form.get(k) for k in ("message_id", "name", "email", "body"))
-        if not isinstance(message_id, str) or not MESSAGE_ID_RE.match(message_id):
+        if not isinstance(message_id, str) or not MESSAGE_ID_RE.fullmatch(message_id):
             raise Invalid("message_id must be 8 to 64 letters, digits, '-' or '_' (use a UUID)")
         if not isinstance(name, str) or not name.strip() or len(name) > MAX_FIELD_CHARS:
             raise Invalid(f"name must be given, at most {MAX_FIELD_CHARS} characters")
-        if not isinstance(email, str) or not EMAIL_RE.match(email.strip()):
+        if not isinstance(email, str) or not EMAIL_RE.fullmatch(email.strip()):
             raise Invalid("email must be an address like you@example.org, so the site can answer you")
         if not isinstance(body, str) or not body.strip():
             raise Invalid("body must be a non-empty message")

@@ -15,14 +15,18 @@ def origin_allowed(origin: str | None, own_host: str, allowed_domains: list[str]
     """
     if origin is None:
         return True
-    parts = urlsplit(origin)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(origin)
+        hostname = parts.hostname
+    except ValueError:  # "http://[" and other unparsable hosts
+        return False
+    if parts.scheme not in ("http", "https") or not hostname:
         return False  # "null" (sandboxed frames, files) or garbage: nobody we know
     if parts.netloc.lower() == own_host.lower():
         return True
     if not allowed_domains:
         return True
-    host = parts.hostname.lower().rstrip(".")
+    host = hostname.lower().rstrip(".")
     for entry in allowed_domains:
         domain = _host_of(entry)
         if domain and (host == domain or host.endswith("." + domain)):
@@ -33,5 +37,8 @@ def origin_allowed(origin: str | None, own_host: str, allowed_domains: list[str]
 def _host_of(entry: str) -> str:
     """Host of an allowed-domain entry: shop.example, https://shop.example/ and shop.example:8080 agree."""
     entry = entry.strip().lower()
-    parsed = urlsplit(entry if "://" in entry else "//" + entry)
-    return (parsed.hostname or "").rstrip(".")
+    try:
+        parsed = urlsplit(entry if "://" in entry else "//" + entry)
+        return (parsed.hostname or "").rstrip(".")
+    except ValueError:  # an entry saved before the console checked them: matches nothing
+        return ""

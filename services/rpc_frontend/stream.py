@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.rpc_frontend.chat import Visitor, VisitorChat
+from services.rpc_frontend.inputs import seq_argument
 
 # Entries per read; a widget far behind gets the rest on the next read, at once.
 BATCH = 500
@@ -33,11 +34,8 @@ async def resume_cursor(chat: VisitorChat, visitor: Visitor, conversation_id: st
 
 async def cursor_from_query(chat: VisitorChat, visitor: Visitor, query: Callable[[str, str], str]) -> Cursor:
     """``resume_cursor`` for ?conversation_id=…&after=N (``query`` = a handler's
-    get_query_argument); an ``after`` that is not a number means from the start."""
-    try:
-        after = int(query("after", "0"))
-    except ValueError:
-        after = 0
+    get_query_argument); Invalid if ``after`` is not a plausible sequence number."""
+    after = seq_argument(query("after", "0"))
     return await resume_cursor(chat, visitor, query("conversation_id", ""), after)
 
 

@@ -18,6 +18,7 @@ import tornado.web
 
 from libs.common import siteids
 from libs.common.observability import Check, observability_routes
+from libs.common.web import set_allow_header
 from services.status_image import metrics
 from services.status_image.cache import SiteEntry, SiteStatusCache
 from services.status_image.render import ImageRenderer
@@ -48,6 +49,11 @@ class StatusHandler(tornado.web.RequestHandler):
         return self._load_then_answer(site_id)
 
     head = get
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        if status_code == 405:
+            set_allow_header(self)
+        super().write_error(status_code, **kwargs)
 
     async def _load_then_answer(self, site_id: str) -> None:
         self.answer(await self.cache.load(site_id))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import unicodedata
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +80,15 @@ def _luminance(colour: str) -> float:
     return 0.2126 * r + 0.7152 * g + 0.0722 * b
 
 
+def one_line(text: str) -> str:
+    """``text`` with control, separator and surrogate characters turned into spaces."""
+    return " ".join("".join(" " if unicodedata.category(c) in _UNDRAWABLE else c for c in text).split())
+
+
+# Control, line/paragraph separator, surrogate, private use and unassigned characters.
+_UNDRAWABLE = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"})
+
+
 def _contrast(a: str, b: str) -> float:
     """WCAG 2 contrast ratio (1 to 21); 0.05 is the standard's flare term."""
     high, low = sorted((_luminance(a), _luminance(b)), reverse=True)
@@ -135,6 +145,9 @@ class ImageRenderer:
         return image
 
     def _draw(self, colour: str, text: str, online: bool) -> RenderedImage:
+        # One line of printable text: Pillow refuses to measure a newline ("multiline
+        # text") and cannot encode a lone surrogate; a theme row edited by hand may hold both.
+        text = one_line(text) or "Live chat"
         image = Image.new("RGBA", (WIDTH, HEIGHT), (0, 0, 0, 0))
         draw = ImageDraw.Draw(image)
         draw.rounded_rectangle((0, 0, WIDTH - 1, HEIGHT - 1), radius=CORNER_RADIUS, fill=colour)

@@ -55,7 +55,7 @@ def header_text(value: str | None, limit: int = HEADER_TEXT_MAX) -> str:
 
 def safe_address(address: str | None, display_name: str | None = None) -> Address | None:
     """An Address for a header, or None if ``address`` is not a plain mailbox."""
-    if not address or not _ADDRESS.match(address) or len(address) > 254:
+    if not address or not _ADDRESS.fullmatch(address) or len(address) > 254:
         return None
     local, _, domain = address.rpartition("@")
     try:
@@ -66,7 +66,7 @@ def safe_address(address: str | None, display_name: str | None = None) -> Addres
 
 def message_id(kind: str, key: str, mail_from: str) -> str:
     """A Message-ID derived from the conversation (or note), so a repeat is recognisable."""
-    token = key if _ID_SAFE.match(key) else hashlib.sha256(key.encode()).hexdigest()[:32]
+    token = key if _ID_SAFE.fullmatch(key) else hashlib.sha256(key.encode()).hexdigest()[:32]
     domain = parseaddr(mail_from)[1].rpartition("@")[2] or "habla.localhost"
     return f"<{kind}.{token}@{domain}>"
 

@@ -18,6 +18,9 @@ import redis.asyncio as aioredis
 
 from libs.common.settings import Settings
 
+# A token is 16 hex chars, a dot and 32 hex chars; longer is not one of ours.
+MAX_TOKEN_CHARS = 100
+
 
 class VisitorSessions:
     def __init__(self, redis: aioredis.Redis, settings: Settings) -> None:
@@ -37,6 +40,8 @@ class VisitorSessions:
 
     def visitor_of(self, token: str) -> str | None:
         """The visitor id a token was issued for, or None if it is forged or malformed."""
+        if len(token) > MAX_TOKEN_CHARS or not token.isascii():
+            return None  # not one of ours (and compare_digest refuses non-ASCII text)
         visitor_id, _, _mac = token.rpartition(".")
         if not visitor_id or not hmac.compare_digest(self.token_for(visitor_id), token):
             return None

@@ -18,8 +18,10 @@ LOGINS = prometheus_client.Counter("habla_console_logins_total", "Log-in attempt
 
 
 def _safe_next(target: str) -> str:
-    """Only same-site console paths: never an open redirect to another host."""
-    if target.startswith("/account/") and not target.startswith("//") and "\\" not in target:
+    """Only same-site console paths: never an open redirect to another host, and only
+    printable ASCII (a CR/LF would split the Location header; Tornado refuses it with a 500)."""
+    printable = target.isascii() and target.isprintable() and " " not in target
+    if printable and target.startswith("/account/") and not target.startswith("//") and "\\" not in target:
         return target
     return "/account/sites"
 

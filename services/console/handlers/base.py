@@ -13,6 +13,7 @@ import tornado.web
 from markupsafe import Markup
 
 from libs.common.db import site_store
+from libs.common.web import set_allow_header
 from services.console.context import Console, origin
 from services.console.sessions import COOKIE_NAME, SESSION_TTL_S
 
@@ -96,6 +97,8 @@ class Page(tornado.web.RequestHandler):
         )
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
+        if status_code == 405:
+            set_allow_header(self)
         try:
             reason = HTTPStatus(status_code).phrase
         except ValueError:

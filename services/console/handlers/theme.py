@@ -56,7 +56,7 @@ class Customiser(Page):
         # Invalid colours the owner typed stay in the form's error messages, but the
         # pickers and the preview's CSS only ever get valid ones.
         valid_colours = {
-            key: value if theme.COLOUR_RE.match(value) else theme.DEFAULT_COLOURS[key]
+            key: value if theme.COLOUR_RE.fullmatch(value) else theme.DEFAULT_COLOURS[key]
             for key, value in shown["colours"].items()
         }
         context = site_page_context(self, site)

@@ -91,7 +91,7 @@ class MessagesHandler(ApiHandler):
     async def get(self, site_id: str) -> None:
         await self.load_site(site_id)
         visitor = await self.load_visitor(self.get_query_argument("token", ""))
-        cursor = await cursor_from_query(self.frontend.chat, visitor, self.get_query_argument)
+        cursor = await self._guard(cursor_from_query(self.frontend.chat, visitor, self.get_query_argument))
         events = await catch_up(self.frontend.chat, visitor.visitor_id, cursor)
         self.reply({"events": events, "conversation_id": cursor.conversation_id, "after": cursor.after})
 

@@ -10,8 +10,10 @@ from typing import Any
 import tornado.web
 
 from libs.common.sitedir import SiteConfig, UnknownSite
+from libs.common.web import allowed_methods, set_allow_header
 from services.rpc_frontend.chat import OUTAGES, RETRY_AFTER_S, Invalid, SessionExpired, TooLarge, Visitor
 from services.rpc_frontend.context import Frontend
+from services.rpc_frontend.inputs import json_object
 from services.rpc_frontend.origins import origin_allowed
 from services.rpc_frontend.ratelimit import RateLimited
 
@@ -58,7 +60,8 @@ class ApiHandler(tornado.web.RequestHandler):
             self.set_header("Retry-After", str(RETRY_AFTER_S))
             message = "temporarily unavailable; send again in a moment (with the same message_id)"
         elif status_code == 405:
-            message = f"{self.request.method} is not supported here"
+            set_allow_header(self)
+            message = f"{self.request.method} is not supported here; use {', '.join(allowed_methods(self))}"
         else:
             message = "internal error; try again in a moment"
         self.finish(json.dumps({"error": message, "status": status_code}))
@@ -125,12 +128,9 @@ class ApiHandler(tornado.web.RequestHandler):
         if len(self.request.body) > MAX_BODY_BYTES:
             raise ApiError(413, f"request body is over {MAX_BODY_BYTES} bytes")
         try:
-            body = json.loads(self.request.body or b"{}")
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ApiError(400, f"request body is not valid JSON: {exc}") from None
-        if not isinstance(body, dict):
-            raise ApiError(400, "request body must be a JSON object")
-        return body
+            return json_object(self.request.body or b"{}")
+        except Invalid as exc:
+            raise ApiError(400, str(exc)) from None
 
     async def load_visitor(self, token: Any) -> Visitor:
         visitor = await self.frontend.chat.visitor(token, self.site.site_id) if isinstance(token, str) else None

@@ -15,6 +15,7 @@ import tornado.web
 from libs.common import siteids, snippets
 from libs.common.db import site_store
 from libs.common.sitedir import UnknownSite
+from libs.common.web import set_allow_header
 from services.rpc_frontend.context import Frontend
 
 STATIC = Path(__file__).resolve().parents[1] / "static"
@@ -69,6 +70,11 @@ class AssetHandler(tornado.web.RequestHandler):
             self.set_header("Cache-Control", f"public, max-age={LOADER_MAX_AGE_S}")
         self.finish(self.body)
 
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        if status_code == 405:
+            set_allow_header(self)
+        super().write_error(status_code, **kwargs)
+
 
 def widget_page(assets: Assets, title: str, config: dict[str, Any]) -> str:
     """A page of our own that runs the widget directly (hosted chat, preview)."""
@@ -92,6 +98,8 @@ class PageHandler(tornado.web.RequestHandler):
         self.set_header("X-Content-Type-Options", "nosniff")
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
+        if status_code == 405:
+            set_allow_header(self)
         exc = kwargs.get("exc_info", (None, None, None))[1]
         message = (
             exc.log_message if isinstance(exc, tornado.web.HTTPError) and exc.log_message else "Something went wrong."

@@ -21,11 +21,13 @@ from typing import Any
 import tornado.websocket
 
 from libs.common.sitedir import UnknownSite
+from libs.common.web import set_allow_header
 from services.rpc_frontend.chat import OUTAGES, RETRY_AFTER_S, Invalid, SessionExpired, TooLarge, Visitor
 from services.rpc_frontend.context import Frontend
 from services.rpc_frontend.handlers.api import status_json
 from services.rpc_frontend.handlers.base import ApiHandler
 from services.rpc_frontend.hub import Event
+from services.rpc_frontend.inputs import json_object
 from services.rpc_frontend.metrics import LINES
 from services.rpc_frontend.origins import origin_allowed
 from services.rpc_frontend.ratelimit import RateLimited
@@ -98,8 +100,16 @@ class ReceiveSocket(tornado.websocket.WebSocketHandler):
         self.visitor = await self.frontend.chat.visitor(self.get_query_argument("token", ""), site_id)
         if self.visitor is None:
             return None  # accepted, then closed with SESSION_EXPIRED: a browser cannot see a 401
-        self.cursor = await cursor_from_query(self.frontend.chat, self.visitor, self.get_query_argument)
+        try:
+            self.cursor = await cursor_from_query(self.frontend.chat, self.visitor, self.get_query_argument)
+        except Invalid as exc:
+            return 400, str(exc)
         return None
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        if status_code == 405:
+            set_allow_header(self)
+        super().write_error(status_code, **kwargs)
 
     def check_origin(self, origin: str) -> bool:
         return True  # checked against the site's allowed domains in _admit
@@ -177,14 +187,12 @@ class ReceiveSocket(tornado.websocket.WebSocketHandler):
         if self.visitor is None:
             return  # being closed for a bad token
         try:
-            data = json.loads(message)
-        except ValueError:
-            self._send({"type": "error", "status": 400, "error": "not valid JSON"})
-            return
-        if not isinstance(data, dict):
-            self._send({"type": "error", "status": 400, "error": "send a JSON object"})
+            data = json_object(message)
+        except Invalid as exc:
+            self._send({"type": "error", "status": 400, "error": str(exc)})
             return
         kind = data.get("type")
+        message_id = data.get("message_id") if isinstance(data.get("message_id"), str) else None
         try:
             if kind == "send":
                 await self._send_line(data)
@@ -195,11 +203,11 @@ class ReceiveSocket(tornado.websocket.WebSocketHandler):
                 await self._refresh()
                 self._send({"type": "pong"})
             else:
-                self._send({"type": "error", "status": 400, "error": f"unknown type {kind!r}"})
+                self._send({"type": "error", "status": 400, "error": "type must be send, typing or ping"})
         except Invalid as exc:
-            self._send({"type": "error", "status": 400, "error": str(exc), "message_id": data.get("message_id")})
+            self._send({"type": "error", "status": 400, "error": str(exc), "message_id": message_id})
         except TooLarge as exc:
-            self._send({"type": "error", "status": 413, "error": str(exc), "message_id": data.get("message_id")})
+            self._send({"type": "error", "status": 413, "error": str(exc), "message_id": message_id})
         except OUTAGES as exc:
             # Redis or RabbitMQ is down for a moment: the widget resends the same id.
             log.warning("frame answered 503: %s", exc, extra={"visitor": self.visitor.visitor_id})
@@ -209,7 +217,7 @@ class ReceiveSocket(tornado.websocket.WebSocketHandler):
                     "status": 503,
                     "error": "temporarily unavailable; sending again",
                     "retry_after": RETRY_AFTER_S,
-                    "message_id": data.get("message_id"),
+                    "message_id": message_id,
                 }
             )
         except RateLimited as exc:
@@ -219,7 +227,7 @@ class ReceiveSocket(tornado.websocket.WebSocketHandler):
                     "status": 429,
                     "error": str(exc),
                     "retry_after": exc.retry_after_s,
-                    "message_id": data.get("message_id"),
+                    "message_id": message_id,
                 }
             )
 
@@ -278,7 +286,7 @@ class PollHandler(ApiHandler):
         stale = time.time() * 1000 - last_seen_ms > SESSION_REFRESH_S * 1000
         if stale or visitor.session.get("frontend_id") != self.frontend.settings.frontend_id:
             await self.frontend.chat.attach(visitor)  # deliveries come here; the session lives on
-        cursor = await cursor_from_query(self.frontend.chat, visitor, self.get_query_argument)
+        cursor = await self._guard(cursor_from_query(self.frontend.chat, visitor, self.get_query_argument))
         events = await catch_up(self.frontend.chat, visitor.visitor_id, cursor)
         if not events:
             self.parked = _Parked()

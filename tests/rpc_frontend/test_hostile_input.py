@@ -1,0 +1,151 @@
+"""Issue 11's reproductions against the frontend: each gets a clear 4xx (never a 5xx)
+and the service answers normally afterwards."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import tornado.httpclient
+import tornado.websocket
+
+from tests.rpc_frontend.conftest import Api, RunningFrontend
+
+SURROGATE = '"\\ud800"'  # a lone surrogate, as JSON escapes it (valid JSON, not valid text)
+
+
+async def assert_healthy(api: Api) -> None:
+    """The service still does its job after the hostile request."""
+    visitor = await api.session()
+    sent = await api.ok("POST", "/messages", {"token": visitor["token"], "message_id": "healthy-0001", "body": "hi"})
+    assert sent["seq"] >= 1
+
+
+def error_of(response: tornado.httpclient.HTTPResponse) -> dict[str, Any]:
+    assert 400 <= response.code < 500, (response.code, response.body)
+    body: dict[str, Any] = json.loads(response.body)
+    assert body["error"] and body["status"] == response.code
+    return body
+
+
+@pytest.mark.parametrize(
+    ("path", "template"),
+    [
+        ("/messages", '{"token": TOKEN, "message_id": "lone-surrogate-1", "body": SURROGATE}'),
+        ("/visitor", '{"token": TOKEN, "name": SURROGATE}'),
+        ("/session", '{"token": TOKEN, "page": {"url": "http://127.0.0.1/", "title": SURROGATE}}'),
+        (
+            "/offline",
+            '{"message_id": "lone-surrogate-2", "name": SURROGATE, "email": "a@b.example", "body": "hello"}',
+        ),
+    ],
+)
+async def test_lone_surrogate_is_a_400(api: Api, path: str, template: str) -> None:
+    visitor = await api.session()
+    raw = template.replace("TOKEN", json.dumps(visitor["token"])).replace("SURROGATE", SURROGATE)
+    response = await api.call("POST", path, raw=raw.encode())
+    assert response.code == 400, (response.code, response.body)
+    assert "text" in error_of(response)["error"]
+    await assert_healthy(api)
+
+
+async def test_deeply_nested_body_is_a_400(api: Api) -> None:
+    response = await api.call("POST", "/messages", raw=b"[" * 30_000)
+    assert response.code == 400
+    error_of(response)
+    await assert_healthy(api)
+
+
+async def test_garbage_origin_is_a_403(api: Api) -> None:
+    response = await api.call("GET", "/status", headers={"Origin": "http://["})
+    assert response.code == 403
+    error_of(response)
+    await assert_healthy(api)
+
+
+@pytest.mark.parametrize("after", ["9223372036854775807", "-1", "1e3", "abc", "٣"])
+async def test_absurd_after_is_a_400(api: Api, after: str) -> None:
+    visitor = await api.session()
+    sent = await api.ok("POST", "/messages", {"token": visitor["token"], "message_id": "absurd-after-1", "body": "x"})
+    for path in ("/messages", "/poll"):
+        response = await api.call(
+            "GET", f"{path}?token={visitor['token']}&conversation_id={sent['conversation_id']}&after={after}"
+        )
+        assert response.code == 400, (path, response.code, response.body)
+        assert "after" in error_of(response)["error"]
+    await assert_healthy(api)
+
+
+@pytest.mark.parametrize("token", ["x.é", "é", "\u00ff.\u00ff", "a" * 5000, ".", "x." + "0" * 32])
+async def test_odd_token_is_a_401(api: Api, token: str) -> None:
+    response = await api.call("POST", "/typing", {"token": token, "typing": True})
+    assert response.code == 401, (response.code, response.body)
+    error_of(response)
+    await assert_healthy(api)
+
+
+@pytest.mark.parametrize("message_id", ["abcdefgh\n", "abcdefgh\r", "\nabcdefgh", "abcdefg\u0663"])
+async def test_message_id_must_match_whole(api: Api, message_id: str) -> None:
+    visitor = await api.session()
+    response = await api.call("POST", "/messages", {"token": visitor["token"], "message_id": message_id, "body": "x"})
+    assert response.code == 400
+    assert "message_id" in error_of(response)["error"]
+
+
+@pytest.mark.parametrize("site", ["١٢٣٤-١٢٣٤٥-١٢-١٢٣٤", "1234-12345-12-1234%0A"])
+async def test_unicode_digit_site_id_is_a_404(fe: RunningFrontend, api: Api, site: str) -> None:
+    response = await Api(fe.url, site).call("GET", "/status")
+    assert response.code == 404
+    assert "site id" in error_of(response)["error"]
+    await assert_healthy(api)
+
+
+@pytest.mark.parametrize(("method", "path"), [("PUT", "/session"), ("DELETE", "/messages"), ("PATCH", "/status")])
+async def test_wrong_method_is_a_405_with_allow(api: Api, method: str, path: str) -> None:
+    response = await api.call(method, path, raw=b"{}" if method != "DELETE" else None)
+    assert response.code == 405
+    error_of(response)
+    allow = {m.strip() for m in response.headers["Allow"].split(",")}
+    assert method not in allow and "OPTIONS" in allow
+
+
+async def test_wrong_method_on_a_page_is_a_405_with_allow(fe: RunningFrontend, api: Api) -> None:
+    client = tornado.httpclient.AsyncHTTPClient()
+    for path in ("/embed.js", "/preview/" + api.site_id, "/api/sites/" + api.site_id + "/ws"):
+        response = await client.fetch(f"{fe.url}{path}", method="POST", body=b"", raise_error=False)
+        assert response.code == 405, path
+        assert "GET" in response.headers["Allow"]
+    await assert_healthy(api)
+
+
+async def test_websocket_frames_of_every_kind_get_answers(fe: RunningFrontend, api: Api) -> None:
+    visitor = await api.session()
+    url = fe.url.replace("http", "ws") + f"/api/sites/{api.site_id}/ws?token={visitor['token']}"
+    socket = await tornado.websocket.websocket_connect(url)
+    frames: list[str | bytes] = [
+        b"\xff\xfe\x00",  # binary, not UTF-8
+        b'{"type": "ping"}',  # binary but fine
+        "[" * 30_000,
+        '{"type": "send", "message_id": "ws-surrogate-1", "body": ' + SURROGATE + "}",
+        '{"type": {"nested": []}}',
+        '{"type": "send", "message_id": ["x"], "body": {"a": 1}}',
+        '{"type": "typing", "typing": "yes"}',
+        "null",
+        "1e999999",
+    ]
+    for frame in frames:
+        await socket.write_message(frame, binary=isinstance(frame, bytes))
+    await socket.write_message(json.dumps({"type": "ping"}))
+    errors = 0
+    while True:
+        reply = await socket.read_message()
+        assert reply is not None, "the server closed the socket"
+        event = json.loads(reply)
+        if event["type"] == "error":
+            assert 400 <= event["status"] < 500, event
+            errors += 1
+        if event["type"] == "pong" and errors >= len(frames) - 1:
+            break
+    socket.close()
+    await assert_healthy(api)
