@@ -51,6 +51,8 @@ from tools.prosody import free_port  # noqa: E402
 UNLIMITED = 1_000_000_000
 # Each unit of work repeated under Redis MONITOR; the figure is the mean.
 REDIS_COUNT_TIMES = 5
+# How long the suite's CPU is sampled with no load of ours (subtracted from each phase).
+IDLE_S = 3.0
 
 
 def stack_settings(box: sandbox.Sandbox, state_dir: Path, log_level: str) -> Settings:
@@ -170,6 +172,8 @@ async def run(args: argparse.Namespace, settings: Settings, demo: dict[str, str]
         returning = await e2e_chat.new_visitors(api, args.tokens)
         bodies = [e2e_http.returning_body(v.token) for v in returning]
         report.redis_commands(await redis_commands(settings, url, bodies[0], visitors[0]))
+        await suite.measure_idle(IDLE_S)
+        report.idle(suite.idle)
 
         before = suite.snapshot()
         to_operator = await e2e_chat.visitors_saturated(visitors, operators, args.lines)

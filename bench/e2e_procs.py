@@ -9,10 +9,12 @@ bound on a shared machine.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import resource
+import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -20,6 +22,7 @@ TICKS = os.sysconf("SC_CLK_TCK")
 SHARED_SERVERS = {"rabbitmq": 5672, "redis": 6379, "mariadb": 3306}
 BENCH = "bench client"
 WRK = "wrk (load tool)"
+WALL = "(wall clock)"  # a snapshot's time, so a phase knows how long it lasted
 
 
 def children(pid: int) -> list[int]:
@@ -80,11 +83,14 @@ def listening_pid(port: int) -> int | None:
     return None
 
 
-@dataclass(frozen=True)
+@dataclass
 class Suite:
     """Name -> pid of every process whose CPU a phase is charged with."""
 
     pids: dict[str, int]
+    # CPU seconds per second with no load of ours: other runs on the shared servers, the
+    # services' heartbeats and sweeps. Subtracted from each phase (clamped at 0).
+    idle: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def find(cls, devstack_pid: int, prosody_pidfile: Path, extra: Iterable[tuple[str, int]] = ()) -> Suite:
@@ -108,11 +114,22 @@ class Suite:
         seconds[BENCH] = cpu_seconds(os.getpid())
         own = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk, once it has been reaped
         seconds[WRK] = own.ru_utime + own.ru_stime
+        seconds[WALL] = time.monotonic()
         return seconds
 
+    async def measure_idle(self, seconds: float) -> None:
+        before = self.snapshot()
+        await asyncio.sleep(seconds)
+        after = self.snapshot()
+        used = measure(before, after)
+        self.idle = {name: cpu / (after[WALL] - before[WALL]) for name, cpu in used.items() if name in self.pids}
+
     def since(self, before: dict[str, float]) -> dict[str, float]:
-        """CPU seconds of each process since the snapshot ``before``."""
-        return measure(before, self.snapshot())
+        """CPU seconds of each process since the snapshot ``before``, less its idle rate."""
+        after = self.snapshot()
+        elapsed = after[WALL] - before[WALL]
+        used = measure(before, after)
+        return {name: max(0.0, cpu - self.idle.get(name, 0.0) * elapsed) for name, cpu in used.items()}
 
 
 def devstack_pid() -> int:
@@ -135,7 +152,7 @@ class Phase:
 
 
 def measure(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    return {name: max(0.0, after.get(name, 0.0) - before.get(name, 0.0)) for name in after}
+    return {name: max(0.0, after[name] - before.get(name, 0.0)) for name in after if name != WALL}
 
 
 def table(phases: list[Phase]) -> list[str]:

@@ -42,6 +42,7 @@ class Report:
         self.answer_bytes = 0
         self.profile_lines: list[str] = []
         self.redis: dict[str, str] = {}
+        self.idle_rates: dict[str, float] = {}
 
     @staticmethod
     def say(line: str) -> None:
@@ -88,6 +89,11 @@ class Report:
 
     def http_baselines(self, tornado_load: Load, nginx_load: Load | None, answer_bytes: int) -> None:
         self.bare_http, self.answer_bytes = (tornado_load, nginx_load), answer_bytes
+
+    def idle(self, rates: dict[str, float]) -> None:
+        self.idle_rates = rates
+        busy = ", ".join(f"{name} {rate * 100:.0f}%" for name, rate in sorted(rates.items(), key=lambda kv: -kv[1])[:4])
+        self.say(f"  .. idle CPU before the phases (others' runs, heartbeats), subtracted from each phase: {busy}")
 
     def redis_commands(self, found: dict[str, str]) -> None:
         self.redis = found
@@ -146,8 +152,9 @@ class Report:
                 line += f", nginx {nginx_load.cpu_us:.0f} us"
             out.append(line)
         out.append("")
-        out.append("CPU seconds per 1 M units, per process (from /proc/<pid>/stat before and after each phase;")
-        out.append("shared servers also served other runs meanwhile; bench client and wrk are the load, not the suite)")
+        out.append("CPU seconds per 1 M units, per process (/proc/<pid>/stat before and after each phase, less the")
+        out.append("process's idle rate measured just before; shared servers also served other runs, so their figures")
+        out.append("are the noisiest; bench client and wrk are the load, not the suite)")
         out += table(self.phases)
         boots_phase = next((p for p in self.phases if p.name == "widget boots"), None)
         if boots_phase is not None:
