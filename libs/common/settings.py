@@ -53,6 +53,17 @@ def _env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise SettingsError(f"{name}={raw!r} is not a boolean (use true or false)")
 
 
+# The built-in key is public (it is in the source): with it anyone can forge a visitor's
+# token or an owner's cookie. Only a development machine may run with it.
+DEFAULT_SECRET_KEY = "dev-only-secret-change-me"
+# 32 characters of a random key (secrets.token_urlsafe(24) and up) is 192+ bits: out of
+# reach of guessing; shorter keys are usually a word someone typed.
+MIN_SECRET_KEY_CHARS = 32
+DEVELOPMENT = "development"
+# Exit status for a refused configuration: EX_CONFIG from sysexits.h.
+EXIT_CONFIG = 78
+
+
 def _default_instance_id() -> str:
     # Unique per process on a host, readable in `rabbitmqctl list_queues`.
     return f"{socket.gethostname()}-{os.getpid()}"
@@ -61,6 +72,10 @@ def _default_instance_id() -> str:
 @dataclass(frozen=True)
 class Settings:
     """Typed settings; build with ``Settings.from_env()``. ``env`` names each variable."""
+
+    # "development" (the default, for local runs and tests) or anything else, e.g.
+    # "production": then every service refuses to start with a weak HABLA_SECRET_KEY.
+    environment: str = field(default=DEVELOPMENT, metadata={"env": "HABLA_ENV"})
 
     # --- backing servers -------------------------------------------------------------
     amqp_url: str = field(default="amqp://guest:guest@127.0.0.1:5672/", metadata={"env": "HABLA_AMQP_URL"})
@@ -94,7 +109,7 @@ class Settings:
     frontend_id: str = field(default_factory=_default_instance_id, metadata={"env": "HABLA_FRONTEND_ID"})
     public_url: str = field(default="http://127.0.0.1:8080", metadata={"env": "HABLA_PUBLIC_URL"})
     # Signs visitor tokens and account cookies. The default is for development only.
-    secret_key: str = field(default="dev-only-secret-change-me", metadata={"env": "HABLA_SECRET_KEY"})
+    secret_key: str = field(default=DEFAULT_SECRET_KEY, metadata={"env": "HABLA_SECRET_KEY"})
     # 30 minutes without a page view or heartbeat ends a visit (the web-analytics norm).
     session_ttl_s: int = field(default=1800, metadata={"env": "HABLA_SESSION_TTL_S"})
     max_message_chars: int = field(default=2000, metadata={"env": "HABLA_MAX_MESSAGE_CHARS"})
@@ -218,6 +233,23 @@ class Settings:
             value = getattr(self, f.name)
             env[f.metadata["env"]] = str(value).lower() if isinstance(value, bool) else str(value)
         return env
+
+    def refuse_unsafe(self) -> None:
+        """SettingsError if this configuration must not serve anyone outside development."""
+        if self.environment == DEVELOPMENT:
+            return
+        if self.secret_key == DEFAULT_SECRET_KEY:
+            raise SettingsError(
+                f"HABLA_ENV={self.environment} but HABLA_SECRET_KEY is the public development default: "
+                "anyone could forge visitor tokens; set it to a random string of "
+                f"{MIN_SECRET_KEY_CHARS}+ characters (python3 -c 'import secrets; print(secrets.token_urlsafe(48))')"
+            )
+        if len(self.secret_key) < MIN_SECRET_KEY_CHARS:
+            raise SettingsError(
+                f"HABLA_ENV={self.environment} but HABLA_SECRET_KEY has {len(self.secret_key)} characters; "
+                f"use a random string of {MIN_SECRET_KEY_CHARS}+ "
+                "(python3 -c 'import secrets; print(secrets.token_urlsafe(48))')"
+            )
 
     @property
     def retry_delays_ms(self) -> tuple[int, ...]:

@@ -8,6 +8,7 @@ import signal
 
 from libs.common import db, logs, state
 from libs.common.settings import Settings
+from libs.common.startup import settings_or_exit
 from services.console.app import make_app
 from services.console.context import Console
 
@@ -33,7 +34,7 @@ async def serve(settings: Settings) -> None:
 
 
 def main() -> None:
-    settings = Settings.from_env()
+    settings = settings_or_exit("console")
     logs.configure("console", settings)
     asyncio.run(serve(settings))
 

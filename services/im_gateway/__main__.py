@@ -9,14 +9,14 @@ import signal
 
 from libs.common import db, logs, observability, state
 from libs.common.messaging import Bus
-from libs.common.settings import Settings
+from libs.common.startup import settings_or_exit
 from services.im_gateway.gateway import Gateway
 
 log = logging.getLogger("services.im_gateway")
 
 
 async def main() -> None:
-    settings = Settings.from_env()
+    settings = settings_or_exit("im_gateway")
     logs.configure("im_gateway", settings)
     redis = state.connect(settings)
     engine = db.engine(settings)

@@ -10,6 +10,7 @@ import signal
 from libs.common import db, logs, state, topology
 from libs.common.messaging import Bus
 from libs.common.settings import Settings
+from libs.common.startup import settings_or_exit
 from services.rpc_frontend.app import make_app
 from services.rpc_frontend.context import Frontend
 from services.rpc_frontend.delivery import DeliveryConsumer
@@ -72,7 +73,7 @@ def close_sockets(frontend: Frontend) -> None:
 
 
 def main() -> None:
-    settings = Settings.from_env()
+    settings = settings_or_exit("rpc_frontend")
     logs.configure("rpc_frontend", settings)
     asyncio.run(run(settings))
 

@@ -11,6 +11,7 @@ import sys
 from libs.common import db, logs, state
 from libs.common.settings import Settings
 from libs.common.sitedir import SiteDirectory
+from libs.common.startup import settings_or_exit
 from libs.common.state.presence import SiteStatusReader
 from services.status_image.cache import SiteStatusCache
 from services.status_image.handlers import make_app
@@ -54,7 +55,7 @@ async def serve(settings: Settings) -> None:
 
 
 def main() -> int:
-    settings = Settings.from_env()
+    settings = settings_or_exit("status_image")
     logs.configure("status_image", settings)
     asyncio.run(serve(settings))
     return 0
