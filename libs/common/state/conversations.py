@@ -38,30 +38,66 @@ LOG_TTL_S = 7 * 24 * 3600
 # minutes of outage. Numbering after a Redis restart resumes this far above MySQL.
 FLOOR_GAP = 1000
 
-# What a caller can tell about a conversation's floor: a number, or "ask".
-FloorSource = Callable[[str], Awaitable[int]]
+
+@dataclass(frozen=True)
+class Floor:
+    """What the durable store knows of a conversation when Redis may have lost some:
+    the seq its numbering must resume above, and its archived lines after the log's
+    last one (put back into the log, so a visitor still reads what was receipted)."""
+
+    seq: int
+    lines: list[dict[str, Any]]  # log entries with "seq" and "message_id", oldest first
+
+
+# (conversation id, highest seq the log still holds) -> the floor.
+FloorSource = Callable[[str, int], Awaitable[Floor]]
+
+# Lua, shared by both scripts: does the Redis process that vouched for this
+# conversation's counter still run? (KEYS[3] = meta hash)
+_VOUCHED = """
+local run = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
+local function log_max()
+  local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+  if last[2] then return tonumber(last[2]) end
+  return 0
+end
+"""
 
 # KEYS[1] = lines (sorted set by seq), KEYS[2] = message-id -> seq hash,
 # KEYS[3] = meta hash {seq = last number taken, run = run_id that vouches for it}
-# ARGV[1] = message id, ARGV[2] = entry JSON without seq, ARGV[3] = ttl,
-# ARGV[4] = floor (the lowest seq already possibly taken), or -1 if not known yet
-# Returns {seq, 1 if newly appended else 0}, or {-1, 0}: "call again with a floor".
-_APPEND = """
-local existing = redis.call('HGET', KEYS[2], ARGV[1])
-if existing then
-  return {tonumber(existing), 0}
+# ARGV[1] = message id ("" = repair only), ARGV[2] = entry JSON without seq,
+# ARGV[3] = ttl, ARGV[4] = floor, or -1 if not known yet,
+# ARGV[5] = JSON list of archived entries to put back (with seq and message_id)
+# Returns {seq, 1 if newly appended else 0}, or {-1, log max}: "call again with a floor".
+_APPEND = (
+    _VOUCHED
+    + """
+if ARGV[1] ~= '' then
+  local existing = redis.call('HGET', KEYS[2], ARGV[1])
+  if existing then
+    return {tonumber(existing), 0}
+  end
 end
-local run = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
 local seq = tonumber(redis.call('HGET', KEYS[3], 'seq') or '0')
 if redis.call('HGET', KEYS[3], 'run') ~= run then
   local floor = tonumber(ARGV[4])
   if floor < 0 then
-    return {-1, 0}
+    return {-1, log_max()}
   end
-  local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-  if last[2] and tonumber(last[2]) > seq then seq = tonumber(last[2]) end
+  for _, old in ipairs(cjson.decode(ARGV[5])) do
+    if not redis.call('HGET', KEYS[2], old['message_id']) then
+      redis.call('ZADD', KEYS[1], old['seq'], cjson.encode(old))
+      redis.call('HSET', KEYS[2], old['message_id'], old['seq'])
+    end
+  end
+  local held = log_max()
+  if held > seq then seq = held end
   if floor > seq then seq = floor end
-  redis.call('HSET', KEYS[3], 'run', run)
+  redis.call('HSET', KEYS[3], 'run', run, 'seq', seq)
+end
+if ARGV[1] == '' then
+  redis.call('EXPIRE', KEYS[3], ARGV[3])
+  return {seq, 0}
 end
 seq = seq + 1
 local entry = cjson.decode(ARGV[2])
@@ -74,11 +110,28 @@ redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('EXPIRE', KEYS[3], ARGV[3])
 return {seq, 1}
 """
+)
+
+# Reading: ARGV[1] = after seq, ARGV[2] = limit. Returns {1, entries...}, or {0, log
+# max} when no running Redis vouches for the log (repair, then read again). A log
+# nobody ever wrote (no lines, no meta) reads as empty without a repair.
+_READ = (
+    _VOUCHED
+    + """
+if redis.call('HGET', KEYS[3], 'run') ~= run and (redis.call('EXISTS', KEYS[3]) == 1
+    or redis.call('EXISTS', KEYS[1]) == 1) then
+  return {0, log_max()}
+end
+local found = redis.call('ZRANGE', KEYS[1], '(' .. ARGV[1], '+inf', 'BYSCORE', 'LIMIT', 0, ARGV[2])
+table.insert(found, 1, 1)
+return found
+"""
+)
 
 
-async def _no_floor(conversation_id: str) -> int:
+async def _no_floor(conversation_id: str, log_max: int) -> Floor:
     # Only for tools and tests that never outlive a Redis restart: trust the log.
-    return 0
+    return Floor(0, [])
 
 
 def chat_line(
@@ -143,7 +196,9 @@ class ConversationLog:
         self._redis = redis
         self._settings = settings
         self._floor = floor or _no_floor
+        self._checked = floor is not None  # readers without a source read as is
         self._append = redis.register_script(_APPEND)
+        self._read = redis.register_script(_READ)
 
     def _keys(self, conversation_id: str) -> list[str]:
         # "lines", not the earlier "log" list: a key of the old type is never misread.
@@ -163,17 +218,37 @@ class ConversationLog:
         payload = {**entry, "message_id": message_id}
         payload.pop("seq", None)
         keys, body = self._keys(conversation_id), json.dumps(payload)
-        seq, created = await self._append(keys=keys, args=[message_id, body, LOG_TTL_S, 0 if new_conversation else -1])
+        floor = 0 if new_conversation else -1
+        seq, created = await self._append(keys=keys, args=[message_id, body, LOG_TTL_S, floor, "[]"])
         if int(seq) < 0:
-            floor = await self._floor(conversation_id)
-            seq, created = await self._append(keys=keys, args=[message_id, body, LOG_TTL_S, max(floor, 0)])
+            args = [message_id, body, LOG_TTL_S, *await self._floor_args(conversation_id, int(created))]
+            seq, created = await self._append(keys=keys, args=args)
         return Appended(int(seq), bool(created))
 
+    async def _floor_args(self, conversation_id: str, log_max: int) -> list[Any]:
+        floor = await self._floor(conversation_id, log_max)
+        lines = [line for line in floor.lines if int(line.get("seq", 0)) > log_max and line.get("message_id")]
+        return [max(floor.seq, 0), json.dumps(lines)]
+
+    async def repair(self, conversation_id: str, log_max: int) -> None:
+        """Vouch for the log again after Redis lost data: put back archived lines it
+        lacks and set the counter above the floor (idempotent; see the module doc)."""
+        args = ["", "{}", LOG_TTL_S, *await self._floor_args(conversation_id, log_max)]
+        await self._append(keys=self._keys(conversation_id), args=args)
+
     async def after(self, conversation_id: str, after_seq: int, limit: int = 500) -> list[dict[str, Any]]:
-        """Entries with seq > after_seq, oldest first, at most ``limit``."""
-        raw = await self._redis.zrangebyscore(
-            self._keys(conversation_id)[0], f"({max(after_seq, 0)}", "+inf", start=0, num=max(limit, 1)
-        )
+        """Entries with seq > after_seq, oldest first, at most ``limit``. With a floor
+        source, a log that Redis may have rewound is repaired first."""
+        keys = self._keys(conversation_id)
+        start, count = max(after_seq, 0), max(limit, 1)
+        if not self._checked:
+            raw: list[Any] = await self._redis.zrangebyscore(keys[0], f"({start}", "+inf", start=0, num=count)
+        else:
+            found = await self._read(keys=keys, args=[start, count])
+            if int(found[0]) == 0:
+                await self.repair(conversation_id, int(found[1]))
+                found = await self._read(keys=keys, args=[start, count])
+            raw = list(found[1:]) if int(found[0]) == 1 else []
         return [json.loads(item) for item in raw if isinstance(item, str | bytes)]
 
     async def last_seq(self, conversation_id: str) -> int:
