@@ -173,6 +173,11 @@ class Settings:
     # A new chat left unanswered this long marks its operator away for routing and is
     # offered to the others (a visitor who waits a minute usually leaves).
     gateway_answer_timeout_s: int = field(default=60, metadata={"env": "HABLA_GATEWAY_ANSWER_TIMEOUT_S"})
+    # An operator line that cannot be logged (Redis) or published (RabbitMQ) is retried
+    # this long, then bounced to the operator with an XMPP error their client shows:
+    # long enough to ride out a Redis restart or a broker failover (seconds), short
+    # enough that the operator knows while the visitor is still waiting.
+    gateway_line_retry_s: int = field(default=20, metadata={"env": "HABLA_GATEWAY_LINE_RETRY_S"})
 
     # --- transcript_worker -----------------------------------------------------------
     worker_metrics_port: int = field(default=9103, metadata={"env": "HABLA_WORKER_METRICS_PORT"})

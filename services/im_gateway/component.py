@@ -256,7 +256,9 @@ class GatewayComponent(ComponentXMPP):
             if isinstance(stanza, Message)
             else self.make_presence(pto=stanza["from"], pfrom=stanza["to"])
         )
-        if isinstance(stanza, Presence):
+        # The same id (RFC 6120 §8.3.1): how a client knows which line failed.
+        # (slixmpp's Message.reply drops it.)
+        if stanza["id"]:
             reply["id"] = stanza["id"]
         reply["type"] = "error"
         reply["error"]["condition"] = condition

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from slixmpp.stanza import Message, Presence
 from slixmpp.xmlstream.handler import Callback
@@ -25,6 +26,11 @@ from services.im_gateway.roster import Roster
 from services.im_gateway.sitebot import SiteBot
 
 log = logging.getLogger(__name__)
+
+BOUNCED = (
+    "This line did not reach the visitor: Habla could not store it (its database or message broker "
+    "is unavailable). Please send it again in a moment."
+)
 
 CHAT_STATES = ("active", "composing", "paused", "inactive", "gone")
 # Bounded so a flood cannot exhaust memory; at ~1 ms a stanza this is seconds of backlog.
@@ -81,7 +87,7 @@ class Inbound:
     async def _handle(self, stanza: Message | Presence) -> None:
         try:
             if isinstance(stanza, Message):
-                await self.message(stanza)
+                await self._message_persistently(stanza)
             else:
                 await self.presence(stanza)
         except XmppUnavailable:
@@ -89,13 +95,25 @@ class Inbound:
         except Exception:
             log.exception("stanza handling failed", extra={"from": str(stanza["from"])})
 
+    async def _message_persistently(self, msg: Message) -> None:
+        """Redis or the broker away: an operator's message is retried up to
+        HABLA_GATEWAY_LINE_RETRY_S (every step is idempotent by message id), then
+        bounced with an error the client shows against that line."""
+        deadline = time.monotonic() + self._desk.settings.gateway_line_retry_s
+        try:
+            await relay.persistently("handling an operator's message", lambda: self.message(msg, deadline), deadline)
+        except relay.LineNotRelayed as exc:
+            log.error("operator message bounced", extra={"from": str(msg["from"]), "reason": str(exc)})
+            if msg["body"]:
+                self._component.error(msg, "internal-server-error", BOUNCED, "wait")
+
     def _refuse(self, stanza: Message | Presence, text: str) -> None:
         metrics.STRANGERS.inc()
         log.info("stranger refused", extra={"from": str(stanza["from"]), "to": str(stanza["to"])})
         self._component.error(stanza, "forbidden", text)
 
     # --- messages -------------------------------------------------------------------
-    async def message(self, msg: Message) -> None:
+    async def message(self, msg: Message, deadline: float | None = None) -> None:
         if msg["type"] in ("error", "groupchat", "headline"):
             return
         sender = msg["from"].bare.lower()
@@ -149,9 +167,15 @@ class Inbound:
 
         correction = msg.xml.find(f"{{{CORRECTION_NS}}}replace")  # XEP-0308
         replaces = correction.get("id") if correction is not None else None
+
+        def bounce(_reason: str) -> None:
+            # An error the client shows against that line: never a silent loss.
+            self._component.error(msg, "internal-server-error", BOUNCED, "wait")
+
         refusal = await relay.operator_line(
-            self._desk, sender, visitor_id, session, body, msg["id"], on_committed, replaces=replaces or None
-        )
+            self._desk, sender, visitor_id, session, body, msg["id"], on_committed,
+            replaces=replaces or None, on_failed=bounce, deadline=deadline,
+        )  # fmt: skip
         if refusal:
             reply(refusal)
             return

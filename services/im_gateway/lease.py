@@ -11,6 +11,7 @@ import asyncio
 import logging
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from libs.common.lease import Lease
 from libs.common.settings import Settings
@@ -48,10 +49,26 @@ class DomainLease:
         log.info("gateway lease acquired", extra={"key": self._key})
 
     async def keep(self) -> None:
-        """Renew every TTL/3 until cancelled; LeaseLost if someone else took it."""
+        """Renew every TTL/3 until cancelled; LeaseLost only if someone else took it.
+
+        A Redis that cannot be reached is not a lost lease: nobody else can take it
+        meanwhile either, and the XMPP server still fences us (one connection per
+        component domain). Riding it out keeps a Redis restart from stopping the
+        gateway; once Redis is back, the renewal tells whether we still hold it."""
+        unreachable = False
         while True:
             await asyncio.sleep(self._ttl_ms / 3000)
-            if not await self._lease.acquire():
+            try:
+                held = await self._lease.acquire()
+            except (RedisError, OSError) as exc:
+                if not unreachable:
+                    log.warning("cannot renew the gateway lease (Redis unreachable); carrying on: %s", exc)
+                unreachable = True
+                continue
+            if unreachable:
+                log.info("Redis is back", extra={"key": self._key, "held": held})
+                unreachable = False
+            if not held:
                 metrics.LEASE_HELD.set(0)
                 raise LeaseLost(f"lease {self._key} was taken by another gateway")
 

@@ -9,11 +9,13 @@ habla.deliver. Operators may also start a chat by writing to a visitor's JID.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import time
 import uuid
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
 
 from libs.common import codec
 from libs.common.state.conversations import chat_line, receipt_line
@@ -26,6 +28,38 @@ from services.im_gateway.routing import Conversation
 from services.im_gateway.visitors import page_status
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Retrying a line while Redis or the broker is away: first after 0.2 s (a dropped
+# connection is usually back at once), doubling to 2 s so an outage costs a few
+# attempts per line, within HABLA_GATEWAY_LINE_RETRY_S.
+RETRY_FIRST_S = 0.2
+RETRY_MAX_S = 2.0
+
+
+class LineNotRelayed(Exception):
+    """An operator line could not be logged or published in time: bounce it."""
+
+
+async def persistently(what: str, work: Callable[[], Awaitable[T]], deadline: float) -> T:
+    """``work()`` until it succeeds; LineNotRelayed once ``deadline`` (monotonic) is near.
+
+    Only for work that may be repeated: the log append is idempotent by message id,
+    the archive by message id, the widget by sequence number."""
+    delay = RETRY_FIRST_S
+    while True:
+        try:
+            return await work()
+        except (asyncio.CancelledError, XmppUnavailable):
+            raise  # a stream that is down cannot take a bounce either
+        except Exception as exc:
+            if time.monotonic() + delay > deadline:
+                raise LineNotRelayed(f"{what} failed: {exc.__class__.__name__}: {exc}") from exc
+            log.warning("%s failed; retrying", what, extra={"error": f"{exc.__class__.__name__}: {exc}"})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_S)
+
 
 # Operator message ids derive from (operator, stanza id): a client that resends a line
 # with the same stanza id (after an error bounce) is stored once.
@@ -92,14 +126,20 @@ async def operator_line(
     stanza_id: str,
     on_committed: Callable[[], None] | None = None,
     replaces: str | None = None,
+    on_failed: Callable[[str], None] | None = None,
+    deadline: float | None = None,
 ) -> str | None:
     """Relay an operator's line to the visitor. Returns a sentence for the operator if refused.
 
     The log append happens here, in arrival order (it numbers the line); publishing it
     for the archive and the visitor's frontend (two broker confirms) runs in the
     background so the next line need not wait, and ``on_committed`` (the XEP-0184
-    receipt) fires only once both are confirmed.
+    receipt) fires only once both are confirmed. If they cannot be confirmed by
+    ``deadline`` (monotonic; default HABLA_GATEWAY_LINE_RETRY_S from now),
+    ``on_failed`` gets the reason instead: the operator is never left guessing.
     """
+    if deadline is None:
+        deadline = time.monotonic() + desk.settings.gateway_line_retry_s
     site_id = session["site_id"]
     if len(body) > desk.settings.max_message_chars:
         return f"That line is {len(body)} characters long; visitors accept at most {desk.settings.max_message_chars}."
@@ -149,7 +189,7 @@ async def operator_line(
         replaces_message_id=corrected,
     )
 
-    async def announce() -> None:
+    async def publish() -> None:
         # Published even when the log already had it (a resend): the archive dedupes by
         # message id, and a crash between append and publish is healed by the resend.
         await desk.routing.clear_away(operator)
@@ -169,6 +209,15 @@ async def operator_line(
                 action="joined",
                 value=name,
             )
+
+    async def announce() -> None:
+        try:
+            await persistently("publishing an operator line", publish, deadline)
+        except LineNotRelayed as exc:
+            log.error("operator line bounced", extra={"operator": operator, "reason": str(exc)})
+            if on_failed is not None:
+                on_failed(str(exc))
+            return
         if on_committed is not None:
             on_committed()
 

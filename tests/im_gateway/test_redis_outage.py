@@ -1,0 +1,154 @@
+"""Redis down for ~10 s while an operator writes (issue 14 items 2-3, issue 11 Loss 3).
+
+The test runs a Redis of its own (own port, own folder), stops it with SHUTDOWN SAVE
+(connections refused, as in a restart) and starts it again from its snapshot 10 s
+later. The gateway rides the outage out (the lease is not lost to a connection
+error), and every operator line is either delivered (receipt) or bounced with an
+XMPP error the client shows: none is dropped in silence."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from libs.common import state
+from libs.common.state.conversations import ConversationLog
+from libs.common.state.presence import SiteStatusReader
+from libs.common.state.sessions import VisitorSessions
+from tests.im_gateway.conftest import create_site
+from tests.im_gateway.isolated import isolated_gateway_env, wait_until
+from tests.im_gateway.operator_client import OperatorClient
+from tools import prosody
+
+LINES = 80
+EVERY_S = 0.2  # 16 s of lines: before, during and after the outage
+DOWN_AT_S = 3.0
+DOWN_FOR_S = 10.0
+
+
+class OwnRedis:
+    def __init__(self) -> None:
+        self.port = prosody.free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="habla-redis-"))
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.dir), "--dbfilename", "dump.rdb", "--logfile", str(self.dir / "redis.log")],
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while subprocess.run(["redis-cli", "-p", str(self.port), "ping"], capture_output=True).stdout != b"PONG\n":
+            assert time.monotonic() < deadline, "own Redis did not start"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Down as in a restart: the snapshot is written, then every connection refused."""
+        subprocess.run(["redis-cli", "-p", str(self.port), "shutdown", "save"], capture_output=True, timeout=10)
+        if self.process is not None:
+            self.process.wait(10)
+
+    def remove(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.mark.slow
+async def test_redis_down_10_s_every_operator_line_delivered_or_bounced(settings, engine, artifacts) -> None:
+    own = OwnRedis()
+    own.start()
+    try:
+        async with isolated_gateway_env(
+            settings, artifacts, redis_url=own.url, presence_heartbeat_s=1, presence_ttl_s=30,
+            gateway_lease_ttl_s=3, gateway_line_retry_s=4,
+        ) as env:  # fmt: skip
+            await _run(env, own, engine)
+    finally:
+        own.remove()
+
+
+async def _run(env, own: OwnRedis, engine) -> None:
+    s = env.settings
+    redis = state.connect(s)
+    user, password = f"op-{uuid.uuid4().hex[:6]}", uuid.uuid4().hex[:12]
+    await asyncio.to_thread(prosody.register, env.prosody, user, password)
+    site_id = await create_site(engine, [(f"{user}@{s.xmpp_domain}", "Kim")])
+    gateway = env.start_gateway("gateway")
+    operator = await OperatorClient(f"{user}@{s.xmpp_domain}", password, "127.0.0.1", s.xmpp_c2s_port).start()
+    try:
+        await wait_until(lambda: _online(SiteStatusReader(redis, s), site_id), within=30)
+        sessions = VisitorSessions(redis, s)
+        visitor_id, conversation_id = sessions.new_visitor_id(), uuid.uuid4().hex
+        await sessions.save(
+            visitor_id, site_id, {"frontend_id": s.frontend_id, "conversation_id": conversation_id,
+                                  "page_url": "https://shop.example/", "page_title": "Home"},
+        )  # fmt: skip
+        visitor_jid = await _visitor_jid(redis, s, visitor_id)
+        operator.say(visitor_jid, "warm-up", stanza_id="warm-up", receipt=True)
+        await wait_until(lambda: "warm-up" in operator.receipts, 20)
+
+        started = time.monotonic()
+        stopped = restarted = False
+        for n in range(LINES):
+            operator.say(visitor_jid, f"o{n}", stanza_id=f"o{n}", receipt=True)
+            await asyncio.sleep(EVERY_S)
+            elapsed = time.monotonic() - started
+            if not stopped and elapsed >= DOWN_AT_S:
+                await asyncio.to_thread(own.stop)
+                stopped = True
+            if stopped and not restarted and elapsed >= DOWN_AT_S + DOWN_FOR_S:
+                await asyncio.to_thread(own.start)
+                restarted = True
+        if not restarted:
+            await asyncio.to_thread(own.start)
+
+        ids = [f"o{n}" for n in range(LINES)]
+
+        def bounced() -> set[str]:
+            return {r.stanza_id for r in operator.received if r.kind == "message" and r.error}
+
+        with contextlib.suppress(TimeoutError):  # what is still missing is counted below
+            await wait_until(lambda: all(i in operator.receipts or i in bounced() for i in ids), 60)
+        delivered = [i for i in ids if i in operator.receipts]
+        silent = [i for i in ids if i not in operator.receipts and i not in bounced()]
+        logged = {
+            e["body"] for e in await ConversationLog(redis, s).after(conversation_id, 0, limit=1000)
+            if e.get("sender") == "operator"
+        }  # fmt: skip
+        print(
+            f"\nRedis down {DOWN_FOR_S:.0f} s; {LINES} operator lines: {len(delivered)} delivered (receipt), "
+            f"{len(bounced() & set(ids))} bounced with an error, {len(silent)} silent; gateway alive: "
+            f"{gateway.poll() is None}"
+        )
+        assert silent == [], (silent, sorted(logged))
+        assert gateway.poll() is None, "the gateway stopped during the Redis outage"
+        assert set(delivered) <= logged  # a receipt means the line is in the conversation log
+        assert delivered and delivered[-1] == ids[-1]  # lines flow again after the outage
+    finally:
+        env.terminate(gateway)
+        await operator.stop()
+        await redis.aclose()
+
+
+async def _visitor_jid(redis, settings, visitor_id: str) -> str:
+    from services.im_gateway.visitors import VisitorNames
+
+    return await VisitorNames(redis, settings).jid_of(visitor_id)
+
+
+async def _online(status: SiteStatusReader, site_id: str) -> bool:
+    return (await status.get(site_id)).online
