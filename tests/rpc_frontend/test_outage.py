@@ -12,11 +12,17 @@ import subprocess
 import time
 import urllib.parse
 import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
 
+import pytest
+import redis.asyncio as aioredis
 import tornado.websocket
 
 from libs.common.settings import Settings
-from tests.rpc_frontend.conftest import Api, Captured, RunningFrontend
+from libs.common.state.conversations import ConversationLog
+from services.rpc_frontend.handlers.receive import ReceiveSocket
+from tests.rpc_frontend.conftest import Api, Captured, RunningFrontend, set_online
 
 
 def close_vhost_connections(settings: Settings) -> None:
@@ -107,3 +113,61 @@ async def test_websocket_send_gets_an_error_frame_and_stays_open(
     message = await captured.next("ChatMessage", message_id=message_id)
     assert message.seq == sent["seq"]
     socket.close()
+
+
+@pytest.mark.browser
+async def test_the_widget_resends_through_a_broker_outage_and_never_takes_the_echo_as_sent(
+    browser: Any,
+    fe: RunningFrontend,
+    site_id: str,
+    captured: Captured,
+    settings: Settings,
+    redis_client: aioredis.Redis,
+) -> None:
+    await set_online(redis_client, settings, site_id, True)
+    context = await browser.new_context()
+    try:
+        page = await context.new_page()
+        await page.goto(f"{fe.url}/chat/{site_id}")
+        box_input = page.locator(".hb-send textarea")
+        await box_input.fill("before the outage")
+        await box_input.press("Enter")
+        first = await captured.next("ChatMessage", body="before the outage")
+
+        await _broker_down(fe)
+        await box_input.fill("during the outage")
+        await box_input.press("Enter")
+        # The line is in the Redis log (appended before the publish failed), so the
+        # widget hears it back; it must stay pending: the broker never confirmed it.
+        log = ConversationLog(redis_client, settings)
+        await _until_async(lambda: _logged(log, first.conversation_id, "during the outage"))
+        # Its WebSocket drops (as an instance restart does) and the widget reconnects
+        # within a second, before its resend timer: the catch-up brings its own line.
+        for listener in fe.frontend.hub.listeners():
+            if isinstance(listener, ReceiveSocket):
+                listener.shutdown()
+        await asyncio.sleep(1.6)
+        if not fe.bus.connection.connected.is_set():
+            assert await page.locator(".hb-msg.visitor.pending", has_text="during the outage").count() == 1
+        await _broker_back(fe)
+        message = await captured.next("ChatMessage", body="during the outage", wait_s=40)
+        assert message.conversation_id == first.conversation_id
+        await page.locator(".hb-msg.visitor:not(.pending)", has_text="during the outage").wait_for(timeout=30_000)
+        assert await page.locator(".hb-msg.failed").count() == 0
+        # Resent with the same id: one line in the log, one bubble on the page.
+        entries = await log.after(first.conversation_id, 0)
+        assert [e["body"] for e in entries] == ["before the outage", "during the outage"]
+        assert await page.locator(".hb-msg.visitor").count() == 2
+    finally:
+        await context.close()
+
+
+async def _logged(log: ConversationLog, conversation_id: str, body: str) -> bool:
+    return any(e.get("body") == body for e in await log.after(conversation_id, 0))
+
+
+async def _until_async(condition: Callable[[], Awaitable[bool]], wait_s: float = 30) -> None:
+    deadline = time.monotonic() + wait_s
+    while not await condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
