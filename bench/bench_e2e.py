@@ -17,7 +17,7 @@ on free ports, all removed afterwards. Then:
 
     .venv/bin/python bench/bench_e2e.py                    # about 2-3 minutes
     .venv/bin/python bench/bench_e2e.py --visitors 100 --lines 50 --http-seconds 20
-    .venv/bin/python bench/bench_e2e.py --profile 10       # + a pyinstrument profile of widget boots
+    .venv/bin/python bench/bench_e2e.py --profile 10       # + pyinstrument profiles of the frontend
 """
 
 from __future__ import annotations
@@ -222,6 +222,7 @@ async def run(args: argparse.Namespace, settings: Settings, demo: dict[str, str]
         from bench import e2e_profile
 
         report.profile(await e2e_profile.widget_boots(settings, site_id, args.connections, args.profile))
+        report.profile(await e2e_profile.visitor_lines(settings, site_id, len(visitors), args.profile))
 
 
 def main() -> int:
@@ -236,7 +237,13 @@ def main() -> int:
     parser.add_argument("--http-seconds", type=float, default=5.0, help="duration of each page-view load")
     parser.add_argument("--connections", type=int, default=20, help="page-view requests at once (default 20)")
     parser.add_argument("--tokens", type=int, default=100, help="returning visitors cycled through")
-    parser.add_argument("--profile", type=float, default=0.0, metavar="SECONDS", help="profile widget boots too")
+    parser.add_argument(
+        "--profile",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="profile the frontend under widget boots and visitor lines too",
+    )
     parser.add_argument("--log-level", default="WARNING", help="the services' HABLA_LOG_LEVEL (default WARNING)")
     parser.add_argument("--bare-tornado", nargs=2, metavar=("PORT", "FILE"), help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -217,7 +217,7 @@ def baselines(site_id: str, answer: bytes) -> Iterator[Baselines]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def wait_post(url: str, process: subprocess.Popen[bytes]) -> None:
+def wait_post(url: str, process: subprocess.Popen[bytes] | None = None) -> None:
     import urllib.request
 
     deadline = time.monotonic() + 20
@@ -227,7 +227,7 @@ def wait_post(url: str, process: subprocess.Popen[bytes]) -> None:
             with urllib.request.urlopen(request, timeout=2):
                 return
         except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
+            if (process is not None and process.poll() is not None) or time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
 

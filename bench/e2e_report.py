@@ -99,7 +99,7 @@ class Report:
         self.redis = found
 
     def profile(self, lines: list[str]) -> None:
-        self.profile_lines = lines
+        self.profile_lines += ["", *lines]
 
     def summary(self) -> None:
         assert self.lines is not None and self.http is not None and self.bare_http is not None
@@ -167,6 +167,5 @@ class Report:
                 "mean of 5, less the suite's own background commands in as long a window)",
             ]
             out += [f"  {name:<26} {counts}" for name, counts in self.redis.items()]
-        if self.profile_lines:
-            out += ["", *self.profile_lines]
+        out += self.profile_lines
         self.say("\n".join(out))
