@@ -119,6 +119,13 @@ class Settings:
     # API requests per minute from one IP address: generous (600 = 10/s) because an
     # office or mobile carrier puts many visitors behind one address.
     ip_requests_per_min: int = field(default=600, metadata={"env": "HABLA_IP_REQUESTS_PER_MIN"})
+    # Requests for site ids that do not exist, per IP per minute: a mistyped snippet
+    # shows up a few times a minute; each miss may cost a MySQL query (the "no such
+    # site" answer is then remembered 30 s), so a scan of ids stops here.
+    ip_unknown_sites_per_min: int = field(default=20, metadata={"env": "HABLA_IP_UNKNOWN_SITES_PER_MIN"})
+    # Page views one visitor may record per minute: people read a page for seconds at
+    # least; 30 allows fast clicking through a single-page site.
+    visitor_pageviews_per_min: int = field(default=30, metadata={"env": "HABLA_VISITOR_PAGEVIEWS_PER_MIN"})
     # The site /demo shows; empty: the ?site= query parameter, else the first site.
     demo_site_id: str = field(default="", metadata={"env": "HABLA_DEMO_SITE_ID"})
 

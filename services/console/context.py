@@ -15,7 +15,7 @@ from argon2 import PasswordHasher
 from libs.common.settings import Settings
 from libs.common.sitedir import SiteDirectory
 from libs.common.state.presence import OperatorPresence
-from services.console.login_limit import MAX_SIGNUPS_PER_IP, LoginLimiter, SignUpLimiter
+from services.console.login_limit import MAX_FAILURES_PER_IP, MAX_SIGNUPS_PER_IP, LoginLimiter, SignUpLimiter
 from services.console.sessions import OwnerSessions
 from services.console.store import ConsoleStore
 
@@ -42,6 +42,7 @@ class Console:
     # argon2id with the library's defaults (RFC 9106's second recommended option).
     hasher: PasswordHasher = field(default_factory=PasswordHasher)
     max_signups_per_ip: int = MAX_SIGNUPS_PER_IP
+    max_login_failures_per_ip: int = MAX_FAILURES_PER_IP
     templates: jinja2.Environment = field(init=False)
     # Verified when an address is unknown, so a wrong address takes as long as a wrong
     # password and response times do not reveal who has an account.
@@ -52,7 +53,7 @@ class Console:
         self.sites = SiteDirectory(self.redis, self.engine, self.settings)
         self.presence = OperatorPresence(self.redis, self.settings)
         self.sessions = OwnerSessions(self.redis, self.settings)
-        self.login_limit = LoginLimiter(self.redis, self.settings)
+        self.login_limit = LoginLimiter(self.redis, self.settings, self.max_login_failures_per_ip)
         self.signup_limit = SignUpLimiter(self.redis, self.settings, self.max_signups_per_ip)
         self.dummy_hash = self.hasher.hash(secrets.token_urlsafe(16))
         # Autoescape everything: owners' and visitors' text is always shown as text.

@@ -1,54 +1,70 @@
-"""Failed log-ins counted in Redis, per address and per client IP, in a fixed window.
+"""Log-in and sign-up limits, on the shared limiter (libs/common/ratelimit.py).
 
-Counting per address stops password guessing against one owner from many IPs;
-counting per IP stops one client trying many addresses. A success clears the
-address's count. Several console instances share the counts through Redis.
+Log-ins: why per (address, IP) pair with growing delays, and not "5 failures lock the
+account". A lock per address lets anyone lock an owner out by typing wrong passwords
+for them; a delay per pair slows exactly the one who is guessing. Each pair gets
+``FREE_ATTEMPTS`` attempts, then must wait 1 s, 2 s, 4 s … (at most 15 minutes)
+between attempts, so a guesser from one address manages about 100 tries a day while
+the owner, on their own network, is never held up by someone else's guessing; a
+correct password clears the pair. The attempt is counted *before* the password is
+checked, in one Lua script, so 15 guesses sent at once get at most FREE_ATTEMPTS + 1
+checks. Per IP, a fixed window stops one client from walking through many addresses
+(failures only: a correct password gives its count back). What remains — a botnet
+guessing one owner's password from thousands of IPs — is slowed by argon2 and the
+password rules; locking the account would hand those same IPs a way to lock it.
 """
 
 from __future__ import annotations
 
 import redis.asyncio as aioredis
 
+from libs.common.ratelimit import RateLimited, RateLimiter
 from libs.common.settings import Settings
 
-# OWASP Authentication Cheat Sheet: lock after a handful of failures for minutes,
-# not forever (a permanent lock lets anyone lock an owner out). 5 tries / 15 min.
-MAX_FAILURES_PER_EMAIL = 5
-# An office behind one NAT may hold several owners who mistype: 4x the per-address limit.
+# OWASP's "a handful of attempts" before slowing down: 5 covers a few typos.
+FREE_ATTEMPTS = 5
+FIRST_DELAY_S = 1.0
+# A guesser is never made to wait more than this between tries (nor is an owner who
+# forgot their password for a day); 15 min is OWASP's usual lockout length.
+MAX_DELAY_S = 15 * 60
+# A pair not tried for a day starts afresh.
+FORGET_S = 24 * 3600
+# An office behind one NAT may hold several owners who mistype: failures per IP per window.
 MAX_FAILURES_PER_IP = 20
 WINDOW_S = 15 * 60
 
 
+def _pair(email: str, ip: str) -> str:
+    return f"{email}|{ip}"
+
+
 class LoginLimiter:
-    def __init__(self, redis: aioredis.Redis, settings: Settings) -> None:
-        self._redis = redis
-        self._settings = settings
+    def __init__(
+        self, redis: aioredis.Redis, settings: Settings, max_failures_per_ip: int = MAX_FAILURES_PER_IP
+    ) -> None:
+        self._limits = RateLimiter(redis, settings)
+        self.max_failures_per_ip = max_failures_per_ip
 
-    def _keys(self, email: str, ip: str) -> list[tuple[str, int]]:
-        return [
-            (self._settings.redis_key("console", "login-failures", "email", email), MAX_FAILURES_PER_EMAIL),
-            (self._settings.redis_key("console", "login-failures", "ip", ip), MAX_FAILURES_PER_IP),
-        ]
+    async def attempt(self, email: str, ip: str) -> None:
+        """Count one log-in attempt before the password is checked; RateLimited says how long to wait."""
+        await self._limits.hit("login-ip", ip, self.max_failures_per_ip, "failed log-ins", WINDOW_S)
+        try:
+            await self._limits.backoff(
+                "login-pair",
+                _pair(email, ip),
+                "failed log-ins",
+                free=FREE_ATTEMPTS,
+                first_delay_s=FIRST_DELAY_S,
+                max_delay_s=MAX_DELAY_S,
+                forget_s=FORGET_S,
+            )
+        except RateLimited:
+            await self._limits.refund("login-ip", ip)  # refused before any check: not a failure
+            raise
 
-    async def retry_after(self, email: str, ip: str) -> int:
-        """Seconds until this address/IP may try again; 0 when it may try now."""
-        wait = 0
-        for key, limit in self._keys(email, ip):
-            count = await self._redis.get(key)
-            if count is not None and int(count) >= limit:
-                wait = max(wait, int(await self._redis.ttl(key)), 1)
-        return wait
-
-    async def failed(self, email: str, ip: str) -> None:
-        for key, _ in self._keys(email, ip):
-            async with self._redis.pipeline(transaction=True) as pipe:
-                # NX: the window starts at the first failure and is not extended by later ones.
-                pipe.incr(key)
-                pipe.expire(key, WINDOW_S, nx=True)
-                await pipe.execute()
-
-    async def succeeded(self, email: str) -> None:
-        await self._redis.delete(self._keys(email, "")[0][0])
+    async def succeeded(self, email: str, ip: str) -> None:
+        await self._limits.reset("login-pair", _pair(email, ip))
+        await self._limits.refund("login-ip", ip)
 
 
 # Accounts created per IP address per hour: a person makes one, an office a few; a
@@ -58,24 +74,15 @@ SIGNUP_WINDOW_S = 3600
 
 
 class SignUpLimiter:
-    """Successful sign-ups counted per client IP in a fixed one-hour window."""
+    """Sign-ups per client IP in a fixed one-hour window, counted before the work."""
 
     def __init__(self, redis: aioredis.Redis, settings: Settings, max_per_ip: int = MAX_SIGNUPS_PER_IP) -> None:
-        self._redis = redis
-        self._settings = settings
+        self._limits = RateLimiter(redis, settings)
         self.max_per_ip = max_per_ip
 
-    def _key(self, ip: str) -> str:
-        return self._settings.redis_key("console", "signups", "ip", ip)
+    async def attempt(self, ip: str) -> None:
+        await self._limits.hit("signup-ip", ip, self.max_per_ip, "new accounts", SIGNUP_WINDOW_S)
 
-    async def retry_after(self, ip: str) -> int:
-        count = await self._redis.get(self._key(ip))
-        if count is not None and int(count) >= self.max_per_ip:
-            return max(int(await self._redis.ttl(self._key(ip))), 1)
-        return 0
-
-    async def signed_up(self, ip: str) -> None:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.incr(self._key(ip))
-            pipe.expire(self._key(ip), SIGNUP_WINDOW_S, nx=True)
-            await pipe.execute()
+    async def failed(self, ip: str) -> None:
+        """The form was refused (a typo): it does not count as an account made."""
+        await self._limits.refund("signup-ip", ip)

@@ -8,6 +8,6 @@ connections, which always re-read the log "after seq N" so nothing is lost or do
 
 Modules: ``context`` (what the app depends on), ``hub`` (who is connected here),
 ``stream`` (a connection's position in the log), ``chat`` (what a visitor can do,
-no HTTP), ``ratelimit``, ``origins``, ``delivery`` (the queue consumer), ``follow``
+no HTTP), ``origins``, ``delivery`` (the queue consumer), ``follow``
 (site status pub/sub), ``handlers/`` (HTTP and WebSocket), ``app`` (routes).
 """

@@ -9,12 +9,12 @@ import sqlalchemy as sa
 
 from libs.common.db.history import seq_floor
 from libs.common.messaging import Bus
+from libs.common.ratelimit import RateLimiter
 from libs.common.settings import Settings
 from libs.common.sitedir import SiteDirectory
 from libs.common.state.presence import SiteStatusReader
 from services.rpc_frontend.chat import VisitorChat
 from services.rpc_frontend.hub import Hub
-from services.rpc_frontend.ratelimit import RateLimiter
 
 
 @dataclass

@@ -50,9 +50,9 @@ async def running_console(
 ) -> AsyncIterator[RunningConsole]:
     """The console app on a free port of this process's event loop, stopped afterwards.
 
-    Every test signs up from 127.0.0.1, so the sign-up limit is raised unless a test
-    passes its own ``console_options``."""
-    console_options = console_options or {"max_signups_per_ip": 100_000}
+    Every test signs up and logs in from 127.0.0.1, so the per-IP limits are raised
+    unless a test passes its own ``console_options``."""
+    console_options = console_options or {"max_signups_per_ip": 100_000, "max_login_failures_per_ip": 100_000}
     sock, port = tornado.testing.bind_unused_port()
     console_settings = dataclasses.replace(
         settings, console_port=port, console_public_url=f"http://127.0.0.1:{port}", **overrides

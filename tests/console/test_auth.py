@@ -3,14 +3,18 @@ against the console with real MariaDB and Redis."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import html
+import uuid
 
 import pytest
 import redis.asyncio as aioredis
 import sqlalchemy as sa
 
 from libs.common.db import accounts, sites
+from libs.common.ratelimit import RateLimited
 from libs.common.settings import Settings
 from services.console import login_limit
 from tests.console.conftest import (
@@ -143,42 +147,65 @@ async def test_wrong_password_and_unknown_address_get_the_same_answer(make_clien
     assert "habla_owner" not in client.cookies
 
 
-async def test_login_is_rate_limited_per_address_with_a_clear_message(make_client: object) -> None:
+async def test_login_slows_a_guessing_pair_with_a_clear_message(make_client: object) -> None:
     email = unique_email()
     await make_client().sign_up(email)  # type: ignore[operator]
     client = make_client()  # type: ignore[operator]
-    for _ in range(login_limit.MAX_FAILURES_PER_EMAIL):
+    for _ in range(login_limit.FREE_ATTEMPTS + 1):  # the last one is checked and starts the delay
         assert (await client.post("/account/login", {"email": email, "password": "guess"})).code == 400
-    # Now even the right password is refused until the window passes.
+    # Right away, even the right password waits (from this address and IP only).
     response = await client.post("/account/login", {"email": email, "password": PASSWORD})
     assert response.code == 429
-    assert 0 < int(response.headers["Retry-After"]) <= login_limit.WINDOW_S
-    assert "Too many failed log-ins" in text(response) and "wait 15 minutes" in text(response)
+    assert 0 < int(response.headers["Retry-After"]) <= login_limit.MAX_DELAY_S
+    assert "Too many failed log-ins" in text(response) and "and try again" in text(response)
     assert "habla_owner" not in client.cookies
 
 
-async def test_login_rate_limit_counts_per_address_and_success_resets(
-    make_client: object, console_server: RunningConsole
-) -> None:
+async def test_guesses_sent_at_once_are_counted_atomically(make_client: object) -> None:
+    """15 wrong passwords at once used to be checked all 15 times (read, then count)."""
     email = unique_email()
     await make_client().sign_up(email)  # type: ignore[operator]
-    client = make_client()  # type: ignore[operator]
-    for _ in range(login_limit.MAX_FAILURES_PER_EMAIL - 1):
-        await client.post("/account/login", {"email": email, "password": "guess"})
-    assert (await client.post("/account/login", {"email": email, "password": PASSWORD})).code == 302
-    limiter = console_server.console.login_limit
-    assert await limiter.retry_after(email, "203.0.113.9") == 0
-    # Another address from the same IP is not locked by these failures.
-    assert await limiter.retry_after(unique_email(), "127.0.0.1") == 0
+    clients = [make_client() for _ in range(15)]  # type: ignore[operator]
+    for client in clients:
+        await client.get("/account/login")  # each its own CSRF cookie
+    responses = await asyncio.gather(
+        *(client.post("/account/login", {"email": email, "password": "guess"}) for client in clients)
+    )
+    codes = sorted(response.code for response in responses)
+    # FREE_ATTEMPTS + 1 when all arrive within the first delay (1 s); on a loaded machine
+    # a late request may find that delay (or the next, 2 s) over already.
+    assert codes.count(400) <= login_limit.FREE_ATTEMPTS + 3, codes
+    assert codes.count(429) >= 15 - login_limit.FREE_ATTEMPTS - 3, codes
+    assert set(codes) <= {400, 429}
 
 
-async def test_login_rate_limit_per_ip(console_server: RunningConsole) -> None:
+async def test_guessing_from_elsewhere_never_locks_the_owner_out(console_server: RunningConsole) -> None:
     limiter = console_server.console.login_limit
-    ip = "198.51.100.7"
+    email = unique_email()
+    for n in range(50):  # an attacker on many IPs, and hammering from one
+        with contextlib.suppress(RateLimited):
+            await limiter.attempt(email, f"198.51.100.{n % 3}")
+    await limiter.attempt(email, "203.0.113.9")  # the owner's own network: no wait
+
+
+async def test_success_clears_the_pair(console_server: RunningConsole) -> None:
+    limiter = console_server.console.login_limit
+    email, ip = unique_email(), "192.0.2.44"
+    for _ in range(login_limit.FREE_ATTEMPTS):
+        await limiter.attempt(email, ip)
+    await limiter.succeeded(email, ip)
+    for _ in range(login_limit.FREE_ATTEMPTS):
+        await limiter.attempt(email, ip)
+
+
+async def test_login_failures_are_limited_per_ip(settings: Settings, redis_client: aioredis.Redis) -> None:
+    limiter = login_limit.LoginLimiter(redis_client, settings)
+    ip = "198.51.100.77"
     for n in range(login_limit.MAX_FAILURES_PER_IP):
-        await limiter.failed(f"guess-{n}@shop.example", ip)
-    assert await limiter.retry_after(unique_email(), ip) > 0
-    assert await limiter.retry_after(unique_email(), "198.51.100.8") == 0
+        await limiter.attempt(f"guess-{n}-{uuid.uuid4().hex[:6]}@shop.example", ip)
+    with pytest.raises(RateLimited):
+        await limiter.attempt(unique_email(), ip)
+    await limiter.attempt(unique_email(), "198.51.100.78")
 
 
 @pytest.mark.parametrize(

@@ -82,6 +82,8 @@ async def start_frontend(
             frontend_port=port,
             public_url=f"http://127.0.0.1:{port}",
             ip_requests_per_min=overrides.pop("ip_requests_per_min", 100_000),
+            # Every test asks from 127.0.0.1 and some for unknown sites on purpose.
+            ip_unknown_sites_per_min=overrides.pop("ip_unknown_sites_per_min", 100_000),
             **overrides,
         )
         bus = await Bus.connect(instance, "rpc_frontend")

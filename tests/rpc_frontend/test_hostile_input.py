@@ -3,14 +3,19 @@ and the service answers normally afterwards."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 import tornado.httpclient
 import tornado.websocket
 
-from tests.rpc_frontend.conftest import Api, RunningFrontend
+from libs.common.settings import Settings
+from tests.rpc_frontend.conftest import Api, RunningFrontend, StartFrontend
 
 SURROGATE = '"\\ud800"'  # a lone surrogate, as JSON escapes it (valid JSON, not valid text)
 
@@ -149,3 +154,59 @@ async def test_websocket_frames_of_every_kind_get_answers(fe: RunningFrontend, a
             break
     socket.close()
     await assert_healthy(api)
+
+
+# --- limits before work ---------------------------------------------------------------------
+@contextlib.contextmanager
+def counting_statements(engine: sa.Engine) -> Iterator[list[str]]:
+    statements: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    sa.event.listen(engine, "before_cursor_execute", count)
+    try:
+        yield statements
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", count)
+
+
+def own_prefix(settings: Settings) -> str:
+    """Counters of this test alone (every test asks from 127.0.0.1); they expire in a minute."""
+    return f"{settings.redis_prefix}{uuid.uuid4().hex[:8]}:"
+
+
+async def test_a_scan_of_unknown_site_ids_is_refused_before_mysql(
+    start_frontend: StartFrontend, engine: sa.Engine, settings: Settings
+) -> None:
+    fe = await start_frontend("scan", ip_unknown_sites_per_min=5, redis_prefix=own_prefix(settings))
+    codes = []
+    with counting_statements(engine) as statements:
+        for n in range(30):  # distinct ids: the "no such site" cache cannot help
+            codes.append((await Api(fe.url, f"9{n:03d}-00000-00-0000").call("GET", "/status")).code)
+    assert codes[:5] == [404] * 5 and set(codes[5:]) == {429}, codes
+    assert len(statements) <= 5 * 2, statements  # at most the misses let through (site + operators)
+
+
+async def test_the_per_ip_limit_comes_before_any_lookup(
+    start_frontend: StartFrontend, engine: sa.Engine, settings: Settings
+) -> None:
+    fe = await start_frontend("ipfirst", ip_requests_per_min=3, redis_prefix=own_prefix(settings))
+    with counting_statements(engine) as statements:
+        codes = [(await Api(fe.url, f"8{n:03d}-00000-00-0000").call("GET", "/status")).code for n in range(10)]
+    assert codes == [404] * 3 + [429] * 7
+    assert len(statements) <= 3 * 2
+
+
+async def test_page_views_are_limited_per_visitor(start_frontend: StartFrontend, site_id: str) -> None:
+    fe = await start_frontend("pv", visitor_pageviews_per_min=5)
+    api = Api(fe.url, site_id)
+    visitor = await api.session()
+    codes = []
+    for n in range(10):
+        page = {"url": f"http://127.0.0.1/p{n}", "title": "p"}
+        codes.append((await api.call("POST", "/pageview", {"token": visitor["token"], "page": page})).code)
+    assert codes.count(200) == 5 and codes[-1] == 429, codes
+    # A session call that records a page counts against the same visitor.
+    response = await api.call("POST", "/session", {"token": visitor["token"], "page": {"url": "http://127.0.0.1/x"}})
+    assert response.code == 429

@@ -8,6 +8,7 @@ import math
 import prometheus_client
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from libs.common.ratelimit import RateLimited
 from services.console import forms
 from services.console.handlers.base import Page
 from services.console.sessions import COOKIE_NAME
@@ -24,6 +25,13 @@ def _safe_next(target: str) -> str:
     if printable and target.startswith("/account/") and not target.startswith("//") and "\\" not in target:
         return target
     return "/account/sites"
+
+
+def _wait(seconds: int) -> str:
+    """Seconds under a minute, else minutes (growing delays start at one second)."""
+    if seconds < 60:
+        return f"{seconds} second{'s' if seconds != 1 else ''}"
+    return _minutes(seconds)
 
 
 def _minutes(seconds: int) -> str:
@@ -46,10 +54,13 @@ class SignUp(Page):
             }
         )
         ip = self.request.remote_ip or "unknown"
-        wait = await self.console.signup_limit.retry_after(ip)
-        if wait:
-            self.set_header("Retry-After", str(wait))
-            form.errors["form"] = f"Too many new accounts from your network. Please try again in {_minutes(wait)}."
+        try:
+            await self.console.signup_limit.attempt(ip)
+        except RateLimited as exc:
+            self.set_header("Retry-After", str(exc.retry_after_s))
+            form.errors["form"] = (
+                f"Too many new accounts from your network. Please try again in {_minutes(exc.retry_after_s)}."
+            )
             self.render_page("signup.html", status=429, form=form)
             return
         password = self.get_body_argument("password", "")
@@ -68,10 +79,10 @@ class SignUp(Page):
             except EmailTaken:
                 form.errors["email"] = "An account with this address exists already: log in instead."
         if not form.ok:
+            await self.console.signup_limit.failed(ip)
             self.render_page("signup.html", status=400, form=form)
             return
         SIGNUPS.inc()
-        await self.console.signup_limit.signed_up(ip)
         await self.console.sites.invalidate(site_id)  # drop a remembered "no such site"
         self.start_session_cookie(await self.console.sessions.start(account_id))
         self.redirect(f"/account/sites/{site_id}?welcome=1")
@@ -90,19 +101,20 @@ class LogIn(Page):
         password = self.get_body_argument("password", "")
         email, _ = forms.email(form.values["email"])
         ip = self.request.remote_ip or "unknown"
-        wait = await self.console.login_limit.retry_after(email, ip)
-        if wait:
+        try:
+            await self.console.login_limit.attempt(email, ip)
+        except RateLimited as exc:
             LOGINS.labels("rate_limited").inc()
-            self.set_header("Retry-After", str(wait))
+            self.set_header("Retry-After", str(exc.retry_after_s))
             form.errors["form"] = (
-                f"Too many failed log-ins. For your account's safety, please wait {_minutes(wait)} and try again."
+                f"Too many failed log-ins. For your account's safety, please wait {_wait(exc.retry_after_s)} "
+                "and try again."
             )
             self.render_page("login.html", status=429, form=form, next=next_url)
             return
         account = await self.db(self.console.store.credentials, email)
         if not await self._verify(account, password):
-            LOGINS.labels("failed").inc()
-            await self.console.login_limit.failed(email, ip)
+            LOGINS.labels("failed").inc()  # already counted by attempt()
             form.errors["form"] = "That email address and password do not match an account."
             self.render_page("login.html", status=400, form=form, next=next_url)
             return
@@ -110,7 +122,7 @@ class LogIn(Page):
         account_id, password_hash = account
         assert password_hash is not None
         LOGINS.labels("ok").inc()
-        await self.console.login_limit.succeeded(email)
+        await self.console.login_limit.succeeded(email, ip)
         if self.console.hasher.check_needs_rehash(password_hash):
             new_hash = await self.db(self.console.hasher.hash, password)
             await self.db(self.console.store.set_password_hash, account_id, new_hash)

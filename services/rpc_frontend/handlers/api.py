@@ -39,6 +39,9 @@ class SessionHandler(ApiHandler):
         body = self.json_body()
         page = _page(body)
         token = body["token"] if isinstance(body.get("token"), str) else ""
+        returning = self.frontend.chat.sessions.visitor_of(token) if token else None
+        if returning is not None and page.get("url"):
+            await self.limit_pageviews(returning)  # a new visitor is held by the per-IP limit
         token, visitor = await self._guard(
             self.frontend.chat.start(site_id, token, page, self.request.headers.get("User-Agent", ""))
         )
@@ -68,6 +71,7 @@ class PageViewHandler(ApiHandler):
         page = _page(body)
         if not isinstance(page.get("url"), str) or not page["url"]:
             raise ApiError(400, "page.url must be the page's address")
+        await self.limit_pageviews(visitor.visitor_id)
         await self._guard(
             self.frontend.chat.start(site_id, body["token"], page, self.request.headers.get("User-Agent", ""))
         )

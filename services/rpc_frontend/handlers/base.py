@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from types import TracebackType
@@ -9,13 +10,17 @@ from typing import Any
 
 import tornado.web
 
+from libs.common.ratelimit import RateLimited
 from libs.common.sitedir import SiteConfig, UnknownSite
 from libs.common.web import allowed_methods, set_allow_header
 from services.rpc_frontend.chat import OUTAGES, RETRY_AFTER_S, Invalid, SessionExpired, TooLarge, Visitor
 from services.rpc_frontend.context import Frontend
 from services.rpc_frontend.inputs import json_object
 from services.rpc_frontend.origins import origin_allowed
-from services.rpc_frontend.ratelimit import RateLimited
+
+# Typing and identity events a visitor may send per line allowed: a start and a stop
+# per line, plus slack for someone who types, deletes and types again.
+EVENTS_PER_LINE = 4
 
 # Largest request body: the longest message (4 bytes per character in UTF-8, up to 6
 # when JSON-escaped) plus the other fields fits in 64 KiB at the default 2000 chars.
@@ -100,20 +105,17 @@ class ApiHandler(tornado.web.RequestHandler):
         # Any page may read *why* it was refused (404/403 say nothing secret), so a site
         # owner sees the reason in the browser console; nothing else is served to it.
         origin = self.cors_origin = self.request.headers.get("Origin")
+        # Limits first, before any lookup: a flood costs one Redis call per request.
+        # Errors carry CORS headers (write_error), so the widget reads a 429's Retry-After.
+        await admit_ip(self.frontend, self.request.remote_ip or "-")
         try:
             self.site = await self.frontend.sites.get(site_id)
         except UnknownSite as exc:
+            await count_unknown_site(self.frontend, self.request.remote_ip or "-")
             raise ApiError(404, str(exc)) from None
         if not origin_allowed(origin, self.request.host, self.site.allowed_domains):
             raise ApiError(403, f"origin {origin} may not use site {site_id}: add its domain in the site's settings")
         self._set_cors_headers()
-        # Counted after the origin check so even a 429 carries CORS headers and the
-        # widget can read its Retry-After.
-        await self._guard(
-            self.frontend.limits.check(
-                "ip", self.request.remote_ip or "-", self.frontend.settings.ip_requests_per_min, "requests"
-            )
-        )
         return self.site
 
     cors_origin: str | None = None
@@ -139,12 +141,14 @@ class ApiHandler(tornado.web.RequestHandler):
         return visitor
 
     async def limit_events(self, visitor_id: str) -> None:
-        await self._guard(self.frontend.limits.check_events(visitor_id))
+        await self._guard(limit_events(self.frontend, visitor_id))
 
     async def limit_messages(self, key: str) -> None:
-        await self._guard(
-            self.frontend.limits.check("msg", key, self.frontend.settings.visitor_messages_per_min, "messages")
-        )
+        await self._guard(limit_messages(self.frontend, key))
+
+    async def limit_pageviews(self, visitor_id: str) -> None:
+        settings = self.frontend.settings
+        await self._guard(self.frontend.limits.hit("pv", visitor_id, settings.visitor_pageviews_per_min, "page views"))
 
     # --- CORS preflight ---------------------------------------------------------------------
     async def options(self, site_id: str, *_: str) -> None:
@@ -154,3 +158,32 @@ class ApiHandler(tornado.web.RequestHandler):
         self.set_header("Access-Control-Max-Age", "600")  # browsers cap it at 2 h (Chrome) anyway
         self.set_status(204)
         self.finish()
+
+
+# --- limits shared by the HTTP handlers and the WebSocket ----------------------------------
+async def admit_ip(frontend: Frontend, ip: str) -> None:
+    """Every request from ``ip``, and its misses: ApiError 429 before any site lookup."""
+    settings = frontend.settings
+    try:
+        await frontend.limits.hit("ip", ip, settings.ip_requests_per_min, "requests")
+    except RateLimited as exc:
+        raise ApiError(429, str(exc), exc.retry_after_s) from None
+    # An IP that keeps asking for sites that do not exist is refused before the lookup.
+    wait = await frontend.limits.over("ip-unknown-site", ip, settings.ip_unknown_sites_per_min)
+    if wait:
+        raise ApiError(429, f"too many requests for unknown site ids: wait {wait} s and check the id", wait)
+
+
+async def count_unknown_site(frontend: Frontend, ip: str) -> None:
+    with contextlib.suppress(RateLimited):  # this request gets its 404; the next ones a 429
+        await frontend.limits.hit("ip-unknown-site", ip, frontend.settings.ip_unknown_sites_per_min, "unknown sites")
+
+
+async def limit_events(frontend: Frontend, visitor_id: str) -> None:
+    """Typing/identity events: a multiple of the visitor's line limit."""
+    per_min = frontend.settings.visitor_messages_per_min * EVENTS_PER_LINE
+    await frontend.limits.hit("evt", visitor_id, per_min, "events")
+
+
+async def limit_messages(frontend: Frontend, key: str) -> None:
+    await frontend.limits.hit("msg", key, frontend.settings.visitor_messages_per_min, "messages")

@@ -20,17 +20,24 @@ from typing import Any
 
 import tornado.websocket
 
+from libs.common.ratelimit import RateLimited
 from libs.common.sitedir import UnknownSite
 from libs.common.web import set_allow_header
 from services.rpc_frontend.chat import OUTAGES, RETRY_AFTER_S, Invalid, SessionExpired, TooLarge, Visitor
 from services.rpc_frontend.context import Frontend
 from services.rpc_frontend.handlers.api import status_json
-from services.rpc_frontend.handlers.base import ApiHandler
+from services.rpc_frontend.handlers.base import (
+    ApiError,
+    ApiHandler,
+    admit_ip,
+    count_unknown_site,
+    limit_events,
+    limit_messages,
+)
 from services.rpc_frontend.hub import Event
 from services.rpc_frontend.inputs import json_object
 from services.rpc_frontend.metrics import LINES
 from services.rpc_frontend.origins import origin_allowed
-from services.rpc_frontend.ratelimit import RateLimited
 from services.rpc_frontend.stream import Cursor, catch_up, cursor_from_query
 
 log = logging.getLogger(__name__)
@@ -84,16 +91,17 @@ class ReceiveSocket(tornado.websocket.WebSocketHandler):
             return 503, "temporarily unavailable; reconnect in a moment"
 
     async def _admit_visitor(self, site_id: str) -> tuple[int, str] | None:
+        ip = self.request.remote_ip or "-"
         try:
-            await self.frontend.limits.check(
-                "ip", self.request.remote_ip or "-", self.frontend.settings.ip_requests_per_min, "requests"
-            )
+            await admit_ip(self.frontend, ip)  # before any lookup
             site = await self.frontend.sites.get(site_id)
         except UnknownSite as exc:
+            await count_unknown_site(self.frontend, ip)
             return 404, str(exc)
-        except RateLimited as exc:
-            self.set_header("Retry-After", str(exc.retry_after_s))
-            return 429, str(exc)
+        except ApiError as exc:
+            if exc.retry_after_s is not None:
+                self.set_header("Retry-After", str(exc.retry_after_s))
+            return exc.status_code, exc.message
         origin = self.request.headers.get("Origin")
         if not origin_allowed(origin, self.request.host, site.allowed_domains):
             return 403, f"origin {origin} may not use site {site_id}"
@@ -197,7 +205,7 @@ class ReceiveSocket(tornado.websocket.WebSocketHandler):
             if kind == "send":
                 await self._send_line(data)
             elif kind == "typing":
-                await self.frontend.limits.check_events(self.visitor.visitor_id)
+                await limit_events(self.frontend, self.visitor.visitor_id)
                 await self.frontend.chat.typing(self.visitor, data.get("typing"))
             elif kind == "ping":
                 await self._refresh()
@@ -237,9 +245,7 @@ class ReceiveSocket(tornado.websocket.WebSocketHandler):
         # page (and so a new socket). An expired session ends the socket with 4401.
         assert self.visitor is not None
         visitor = self.visitor
-        await self.frontend.limits.check(
-            "msg", visitor.visitor_id, self.frontend.settings.visitor_messages_per_min, "messages"
-        )
+        await limit_messages(self.frontend, visitor.visitor_id)
         try:
             sent = await self.frontend.chat.send(visitor, data.get("message_id"), data.get("body"))
         except SessionExpired:
