@@ -62,6 +62,13 @@ class Lease:
     async def release(self) -> None:
         await self._release(keys=[self.key], args=[self.token])
 
+    async def take(self) -> None:
+        """Hold the lease whoever holds it now. Only for a caller fenced by something
+        stronger (the gateway: the XMPP server lets one connection per component
+        domain in), so a holder that died need not be waited out; one still alive
+        finds another token at its next renewal and stops."""
+        await self._redis.set(self.key, self.token, px=self.ttl_ms)
+
     @contextlib.asynccontextmanager
     async def held(self, wait_s: float = 0.0) -> AsyncIterator[None]:
         """Hold the lease for the block, renewing it every third of its ttl, so the

@@ -166,8 +166,10 @@ class Settings:
     # them on purpose (docker-compose sets 0.0.0.0 inside its private network).
     ops_host: str = field(default="127.0.0.1", metadata={"env": "HABLA_OPS_HOST"})
     gateway_metrics_port: int = field(default=9102, metadata={"env": "HABLA_GATEWAY_METRICS_PORT"})
-    # One gateway per component domain holds this Redis lease; a standby takes over at
-    # most this long after the active one dies (3 renewals at ttl/3 may be missed first).
+    # The active gateway of a component domain holds this Redis lease, renewed every
+    # ttl/3. A standby does not wait for it to expire: it takes over once the XMPP
+    # server admits its component connection (the dead one's closed with it); the TTL
+    # only bounds how long a holder cut off from Redis and XMPP keeps the token.
     gateway_lease_ttl_s: int = field(default=15, metadata={"env": "HABLA_GATEWAY_LEASE_TTL_S"})
     # A followed visitor's page changes reach an operator at most once per this
     # interval (latest page wins): 2 s keeps a status line current while a visitor

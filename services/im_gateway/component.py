@@ -70,6 +70,8 @@ class GatewayComponent(ComponentXMPP):
         self._stopping = False
         self._backoff_s = BACKOFF_FIRST_S
         self._reconnect_task: asyncio.Task[None] | None = None
+        self._standby = False  # while claiming the domain: no reconnect of our own
+        self._attempt_over = asyncio.Event()
         # The barrier: stanzas written on stream number ``_stream`` so far, how many of
         # them a pong has covered, and the one ping in flight (shared by its waiters).
         self._stream = 0
@@ -103,14 +105,36 @@ class GatewayComponent(ComponentXMPP):
         self.ready.set()
         metrics.XMPP_CONNECTED.set(1)
 
+    async def claim(self, within: float) -> bool:
+        """One connection attempt as a standby. True once the stream is up: the server
+        let us in, so no other gateway holds the domain. False if it refused (another
+        gateway is connected: <conflict/>), could not be reached, or took too long."""
+        self._stopping = False
+        self._standby = True
+        self._attempt_over.clear()
+        self.connect()
+        ready = asyncio.ensure_future(self.ready.wait())
+        over = asyncio.ensure_future(self._attempt_over.wait())
+        await asyncio.wait({ready, over}, timeout=within, return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        over.cancel()
+        if self.ready.is_set():
+            self._standby = False
+            return True
+        self.cancel_connection_attempt()
+        if self.transport is not None:
+            self.abort()
+        return False
+
     def _on_disconnected(self, reason: Any) -> None:
         self.ready.clear()
         metrics.XMPP_CONNECTED.set(0)
+        self._attempt_over.set()
         self._stream += 1  # whatever was written and not confirmed must be sent again
         if self._ping is not None and not self._ping.done():
             self._ping.set_exception(XmppUnavailable("the XMPP stream was lost before the server confirmed"))
         self._ping = None
-        if self._stopping:
+        if self._stopping or self._standby:
             return
         delay = self._backoff_s * random.uniform(0.8, 1.2)  # jitter: shards do not reconnect in step
         self._backoff_s = min(self._backoff_s * 2, BACKOFF_MAX_S)
@@ -119,6 +143,9 @@ class GatewayComponent(ComponentXMPP):
         self._reconnect_task = asyncio.ensure_future(self._reconnect_after(delay))
 
     def _on_connection_failed(self, reason: Any) -> None:
+        self._attempt_over.set()
+        if self._standby:
+            return  # the standby loop tries again in a second
         # slixmpp retries a failed TCP connect itself with its own backoff; we only log.
         log.warning("cannot reach the XMPP server's component port; retrying", extra={"reason": str(reason)})
 

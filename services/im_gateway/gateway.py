@@ -43,6 +43,17 @@ log = logging.getLogger(__name__)
 # Each step of a graceful stop gets this long: docker stops a container 10 s after
 # SIGTERM, and nothing is lost by giving up (RabbitMQ redelivers, leases expire).
 STOP_STEP_S = 3.0
+# A standby tries the component connection this often: a takeover costs at most this
+# plus a handshake (~10 ms on loopback), while a refused attempt costs the XMPP server
+# one short-lived connection per second.
+STANDBY_RETRY_S = 1.0
+# One claim attempt: a handshake takes milliseconds; a server that does not answer
+# within this long is treated as unreachable for this attempt.
+CLAIM_WITHIN_S = 5.0
+
+
+class Standby(ConnectionError):
+    """Health: this gateway is alive but another one serves the domain."""
 
 
 class Gateway:
@@ -91,6 +102,7 @@ class Gateway:
         self._tasks: list[asyncio.Task[Any]] = []
         self._consumers: list[Any] = []
         self.active = False
+        self.standing_by = False  # refused by the XMPP server: another gateway is active
         self.lease_lost = False  # set when another instance took the domain over
         on(self.component, "session_start", self._on_session_start)
 
@@ -100,16 +112,16 @@ class Gateway:
         return task
 
     async def start(self) -> None:
-        """Wait for the domain lease, connect, and start consuming."""
+        """Stand by until the component domain is ours, take the lease, start consuming."""
         await self.bus.declare_topology()
-        await self.lease.acquire()
+        await self._claim_domain()
+        await self.lease.take()
         self.active = True
         await self.bindings.declare()
         served = await self.bindings.resync()
         await self.desk.operators.load_all(served)
         self._spawn(self._watch_sites(), "site-changes")
         self._spawn(self._rebind(), "site-rebind")
-        self.component.start()
         self._spawn(self.inbound.run(), "inbound")
         self._spawn(self.desk.coalescer.run(), "coalescer")
         self._spawn(self.bot.run(), "site-bot")
@@ -123,6 +135,24 @@ class Gateway:
                 self.bindings.queues["conversation"], self.conversation_consumer.receive, manual=True
             )
         )
+        if self.component.ready.is_set():
+            self._on_session_start(None)  # the stream came up before the operators were loaded
+
+    async def _claim_domain(self) -> None:
+        """Try the component connection about once a second until the XMPP server lets
+        us in (it admits one connection per component domain: while another gateway
+        is connected we are refused). A dead active gateway's stream closes with its
+        process, so a standby takes over within a second or two, not a lease TTL."""
+        while not await self.component.claim(CLAIM_WITHIN_S):
+            if not self.standing_by:
+                log.info(
+                    "another gateway serves this component domain; standing by",
+                    extra={"domain": self.settings.xmpp_component_domain, "retry_s": STANDBY_RETRY_S},
+                )
+                self.standing_by = True
+            await asyncio.sleep(STANDBY_RETRY_S)
+        self.standing_by = False
+        log.info("component domain claimed", extra={"domain": self.settings.xmpp_component_domain})
 
     async def run(self, stop: asyncio.Event) -> None:
         """Start, then run until ``stop`` is set or the lease is lost."""
@@ -172,6 +202,8 @@ class Gateway:
             self.active = False
 
     def _on_session_start(self, _event: Any) -> None:
+        if not self.active:
+            return  # claiming the domain: start() syncs once the operators are loaded
         # Probing every operator rebuilds availability after a restart or reconnect.
         try:
             self.roster.sync_all()
@@ -223,5 +255,12 @@ class Gateway:
 
     # --- health ---------------------------------------------------------------------
     async def check_xmpp(self) -> None:
-        if self.active and not self.component.ready.is_set():
+        # Readiness: a standby is alive but serves nothing (docker's liveness probe,
+        # services.im_gateway.healthcheck, accepts it).
+        if not self.active:
+            raise Standby(
+                f"standby: another gateway serves {self.settings.xmpp_component_domain}; "
+                f"this one takes over within about {STANDBY_RETRY_S:.0f} s of its end"
+            )
+        if not self.component.ready.is_set():
             raise ConnectionError("active gateway without an XMPP stream (reconnecting)")

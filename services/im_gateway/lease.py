@@ -1,8 +1,10 @@
 """One active gateway per component domain: a Redis lease with a token.
 
-Prosody accepts one connection per component domain anyway; the lease makes the
-standby wait politely instead of fighting for the socket, and tells it when the
-active one died (the lease expires because nobody renews it).
+The XMPP server is the fence: it accepts one connection per component domain (Prosody
+refuses a second one with <conflict/>), so a standby tries the component connection
+about once a second and, once in, takes the lease (services.im_gateway.gateway). The
+lease then tells a holder that is still alive -- cut off from the XMPP server, say --
+that it was replaced, at its next renewal.
 """
 
 from __future__ import annotations
@@ -47,6 +49,19 @@ class DomainLease:
             await asyncio.sleep(self._ttl_ms / 3000)
         metrics.LEASE_HELD.set(1)
         log.info("gateway lease acquired", extra={"key": self._key})
+
+    async def take(self) -> None:
+        """Take the lease now (the caller holds the component connection: see
+        libs.common.lease.Lease.take), retrying while Redis is unreachable."""
+        while True:
+            try:
+                await self._lease.take()
+                break
+            except (RedisError, OSError) as exc:
+                log.warning("cannot take the gateway lease (Redis unreachable); retrying: %s", exc)
+                await asyncio.sleep(0.5)
+        metrics.LEASE_HELD.set(1)
+        log.info("gateway lease taken", extra={"key": self._key})
 
     async def keep(self) -> None:
         """Renew every TTL/3 until cancelled; LeaseLost only if someone else took it.
