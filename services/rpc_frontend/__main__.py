@@ -18,6 +18,7 @@ from services.rpc_frontend.departures import sweep_forever
 from services.rpc_frontend.follow import follow_site_config, follow_site_status
 from services.rpc_frontend.handlers.receive import ReceiveSocket
 from services.rpc_frontend.metrics import count_statements
+from services.rpc_frontend.unconfirmed import republish_forever
 
 log = logging.getLogger("services.rpc_frontend")
 
@@ -38,6 +39,7 @@ async def run(settings: Settings) -> None:
         asyncio.create_task(follow_site_status(frontend.status, frontend.hub)),
         asyncio.create_task(follow_site_config(frontend.sites, frontend.hub)),
         asyncio.create_task(sweep_forever(frontend.chat.departures)),
+        asyncio.create_task(republish_forever(frontend.chat.unconfirmed)),
     ]
     # xheaders=False: X-Forwarded-For is only trustworthy behind a proxy that sets it, and
     # the per-IP rate limit must not be dodged by a forged header.

@@ -22,6 +22,7 @@ from libs.common.settings import Settings
 from libs.common.state.conversations import LOG_TTL_S, ConversationLog, FloorSource, chat_line
 from libs.common.state.sessions import VisitorSessions
 from services.rpc_frontend.departures import Departures
+from services.rpc_frontend.unconfirmed import Unconfirmed, UnconfirmedLines
 
 # Client-generated ids: a UUID (32-36 chars) in practice; 8-64 of these characters
 # leave room for other clients without letting an id carry anything odd.
@@ -106,6 +107,7 @@ class VisitorChat:
         self._settings = settings
         self.sessions = VisitorSessions(redis, settings)
         self.log = ConversationLog(redis, settings, floor)
+        self.unconfirmed = UnconfirmedLines(redis, bus, self.log, settings)
         self._ensure = redis.register_script(_ENSURE_CONVERSATION)
         self.departures = Departures(redis, bus, settings)
 
@@ -221,8 +223,14 @@ class VisitorChat:
             page_url=visitor.session.get("page_url") or None,
         )
         # Republished on a retry too: the first attempt may have died between the
-        # append and the confirm; consumers dedupe by message id.
+        # append and the confirm; consumers dedupe by message id. Marked until the
+        # confirm, so a line whose widget is gone is published again by the sweep.
+        in_flight = Unconfirmed(
+            conversation_id, message_id, visitor.site_id, visitor.visitor_id, message.page_url or ""
+        )
+        await self.unconfirmed.mark(in_flight)
         await self._bus.publish(topology.VISITOR, f"{visitor.site_id}.message", message)
+        await self.unconfirmed.confirmed(in_flight)
         return Sent(conversation_id, appended.seq, not appended.created)
 
     async def typing(self, visitor: Visitor, typing: Any) -> None:

@@ -171,3 +171,22 @@ async def _until_async(condition: Callable[[], Awaitable[bool]], wait_s: float =
     while not await condition():
         assert time.monotonic() < deadline, "condition not reached in time"
         await asyncio.sleep(0.05)
+
+
+async def test_a_line_whose_widget_is_gone_is_published_again_by_the_sweep(
+    fe: RunningFrontend, api: Api, captured: Captured, redis_client: aioredis.Redis, settings: Settings
+) -> None:
+    visitor = await api.session()
+    sent = await api.ok("POST", "/messages", {"token": visitor["token"], "message_id": uuid.uuid4().hex, "body": "a"})
+    assert await fe.frontend.chat.unconfirmed.sweep(grace_s=0) == 0  # confirmed lines are not marked
+    await captured.next("ChatMessage", body="a")
+
+    line = {"token": visitor["token"], "message_id": uuid.uuid4().hex, "body": "then the page closed"}
+    await _broker_down(fe)
+    assert (await api.call("POST", "/messages", line)).code == 503
+    await _broker_back(fe)
+    # The widget never resends (its page is gone): the sweep publishes what the log holds.
+    assert await fe.frontend.chat.unconfirmed.sweep(grace_s=0) == 1
+    message = await captured.next("ChatMessage", message_id=line["message_id"])
+    assert (message.body, message.seq, message.conversation_id) == (line["body"], 2, sent["conversation_id"])
+    assert await fe.frontend.chat.unconfirmed.sweep(grace_s=0) == 0  # once
