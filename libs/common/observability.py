@@ -18,6 +18,8 @@ import prometheus_client
 import tornado.httpserver
 import tornado.web
 
+from libs.common.settings import Settings
+
 log = logging.getLogger(__name__)
 
 Check = Callable[[], Awaitable[object]]
@@ -72,11 +74,46 @@ class MetricsHandler(tornado.web.RequestHandler):
         self.finish(prometheus_client.generate_latest())
 
 
+class Drain:
+    """A stopping HTTP service first fails its health check, then stops listening.
+
+    A load balancer that probes /healthz stops sending new requests while the service
+    still answers the ones already on their way; only then does the listener close.
+    """
+
+    def __init__(self) -> None:
+        self.draining = False
+
+    async def check(self) -> None:
+        if self.draining:
+            raise RuntimeError("draining: this instance is stopping")
+
+    async def begin(self, seconds: float) -> None:
+        self.draining = True
+        if seconds > 0:
+            log.info("draining: /healthz answers 503 while requests finish", extra={"seconds": seconds})
+            await asyncio.sleep(seconds)
+
+
 def observability_routes(checks: Mapping[str, Check]) -> list[Any]:
     return [
         (r"/healthz", HealthHandler, {"checks": checks}),
         (r"/metrics", MetricsHandler),
     ]
+
+
+def listen(app: tornado.web.Application, host: str, port: int, settings: Settings) -> tornado.httpserver.HTTPServer:
+    """Serve ``app``; behind HABLA_TRUSTED_PROXIES, the client address comes from them.
+
+    Tornado then takes the last X-Forwarded-For entry not itself a trusted proxy: the
+    one our proxy appended. Without trusted proxies the header is ignored, so nobody
+    picks the address a per-IP limit counts. (Trusting a proxy means the service is
+    reachable only through it, as in docker-compose's network.)
+    """
+    trusted = settings.trusted_proxy_list
+    server = tornado.httpserver.HTTPServer(app, xheaders=bool(trusted), trusted_downstream=trusted or None)
+    server.listen(port, address=host)
+    return server
 
 
 def serve(host: str, port: int, checks: Mapping[str, Check]) -> tornado.httpserver.HTTPServer:

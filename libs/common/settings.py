@@ -91,6 +91,17 @@ class Settings:
     # Where `make run` keeps Prosody's data, demo.env and sent mail (development only).
     state_dir: str = field(default=".habla", metadata={"env": "HABLA_STATE_DIR"})
 
+    # --- behind a load balancer ----------------------------------------------------
+    # A stopping frontend or status image answers 503 on /healthz this long before it
+    # stops listening, so a load balancer probing /healthz (tools/haproxy.py: every
+    # 0.5 s, 2 failures) takes it out first. 0: stop at once (no balancer).
+    drain_s: int = field(default=0, metadata={"env": "HABLA_DRAIN_S"})
+    # Addresses of the proxies in front of the frontends and status images, comma
+    # separated. From these peers the client's address is the last X-Forwarded-For
+    # entry (the one the proxy appended), so per-IP limits count visitors, not the
+    # proxy. Empty: the peer address is the client (a forged header changes nothing).
+    trusted_proxies: str = field(default="", metadata={"env": "HABLA_TRUSTED_PROXIES"})
+
     # --- logging ---------------------------------------------------------------------
     log_level: str = field(default="INFO", metadata={"env": "HABLA_LOG_LEVEL"})
     log_json: bool = field(default=False, metadata={"env": "HABLA_LOG_JSON"})
@@ -264,6 +275,10 @@ class Settings:
                 f"use a random string of {MIN_SECRET_KEY_CHARS}+ "
                 "(python3 -c 'import secrets; print(secrets.token_urlsafe(48))')"
             )
+
+    @property
+    def trusted_proxy_list(self) -> list[str]:
+        return [part.strip() for part in self.trusted_proxies.split(",") if part.strip()]
 
     @property
     def retry_delays_ms(self) -> tuple[int, ...]:

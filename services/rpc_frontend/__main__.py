@@ -7,7 +7,7 @@ import contextlib
 import logging
 import signal
 
-from libs.common import db, logs, state, topology
+from libs.common import db, logs, observability, state, topology
 from libs.common.messaging import Bus
 from libs.common.settings import Settings
 from libs.common.startup import settings_or_exit
@@ -41,9 +41,7 @@ async def run(settings: Settings) -> None:
         asyncio.create_task(sweep_forever(frontend.chat.departures)),
         asyncio.create_task(republish_forever(frontend.chat.unconfirmed)),
     ]
-    # xheaders=False: X-Forwarded-For is only trustworthy behind a proxy that sets it, and
-    # the per-IP rate limit must not be dodged by a forged header.
-    server = make_app(frontend).listen(settings.frontend_port, address=settings.frontend_host, xheaders=False)
+    server = observability.listen(make_app(frontend), settings.frontend_host, settings.frontend_port, settings)
     log.info(
         "rpc_frontend listening",
         extra={"url": f"http://{settings.frontend_host}:{settings.frontend_port}", "frontend_id": settings.frontend_id},
@@ -53,6 +51,7 @@ async def run(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    await frontend.drain.begin(settings.drain_s)
     log.info("rpc_frontend stopping", extra={"connections": frontend.hub.connections})
     server.stop()
     close_sockets(frontend)

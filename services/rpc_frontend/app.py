@@ -61,7 +61,7 @@ def make_app(frontend: Frontend) -> tornado.web.Application:
         (rf"/api/sites/{SITE}/poll", receive.PollHandler, deps),
         (rf"/api/sites/{SITE}/ws", receive.ReceiveSocket, deps),
     ]
-    checks = {"redis": redis_ok, "rabbitmq": frontend.bus.ping}
+    checks = {"redis": redis_ok, "rabbitmq": frontend.bus.ping, "serving": frontend.drain.check}
     CONNECTIONS.set_function(lambda: frontend.hub.connections)
     return tornado.web.Application(
         [*routes, *observability_routes(checks)],

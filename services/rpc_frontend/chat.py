@@ -231,6 +231,15 @@ class VisitorChat:
         await self.unconfirmed.mark(in_flight)
         await self._bus.publish(topology.VISITOR, f"{visitor.site_id}.message", message)
         await self.unconfirmed.confirmed(in_flight)
+        # Behind a load balancer the visitor's WebSocket or long-poll may be held by
+        # another frontend (the session names it): wake it there, as the gateway does
+        # for an operator's line, or it would see this line only at its next wake-up.
+        elsewhere = visitor.session.get("frontend_id")
+        if elsewhere and elsewhere != self._settings.frontend_id:
+            delivery = codec.VisitorDelivery(
+                visitor_id=visitor.visitor_id, site_id=visitor.site_id, conversation_id=conversation_id, message=message
+            )
+            await self._bus.publish(topology.DELIVER, elsewhere, delivery, mandatory=False)
         return Sent(conversation_id, appended.seq, not appended.created)
 
     async def typing(self, visitor: Visitor, typing: Any) -> None:

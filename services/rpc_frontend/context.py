@@ -9,6 +9,7 @@ import sqlalchemy as sa
 
 from libs.common.db.history import seq_floor
 from libs.common.messaging import Bus
+from libs.common.observability import Drain
 from libs.common.ratelimit import RateLimiter
 from libs.common.settings import Settings
 from libs.common.sitedir import SiteDirectory
@@ -30,6 +31,7 @@ class Frontend:
     status: SiteStatusReader = field(init=False)
     limits: RateLimiter = field(init=False)
     hub: Hub = field(default_factory=Hub)
+    drain: Drain = field(default_factory=Drain)
 
     def __post_init__(self) -> None:
         self.chat = VisitorChat(self.redis, self.bus, self.settings, seq_floor(self.engine))

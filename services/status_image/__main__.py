@@ -8,7 +8,7 @@ import logging
 import signal
 import sys
 
-from libs.common import db, logs, state
+from libs.common import db, logs, observability, state
 from libs.common.settings import Settings
 from libs.common.sitedir import SiteDirectory
 from libs.common.startup import settings_or_exit
@@ -33,8 +33,9 @@ async def serve(settings: Settings) -> None:
     async def redis_answers() -> None:
         await redis.ping()
 
-    app = make_app(cache, renderer, {"redis": redis_answers})
-    server = app.listen(settings.status_port, address=settings.status_host)
+    drain = observability.Drain()
+    app = make_app(cache, renderer, {"redis": redis_answers, "serving": drain.check})
+    server = observability.listen(app, settings.status_host, settings.status_port, settings)
     # Everything built so far lives as long as the process: move it out of the garbage
     # collector's sight, so the collections that per-request objects trigger do not
     # rescan the imported libraries (SQLAlchemy, Pillow, redis-py …) each time.
@@ -46,6 +47,7 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    await drain.begin(settings.drain_s)
     log.info("stopping")
     server.stop()
     await server.close_all_connections()
