@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import dataclasses
 import datetime
+import json
 import os
 import shutil
 import sys
@@ -33,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import tornado.httpclient
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -99,10 +102,6 @@ async def operators_for(settings: Settings, demo: dict[str, str], n: int) -> lis
 
 
 async def wait_online(api: str, operators: list[e2e_chat.StrictOperator]) -> None:
-    import json
-
-    import tornado.httpclient
-
     client = tornado.httpclient.AsyncHTTPClient()
 
     async def available() -> int:
@@ -119,8 +118,6 @@ async def wait_online(api: str, operators: list[e2e_chat.StrictOperator]) -> Non
 
 async def redis_commands(settings: Settings, url: str, returning: str, visitor: e2e_chat.Visitor) -> dict[str, str]:
     """Redis commands per unit of work (MONITOR, outside the measured phases)."""
-    import tornado.httpclient
-
     client = tornado.httpclient.AsyncHTTPClient()
     operator = visitor.operator
     assert operator is not None
