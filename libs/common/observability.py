@@ -102,16 +102,19 @@ def observability_routes(checks: Mapping[str, Check]) -> list[Any]:
     ]
 
 
-def listen(app: tornado.web.Application, host: str, port: int, settings: Settings) -> tornado.httpserver.HTTPServer:
+def listen(
+    app: tornado.web.Application, host: str, port: int, settings: Settings, **options: Any
+) -> tornado.httpserver.HTTPServer:
     """Serve ``app``; behind HABLA_TRUSTED_PROXIES, the client address comes from them.
 
     Tornado then takes the last X-Forwarded-For entry not itself a trusted proxy: the
     one our proxy appended. Without trusted proxies the header is ignored, so nobody
     picks the address a per-IP limit counts. (Trusting a proxy means the service is
-    reachable only through it, as in docker-compose's network.)
+    reachable only through it, as in docker-compose's network.) ``options`` go to the
+    HTTPServer (libs.common.web.http_server_options: slow-client timeouts, body size).
     """
     trusted = settings.trusted_proxy_list
-    server = tornado.httpserver.HTTPServer(app, xheaders=bool(trusted), trusted_downstream=trusted or None)
+    server = tornado.httpserver.HTTPServer(app, xheaders=bool(trusted), trusted_downstream=trusted or None, **options)
     server.listen(port, address=host)
     return server
 

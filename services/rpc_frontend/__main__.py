@@ -11,11 +11,13 @@ from libs.common import db, logs, observability, state, topology
 from libs.common.messaging import Bus
 from libs.common.settings import Settings
 from libs.common.startup import settings_or_exit
+from libs.common.web import http_server_options
 from services.rpc_frontend.app import make_app
 from services.rpc_frontend.context import Frontend
 from services.rpc_frontend.delivery import DeliveryConsumer
 from services.rpc_frontend.departures import sweep_forever
 from services.rpc_frontend.follow import follow_site_config, follow_site_status
+from services.rpc_frontend.handlers.base import MAX_BODY_BYTES
 from services.rpc_frontend.handlers.receive import ReceiveSocket
 from services.rpc_frontend.metrics import count_statements
 from services.rpc_frontend.unconfirmed import republish_forever
@@ -41,7 +43,13 @@ async def run(settings: Settings) -> None:
         asyncio.create_task(sweep_forever(frontend.chat.departures)),
         asyncio.create_task(republish_forever(frontend.chat.unconfirmed)),
     ]
-    server = observability.listen(make_app(frontend), settings.frontend_host, settings.frontend_port, settings)
+    server = observability.listen(
+        make_app(frontend),
+        settings.frontend_host,
+        settings.frontend_port,
+        settings,
+        **http_server_options(MAX_BODY_BYTES),
+    )
     log.info(
         "rpc_frontend listening",
         extra={"url": f"http://{settings.frontend_host}:{settings.frontend_port}", "frontend_id": settings.frontend_id},

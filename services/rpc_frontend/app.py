@@ -5,6 +5,7 @@ from __future__ import annotations
 import tornado.web
 
 from libs.common.observability import observability_routes
+from libs.common.web import log_request
 from services.rpc_frontend.context import Frontend
 from services.rpc_frontend.handlers import api, pages, receive
 from services.rpc_frontend.metrics import CONNECTIONS
@@ -73,6 +74,7 @@ def make_app(frontend: Frontend) -> tornado.web.Application:
         websocket_ping_interval=receive.PING_INTERVAL_S,
         websocket_ping_timeout=receive.PING_INTERVAL_S,
         default_handler_class=_NotFound,
+        log_function=log_request,  # visitor tokens travel in query strings: never logged
     )
 
 

@@ -13,6 +13,7 @@ from libs.common.settings import Settings
 from libs.common.sitedir import SiteDirectory
 from libs.common.startup import settings_or_exit
 from libs.common.state.presence import SiteStatusReader
+from libs.common.web import http_server_options
 from services.status_image.cache import SiteStatusCache
 from services.status_image.handlers import make_app
 from services.status_image.render import ImageRenderer
@@ -35,7 +36,10 @@ async def serve(settings: Settings) -> None:
 
     drain = observability.Drain()
     app = make_app(cache, renderer, {"redis": redis_answers, "serving": drain.check})
-    server = observability.listen(app, settings.status_host, settings.status_port, settings)
+    # GET and HEAD only: no request needs a body.
+    server = observability.listen(
+        app, settings.status_host, settings.status_port, settings, **http_server_options(1024)
+    )
     # Everything built so far lives as long as the process: move it out of the garbage
     # collector's sight, so the collections that per-request objects trigger do not
     # rescan the imported libraries (SQLAlchemy, Pillow, redis-py …) each time.

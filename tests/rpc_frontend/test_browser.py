@@ -21,6 +21,7 @@ from tests.rpc_frontend.conftest import (
     Captured,
     MakeSite,
     RunningFrontend,
+    StartFrontend,
     operator_action,
     operator_reply,
     set_online,
@@ -302,27 +303,39 @@ async def test_a_snippet_with_an_unknown_site_shows_nothing_and_says_why(
     assert await page.locator(FRAME).is_hidden()
 
 
-async def test_preview_applies_a_theme_posted_by_its_parent(
-    page: Any, fe: RunningFrontend, site_id: str, artifacts: Path
+async def test_preview_applies_a_theme_posted_by_the_console_only(
+    page: Any, start_frontend: StartFrontend, site_id: str, host_site: HostSite, artifacts: Path
 ) -> None:
-    await page.goto(f"{fe.url}/preview/{site_id}")
-    head = page.locator(".hb-head")
+    # The "console" here is the host site's origin: the only page allowed to frame the preview.
+    fe = await start_frontend("preview", console_public_url=f"http://localhost:{host_site.port}")
+    host_site.pages["console"] = f'<iframe id="p" src="{fe.url}/preview/{site_id}" width="420" height="640"></iframe>'
+    host_site.pages["console-offline"] = host_site.pages["console"].replace(site_id, site_id + "?view=offline")
+    await page.goto(host_site.url("console"))
+    preview = page.frame_locator("#p")
+    head = preview.locator(".hb-head")
     await head.wait_for()
-    await page.locator(".hb-msg.operator").wait_for()  # sample lines, no session
+    await preview.locator(".hb-msg.operator").wait_for()  # sample lines, no session
+    # A message from anyone but the console (here: the preview page itself) is ignored.
+    inner = next(frame for frame in page.frames if "/preview/" in frame.url)
+    await inner.evaluate("window.postMessage({type: 'habla:theme', theme: {texts: {input_placeholder: 'Pwned'}}}, '*')")
+    post = "theme => document.getElementById('p').contentWindow.postMessage({type: 'habla:theme', theme}, '*')"
     await page.evaluate(
-        """window.postMessage({type: 'habla:theme', theme: {
-             colours: {header_background: '#ff0000', header_text: 'red; background: url(x)', text: '#00ff00'},
-             texts: {welcome_title: '<i>Hola</i>', away_message: 'Back soon'}}}, '*')"""
+        post,
+        {
+            "colours": {"header_background": "#ff0000", "header_text": "red; background: url(x)", "text": "#00ff00"},
+            "texts": {"welcome_title": "<i>Hola</i>", "away_message": "Back soon"},
+        },
     )
-    await page.wait_for_function("document.querySelector('.hb-title').textContent === '<i>Hola</i>'")
+    await inner.wait_for_function("document.querySelector('.hb-title').textContent === '<i>Hola</i>'")
     assert await head.evaluate("e => getComputedStyle(e).backgroundColor") == "rgb(255, 0, 0)"
     assert await head.evaluate("e => getComputedStyle(e).color") == "rgb(255, 255, 255)"  # invalid colour ignored
-    assert await page.locator(".hb-title i").count() == 0
+    assert await preview.locator(".hb-title i").count() == 0
+    assert await inner.evaluate("document.querySelector('[placeholder]').placeholder") != "Pwned"
     await page.screenshot(path=str(artifacts / "widget-preview.png"))
-    await page.goto(f"{fe.url}/preview/{site_id}?view=offline")
-    await page.locator(".hb-offline").wait_for()
-    await page.evaluate("window.postMessage({type: 'habla:theme', theme: {texts: {away_message: 'Back at 9'}}}, '*')")
-    await page.locator(".hb-offline .hb-note", has_text="Back at 9").wait_for()
+    await page.goto(host_site.url("console-offline"))
+    await preview.locator(".hb-offline").wait_for()
+    await page.evaluate(post, {"texts": {"away_message": "Back at 9"}})
+    await preview.locator(".hb-offline .hb-note", has_text="Back at 9").wait_for()
 
 
 async def test_hosted_chat_page_over_long_poll_on_a_phone(

@@ -3,8 +3,10 @@ and the service answers normally afterwards."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import logging
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -12,9 +14,13 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 import tornado.httpclient
+import tornado.httpserver
+import tornado.testing
 import tornado.websocket
 
 from libs.common.settings import Settings
+from libs.common.web import http_server_options
+from services.rpc_frontend.app import make_app
 from tests.rpc_frontend.conftest import Api, RunningFrontend, StartFrontend
 
 SURROGATE = '"\\ud800"'  # a lone surrogate, as JSON escapes it (valid JSON, not valid text)
@@ -210,3 +216,60 @@ async def test_page_views_are_limited_per_visitor(start_frontend: StartFrontend,
     # A session call that records a page counts against the same visitor.
     response = await api.call("POST", "/session", {"token": visitor["token"], "page": {"url": "http://127.0.0.1/x"}})
     assert response.code == 429
+
+
+# --- what leaks, who frames, who dawdles ------------------------------------------------------
+async def test_visitor_tokens_never_reach_the_access_log(
+    fe: RunningFrontend, api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="tornado.access")
+    visitor = await api.session()
+    token = visitor["token"]
+    await api.ok("GET", f"/messages?token={token}&after=0")
+    await api.call("GET", f"/poll?conversation_id=&token={token}x&after=0")  # a 401, logged as a warning
+    socket = await tornado.websocket.websocket_connect(
+        fe.url.replace("http", "ws") + f"/api/sites/{api.site_id}/ws?token={token}"
+    )
+    socket.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "tornado.access"]
+    assert any("/messages?token=…&after=0" in line for line in lines), lines
+    assert any(" 401 " in f" {line} " for line in lines), lines
+    visitor_id = token.partition(".")[0]
+    assert not [line for line in lines if visitor_id in line], lines
+
+
+async def test_only_the_console_may_frame_the_preview(fe: RunningFrontend, api: Api) -> None:
+    client = tornado.httpclient.AsyncHTTPClient()
+    response = await client.fetch(f"{fe.url}/preview/{api.site_id}")
+    console = fe.settings.console_public_url.rstrip("/")
+    assert response.headers["Content-Security-Policy"] == f"frame-ancestors {console}"
+    assert f'"console_origin": "{console}"' in response.body.decode()
+
+
+async def test_slow_clients_are_cut_off(api: Api, fe: RunningFrontend) -> None:
+    """A request head or body that never finishes is closed (timeouts shortened here)."""
+    server = tornado.httpserver.HTTPServer(make_app(fe.frontend), **http_server_options(1024, idle_s=0.5, body_s=0.5))
+    sock, port = tornado.testing.bind_unused_port()
+    server.add_sockets([sock])
+    try:
+        stalled = (
+            b"GET /api/sites/x/status HTTP/1.1\r\nHost: a\r\n",  # the head never ends
+            b"POST /x HTTP/1.1\r\nContent-Length: 900\r\n\r\n{",  # the body never arrives
+        )
+        for start in stalled:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(start)
+            await writer.drain()
+            # Closed by the server (read() returns at EOF), with a 400 at most, never a 200.
+            answer = await asyncio.wait_for(reader.read(), 30)
+            assert answer == b"" or answer.startswith(b"HTTP/1.1 400"), answer
+            writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /x HTTP/1.1\r\nContent-Length: 5000\r\n\r\n")  # over the body limit
+        await writer.drain()
+        assert (await asyncio.wait_for(reader.read(), 30)).startswith(b"HTTP/1.1 4")
+        writer.close()
+    finally:
+        server.stop()
+        await server.close_all_connections()
+    await assert_healthy(api)

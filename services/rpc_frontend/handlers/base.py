@@ -12,7 +12,7 @@ import tornado.web
 
 from libs.common.ratelimit import RateLimited
 from libs.common.sitedir import SiteConfig, UnknownSite
-from libs.common.web import allowed_methods, set_allow_header
+from libs.common.web import RedactedLogs, allowed_methods, set_allow_header
 from services.rpc_frontend.chat import OUTAGES, RETRY_AFTER_S, Invalid, SessionExpired, TooLarge, Visitor
 from services.rpc_frontend.context import Frontend
 from services.rpc_frontend.inputs import json_object
@@ -38,7 +38,7 @@ class ApiError(tornado.web.HTTPError):
         self.retry_after_s = retry_after_s
 
 
-class ApiHandler(tornado.web.RequestHandler):
+class ApiHandler(RedactedLogs):
     frontend: Frontend
     site: SiteConfig
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import tornado.web
 
@@ -24,6 +25,12 @@ STATIC = Path(__file__).resolve().parents[1] / "static"
 LOADER_MAX_AGE_S = 300
 # Versioned widget assets (?v=<content hash>) never change under their URL.
 VERSIONED_MAX_AGE_S = 365 * 24 * 3600
+
+
+def origin_of(url: str) -> str:
+    """scheme://host[:port] of a URL, as CSP and postMessage compare origins."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def script_json(value: Any) -> str:
@@ -128,9 +135,12 @@ class PreviewHandler(PageHandler):
         name = await self.site_name(site_id)
         # ?view=offline previews the offline form (away text and form labels) instead.
         offline = self.get_query_argument("view", "") == "offline"
-        self.finish(
-            widget_page(self.assets, f"Preview: {name}", {"mode": "preview", "site": site_id, "offline": offline})
-        )
+        console = origin_of(self.frontend.settings.console_public_url)
+        # Only the console may frame the preview (which obeys its parent's postMessage):
+        # any other page that framed it could make it show texts of its own choosing.
+        self.set_header("Content-Security-Policy", f"frame-ancestors {console}")
+        config = {"mode": "preview", "site": site_id, "offline": offline, "console_origin": console}
+        self.finish(widget_page(self.assets, f"Preview: {name}", config))
 
 
 class DemoHandler(PageHandler):

@@ -22,7 +22,7 @@ import tornado.websocket
 
 from libs.common.ratelimit import RateLimited
 from libs.common.sitedir import UnknownSite
-from libs.common.web import set_allow_header
+from libs.common.web import RedactedLogs, set_allow_header
 from services.rpc_frontend.chat import OUTAGES, RETRY_AFTER_S, Invalid, SessionExpired, TooLarge, Visitor
 from services.rpc_frontend.context import Frontend
 from services.rpc_frontend.handlers.api import status_json
@@ -59,7 +59,7 @@ PING_INTERVAL_S = 45
 MAX_WS_MESSAGE_BYTES = 64 * 1024
 
 
-class ReceiveSocket(tornado.websocket.WebSocketHandler):
+class ReceiveSocket(RedactedLogs, tornado.websocket.WebSocketHandler):
     """WS /api/sites/<site>/ws?token=…&conversation_id=…&after=N."""
 
     def initialize(self, frontend: Frontend) -> None:

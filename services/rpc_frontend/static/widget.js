@@ -489,7 +489,10 @@
     bubble("operator", "We do: 3-5 business days.", "Alice", Date.now());
   }
   if (mode === "preview") {
+    // Only the console that frames this preview may restyle it (the server also allows
+    // only that origin as a frame ancestor): any other page's message is ignored.
     window.addEventListener("message", function (e) {
+      if (e.origin !== config.console_origin || e.source !== window.parent) return;
       var data = e.data;
       if (data && data.type === "habla:theme" && data.theme && typeof data.theme === "object") applyTheme(data.theme);
     });
