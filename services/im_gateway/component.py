@@ -179,14 +179,22 @@ class GatewayComponent(ComponentXMPP):
         self._written += 1
         metrics.STANZAS_SENT.labels(stanza.name).inc()
 
-    async def confirm(self) -> None:
-        """Return once the server has every stanza written so far on this stream;
-        XmppUnavailable if the stream was lost first (then they must be sent again).
+    def ticket(self) -> tuple[int, int]:
+        """Where the stream is now (stream number, stanzas written): confirm(ticket)
+        later covers everything written up to here."""
+        return self._stream, self._written
+
+    async def confirm(self, ticket: tuple[int, int] | None = None) -> None:
+        """Return once the server has every stanza written so far on this stream (or up
+        to ``ticket``); XmppUnavailable if the stream was lost first (then they must be
+        sent again).
 
         One ping at a time: waiters whose stanzas it covers share it; those who wrote
         after it was sent share the next one (so a busy gateway pings once per batch).
         """
-        stream, mark = self._stream, self._written
+        stream, mark = ticket or (self._stream, self._written)
+        if self._stream != stream:
+            raise XmppUnavailable("the XMPP stream was lost before the server confirmed")
         while self._confirmed < mark:
             if self._stream != stream or not self.ready.is_set():
                 raise XmppUnavailable("the XMPP stream was lost before the server confirmed")

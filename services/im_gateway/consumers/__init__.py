@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from libs.common.messaging import Envelope
@@ -33,7 +34,22 @@ class Stream(Protocol):
 
     ready: asyncio.Event
 
-    async def confirm(self) -> None: ...
+    def ticket(self) -> tuple[int, int]: ...
+
+    async def confirm(self, ticket: tuple[int, int] | None = None) -> None: ...
+
+
+@dataclass(eq=False)
+class Written:
+    """A message whose stanzas are written but not yet confirmed by the server."""
+
+    envelope: Envelope
+    ticket: tuple[int, int]
+    rewritten: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def _lane_key(envelope: Envelope) -> str:
+    return str(getattr(envelope.struct, "visitor_id", "") or "")
 
 
 class Unhandled(Exception):
@@ -53,23 +69,35 @@ class SerialConsumer:
         self._stream = stream
         self._ready = stream.ready
         self._lanes = Lanes(LANES)
+        # Per lane key: messages written, not yet confirmed, in the order written.
+        self._unconfirmed: dict[str, list[Written]] = {}
+        self._confirming: set[asyncio.Task[None]] = set()
 
     async def receive(self, envelope: Envelope) -> None:
-        key = str(getattr(envelope.struct, "visitor_id", "") or "")
-        await self._lanes.submit(key, lambda: self._settle(envelope))
+        await self._lanes.submit(_lane_key(envelope), lambda: self._settle(envelope))
 
     async def close(self) -> None:
         await self._lanes.close()
+        for task in list(self._confirming):
+            task.cancel()
+        if self._confirming:
+            await asyncio.wait(set(self._confirming), timeout=1.0)
 
     async def _settle(self, envelope: Envelope) -> None:
+        """In the visitor's lane: write the message's stanzas, then move on to the
+        next one while a task of its own waits for the server's confirmation (the
+        barrier) and acknowledges. A visitor's lines are thus written back to back,
+        one confirmation covering many, instead of one round trip each."""
+        key = _lane_key(envelope)
         while True:
             await self._ready.wait()
             try:
-                if not await self.desk.delivered.seen(envelope.message_id):
-                    await self.desk.delivered.ready()
-                    await self.consume(envelope.type_name, envelope.struct)
-                    await self._stream.confirm()  # the server has it: now it is delivered
-                    await self.desk.delivered.mark_now(envelope.message_id)
+                await self._rewrite_lost(key)
+                if await self.desk.delivered.seen(envelope.message_id):
+                    await envelope.ack()
+                    return
+                await self.desk.delivered.ready()
+                await self.consume(envelope.type_name, envelope.struct)
             except XmppUnavailable:
                 await asyncio.sleep(STREAM_WAIT_S)
                 continue
@@ -80,8 +108,56 @@ class SerialConsumer:
                 log.exception("message handling failed", extra={"id": envelope.message_id})
                 await envelope.retry(f"{exc.__class__.__name__}: {exc}")
                 return
-            await envelope.ack()
+            written = Written(envelope, self._stream.ticket())
+            self._unconfirmed.setdefault(key, []).append(written)
+            task = asyncio.create_task(self._confirm(key, written))
+            self._confirming.add(task)
+            task.add_done_callback(self._confirming.discard)
             return
+
+    async def _rewrite_lost(self, key: str) -> None:
+        """Write again, in order, what this visitor's lane wrote on a stream that was
+        lost before the server confirmed it: before anything newer, so the operator
+        sees the lines in the order written."""
+        current = self._stream.ticket()[0]
+        for written in list(self._unconfirmed.get(key, ())):
+            if written.ticket[0] != current:
+                await self.consume(written.envelope.type_name, written.envelope.struct)
+                written.ticket = self._stream.ticket()
+                written.rewritten.set()
+
+    async def _confirm(self, key: str, written: Written) -> None:
+        try:
+            while True:
+                try:
+                    await self._stream.confirm(written.ticket)
+                    break
+                except XmppUnavailable:
+                    # Lost with the stream: the lane writes it again once the stream is
+                    # back (ahead of the visitor's newer lines), then we wait again.
+                    written.rewritten.clear()
+                    await self._ready.wait()
+                    await self._lanes.submit(key, lambda: self._rewrite_job(key))
+                    await written.rewritten.wait()
+            await self.desk.delivered.mark_now(written.envelope.message_id)
+            await written.envelope.ack()
+        except Exception:  # unacknowledged: RabbitMQ redelivers it when the channel closes
+            log.exception("confirming a message failed", extra={"id": written.envelope.message_id})
+        finally:
+            pending = self._unconfirmed.get(key, [])
+            if written in pending:
+                pending.remove(written)
+            if not pending:
+                self._unconfirmed.pop(key, None)
+
+    async def _rewrite_job(self, key: str) -> None:
+        while True:
+            await self._ready.wait()
+            try:
+                await self._rewrite_lost(key)
+                return
+            except XmppUnavailable:
+                await asyncio.sleep(STREAM_WAIT_S)
 
     async def consume(self, type_name: str, struct: Any) -> None:
         raise NotImplementedError
