@@ -47,7 +47,7 @@ from aio_pika.abc import (
 )
 from prometheus_client import Counter
 
-from libs.common import codec, plausible, topology
+from libs.common import amqp_cluster, codec, plausible, topology
 from libs.common.settings import Settings
 from libs.common.topology import QueueSpec
 
@@ -121,8 +121,8 @@ class Bus:
     @classmethod
     async def connect(cls, settings: Settings, name: str) -> Bus:
         """Connect with a name that shows in the broker's connection list."""
-        connection = await aio_pika.connect_robust(
-            settings.amqp_url,
+        connection = await amqp_cluster.connect(
+            settings.amqp_urls,
             client_properties={"connection_name": f"habla.{name}.{settings.frontend_id}"},
         )
         # on_return_raises: an unroutable mandatory publish fails loudly instead of vanishing.
@@ -182,7 +182,7 @@ class Bus:
             await queue.bind(await self._exchange(exchange, channel), routing_key=key)
         # Every queue has a dead-letter queue. A transient per-instance queue shares one
         # durable dead-letter queue with its kind (it outlives the instance).
-        dead = await channel.declare_queue(spec.dead_letter_queue, durable=True)
+        dead = await channel.declare_queue(spec.dead_letter_queue, durable=True, arguments=self._replicated())
         await dead.bind(await self._exchange(topology.DEAD, channel), routing_key=spec.dead_letter_key)
         if spec.retry:
             for delay in self._settings.retry_delays_ms:
@@ -195,9 +195,21 @@ class Bus:
                         "x-message-ttl": delay,
                         "x-dead-letter-exchange": "",
                         "x-dead-letter-routing-key": spec.name,
+                        **self._replicated(retry=True),
                     },
                 )
         return queue
+
+    def _replicated(self, *, retry: bool = False) -> dict[str, Any]:
+        """Arguments that make a retry or dead-letter queue a quorum queue (HABLA_AMQP_QUORUM)."""
+        if not self._settings.amqp_quorum:
+            return {}
+        if not retry:
+            return {"x-queue-type": "quorum"}
+        # A quorum queue dead-letters at most once by default: a parked retry expiring
+        # while the work queue has no leader would be dropped. at-least-once keeps it
+        # until the work queue confirms it (RabbitMQ requires reject-publish with it).
+        return {"x-queue-type": "quorum", "x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
 
     # --- publishing --------------------------------------------------------------------
     async def publish(

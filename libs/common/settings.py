@@ -78,6 +78,9 @@ class Settings:
     environment: str = field(default=DEVELOPMENT, metadata={"env": "HABLA_ENV"})
 
     # --- backing servers -------------------------------------------------------------
+    # One broker, or the nodes of a RabbitMQ cluster comma-separated (a comma in a
+    # password is written %2C): a service connects to one of them at random and moves
+    # to the next when its node goes away (libs/common/amqp_cluster.py).
     amqp_url: str = field(default="amqp://guest:guest@127.0.0.1:5672/", metadata={"env": "HABLA_AMQP_URL"})
     redis_url: str = field(default="redis://127.0.0.1:6379/0", metadata={"env": "HABLA_REDIS_URL"})
     # Every Redis key and pub/sub channel starts with this, so several deployments
@@ -110,6 +113,12 @@ class Settings:
     # Unacknowledged messages a consumer holds at once: enough to batch MySQL writes
     # (archive batches up to 200), small enough that a crash redelivers little.
     amqp_prefetch: int = field(default=200, metadata={"env": "HABLA_AMQP_PREFETCH"})
+    # Work queues are always quorum queues. On: retry and dead-letter queues are quorum
+    # queues too (replicated). Needed on a cluster: a classic durable queue lives on one
+    # node, and while that node is down declaring it fails, which stops every service
+    # from reconnecting. Off by default because an existing broker already holds them
+    # as classic queues and RabbitMQ refuses to redeclare a queue with another type.
+    amqp_quorum: bool = field(default=False, metadata={"env": "HABLA_AMQP_QUORUM"})
     # Retry delays in ms for a failing handler, one per attempt; then dead-letter.
     amqp_retry_delays_ms: str = field(default="1000,5000,30000", metadata={"env": "HABLA_AMQP_RETRY_DELAYS_MS"})
 
@@ -275,6 +284,17 @@ class Settings:
                 f"use a random string of {MIN_SECRET_KEY_CHARS}+ "
                 "(python3 -c 'import secrets; print(secrets.token_urlsafe(48))')"
             )
+
+    @property
+    def amqp_urls(self) -> list[str]:
+        """The broker nodes of HABLA_AMQP_URL, in the order given."""
+        urls = [part.strip() for part in self.amqp_url.split(",") if part.strip()]
+        if not urls:
+            raise SettingsError("HABLA_AMQP_URL is empty; set it to amqp://user:password@host:5672/vhost")
+        for url in urls:
+            if not url.startswith(("amqp://", "amqps://")):
+                raise SettingsError(f"HABLA_AMQP_URL: {url[:64]!r} is not an amqp:// or amqps:// URL")
+        return urls
 
     @property
     def trusted_proxy_list(self) -> list[str]:
