@@ -85,10 +85,6 @@ class GatewayComponent(ComponentXMPP):
         self.add_event_handler("reconnect_delay", self._cap_connect_delay)
 
     # --- lifecycle -----------------------------------------------------------------
-    def start(self) -> None:
-        self._stopping = False
-        self.connect()
-
     async def stop(self) -> None:
         self._stopping = True
         if self._reconnect_task:

@@ -43,9 +43,9 @@ log = logging.getLogger(__name__)
 # Each step of a graceful stop gets this long: docker stops a container 10 s after
 # SIGTERM, and nothing is lost by giving up (RabbitMQ redelivers, leases expire).
 STOP_STEP_S = 3.0
-# A standby tries the component connection this often: a takeover costs at most this
-# plus a handshake (~10 ms on loopback), while a refused attempt costs the XMPP server
-# one short-lived connection per second.
+# A standby checks the lease (and, once it is vacant, tries the component connection)
+# this often: a takeover costs at most this after the dead holder's lease turns stale
+# (services.im_gateway.lease.DomainLease.vacant), plus a handshake (~10 ms on loopback).
 STANDBY_RETRY_S = 1.0
 # One claim attempt: a handshake takes milliseconds; a server that does not answer
 # within this long is treated as unreachable for this attempt.
@@ -139,11 +139,14 @@ class Gateway:
             self._on_session_start(None)  # the stream came up before the operators were loaded
 
     async def _claim_domain(self) -> None:
-        """Try the component connection about once a second until the XMPP server lets
-        us in (it admits one connection per component domain: while another gateway
-        is connected we are refused). A dead active gateway's stream closes with its
-        process, so a standby takes over within a second or two, not a lease TTL."""
-        while not await self.component.claim(CLAIM_WITHIN_S):
+        """About once a second: if the lease's holder has stopped renewing it (or there
+        is none), try the component connection; the XMPP server lets us in only once
+        the old holder's stream is gone (Prosody admits one connection per component
+        domain). A dead gateway misses its renewals (every second) and its stream
+        closes with its process, so a standby takes over within a few seconds, not a
+        lease TTL; a live one is never displaced, also on servers (ejabberd) that
+        would admit a second connection."""
+        while not (await self.lease.vacant() and await self.component.claim(CLAIM_WITHIN_S)):
             if not self.standing_by:
                 log.info(
                     "another gateway serves this component domain; standing by",
@@ -260,7 +263,7 @@ class Gateway:
         if not self.active:
             raise Standby(
                 f"standby: another gateway serves {self.settings.xmpp_component_domain}; "
-                f"this one takes over within about {STANDBY_RETRY_S:.0f} s of its end"
+                "this one takes over within seconds of its end"
             )
         if not self.component.ready.is_set():
             raise ConnectionError("active gateway without an XMPP stream (reconnecting)")

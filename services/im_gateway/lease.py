@@ -1,10 +1,11 @@
 """One active gateway per component domain: a Redis lease with a token.
 
-The XMPP server is the fence: it accepts one connection per component domain (Prosody
-refuses a second one with <conflict/>), so a standby tries the component connection
-about once a second and, once in, takes the lease (services.im_gateway.gateway). The
-lease then tells a holder that is still alive -- cut off from the XMPP server, say --
-that it was replaced, at its next renewal.
+The holder renews every second; a standby checks about once a second and, once the
+holder has missed renewals, tries the component connection. The XMPP server is the
+fence: Prosody admits one connection per component domain (a second gets <conflict/>),
+so the standby gets in only once the old stream is gone, then takes the lease
+(services.im_gateway.gateway). A holder still alive -- cut off from Redis and XMPP,
+say -- finds another token at its next renewal and stops.
 """
 
 from __future__ import annotations
@@ -26,6 +27,11 @@ class LeaseLost(RuntimeError):
     """Another instance holds the lease now: this one must stop acting."""
 
 
+# See DomainLease.renew_s and DomainLease.vacant.
+RENEW_MAX_S = 1.0
+STALE_RENEWALS = 2.5
+
+
 class DomainLease:
     def __init__(self, redis: aioredis.Redis, settings: Settings) -> None:
         self._redis = redis
@@ -37,6 +43,24 @@ class DomainLease:
         self._key = self._lease.key
         self._ttl_ms = self._lease.ttl_ms
         self.token = self._lease.token
+        # Renewed every second (or ttl/3 if shorter): one Redis call a second, and a
+        # standby can tell a dead holder within a few seconds, long before the TTL.
+        self.renew_s = min(self._ttl_ms / 3000, RENEW_MAX_S)
+
+    async def vacant(self) -> bool:
+        """May a standby claim the domain? Yes if nobody holds the lease, or its holder
+        has missed renewals (it died: its remaining time fell STALE_RENEWALS renewal
+        periods below the TTL). Not while a live holder renews it: servers that admit
+        several connections per component domain (ejabberd balances between them)
+        would otherwise let a standby in beside it."""
+        try:
+            holder = await self._redis.get(self._key)
+            if holder is None or holder == self.token:
+                return True
+            remaining_ms = await self._redis.pttl(self._key)
+        except (RedisError, OSError):
+            return False  # cannot tell: the holder may be fine
+        return bool(remaining_ms < self._ttl_ms - STALE_RENEWALS * self.renew_s * 1000)
 
     async def acquire(self) -> None:
         """Wait until this instance holds the lease."""
@@ -72,7 +96,7 @@ class DomainLease:
         gateway; once Redis is back, the renewal tells whether we still hold it."""
         unreachable = False
         while True:
-            await asyncio.sleep(self._ttl_ms / 3000)
+            await asyncio.sleep(self.renew_s)
             try:
                 held = await self._lease.acquire()
             except (RedisError, OSError) as exc:

@@ -1,7 +1,7 @@
 """A gateway environment of its own (vhost, Redis prefix, Prosody) for subprocess gateways.
 
 The session's in-process gateway holds the run's component domain and consumes the
-run's im_gateway.visitor queue; a subprocess gateway needs its own of both.
+run's im_gateway.<domain>.visitor queue; a subprocess gateway needs its own of both.
 """
 
 from __future__ import annotations

@@ -112,7 +112,12 @@ async def test_lines_written_but_unconfirmed_when_the_gateway_dies_arrive_after_
 
             restarted = env.start_gateway("gateway-2")
             await wait_until(lambda: expected <= {r.body for r in operator.received}, 60)
-            await asyncio.sleep(2.0)  # a late copy would arrive by now
+            # The restarted gateway has worked through the redelivered lines once each
+            # visitor's next line (queued behind them) has arrived.
+            for n, visitor in enumerate(visitors):
+                await visitor_says(visitor, f"later {n}")
+            await wait_until(lambda: sum(1 for r in operator.received if r.body.startswith("later ")) >= VISITORS, 60)
+            await asyncio.sleep(1.0)  # a late copy would arrive by now
             received = [r for r in operator.received if r.kind == "message" and r.body.startswith("line ")]
             bodies, copies = shown_once(received)
             counts = collections.Counter(bodies)
