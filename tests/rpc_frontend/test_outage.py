@@ -70,7 +70,7 @@ async def test_post_answers_503_with_retry_after_and_the_resend_goes_through(
         await asyncio.sleep(min(float(response.headers["Retry-After"]), 1.0))
     assert response.code == 200, (response.code, response.body)
     sent = json.loads(response.body)
-    message = await captured.next("ChatMessage", message_id=line["message_id"])
+    message = await captured.next("ChatMessage", message_id=line["message_id"], wait_s=30)
     assert message.seq == sent["seq"] == 1
     again = await api.ok("POST", "/messages", line)
     assert again["seq"] == sent["seq"] and again["duplicate"] is True
@@ -110,7 +110,7 @@ async def test_websocket_send_gets_an_error_frame_and_stays_open(
         await asyncio.sleep(0.5)
     sent = reply
     assert sent["message_id"] == message_id
-    message = await captured.next("ChatMessage", message_id=message_id)
+    message = await captured.next("ChatMessage", message_id=message_id, wait_s=30)
     assert message.seq == sent["seq"]
     socket.close()
 
@@ -187,6 +187,6 @@ async def test_a_line_whose_widget_is_gone_is_published_again_by_the_sweep(
     await _broker_back(fe)
     # The widget never resends (its page is gone): the sweep publishes what the log holds.
     assert await fe.frontend.chat.unconfirmed.sweep(grace_s=0) == 1
-    message = await captured.next("ChatMessage", message_id=line["message_id"])
+    message = await captured.next("ChatMessage", message_id=line["message_id"], wait_s=30)
     assert (message.body, message.seq, message.conversation_id) == (line["body"], 2, sent["conversation_id"])
     assert await fe.frontend.chat.unconfirmed.sweep(grace_s=0) == 0  # once
