@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import sys
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ from typing import Any
 
 import aio_pika
 import aiormq.exceptions
+import redis.exceptions
+import sqlalchemy.exc
 from aio_pika.abc import (
     AbstractChannel,
     AbstractExchange,
@@ -80,6 +83,19 @@ class BrokerUnavailable(ConnectionError):
     message id later (HTTP 503 + Retry-After to a widget)."""
 
 
+# A handler failing with one of these met an outage (Redis, MySQL or RabbitMQ down or
+# loading), not a bad message: its retries wait the outage out (``is_outage``).
+# ConnectionError covers refused and reset connections at the socket level.
+OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
+    BrokerUnavailable,
+    ConnectionError,
+    TimeoutError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    sqlalchemy.exc.OperationalError,
+)
+
+
 @dataclass
 class Envelope:
     """A decoded message plus what a handler needs to know about its delivery."""
@@ -98,8 +114,13 @@ class Envelope:
         await self._message.ack()
         CONSUMED.labels(self._consumer.spec.name, "ack").inc()
 
-    async def retry(self, reason: str) -> None:
-        await self._consumer.retry(self._message, reason)
+    async def retry(self, reason: str, error: BaseException | None = None) -> None:
+        """Retry later. ``error`` (by default the exception being handled, as a handler
+        that settles its own messages calls this from its ``except`` block) decides
+        whether this is an outage, which is waited out and never dead-lettered."""
+        if error is None:
+            error = sys.exc_info()[1]
+        await self._consumer.retry(self._message, reason, outage=is_outage(error))
 
     async def dead_letter(self, reason: str) -> None:
         await self._consumer.dead_letter(self._message, reason)
@@ -358,7 +379,7 @@ class _Consumer:
             return
         except Exception as exc:  # any handler failure is retried, then dead-lettered
             log.exception("handler failed", extra={"queue": self.spec.name, "id": envelope.message_id})
-            await self.retry(message, f"{exc.__class__.__name__}: {exc}")
+            await self.retry(message, f"{exc.__class__.__name__}: {exc}", outage=is_outage(exc))
             return
         if not self.manual:
             await envelope.ack()
@@ -390,13 +411,24 @@ class _Consumer:
             _consumer=self,
         )
 
-    async def retry(self, message: AbstractIncomingMessage, reason: str) -> None:
+    async def retry(self, message: AbstractIncomingMessage, reason: str, *, outage: bool = False) -> None:
         delays = self.retry_delays_ms
         attempt = plausible.header_int(message.headers, ATTEMPT_HEADER)
-        if attempt >= len(delays):
+        if outage and delays:
+            # Redis, MySQL or RabbitMQ down is not the message's fault: wait it out at
+            # the longest delay as long as it lasts, and never dead-letter for it (a
+            # 10 s Redis outage used to exhaust short retry delays and drop a line).
+            attempt = min(attempt, len(delays) - 1)
+        elif attempt >= len(delays):
             await self.dead_letter(message, f"gave up after {attempt + 1} attempts: {reason}")
             return
-        copy = _copy(message, {ATTEMPT_HEADER: attempt + 1, REASON_HEADER: reason[:1000]})
+        copy = _copy(
+            message,
+            {
+                ATTEMPT_HEADER: min(attempt + 1, len(delays) - 1) if outage else attempt + 1,
+                REASON_HEADER: reason[:1000],
+            },
+        )
         await self.bus.publish_raw("", self.spec.retry_queue(delays[attempt]), copy)
         await message.ack()
         CONSUMED.labels(self.spec.name, "retry").inc()
@@ -407,6 +439,16 @@ class _Consumer:
         await self.bus.publish_raw(topology.DEAD, self.spec.name, copy, mandatory=True)
         await message.ack()
         CONSUMED.labels(self.spec.name, "dead").inc()
+
+
+def is_outage(error: BaseException | None) -> bool:
+    """Is ``error`` (or what caused it) a server being unreachable for a while?"""
+    seen = 0
+    while error is not None and seen < 5:
+        if isinstance(error, OUTAGE_ERRORS):
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
 
 
 class _Poison(Exception):

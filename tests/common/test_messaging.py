@@ -12,6 +12,7 @@ from typing import Any
 
 import aio_pika
 import pytest
+import redis.exceptions
 
 from libs.common import codec, topology
 from libs.common.messaging import REASON_HEADER, SOURCE_HEADER, Bus, Envelope, Permanent
@@ -144,6 +145,38 @@ async def test_handler_that_recovers_on_retry_is_acked_once(make_bus: MakeBus) -
     await bus.consume(spec, handler)
     await bus.publish(topology.VISITOR, "recover.message", _message())
     assert await asyncio.wait_for(done.get(), 5) == 1
+    assert await _dead_letters(bus, spec, 1, wait_s=0.5) == []
+
+
+@pytest.mark.parametrize("manual", [False, True])
+async def test_an_outage_longer_than_every_retry_delay_is_waited_out(make_bus: MakeBus, manual: bool) -> None:
+    """Redis down for longer than all retry delays together: the line is still handled
+    once the outage ends, never dead-lettered (both for handlers that raise and for
+    handlers that settle their own messages, like the gateway's)."""
+    bus = await make_bus("outage")
+    spec = _spec("outage")
+    failures = 6  # more than the 2 retry delays of the test settings
+    done: asyncio.Queue[int] = asyncio.Queue()
+    seen: list[int] = []
+
+    async def handler(envelope: Envelope) -> None:
+        seen.append(envelope.attempt)
+        if len(seen) <= failures:
+            error = redis.exceptions.ConnectionError("Error 111 connecting to 127.0.0.1:6379")
+            if not manual:
+                raise error
+            try:
+                raise error
+            except redis.exceptions.ConnectionError as exc:
+                await envelope.retry(f"{exc}")
+                return
+        await done.put(len(seen))
+        if manual:
+            await envelope.ack()
+
+    await bus.consume(spec, handler, manual=manual)
+    await bus.publish(topology.VISITOR, "outage.message", _message())
+    assert await asyncio.wait_for(done.get(), 20) == failures + 1
     assert await _dead_letters(bus, spec, 1, wait_s=0.5) == []
 
 

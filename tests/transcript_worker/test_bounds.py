@@ -7,17 +7,20 @@ from __future__ import annotations
 import resource
 import time
 import uuid
+from typing import Any
 
 import redis.asyncio as aioredis
 import sqlalchemy as sa
 
 from libs.common import codec, plausible
+from libs.common.db import site_store
 from libs.common.settings import Settings
 from libs.common.state.conversations import ConversationLog, chat_line
+from services.transcript_worker import archive_store
 from services.transcript_worker.transcript_builder import TranscriptBuilder
 
 
-def _closed(conversation_id: str, last_seq: int) -> object:
+def _closed(conversation_id: str, last_seq: int) -> Any:
     return codec.ConversationClosed(
         conversation_id=conversation_id,
         site_id="4324-24618-10-8812",
@@ -41,3 +44,35 @@ async def test_the_largest_plausible_last_seq_costs_what_the_log_holds(
     assert missing == [1, 2, 3]  # what the log has and the archive lacks, nothing more
     # A list of ten million ints alone would take ~400 MB; allow a little for the run.
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before < 50 * 1024
+
+
+async def test_a_line_the_archive_never_takes_becomes_a_gap_note_after_a_bounded_wait(
+    settings: Settings, engine: sa.Engine, redis_client: aioredis.Redis
+) -> None:
+    with engine.begin() as conn:
+        account = site_store.account_for_email(conn, "gap@shop.example")
+        site_id = site_store.create_site(conn, account, "Gap").id
+    log = ConversationLog(redis_client, settings)
+    conversation = uuid.uuid4().hex
+    first, second = uuid.uuid4().hex, uuid.uuid4().hex
+    await log.append(conversation, first, chat_line("visitor", "one", 1_700_000_000_000), new_conversation=True)
+    await log.append(conversation, second, chat_line("visitor", "two", 1_700_000_001_000))
+    # MySQL already holds the second line's id under seq 1 (say, before Redis was
+    # rewound): the log's copy at seq 2 can never be archived.
+    batch = archive_store.Batch()
+    batch.add(
+        codec.ChatMessage(
+            message_id=second, conversation_id=conversation, site_id=site_id, visitor_id="v",
+            sender=codec.SenderKind.VISITOR, body="two", sent_at_ms=1_700_000_001_000, seq=1,
+        ),
+        second,
+    )  # fmt: skip
+    archive_store.write(engine, batch)
+    closed = _closed(conversation, 2)
+    closed.site_id = site_id
+    builder = TranscriptBuilder(engine, redis_client, settings)
+    gaps = await builder.wait_until_archived(closed, 0.2)
+    assert gaps == [2]
+    transcript = await builder.build(closed, "Gap", {}, gaps)
+    assert transcript.messages[-1].sender == codec.SenderKind.SYSTEM
+    assert "could not be archived in time (seq 2)" in transcript.messages[-1].body
