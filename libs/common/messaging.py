@@ -83,13 +83,12 @@ class BrokerUnavailable(ConnectionError):
     message id later (HTTP 503 + Retry-After to a widget)."""
 
 
-# A handler failing with one of these met an outage (Redis, MySQL or RabbitMQ down or
-# loading), not a bad message: its retries wait the outage out (``is_outage``).
-# ConnectionError covers refused and reset connections at the socket level.
+# A handler failing with one of these met an outage of our own servers (Redis, MySQL
+# or RabbitMQ down or loading), not a bad message: its retries wait the outage out
+# (``is_outage``). Other peers' failures (an SMTP server refusing us, which may be a
+# wrong address for good) keep the retry budget and end in the dead-letter queue.
 OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
     BrokerUnavailable,
-    ConnectionError,
-    TimeoutError,
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
     sqlalchemy.exc.OperationalError,
