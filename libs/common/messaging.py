@@ -155,9 +155,12 @@ class Bus:
         await self.connection.close()
 
     async def ping(self) -> None:
-        """Health check: the connection is open."""
+        """Health check: the connection is open and its publishing channel restored
+        (after a reconnect the channels come back a moment after the connection)."""
         if self.connection.is_closed or not self.connection.connected.is_set():
             raise ConnectionError("not connected to RabbitMQ")
+        if self._channel.is_closed:
+            raise ConnectionError("RabbitMQ channel not restored yet")
 
     # --- topology ----------------------------------------------------------------------
     async def declare_topology(self, queues: tuple[QueueSpec, ...] = topology.WORK_QUEUES) -> None:

@@ -48,7 +48,15 @@ async def _broker_down(fe: RunningFrontend) -> None:
 
 
 async def _broker_back(fe: RunningFrontend) -> None:
-    await _until(lambda: fe.bus.connection.connected.is_set())
+    """Until the bus is usable again: its channels are restored after the connection."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            await fe.bus.ping()
+            return
+        except ConnectionError:
+            assert time.monotonic() < deadline, "the bus did not come back"
+            await asyncio.sleep(0.02)
 
 
 async def test_post_answers_503_with_retry_after_and_the_resend_goes_through(

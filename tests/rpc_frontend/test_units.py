@@ -123,5 +123,9 @@ async def test_assets_pages_and_openapi_are_served(fe: RunningFrontend, site_id:
     missing = await get("/chat/1111-22222-33-4444")
     assert missing.code == 404 and b"no site 1111-22222-33-4444" in missing.body
     health = await get("/healthz")
-    assert health.code == 200 and json.loads(health.body)["checks"] == {"redis": "ok", "rabbitmq": "ok"}
+    assert health.code == 200 and json.loads(health.body)["checks"] == {
+        "redis": "ok",
+        "rabbitmq": "ok",
+        "serving": "ok",
+    }
     assert (await get("/nope")).code == 404
