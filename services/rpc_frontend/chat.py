@@ -29,7 +29,12 @@ from services.rpc_frontend.unconfirmed import Unconfirmed, UnconfirmedLines
 # Always used with fullmatch: a "$" would also accept a trailing newline.
 MESSAGE_ID_RE = re.compile(r"[A-Za-z0-9_-]{8,64}")
 # A pragmatic address check (one @, a dot in the domain); the mail server decides.
-EMAIL_RE = re.compile(r"[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+")
+# Characters are named explicitly (not "\s"): Python's and JavaScript's "\s" differ, and
+# /openapi.json states the same pattern, so a generated valid address is valid here too.
+_ADDRESS_CHAR = r"[^@<>\u0000-\u0020\u007f]"
+EMAIL_RE = re.compile(rf"{_ADDRESS_CHAR}+@{_ADDRESS_CHAR}+\.{_ADDRESS_CHAR}+")
+# What is trimmed from a field (ASCII blanks; str.strip() would also eat \x1c-\x1f).
+BLANKS = " \t\n\r"
 # Name, phone and page fields: longer than any real one, short enough for a roster line.
 MAX_FIELD_CHARS = 200
 MAX_URL_CHARS = 2000  # the classic practical URL limit
@@ -199,7 +204,7 @@ class VisitorChat:
     async def send(self, visitor: Visitor, message_id: Any, body: Any) -> Sent:
         if not isinstance(message_id, str) or not MESSAGE_ID_RE.fullmatch(message_id):
             raise Invalid("message_id must be 8 to 64 letters, digits, '-' or '_' (use a UUID)")
-        if not isinstance(body, str) or not body.strip():
+        if not isinstance(body, str) or not body.strip(BLANKS):
             raise Invalid("body must be a non-empty string")
         if len(body) > self._settings.max_message_chars:
             raise TooLarge(f"message is {len(body)} characters; the limit is {self._settings.max_message_chars}")
@@ -251,14 +256,14 @@ class VisitorChat:
     async def identify(self, visitor: Visitor, details: dict[str, Any]) -> dict[str, str]:
         known: dict[str, str] = {}
         for name in ("name", "email", "phone"):
-            value = details.get(name)
-            if value is None:
+            if name not in details:
                 continue
+            value = details[name]
             if not isinstance(value, str) or len(value) > MAX_FIELD_CHARS:
                 raise Invalid(f"{name} must be text of at most {MAX_FIELD_CHARS} characters")
-            if name == "email" and not EMAIL_RE.fullmatch(value.strip()):
+            if name == "email" and not EMAIL_RE.fullmatch(value.strip(BLANKS)):
                 raise Invalid(f"{value!r} does not look like an email address")
-            known[name] = value.strip()
+            known[name] = value.strip(BLANKS)
         if not known:
             raise Invalid("give at least one of name, email, phone")
         await self.sessions.save(visitor.visitor_id, visitor.site_id, dict(known))
@@ -290,11 +295,11 @@ class VisitorChat:
         message_id, name, email, body = (form.get(k) for k in ("message_id", "name", "email", "body"))
         if not isinstance(message_id, str) or not MESSAGE_ID_RE.fullmatch(message_id):
             raise Invalid("message_id must be 8 to 64 letters, digits, '-' or '_' (use a UUID)")
-        if not isinstance(name, str) or not name.strip() or len(name) > MAX_FIELD_CHARS:
+        if not isinstance(name, str) or not name.strip(BLANKS) or len(name) > MAX_FIELD_CHARS:
             raise Invalid(f"name must be given, at most {MAX_FIELD_CHARS} characters")
-        if not isinstance(email, str) or not EMAIL_RE.fullmatch(email.strip()):
+        if not isinstance(email, str) or not EMAIL_RE.fullmatch(email.strip(BLANKS)):
             raise Invalid("email must be an address like you@example.org, so the site can answer you")
-        if not isinstance(body, str) or not body.strip():
+        if not isinstance(body, str) or not body.strip(BLANKS):
             raise Invalid("body must be a non-empty message")
         if len(body) > self._settings.max_message_chars:
             raise TooLarge(f"message is {len(body)} characters; the limit is {self._settings.max_message_chars}")
@@ -302,8 +307,8 @@ class VisitorChat:
             message_id=message_id,
             site_id=site_id,
             visitor_id=visitor.visitor_id if visitor else self.sessions.new_visitor_id(),
-            name=name.strip(),
-            email=email.strip(),
+            name=name.strip(BLANKS),
+            email=email.strip(BLANKS),
             body=body,
             sent_at_ms=now_ms(),
             page_url=clip(page_url, MAX_URL_CHARS) or None,

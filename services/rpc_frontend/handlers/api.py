@@ -38,7 +38,7 @@ class SessionHandler(ApiHandler):
         site = await self.load_site(site_id)
         body = self.json_body()
         page = _page(body)
-        token = body["token"] if isinstance(body.get("token"), str) else ""
+        token = _optional_text(body, "token")
         returning = self.frontend.chat.sessions.visitor_of(token) if token else None
         if returning is not None and page.get("url"):
             await self.limit_pageviews(returning)  # a new visitor is held by the per-IP limit
@@ -141,10 +141,10 @@ class OfflineHandler(ApiHandler):
     async def post(self, site_id: str) -> None:
         await self.load_site(site_id)
         body = self.json_body()
-        token = body.get("token")
-        visitor = await self.frontend.chat.visitor(token, site_id) if isinstance(token, str) and token else None
+        token = _optional_text(body, "token")
+        visitor = await self.frontend.chat.visitor(token, site_id) if token else None
         await self.limit_messages(visitor.visitor_id if visitor else f"ip:{self.request.remote_ip}")
-        page_url = body.get("page_url") if isinstance(body.get("page_url"), str) else ""
+        page_url = _optional_text(body, "page_url")
         message_id = await self._guard(
             self.frontend.chat.leave_offline_message(
                 site_id, visitor, body, page_url or (visitor.session.get("page_url", "") if visitor else "")
@@ -163,5 +163,18 @@ class StatusHandler(ApiHandler):
 
 
 def _page(body: dict[str, Any]) -> dict[str, Any]:
-    page = body.get("page")
-    return page if isinstance(page, dict) else {}
+    """The page object, if any; a wrong type is a 400 (it is what /openapi.json says)."""
+    page = body.get("page", {})
+    if not isinstance(page, dict):
+        raise ApiError(400, 'page must be an object like {"url": …, "title": …, "referrer": …}')
+    for key in ("url", "title", "referrer"):
+        if key in page and not isinstance(page[key], str):
+            raise ApiError(400, f"page.{key} must be a string")
+    return page
+
+
+def _optional_text(body: dict[str, Any], name: str) -> str:
+    value = body.get(name, "")
+    if not isinstance(value, str):
+        raise ApiError(400, f"{name} must be a string")
+    return value
