@@ -8,6 +8,7 @@ A check is an async callable that raises when its dependency is unusable.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -83,6 +84,26 @@ class Drain:
 
     def __init__(self) -> None:
         self.draining = False
+        self.in_flight = 0
+        self._settled = asyncio.Event()
+        self._settled.set()
+
+    def enter(self) -> None:
+        """A request started (its handler's prepare)."""
+        self.in_flight += 1
+        self._settled.clear()
+
+    def leave(self) -> None:
+        """A request finished (its handler's on_finish)."""
+        self.in_flight = max(self.in_flight - 1, 0)
+        if not self.in_flight:
+            self._settled.set()
+
+    async def settle(self, timeout_s: float) -> None:
+        """Until every request in flight has finished, at most ``timeout_s``: closing the
+        connections or the broker under a running handler would half-do its work."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._settled.wait(), timeout_s)
 
     async def check(self) -> None:
         if self.draining:

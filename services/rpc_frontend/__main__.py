@@ -24,8 +24,8 @@ from services.rpc_frontend.unconfirmed import republish_forever
 
 log = logging.getLogger("services.rpc_frontend")
 
-# Requests still running get this long to finish on SIGTERM; long-polls are cut
-# (their widgets re-poll elsewhere at once).
+# Requests still running get this long to finish on SIGTERM; parked long-polls are
+# answered at once (their widgets re-poll elsewhere).
 DRAIN_S = 5.0
 
 
@@ -63,6 +63,8 @@ async def run(settings: Settings) -> None:
     log.info("rpc_frontend stopping", extra={"connections": frontend.hub.connections})
     server.stop()
     close_sockets(frontend)
+    # Requests already running finish before their connections and the bus close.
+    await frontend.drain.settle(DRAIN_S)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(server.close_all_connections(), DRAIN_S)
     for follower in followers:
@@ -75,10 +77,13 @@ async def run(settings: Settings) -> None:
 
 
 def close_sockets(frontend: Frontend) -> None:
-    """WebSockets are detached from the HTTP server, so close them ourselves."""
+    """WebSockets are detached from the HTTP server, so close them ourselves; parked
+    long-polls are answered now (their widgets poll again, elsewhere)."""
     for listener in frontend.hub.listeners():
         if isinstance(listener, ReceiveSocket):
             listener.shutdown()
+        else:
+            listener.wake({"type": "log"})
 
 
 def main() -> None:

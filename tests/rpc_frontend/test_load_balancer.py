@@ -217,3 +217,22 @@ async def test_rolling_restart_behind_haproxy_loses_and_repeats_nothing(
     assert len(sent) > 20
     assert ws.seqs == sent and poll.seqs == sent  # each line once, in order, on both
     assert ws.reconnects >= 1  # the socket's frontend was restarted under it
+
+
+async def test_a_stopping_frontend_finishes_what_it_started(frontends: Frontends, site_id: str) -> None:
+    """SIGTERM under a burst of widget boots and a parked long-poll: every request the
+    frontend took is answered 200 (none cut, none 5xx), the long-poll at once."""
+    api = Api(f"http://127.0.0.1:{frontends.ports[0]}", site_id)
+    visitor = await api.session()
+    poll = asyncio.create_task(api.call("GET", f"/poll?token={visitor['token']}&after=0"))
+    await asyncio.sleep(0.5)  # parked: nothing to say yet
+    boots = [
+        asyncio.create_task(api.call("POST", "/session", {"page": {"url": f"http://127.0.0.1/{i}"}})) for i in range(40)
+    ]
+    await asyncio.sleep(0.05)
+    stopping = asyncio.create_task(asyncio.to_thread(frontends.stop, 0))
+    answered = [r for r in await asyncio.gather(*boots) if r.code != 599]  # 599: never reached it
+    assert answered and {r.code for r in answered} == {200}, {r.code for r in answered}
+    parked = await asyncio.wait_for(poll, 10)  # not left hanging for its 20-25 s
+    assert parked.code == 200
+    assert await stopping == 0

@@ -42,8 +42,20 @@ class ApiHandler(RedactedLogs):
     frontend: Frontend
     site: SiteConfig
 
+    _in_flight = False
+
     def initialize(self, frontend: Frontend) -> None:
         self.frontend = frontend
+
+    def prepare(self) -> None:
+        # Counted so that a stopping frontend lets running requests finish (Drain.settle).
+        self._in_flight = True
+        self.frontend.drain.enter()
+
+    def on_finish(self) -> None:
+        if self._in_flight:
+            self._in_flight = False
+            self.frontend.drain.leave()
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json; charset=utf-8")
