@@ -113,10 +113,10 @@ def _dispatch(args: argparse.Namespace, conn: sa.Connection, settings: Settings,
     elif args.command == "site" and args.action == "set-xmpp-domain":
         domain = None if args.domain == "default" else args.domain
         site_store.set_xmpp_domain(conn, args.site_id, domain)
+        shown = site_store.xmpp_domain_of(conn, args.site_id) or f"{settings.default_component_domain} (default)"
         conn.commit()
         # Gateways rebind at once on this notice (and every 60 s in any case).
         sitedir.invalidate_sync(settings, args.site_id)
-        shown = site_store.xmpp_domain_of(conn, args.site_id) or f"{settings.default_component_domain} (default)"
         emit(f"site {args.site_id} is now served on {shown}\n")
     elif args.command == "operator" and args.action == "add":
         jid = site_store.add_operator(conn, args.site_id, args.jid, args.name)

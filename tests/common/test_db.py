@@ -12,6 +12,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from libs.common import cli, db, siteids
+from libs.common.db import site_store
 from libs.common.settings import Settings
 
 
@@ -114,3 +115,25 @@ def test_cli_says_when_mysql_is_unreachable(settings: Settings) -> None:
     nowhere = dataclasses.replace(settings, mysql_url="mysql+pymysql://root:@127.0.0.1:1/habla")
     with pytest.raises(cli.CommandError, match=r"cannot use MySQL at .* Is MariaDB running"):
         _habla(nowhere, "site", "list")
+
+
+def test_cli_moves_a_site_to_another_component_domain_and_back(settings: Settings, engine: sa.Engine) -> None:
+    site_id = _habla(settings, "site", "create", "--name", "Moved").split()[2]
+    with engine.connect() as conn:
+        assert site_id in site_store.sites_of_xmpp_domain(
+            conn, settings.default_component_domain, settings.default_component_domain
+        )
+    assert "is now served on chat-b.example.org" in _habla(
+        settings, "site", "set-xmpp-domain", site_id, "Chat-B.example.org"
+    )
+    with engine.connect() as conn:
+        assert site_store.sites_of_xmpp_domain(conn, "chat-b.example.org", settings.default_component_domain) == [
+            site_id
+        ]
+        assert site_id not in site_store.sites_of_xmpp_domain(
+            conn, settings.default_component_domain, settings.default_component_domain
+        )
+    assert "(default)" in _habla(settings, "site", "set-xmpp-domain", site_id, "default")
+    for bad in ("chat b.example", "a" * 191, "chat..example", "chat-.example", "chat.exa\x01mple"):
+        with pytest.raises(cli.CommandError, match="is not a component domain"):
+            _habla(settings, "site", "set-xmpp-domain", site_id, bad)
