@@ -83,6 +83,18 @@ class Settings:
     # to the next when its node goes away (libs/common/amqp_cluster.py).
     amqp_url: str = field(default="amqp://guest:guest@127.0.0.1:5672/", metadata={"env": "HABLA_AMQP_URL"})
     redis_url: str = field(default="redis://127.0.0.1:6379/0", metadata={"env": "HABLA_REDIS_URL"})
+    # Redis behind Sentinel: the Sentinels' host:port, comma-separated, and the name
+    # they know the master by. Set: services ask the Sentinels where the master is
+    # (and again after a failover); HABLA_REDIS_URL then gives only the password and
+    # database number. Empty: HABLA_REDIS_URL is the one Redis.
+    redis_sentinels: str = field(default="", metadata={"env": "HABLA_REDIS_SENTINELS"})
+    redis_master_name: str = field(default="habla", metadata={"env": "HABLA_REDIS_MASTER_NAME"})
+    # With replicas: a conversation-log line is acknowledged only once a replica has it
+    # too (WAIT 1 <ms>), so a failover to that replica cannot lose it; waited at most
+    # this long (a replica on the same network confirms in about a millisecond), then
+    # the write counts as failed and the caller retries it with the same message id.
+    # 0: off (a single Redis, where the MySQL floor covers restarts).
+    redis_wait_ms: int = field(default=0, metadata={"env": "HABLA_REDIS_WAIT_MS"})
     # Every Redis key and pub/sub channel starts with this, so several deployments
     # (or test runs) can share one Redis.
     redis_prefix: str = field(default="habla:", metadata={"env": "HABLA_REDIS_PREFIX"})
@@ -295,6 +307,19 @@ class Settings:
             if not url.startswith(("amqp://", "amqps://")):
                 raise SettingsError(f"HABLA_AMQP_URL: {url[:64]!r} is not an amqp:// or amqps:// URL")
         return urls
+
+    @property
+    def redis_sentinel_list(self) -> list[tuple[str, int]]:
+        """(host, port) of each Sentinel in HABLA_REDIS_SENTINELS."""
+        found = []
+        for part in (p.strip() for p in self.redis_sentinels.split(",")):
+            if not part:
+                continue
+            host, _, port = part.rpartition(":")
+            if not host or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
+                raise SettingsError(f"HABLA_REDIS_SENTINELS: {part[:64]!r} is not host:port")
+            found.append((host.strip("[]"), int(port)))
+        return found
 
     @property
     def trusted_proxy_list(self) -> list[str]:

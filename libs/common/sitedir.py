@@ -104,9 +104,24 @@ def invalidate_sync(settings: Settings, site_id: str) -> None:
     """``invalidate`` for synchronous callers (the `habla` command)."""
     import redis
 
-    client = redis.Redis.from_url(settings.redis_url)
+    if settings.redis_sentinel_list:
+        from redis.connection import parse_url
+        from redis.sentinel import Sentinel
+
+        # The URL gives the password and database; the Sentinels give the master.
+        parsed = parse_url(settings.redis_url)  # type: ignore[no-untyped-call]
+        credentials = {k: v for k, v in parsed.items() if k not in ("host", "port", "path")}
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            settings.redis_sentinel_list, socket_timeout=5, sentinel_kwargs={"socket_timeout": 1}
+        )
+        client: redis.Redis = sentinel.master_for(settings.redis_master_name, **credentials)  # type: ignore[no-untyped-call]
+    else:
+        client = redis.Redis.from_url(settings.redis_url)
     try:
         client.delete(settings.redis_key("site", site_id, "config"))
         client.publish(settings.redis_key("site-config"), site_id)
     finally:
         client.close()
+        if settings.redis_sentinel_list:
+            for sentinel_client in sentinel.sentinels:
+                sentinel_client.close()

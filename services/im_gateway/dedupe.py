@@ -18,6 +18,7 @@ from collections import deque
 
 import redis.asyncio as aioredis
 
+from libs.common import state
 from libs.common.settings import Settings
 
 # RabbitMQ redelivers within seconds of a consumer's death; retries wait at most the
@@ -52,7 +53,8 @@ class Delivered:
             if self._writer is not None and not self._writer.is_closing():
                 return
             url = urllib.parse.urlsplit(self._settings.redis_url)
-            reader, self._writer = await asyncio.open_connection(url.hostname or "127.0.0.1", url.port or 6379)
+            # The master as the Sentinels name it now, when there are Sentinels.
+            reader, self._writer = await asyncio.open_connection(*await state.master_address(self._settings))
             self._replies = asyncio.create_task(self._read_replies(reader))
             if url.password:
                 user = [urllib.parse.unquote(url.username)] if url.username else []

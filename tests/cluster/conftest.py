@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tools import rabbit_cluster
+from tools import rabbit_cluster, sentinel
 
 
 @pytest.fixture(scope="module")
@@ -18,3 +18,12 @@ def rabbit() -> Iterator[rabbit_cluster.Cluster]:
         yield cluster
     finally:
         cluster.close()
+
+
+@pytest.fixture(scope="module")
+def sentinels() -> Iterator[sentinel.SentinelSet]:
+    group = sentinel.start(replicas=1, sentinels=3)
+    try:
+        yield group
+    finally:
+        group.close()

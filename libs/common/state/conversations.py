@@ -28,6 +28,7 @@ import redis.asyncio as aioredis
 
 from libs.common import chatlines
 from libs.common.settings import Settings
+from libs.common.state.replicas import ReplicaWait
 
 # Logs are the visitor-facing copy; MySQL holds history. Seven days after the last
 # line covers a visitor who returns within a week to a still-open widget.
@@ -198,6 +199,8 @@ class ConversationLog:
         self._floor = floor or _no_floor
         self._checked = floor is not None  # readers without a source read as is
         self._append = redis.register_script(_APPEND)
+        # HABLA_REDIS_WAIT_MS: appends are acknowledged once a replica has them.
+        self._replicas = ReplicaWait(redis, settings.redis_wait_ms)
         self._read = redis.register_script(_READ)
 
     def _keys(self, conversation_id: str) -> list[str]:
@@ -219,10 +222,13 @@ class ConversationLog:
         payload.pop("seq", None)
         keys, body = self._keys(conversation_id), json.dumps(payload)
         floor = 0 if new_conversation else -1
-        seq, created = await self._append(keys=keys, args=[message_id, body, LOG_TTL_S, floor, "[]"])
-        if int(seq) < 0:
-            args = [message_id, body, LOG_TTL_S, *await self._floor_args(conversation_id, int(created))]
-            seq, created = await self._append(keys=keys, args=args)
+        async with self._replicas.connection() as client:
+            seq, created = await self._append(keys=keys, args=[message_id, body, LOG_TTL_S, floor, "[]"], client=client)
+            if int(seq) < 0:
+                args = [message_id, body, LOG_TTL_S, *await self._floor_args(conversation_id, int(created))]
+                seq, created = await self._append(keys=keys, args=args, client=client)
+            # Also for a retry (created=0): the first attempt may not have reached a replica.
+            await self._replicas.confirm(client)
         return Appended(int(seq), bool(created))
 
     async def _floor_args(self, conversation_id: str, log_max: int) -> list[Any]:

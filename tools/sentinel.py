@@ -1,0 +1,246 @@
+"""A local Redis master + replica watched by 3 Sentinels, on free ports under a temp folder.
+
+For the failover tests and the cluster demo (`python -m tools.sentinel`). Sentinel mode is
+redis-server's own (`redis-server sentinel.conf --sentinel`, what Debian's
+`redis-sentinel` runs). Each Sentinel gets a config file of its own: Sentinels rewrite it
+with what they learn (the current master, the other Sentinels).
+
+Why these numbers: `down-after-milliseconds 1000` declares a master down after 1 s
+without an answer (production setups use 5-30 s; a test wants the failover quickly);
+quorum 2 of 3 Sentinels must agree, so one Sentinel alone can never fail over;
+`failover-timeout 5000` lets a stuck failover be retried after 5 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+MASTER_NAME = "habla"
+DOWN_AFTER_MS = 1000
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """One redis-server process (a data node or a Sentinel)."""
+
+    name: str
+    port: int
+    dir: Path
+    args: list[str]
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", *self.args],
+            cwd=self.dir,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        client = redis.Redis(port=self.port, socket_timeout=1)
+        deadline = time.monotonic() + 20
+        try:
+            while True:
+                try:
+                    client.ping()
+                    return
+                except redis.ConnectionError:
+                    if time.monotonic() > deadline or self.process.poll() is not None:
+                        raise RuntimeError(f"{self.name} did not start; see {self.dir}") from None
+                    time.sleep(0.05)
+        finally:
+            client.close()
+
+    def kill(self) -> None:
+        """SIGKILL (a host that dies)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+        self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.process = None
+
+
+@dataclass
+class SentinelSet:
+    dir: Path
+    data: list[Server] = field(default_factory=list)  # [0] starts as master
+    sentinels: list[Server] = field(default_factory=list)
+    master_name: str = MASTER_NAME
+
+    @property
+    def addresses(self) -> str:
+        """HABLA_REDIS_SENTINELS for these Sentinels."""
+        return ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+
+    def master_port(self) -> int:
+        """The master's port as the Sentinels see it now (asks each until one answers)."""
+        for sentinel in self.sentinels:
+            if sentinel.process is None:
+                continue
+            client = redis.Redis(port=sentinel.port, socket_timeout=1)
+            try:
+                address: Any = client.execute_command(  # type: ignore[no-untyped-call]
+                    "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name
+                )
+                return int(address[1])
+            except redis.RedisError:
+                continue
+            finally:
+                client.close()
+        raise RuntimeError("no Sentinel answered")
+
+    def master(self) -> Server:
+        port = self.master_port()
+        return next(server for server in self.data if server.port == port)
+
+    def failover(self) -> None:
+        """SENTINEL FAILOVER: a replica is promoted and the old master demoted (planned)."""
+        client = redis.Redis(port=self.sentinels[0].port, socket_timeout=5)
+        try:
+            client.execute_command("SENTINEL", "FAILOVER", self.master_name)  # type: ignore[no-untyped-call]
+        finally:
+            client.close()
+
+    def wait_for_new_master(self, old_port: int, timeout_s: float = 30) -> int:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with contextlib.suppress(RuntimeError):
+                port = self.master_port()
+                if port != old_port:
+                    return port
+            time.sleep(0.1)
+        raise RuntimeError(f"no failover within {timeout_s} s")
+
+    def close(self) -> None:
+        for server in [*self.sentinels, *self.data]:
+            server.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _data_args(port: int, replica_of: int | None) -> list[str]:
+    args = [
+        *("--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"),
+        *("--dir", ".", "--logfile", "redis.log", "--daemonize", "no"),
+    ]
+    if replica_of is not None:
+        args += ["--replicaof", "127.0.0.1", str(replica_of)]
+    return args
+
+
+SENTINEL_CONF = """\
+# Generated by tools/sentinel.py; the Sentinel rewrites it with what it learns.
+port {port}
+bind 127.0.0.1
+daemonize no
+logfile sentinel.log
+dir .
+sentinel monitor {name} 127.0.0.1 {master_port} 2
+sentinel down-after-milliseconds {name} {down_after}
+sentinel failover-timeout {name} 5000
+sentinel parallel-syncs {name} 1
+"""
+
+
+def start(replicas: int = 1, sentinels: int = 3) -> SentinelSet:
+    """Start a master, `replicas` replicas and `sentinels` Sentinels (close() removes all)."""
+    group = SentinelSet(Path(tempfile.mkdtemp(prefix="habla-sentinel-")))
+    try:
+        master_port = free_port()
+        for i in range(replicas + 1):
+            port = master_port if i == 0 else free_port()
+            folder = group.dir / f"redis{i}"
+            folder.mkdir()
+            server = Server(f"redis{i}", port, folder, _data_args(port, None if i == 0 else master_port))
+            server.start()
+            group.data.append(server)
+        for i in range(sentinels):
+            port = free_port()
+            folder = group.dir / f"sentinel{i}"
+            folder.mkdir()
+            conf = SENTINEL_CONF.format(
+                port=port, name=group.master_name, master_port=master_port, down_after=DOWN_AFTER_MS
+            )
+            (folder / "sentinel.conf").write_text(conf)
+            server = Server(f"sentinel{i}", port, folder, [str(folder / "sentinel.conf"), "--sentinel"])
+            server.start()
+            group.sentinels.append(server)
+        _wait_replicas_known(group, replicas)
+    except BaseException:
+        group.close()
+        raise
+    return group
+
+
+def _wait_replicas_known(group: SentinelSet, replicas: int, timeout_s: float = 30) -> None:
+    # A Sentinel learns replicas from the master's INFO (every 10 s at first) and the
+    # other Sentinels over hello messages (every 2 s): fail over only once all know.
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        ready = 0
+        for sentinel in group.sentinels:
+            client = redis.Redis(port=sentinel.port, socket_timeout=1, decode_responses=True)
+            try:
+                state: Any = client.sentinel_master(group.master_name)
+                if (
+                    int(state["num-slaves"]) >= replicas
+                    and int(state["num-other-sentinels"]) >= len(group.sentinels) - 1
+                ):
+                    ready += 1
+            except redis.RedisError:
+                pass
+            finally:
+                client.close()
+        if ready == len(group.sentinels):
+            return
+        time.sleep(0.2)
+    raise RuntimeError("the Sentinels did not discover each other and the replicas in time")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Run Redis master + replica + 3 Sentinels until Ctrl-C.")
+    parser.add_argument("--replicas", type=int, default=1)
+    args = parser.parse_args()
+    group = start(args.replicas)
+    try:
+        print(f"master 127.0.0.1:{group.data[0].port}, replicas {[s.port for s in group.data[1:]]}, under {group.dir}")
+        print(f"HABLA_REDIS_SENTINELS={group.addresses}")
+        print(f"HABLA_REDIS_MASTER_NAME={group.master_name}")
+        print("HABLA_REDIS_WAIT_MS=1000")
+        print("Ctrl-C stops every server and removes the folder.", flush=True)
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    except KeyboardInterrupt:
+        pass
+    finally:
+        group.close()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
