@@ -155,6 +155,7 @@ class Operator:
         self.client = client
         self.visitor_jids: dict[int, str] = {}  # visitor index -> bare JID
         self.sent: dict[str, int] = {}  # stanza id (= body) -> visitor index
+        self.sent_at: dict[str, float] = {}  # stanza id -> time.monotonic() when sent
         self.counter = itertools.count()
 
     def learn(self) -> None:
@@ -171,6 +172,7 @@ class Operator:
                     break
                 body = f"o{index}-{next(self.counter)}"
                 self.sent[body] = index
+                self.sent_at[body] = time.monotonic()
                 self.client.say(jid, body, stanza_id=body, receipt=True)
                 await asyncio.sleep(OPERATOR_LINE_EVERY_S)
             await asyncio.sleep(0.05)
@@ -179,7 +181,11 @@ class Operator:
         return {r.stanza_id for r in self.client.received if r.kind == "message" and r.error}
 
     def bodies(self) -> collections.Counter[str]:
-        return collections.Counter(r.body for r in self.client.received if r.kind == "message" and not r.error)
+        """Times each line is shown. Like a client, a message repeated under the same
+        stanza id (a gateway that died between sending it and marking it sent sends it
+        again, on purpose) is shown once."""
+        shown = {(r.body, r.stanza_id) for r in self.client.received if r.kind == "message" and not r.error}
+        return collections.Counter(body for body, _ in shown)
 
 
 def _vhost(settings: Settings) -> str:
@@ -286,10 +292,12 @@ async def _chaos(stack: Stack, redis_server: PrivateRedis) -> None:
             await asyncio.sleep(0.25)
 
     killing: set[str] = set()
+    killed_at: dict[str, list[float]] = {}
 
     async def kill_and_restart(name: str) -> None:
         killing.add(name)
         stack.kill(name)
+        killed_at.setdefault(name, []).append(time.monotonic())
         note(f"SIGKILL {name}")
         await asyncio.sleep(1.0)
         stack.start(name)
@@ -400,6 +408,10 @@ async def _chaos(stack: Stack, redis_server: PrivateRedis) -> None:
     receipted = {body for o in operators for body in o.sent if body in o.client.receipts}
     bounced = {body for o in operators for body in o.sent if body in o.errors()}
     silent = sorted(set(operator_sent) - receipted - bounced)
+    sent_at = {body: at for o in operators for body, at in o.sent_at.items()}
+    # A line the gateway's socket took just before a SIGKILL can get neither a receipt
+    # nor an error: the server handed it over, the process died before it logged it.
+    in_flight = [b for b in silent if any(0 <= k - sent_at[b] < 2.0 for k in killed_at.get("im_gateway", []))]
     not_shown = sorted(body for body in receipted if not visitors[operator_sent[body]].shown[body])
     shown_twice = sorted(b for v in visitors for b, n in v.shown.items() if n > 1)
     not_archived_o = sorted(body for body in receipted if body not in archived)
@@ -416,6 +428,7 @@ async def _chaos(stack: Stack, redis_server: PrivateRedis) -> None:
         "operator lines receipted": len(receipted),
         "operator lines bounced with an error": len(bounced),
         "operator lines with neither receipt nor error": len(silent),
+        "  of which sent less than 2 s before the gateway's SIGKILL": len(in_flight),
         "receipted operator lines never shown to the visitor": len(not_shown),
         "receipted operator lines not archived": len(not_archived_o),
         "lines shown twice to a visitor": len(shown_twice),
@@ -444,11 +457,13 @@ async def _chaos(stack: Stack, redis_server: PrivateRedis) -> None:
     assert not shown_twice, examples
     assert shared_seq == 0
     assert stack.alive("im_gateway")
-    # The gateway's own side of a Redis outage (issue 14 items 2 and 3: a Redis error
-    # is not a lost lease; an operator line it cannot log is retried or bounced) is
-    # being fixed in the gateway; until then these are reported, not failed.
-    if silent or gateway_deaths:
+    assert not gateway_deaths
+    # An operator line the gateway's socket took just before its SIGKILL gets neither a
+    # receipt nor an error (the client shows it undelivered); until the gateway can do
+    # better (its side of issue 14) such lines are reported, not failed.
+    assert not sorted(set(silent) - set(in_flight)), examples
+    if silent:
         pytest.xfail(
-            f"gateway side of a Redis outage: {len(silent)} operator line(s) with neither receipt nor error, "
-            f"gateway died at {gateway_deaths}"
+            f"gateway side: {len(silent)} operator line(s) with neither receipt nor error "
+            f"({len(in_flight)} in flight at its SIGKILL)"
         )
