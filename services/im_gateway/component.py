@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -210,6 +211,7 @@ class GatewayComponent(ComponentXMPP):
         return answered
 
     async def _ping_server(self, answered: asyncio.Future[None], stream: int, covers: int) -> None:
+        started = time.perf_counter()
         try:
             iq = self.make_iq_get(ito=self.ping_target, ifrom=self.boundjid.bare)
             iq.xml.append(iq.xml.makeelement(f"{{{PING_NS}}}ping", {}))
@@ -225,10 +227,13 @@ class GatewayComponent(ComponentXMPP):
             if self._stream == stream and not answered.done():
                 self._confirmed = max(self._confirmed, covers)
                 answered.set_result(None)
+                metrics.BARRIER_PINGS.labels("answered").inc()
+                metrics.BARRIER_SECONDS.observe(time.perf_counter() - started)
         except Exception as exc:  # the stream broke under the send
             log.warning("barrier ping failed: %s", exc)
         finally:
             if not answered.done():
+                metrics.BARRIER_PINGS.labels("stream_lost").inc()
                 answered.set_exception(XmppUnavailable("the XMPP stream was lost before the server confirmed"))
             if self._ping is answered:
                 self._ping = None

@@ -105,6 +105,7 @@ class Inbound:
         except relay.LineNotRelayed as exc:
             log.error("operator message bounced", extra={"from": str(msg["from"]), "reason": str(exc)})
             if msg["body"]:
+                metrics.OPERATOR_LINES_BOUNCED.inc()
                 self._component.error(msg, "internal-server-error", BOUNCED, "wait")
 
     def _refuse(self, stanza: Message | Presence, text: str) -> None:
@@ -170,6 +171,7 @@ class Inbound:
 
         def bounce(_reason: str) -> None:
             # An error the client shows against that line: never a silent loss.
+            metrics.OPERATOR_LINES_BOUNCED.inc()
             self._component.error(msg, "internal-server-error", BOUNCED, "wait")
 
         refusal = await relay.operator_line(

@@ -18,4 +18,12 @@ VISITOR_LINES = Counter("habla_gateway_visitor_lines_total", "Visitor lines hand
 OPERATOR_LINES = Counter("habla_gateway_operator_lines_total", "Operator lines relayed to visitors")
 COMMANDS = Counter("habla_gateway_commands_total", "Operator commands", ["command"])
 STRANGERS = Counter("habla_gateway_strangers_total", "Stanzas refused because the sender is no operator of the site")
+OPERATOR_LINES_BOUNCED = Counter(
+    "habla_gateway_operator_lines_bounced_total",
+    "Operator lines bounced with an XMPP error after HABLA_GATEWAY_LINE_RETRY_S (Redis or broker unavailable)",
+)
+BARRIER_PINGS = Counter(
+    "habla_gateway_barrier_pings_total", "Pings to the XMPP server confirming written stanzas", ["outcome"]
+)
+BARRIER_SECONDS = Histogram("habla_gateway_barrier_seconds", "Round trip of one barrier ping")
 RELAY_SECONDS = Histogram("habla_gateway_relay_seconds", "Handling time of one chat line", ["direction"])

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -135,6 +136,9 @@ async def _run(env, own: OwnRedis, engine) -> None:
             f"{gateway.poll() is None}"
         )
         assert silent == [], (silent, sorted(logged))
+        # Each bounce is counted where an operator of the service would look.
+        metrics = await asyncio.to_thread(_metrics, s.gateway_metrics_port)
+        assert f"habla_gateway_operator_lines_bounced_total {float(len(bounced() & set(ids)))}".encode() in metrics
         assert gateway.poll() is None, "the gateway stopped during the Redis outage"
         assert set(delivered) <= logged  # a receipt means the line is in the conversation log
         assert delivered and delivered[-1] == ids[-1]  # lines flow again after the outage
@@ -148,6 +152,11 @@ async def _visitor_jid(redis, settings, visitor_id: str) -> str:
     from services.im_gateway.visitors import VisitorNames
 
     return await VisitorNames(redis, settings).jid_of(visitor_id)
+
+
+def _metrics(port: int) -> bytes:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3) as answer:
+        return bytes(answer.read())
 
 
 async def _online(status: SiteStatusReader, site_id: str) -> bool:

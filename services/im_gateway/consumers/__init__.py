@@ -129,16 +129,19 @@ class SerialConsumer:
     async def _confirm(self, key: str, written: Written) -> None:
         try:
             while True:
+                ticket = written.ticket
                 try:
-                    await self._stream.confirm(written.ticket)
+                    await self._stream.confirm(ticket)
                     break
                 except XmppUnavailable:
                     # Lost with the stream: the lane writes it again once the stream is
-                    # back (ahead of the visitor's newer lines), then we wait again.
-                    written.rewritten.clear()
+                    # back (ahead of the visitor's newer lines), then we wait again --
+                    # unless the lane already did (it rewrites before anything newer).
                     await self._ready.wait()
-                    await self._lanes.submit(key, lambda: self._rewrite_job(key))
-                    await written.rewritten.wait()
+                    if written.ticket == ticket:
+                        written.rewritten.clear()
+                        await self._lanes.submit(key, lambda: self._rewrite_job(key))
+                        await written.rewritten.wait()
             await self.desk.delivered.mark_now(written.envelope.message_id)
             await written.envelope.ack()
         except Exception:  # unacknowledged: RabbitMQ redelivers it when the channel closes
