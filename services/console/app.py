@@ -11,7 +11,7 @@ import tornado.web
 
 from libs.common.observability import observability_routes
 from services.console.context import HERE, Console
-from services.console.handlers import auth, conversations, operators, sites, theme
+from services.console.handlers import auth, confirm, conversations, operators, sites, theme
 
 SITE = r"/account/sites/([^/]+)"
 
@@ -38,6 +38,7 @@ def make_app(console: Console, **overrides: Any) -> tornado.web.Application:
         (r"/account/signup", auth.SignUp),
         (r"/account/login", auth.LogIn),
         (r"/account/logout", auth.LogOut),
+        (r"/account/confirm/([A-Za-z0-9_-]{1,100})", confirm.ConfirmAddress),
         (r"/account/sites", sites.SiteList),
         (SITE, sites.SiteOverview),
         (SITE + r"/theme", theme.Customiser),

@@ -15,6 +15,7 @@ from argon2 import PasswordHasher
 from libs.common.settings import Settings
 from libs.common.sitedir import SiteDirectory
 from libs.common.state.presence import OperatorPresence
+from services.console.confirmations import TranscriptConfirmations
 from services.console.login_limit import MAX_FAILURES_PER_IP, MAX_SIGNUPS_PER_IP, LoginLimiter, SignUpLimiter
 from services.console.sessions import OwnerSessions
 from services.console.store import ConsoleStore
@@ -37,6 +38,7 @@ class Console:
     sites: SiteDirectory = field(init=False)
     presence: OperatorPresence = field(init=False)
     sessions: OwnerSessions = field(init=False)
+    confirmations: TranscriptConfirmations = field(init=False)
     login_limit: LoginLimiter = field(init=False)
     signup_limit: SignUpLimiter = field(init=False)
     # argon2id with the library's defaults (RFC 9106's second recommended option).
@@ -53,6 +55,7 @@ class Console:
         self.sites = SiteDirectory(self.redis, self.engine, self.settings)
         self.presence = OperatorPresence(self.redis, self.settings)
         self.sessions = OwnerSessions(self.redis, self.settings)
+        self.confirmations = TranscriptConfirmations(self.engine, self.settings)
         self.login_limit = LoginLimiter(self.redis, self.settings, self.max_login_failures_per_ip)
         self.signup_limit = SignUpLimiter(self.redis, self.settings, self.max_signups_per_ip)
         self.dummy_hash = self.hasher.hash(secrets.token_urlsafe(16))

@@ -71,7 +71,9 @@ class ConsoleStore:
             except sa.exc.IntegrityError:  # the same address signed up a moment ago
                 raise EmailTaken(email) from None
             account_id = int(result.inserted_primary_key[0])  # type: ignore[index]
-            site = site_store.create_site(conn, account_id, site_name, transcript_emails=[email])
+            # The owner's address too waits for its confirmation link (SignUp sends it):
+            # anyone can sign up with anyone's address.
+            site = site_store.create_site(conn, account_id, site_name, transcript_emails=[])
         return account_id, site.id
 
     def credentials(self, email: str) -> tuple[int, str | None] | None:
@@ -110,10 +112,14 @@ class ConsoleStore:
             return None
         return site_store.Site(row.id, row.account_id, row.name, row.theme, row.transcript_emails, row.allowed_domains)
 
-    def create_site(self, account_id: int, name: str, transcript_email: str | None) -> str:
+    def create_site(self, account_id: int, name: str, transcript_email: str | None) -> tuple[str, bool]:
+        """A new site mailing the owner's address if it is confirmed on another of their
+        sites already; returns (site id, whether it was)."""
         with self._engine.begin() as conn:
-            emails = [transcript_email] if transcript_email else []
-            return site_store.create_site(conn, account_id, name, transcript_emails=emails).id
+            lists = conn.execute(sa.select(sites.c.transcript_emails).where(sites.c.account_id == account_id))
+            confirmed = bool(transcript_email) and any(transcript_email in (row[0] or []) for row in lists)
+            emails = [transcript_email] if confirmed and transcript_email else []
+            return site_store.create_site(conn, account_id, name, transcript_emails=emails).id, confirmed
 
     def _update(self, account_id: int, site_id: str, **values: Any) -> bool:
         with self._engine.begin() as conn:

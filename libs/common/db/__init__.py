@@ -154,6 +154,21 @@ offline_messages = sa.Table(
 )
 
 
+# A transcript address waiting for its owner to follow the link we mailed it: only
+# confirmed addresses are in sites.transcript_emails (where transcripts and offline
+# notes go), so nobody can make Habla mail a stranger. The token is stored hashed: the
+# table alone confirms nothing.
+transcript_confirmations = sa.Table(
+    "transcript_confirmations",
+    metadata,
+    sa.Column("token_sha256", sa.String(64), primary_key=True),
+    sa.Column("site_id", sa.String(20), sa.ForeignKey("sites.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("email", sa.String(254), nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.UniqueConstraint("site_id", "email", name="uq_transcript_confirmations_site_email"),
+)
+
+
 def engine(settings: Settings, **kwargs: object) -> sa.Engine:
     # pool_pre_ping: a MariaDB restart must not hand out dead connections;
     # pool_recycle below MariaDB's default wait_timeout (8 h).

@@ -84,6 +84,8 @@ class SignUp(Page):
             return
         SIGNUPS.inc()
         await self.console.sites.invalidate(site_id)  # drop a remembered "no such site"
+        token = await self.db(self.console.confirmations.request, site_id, email)
+        await self.console.confirmations.send_link(email, form.values["site_name"], token)
         self.start_session_cookie(await self.console.sessions.start(account_id))
         self.redirect(f"/account/sites/{site_id}?welcome=1")
 

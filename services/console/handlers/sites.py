@@ -40,7 +40,10 @@ class SiteList(Page):
             form.errors["name"] = error
             await self._show(form, status=400)
             return
-        site_id = await self.db(self.console.store.create_site, self.owner, name, self.account_email)
+        site_id, confirmed = await self.db(self.console.store.create_site, self.owner, name, self.account_email)
+        if not confirmed and self.account_email:
+            token = await self.db(self.console.confirmations.request, site_id, self.account_email)
+            await self.console.confirmations.send_link(self.account_email, name, token)
         SITE_CHANGES.labels("created").inc()
         await self.console.sites.invalidate(site_id)
         self.redirect(f"/account/sites/{site_id}?welcome=1")
@@ -74,10 +77,11 @@ class SiteOverview(Page):
                 "transcript_emails": "\n".join(site.transcript_emails),
             }
         )
-        self._show(site, form)
+        await self._show(site, form)
 
-    def _show(self, site: site_store.Site, form: forms.Form, status: int = 200) -> None:
+    async def _show(self, site: site_store.Site, form: forms.Form, status: int = 200) -> None:
         settings = self.console.settings
+        pending = await self.db(self.console.confirmations.pending, site.id)
         self.render_page(
             "site.html",
             status=status,
@@ -88,6 +92,8 @@ class SiteOverview(Page):
             snippet=snippets.embed_snippet(settings.public_url, site.id),
             status_html=snippets.status_image_html(settings.public_url, settings.status_public_url, site.id),
             chat_page_url=f"{settings.public_url.rstrip('/')}/chat/{site.id}",
+            pending_emails=pending,
+            unsent=self.get_query_argument("unsent", "") == "1",
             **site_page_context(self, site),
         )
 
@@ -107,12 +113,22 @@ class SiteOverview(Page):
         if error:
             form.errors["transcript_emails"] = error
         if not form.ok:
-            self._show(site, form, status=400)
+            await self._show(site, form, status=400)
             return
-        await self.db(self.console.store.update_settings, self.owner, site.id, name, domains, emails)
+        # Addresses already confirmed stay; new ones get a link and wait for it.
+        confirmed = [email for email in emails if email in site.transcript_emails]
+        new = [email for email in emails if email not in site.transcript_emails]
+        await self.db(self.console.store.update_settings, self.owner, site.id, name, domains, confirmed)
+        await self.db(self.console.confirmations.withdraw_except, site.id, emails)
+        pending = await self.db(self.console.confirmations.pending, site.id)
+        sent_all = True
+        for email in new:
+            if email not in pending:  # its link is out already; saving again does not resend
+                token = await self.db(self.console.confirmations.request, site.id, email)
+                sent_all = await self.console.confirmations.send_link(email, name, token) and sent_all
         SITE_CHANGES.labels("settings").inc()
         await self.console.sites.invalidate(site.id)
-        self.redirect(f"/account/sites/{site.id}?saved=1")
+        self.redirect(f"/account/sites/{site.id}?saved=1" + ("" if sent_all else "&unsent=1"))
 
 
 class NotFoundPage(Page):
