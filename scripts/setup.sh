@@ -9,6 +9,10 @@ say() { printf 'setup: %s\n' "$*"; }
 # 1. System packages the project runs or tests against (installed only if missing).
 need=()
 command -v prosody >/dev/null || need+=(prosody)
+# mod_privilege (XEP-0356): the gateway keeps operators' rosters itself.
+[ -f /usr/lib/prosody/modules/mod_privilege/mod_privilege.lua ] || need+=(prosody-modules)
+# The second XMPP server the gateway's tests run against (started per run, never as a service).
+command -v ejabberdctl >/dev/null || need+=(ejabberd)
 command -v thrift >/dev/null || need+=(thrift-compiler)
 command -v chromium >/dev/null || need+=(chromium)
 command -v docker-compose >/dev/null || need+=(docker-compose)

@@ -211,6 +211,14 @@ class Settings:
     # stock mod_limits allows 10 kB/s per c2s connection and a visitor presence is
     # ~400 bytes: 5/s (2 kB/s) leaves most of that budget to chat lines.
     gateway_presence_ceiling_per_s: int = field(default=5, metadata={"env": "HABLA_GATEWAY_PRESENCE_CEILING_PER_S"})
+    # Visitors the gateway keeps in one operator's roster per site (XEP-0356): those
+    # chatting with or offered to them and those they follow always, then the site's
+    # newest active visitors up to this many, so a busy site never bloats a roster.
+    gateway_roster_cap: int = field(default=20, metadata={"env": "HABLA_ROSTER_CAP"})
+    # Roster pushes (additions and removals) to one operator per second, whatever the
+    # churn: each reaches every resource of the operator, like a presence, so the same
+    # budget as gateway_presence_ceiling_per_s.
+    gateway_roster_pushes_per_s: int = field(default=5, metadata={"env": "HABLA_ROSTER_PUSHES_PER_S"})
     # A new chat left unanswered this long marks its operator away for routing and is
     # offered to the others (a visitor who waits a minute usually leaves).
     gateway_answer_timeout_s: int = field(default=60, metadata={"env": "HABLA_GATEWAY_ANSWER_TIMEOUT_S"})

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +47,9 @@ class Desk:
     events: Events
     delivered: Delivered
     follows: Follows
+    # Whether the gateway writes this operator's roster itself (XEP-0356 granted and
+    # working, services.im_gateway.privilege); if not, visitors ask to be added.
+    roster_managed: Callable[[str], bool] = field(default=lambda _operator: False)
     dirty_sites: set[str] = field(default_factory=set)  # site bot summaries to refresh
     shown: set[tuple[str, str]] = field(default_factory=set)  # (operator, visitor) given presence
     background: set[asyncio.Task[None]] = field(default_factory=set)

@@ -32,8 +32,9 @@ from services.im_gateway.follows import Follows
 from services.im_gateway.inbound import Inbound
 from services.im_gateway.lease import DomainLease
 from services.im_gateway.operators import OperatorDirectory
-from services.im_gateway.outbox import XmppUnavailable
+from services.im_gateway.privilege import Privileges
 from services.im_gateway.roster import Roster
+from services.im_gateway.rosters import Rosters
 from services.im_gateway.routing import Routing
 from services.im_gateway.sitebot import SiteBot
 from services.im_gateway.visitors import VisitorNames, VisitorPages
@@ -96,7 +97,11 @@ class Gateway:
         disco.install(self.component, self.desk)
         self.bot = SiteBot(self.desk)
         self.roster = Roster(self.desk, self.bot)
-        self.inbound = Inbound(self.component, self.desk, self.roster, self.bot)
+        self.privileges = Privileges(self.component)
+        self.desk.roster_managed = self.privileges.can_write
+        self.rosters = Rosters(self.desk, redis, self.component, self.privileges, self.sitedir, self.roster, self.bot)
+        self.bot.after_refresh = self.rosters.refresh_site
+        self.inbound = Inbound(self.component, self.desk, self.roster, self.bot, self.rosters)
         self.visitor_consumer = VisitorConsumer(self.desk, self.component)
         self.conversation_consumer = ConversationConsumer(self.desk, self.component)
         self._tasks: list[asyncio.Task[Any]] = []
@@ -104,6 +109,7 @@ class Gateway:
         self.active = False
         self.standing_by = False  # refused by the XMPP server: another gateway is active
         self.lease_lost = False  # set when another instance took the domain over
+        self._roster_sync: asyncio.Task[Any] | None = None
         on(self.component, "session_start", self._on_session_start)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
@@ -125,6 +131,7 @@ class Gateway:
         self._spawn(self.inbound.run(), "inbound")
         self._spawn(self.desk.coalescer.run(), "coalescer")
         self._spawn(self.bot.run(), "site-bot")
+        self._spawn(self.rosters.pushes.run(), "roster-pushes")
         self._spawn(self._heartbeat(), "heartbeat")
         self._spawn(forceaway.watch(self.desk), "force-away")
         self._consumers.append(
@@ -207,11 +214,13 @@ class Gateway:
     def _on_session_start(self, _event: Any) -> None:
         if not self.active:
             return  # claiming the domain: start() syncs once the operators are loaded
-        # Probing every operator rebuilds availability after a restart or reconnect.
-        try:
-            self.roster.sync_all()
-        except XmppUnavailable:
-            log.warning("roster sync deferred: stream dropped again")
+        # Every operator's roster is brought in line (or, without XEP-0356, every
+        # operator invited and probed): that rebuilds availability after a restart
+        # or reconnect.
+        if self._roster_sync is not None:
+            self._roster_sync.cancel()
+        self._tasks = [task for task in self._tasks if not task.done()]
+        self._roster_sync = self._spawn(self.rosters.sync_all(), "roster-sync")
 
     async def _watch_sites(self) -> None:
         """Site config changed (console, CLI): reload its operators and fix rosters."""
@@ -228,7 +237,7 @@ class Gateway:
     async def _site_changed(self, site_id: str, served: bool) -> None:
         change = await self.desk.operators.reload_site(site_id, served)
         if self.component.ready.is_set():
-            await self.roster.apply(change)
+            await self.rosters.apply(change)
 
     async def _rebind(self) -> None:
         """Every RESYNC_S: sites created or moved without a notice reach us anyway."""

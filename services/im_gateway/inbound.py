@@ -23,6 +23,7 @@ from services.im_gateway.disco import CORRECTION_NS
 from services.im_gateway.lanes import Lanes
 from services.im_gateway.outbox import XmppUnavailable
 from services.im_gateway.roster import Roster
+from services.im_gateway.rosters import Rosters
 from services.im_gateway.sitebot import SiteBot
 
 log = logging.getLogger(__name__)
@@ -35,15 +36,18 @@ BOUNCED = (
 CHAT_STATES = ("active", "composing", "paused", "inactive", "gone")
 # Bounded so a flood cannot exhaust memory; at ~1 ms a stanza this is seconds of backlog.
 QUEUE_SIZE = 10_000
+# What an operator's client shows for a visitor contact whose visit is over.
+VISIT_ENDED = "This visit has ended."
 # Conversations handled at once (each waits mostly on Redis and RabbitMQ round trips).
 LANES = 64
 
 
 class Inbound:
-    def __init__(self, component: GatewayComponent, desk: Desk, roster: Roster, bot: SiteBot) -> None:
+    def __init__(self, component: GatewayComponent, desk: Desk, roster: Roster, bot: SiteBot, rosters: Rosters) -> None:
         self._component = component
         self._desk = desk
         self._roster = roster
+        self._rosters = rosters
         self._bot = bot
         self._queue: asyncio.Queue[Message | Presence] = asyncio.Queue(QUEUE_SIZE)
         self._seen_online: set[str] = set()
@@ -201,6 +205,20 @@ class Inbound:
             self._desk.outbox.receipt(bot_jid, reply_to, msg["id"])  # the command has run
 
     # --- presence -------------------------------------------------------------------
+    def _visit_ended(self, pres: Presence, kind: str, operator: str) -> None:
+        """An operator's roster still holds a visitor we no longer know: the visit ended.
+
+        Not a stranger's request, so no "forbidden": the contact leaves the roster
+        where we may write it, and a probe or request is told why it stays offline.
+        """
+        jid = str(pres["to"].bare)
+        self._rosters.forget_stale(operator, jid)
+        if kind == "subscribe":
+            self._desk.outbox.presence(jid, operator, kind="unsubscribed")
+        if kind in ("subscribe", "probe"):
+            self._desk.outbox.presence(jid, operator, kind="unavailable", status=VISIT_ENDED)
+
+    # --- presence -------------------------------------------------------------------
     async def presence(self, pres: Presence) -> None:
         # Presence['type'] folds <show/> into the type; the attribute is what we need.
         kind = pres.xml.get("type") or ""
@@ -214,6 +232,9 @@ class Inbound:
             visitor_id = await self._desk.names.visitor_of(local)
             session = await self._desk.sessions.get(visitor_id) if visitor_id else None
             site_id = session["site_id"] if session else None
+        if site_id is None and local and self._desk.operators.sites_of(sender):
+            self._visit_ended(pres, kind, sender)
+            return
         allowed = site_id is not None and self._desk.operators.is_operator(sender, site_id)
         if not allowed:
             if kind in ("", "subscribe", "probe"):
@@ -223,15 +244,18 @@ class Inbound:
         if kind == "subscribe":
             self._roster.accept(sender, str(pres["to"].bare))
             if visitor_id:
-                await self._desk.show_visitor(sender, visitor_id, chatting=False)
-            else:
+                await self._rosters.show(sender, str(pres["to"].bare))
+            elif not self._desk.roster_managed(sender):
                 # Ask back: our first request may have crossed the client's own and
                 # been lost (the server answers an early probe with "unsubscribed").
                 # If we already have their presence subscription this is a no-op.
                 self._roster.invite(sender, site_id)
         elif kind == "probe":
+            # The server probes every contact when the operator (or another of their
+            # resources) comes online: answered through the coalescer, so a roster
+            # full of visitors costs the operator no burst.
             if visitor_id:
-                await self._desk.show_visitor(sender, visitor_id, chatting=False)
+                await self._rosters.show(sender, str(pres["to"].bare))
             else:
                 self._bot.present_to(sender, site_id)
         elif kind in ("", "unavailable") and visitor_id is None:

@@ -27,3 +27,9 @@ BARRIER_PINGS = Counter(
 )
 BARRIER_SECONDS = Histogram("habla_gateway_barrier_seconds", "Round trip of one barrier ping")
 RELAY_SECONDS = Histogram("habla_gateway_relay_seconds", "Handling time of one chat line", ["direction"])
+ROSTER_PUSHES = Counter("habla_gateway_roster_pushes_total", "Roster writes (XEP-0356) started")
+ROSTER_COALESCED = Counter(
+    "habla_gateway_roster_coalesced_total", "Roster changes replaced by a newer one before being written"
+)
+ROSTER_DEFERRED = Counter("habla_gateway_roster_deferred_total", "Roster writes postponed by the per-operator ceiling")
+ROSTER_FAILED = Counter("habla_gateway_roster_failed_total", "Roster writes the XMPP server refused", ["condition"])

@@ -353,6 +353,8 @@ async def visitor_event(desk: Desk, event: Any) -> None:
         for operator in conversation.recipients:
             desk.info(jid, operator, f"The visitor introduced themselves: {known}")
     elif kind == codec.VisitorEventKind.LEFT:
+        # Out of !who, the bot's count and operators' rosters (services.im_gateway.rosters).
+        await desk.sessions.left(event.site_id, event.visitor_id)
         watchers = await desk.follows.followers(event.visitor_id)
         for operator in watchers | set(conversation.recipients if conversation else ()):
             desk.coalescer.update(operator, jid, kind="unavailable", status="Left the site")

@@ -1,10 +1,10 @@
-"""Roster subscriptions between operators and their sites' bots.
+"""Presence subscriptions between operators and their sites' bots: the fallback.
 
-The bot subscribes to each operator's presence (that is how the gateway learns their
-availability) and accepts each operator's subscription to itself (so the bot shows
-in their roster with the site summary). When a site's operators change
-(SiteDirectory.changes()), removed ones are unsubscribed both ways — the bot leaves
-their roster — and added ones are invited.
+Where the operator's server grants no roster access (services.im_gateway.rosters
+writes rosters where it does), the bot asks for each operator's presence (that is
+how the gateway learns their availability) and accepts each operator's subscription
+to itself (so the bot shows in their roster with the site summary). Operators who
+leave a site are unsubscribed both ways, so the bot leaves their roster.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ from __future__ import annotations
 import logging
 
 from services.im_gateway.desk import Desk
-from services.im_gateway.operators import SiteChange
-from services.im_gateway.outbox import XmppUnavailable
 from services.im_gateway.sitebot import SiteBot
 
 log = logging.getLogger(__name__)
@@ -47,25 +45,3 @@ class Roster:
     def accept(self, operator: str, to: str) -> None:
         """An operator subscribed to the bot (or to a visitor): approve and show presence."""
         self._desk.outbox.presence(to, operator, kind="subscribed")
-
-    def sync_all(self) -> None:
-        """After (re)connecting: invite every operator of every site."""
-        for site_id in self._desk.operators.sites():
-            for operator in self._desk.operators.operators_of(site_id):
-                self.invite(operator, site_id, probe=True)
-
-    async def apply(self, change: SiteChange) -> None:
-        try:
-            for operator in sorted(change.added):
-                self.invite(operator, change.site_id)
-            for operator in sorted(change.removed):
-                self.drop(operator, change.site_id)
-        except XmppUnavailable:
-            log.warning("roster change deferred until reconnect", extra={"site": change.site_id})
-        for operator in change.removed:
-            await self._desk.availability.forget(operator, change.site_id)
-        if change.added or change.removed:
-            log.info(
-                "site operators changed",
-                extra={"site": change.site_id, "added": ",".join(change.added), "removed": ",".join(change.removed)},
-            )

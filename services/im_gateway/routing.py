@@ -196,6 +196,12 @@ class Routing:
             await self._redis.srem(self._key("siteconv", site_id), *(set(members) - set(alive)))
         return len(alive)
 
+    async def open_conversations(self, site_id: str) -> list[Conversation]:
+        """The site's open conversations (chatting or offered)."""
+        members = [str(m) for m in await self._redis.smembers(self._key("siteconv", site_id))]
+        found = [await self.get(cid) for cid in members]
+        return [c for c in found if c is not None]
+
     async def overdue(self) -> list[str]:
         """Unanswered conversations past their answer-by time."""
         return [str(c) for c in await self._redis.zrangebyscore(self._key("deadlines"), "-inf", _now_ms())]

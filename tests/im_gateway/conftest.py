@@ -1,15 +1,21 @@
-"""Fixtures for the gateway: an in-process gateway on the run's Prosody, sites with
-operator accounts, real operator clients, visitors published on habla.visitor."""
+"""Fixtures for the gateway: an in-process gateway on the run's XMPP server, sites with
+operator accounts, real operator clients, visitors published on habla.visitor.
+
+``xmpp_server`` is parametrised: every test that uses the gateway runs against the
+run's Prosody and against an ejabberd started for the run (tools/ejabberd.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import itertools
+import shutil
+import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,21 +33,65 @@ from libs.common.state.sessions import VisitorSessions
 from libs.common.topology import QueueSpec
 from services.im_gateway.gateway import Gateway
 from tests.im_gateway.operator_client import OperatorClient
-from tools import prosody
+from tools import ejabberd, prosody
 
 _counter = itertools.count(1)
 
 
+@dataclass(frozen=True)
+class XmppServer:
+    """The XMPP server a test's gateway and operators use."""
+
+    kind: str  # "prosody" | "ejabberd"
+    config: prosody.ProsodyConfig | ejabberd.EjabberdConfig
+
+    def register(self, user: str, password: str) -> None:
+        if isinstance(self.config, prosody.ProsodyConfig):
+            prosody.register(self.config, user, password)
+        else:
+            ejabberd.register(self.config, user, password)
+
+
+@pytest.fixture(scope="session", params=["prosody", "ejabberd"])
+def xmpp_server(request: pytest.FixtureRequest, settings: Settings, artifacts: Any) -> Iterator[XmppServer]:
+    if request.param == "prosody":
+        yield XmppServer("prosody", request.getfixturevalue("prosody_server"))
+        return
+    if not ejabberd.available():
+        pytest.skip("ejabberd is not installed (scripts/setup.sh installs Debian's)")
+    folder = Path(tempfile.mkdtemp(prefix="habla-ejabberd-"))
+    cfg = ejabberd.EjabberdConfig(
+        dir=folder,
+        domain=settings.xmpp_domain,
+        component_domain=settings.xmpp_component_domain,
+        component_secret=settings.xmpp_component_secret,
+        c2s_port=ejabberd.free_port(),
+        component_port=ejabberd.free_port(),
+        http_port=ejabberd.free_port(),
+    )
+    process = ejabberd.start(cfg)
+    try:
+        yield XmppServer("ejabberd", cfg)
+    finally:
+        ejabberd.stop(process)
+        shutil.copytree(folder / "logs", Path(artifacts) / f"ejabberd-{folder.name}", dirs_exist_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def gateway_settings(xmpp_settings: Settings) -> Settings:
+def gateway_settings(settings: Settings, xmpp_server: XmppServer) -> Settings:
     """Short intervals so tests see presence, expiry and force-away quickly; same code paths."""
     return dataclasses.replace(
-        xmpp_settings,
+        settings,
+        xmpp_c2s_port=xmpp_server.config.c2s_port,
+        xmpp_component_port=xmpp_server.config.component_port,
         presence_heartbeat_s=1,
         presence_ttl_s=3,
         gateway_presence_interval_ms=300,
         gateway_presence_ceiling_per_s=5,
         gateway_answer_timeout_s=4,
+        # A small cap, so tests reach it with a handful of visitors.
+        gateway_roster_cap=5,
         gateway_lease_ttl_s=3,
         frontend_id=f"gwtest-{uuid.uuid4().hex[:6]}",
     )
@@ -100,6 +150,7 @@ class Site:
     deliveries: Deliveries
     frontend_id: str
     published: Deliveries  # everything the gateway published on habla.operator for this site
+    joined: list[str] = field(default_factory=list)  # per operator: "privilege" or "prompt" (bot_in_roster)
 
     @property
     def bot(self) -> str:
@@ -174,6 +225,15 @@ class Site:
         )
         await self.bus.publish(topology.VISITOR, f"{self.site_id}.event", event, message_id=uuid.uuid4().hex)
 
+    async def contact(self, visitor: Visitor, operator: int = 0) -> str:
+        """Wait until the visitor is the operator's contact (see ``contact``)."""
+        return await contact(self.operators[operator], visitor.jid)
+
+    @property
+    def roster_managed(self) -> bool:
+        """Whether the gateway writes this run's operators' rosters (XEP-0356 works)."""
+        return all(how == "privilege" for how in self.joined)
+
     async def online(self) -> bool:
         return (await SiteStatusReader(self.redis, self.settings).get(self.site_id)).online
 
@@ -187,12 +247,39 @@ class Site:
 
 
 async def connect_operator(
-    cfg: prosody.ProsodyConfig, settings: Settings, user: str, show: str | None = None
+    server: XmppServer | prosody.ProsodyConfig, settings: Settings, user: str, show: str | None = None
 ) -> OperatorClient:
     password = uuid.uuid4().hex[:12]
-    await asyncio.to_thread(prosody.register, cfg, user, password)
+    if isinstance(server, prosody.ProsodyConfig):
+        server = XmppServer("prosody", server)
+    await asyncio.to_thread(server.register, user, password)
     client = OperatorClient(f"{user}@{settings.xmpp_domain}", password, "127.0.0.1", settings.xmpp_c2s_port)
     return await client.start(show)
+
+
+async def contact(client: OperatorClient, jid: str, within: float = 15.0) -> str:
+    """Wait until ``jid`` (a site bot or visitor) is the operator's contact; returns how.
+
+    "privilege": the gateway wrote the roster (XEP-0356), no prompt. "prompt": the
+    server grants no working roster access (ejabberd 23.01), so the contact asked, and
+    the person behind the client accepted — what a human operator does there.
+    """
+    bot = jid
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if client.subscribed_to(bot):
+            return "privilege"
+        asked = [r for r in client.received if r.kind == "presence" and r.ptype == "subscribe" and r.sender == bot]
+        if asked:
+            client.approve(bot)
+            await client.wait_roster(lambda: client.subscribed_to(bot), within=deadline - time.monotonic())
+            return "prompt"
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"{bot} never reached {client.jid}'s roster (nor asked to)")
+
+
+async def gone_from_roster(client: OperatorClient, jid: str, within: float = 15.0) -> None:
+    await client.wait_roster(lambda: client.roster_item(jid) is None, within=within)
 
 
 async def create_site(engine: sa.Engine, operators: list[tuple[str, str]]) -> str:
@@ -211,7 +298,7 @@ async def create_site(engine: sa.Engine, operators: list[tuple[str, str]]) -> st
 async def make_site(
     gateway: Gateway,
     gateway_settings: Settings,
-    prosody_server: prosody.ProsodyConfig,
+    xmpp_server: XmppServer,
     redis_client: aioredis.Redis,
     engine: sa.Engine,
 ) -> AsyncIterator[Callable[..., Awaitable[Site]]]:
@@ -224,7 +311,7 @@ async def make_site(
         clients = []
         for i in range(n):
             show = shows[i] if shows else None
-            clients.append(await connect_operator(prosody_server, gateway_settings, f"op{i}-{tag}", show))
+            clients.append(await connect_operator(xmpp_server, gateway_settings, f"op{i}-{tag}", show))
         opened.extend(clients)
         site_id = await create_site(engine, [(c.jid, f"Agent {i}") for i, c in enumerate(clients)])
         bus = await Bus.connect(gateway_settings, "gw-test-site")
@@ -246,6 +333,7 @@ async def make_site(
         site = Site(site_id, gateway_settings, bus, redis_client, gateway, clients, deliveries, frontend_id, published)
         # Only now does the gateway hear of the site: nothing it publishes is missed.
         await SiteDirectory(redis_client, engine, gateway_settings).invalidate(site_id)
+        site.joined = [await contact(client, site.bot) for client in clients]
         if wait_online:
             await site.wait_online()
         return site

@@ -1,4 +1,12 @@
-"""A real operator: a slixmpp ClientXMPP logged in to the test Prosody, recording what it gets."""
+"""A real operator: a slixmpp ClientXMPP logged in to the test server, recording what it gets.
+
+It behaves like the strictest real client (see ../shared/notes/servers.md): presence
+counts only from roster contacts the operator is subscribed to, and a subscription
+request is a prompt that waits for the person (``approve``) — never answered by the
+client itself. slixmpp's ``auto_authorize = False`` would decline every request at
+once, which no real client does; ``None`` leaves it pending, as a client whose user
+has not looked yet.
+"""
 
 from __future__ import annotations
 
@@ -26,12 +34,16 @@ class Received:
 
 
 class OperatorClient:
-    def __init__(self, jid: str, password: str, host: str, port: int) -> None:
+    def __init__(self, jid: str, password: str, host: str, port: int, resource: str | None = None) -> None:
         self.jid = jid
-        self.xmpp = ClientXMPP(jid, password, plugin_config={"feature_mechanisms": {"unencrypted_plain": True}})
+        self.password = password
+        full = f"{jid}/{resource}" if resource else jid
+        self.xmpp = ClientXMPP(full, password, plugin_config={"feature_mechanisms": {"unencrypted_plain": True}})
         self.xmpp.enable_starttls = False
         self.xmpp.enable_direct_tls = False
         self.xmpp.enable_plaintext = True
+        self.xmpp.auto_authorize = None  # a prompt waits for the person (see above)
+        self.xmpp.auto_subscribe = False
         self.xmpp.register_plugin("xep_0085")
         self.xmpp.register_plugin("xep_0184", {"auto_ack": False, "auto_request": False})
         self.xmpp.add_event_handler("receipt_received", self._on_receipt)
@@ -46,6 +58,8 @@ class OperatorClient:
         self.xmpp.add_event_handler("message", self._on_message)
         self.xmpp.add_event_handler("message_error", self._on_message)
         self.xmpp.add_event_handler("presence", self._on_presence)
+        self.xmpp.add_event_handler("roster_update", lambda _iq: self._changed.set())
+        self.ignored: list[str] = []  # presence senders ignored: not subscribed contacts
 
     async def start(self, show: str | None = None) -> OperatorClient:
         self.xmpp.connect(self._host, self._port)
@@ -76,8 +90,42 @@ class OperatorClient:
             Received("message", str(msg["from"]), msg["body"], "", msg["type"], "", msg["id"], time.monotonic(), error)
         )
 
+    def subscribed_to(self, jid: str) -> bool:
+        """Whether the roster holds ``jid`` with its presence ("to" or "both")."""
+        roster = self.xmpp.client_roster
+        return jid in roster and roster[jid]["subscription"] in ("to", "both")
+
+    def roster_item(self, jid: str) -> dict[str, Any] | None:
+        """``jid``'s roster entry as the server pushed it (None if not in the roster)."""
+        roster = self.xmpp.client_roster
+        if jid not in roster or roster[jid]["subscription"] not in ("to", "from", "both"):
+            return None
+        item = roster[jid]
+        return {"name": item["name"], "groups": list(item["groups"]), "subscription": item["subscription"]}
+
+    async def wait_roster(self, predicate: Callable[[], bool], within: float = 10.0) -> None:
+        deadline = time.monotonic() + within
+        while not predicate():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"{self.jid}: roster condition not met within {within} s")
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), min(remaining, 0.1))
+
+    def approve(self, jid: str) -> None:
+        """What the person does with a prompt: accept it and ask back."""
+        self.xmpp.send_presence(pto=jid, ptype="subscribed")
+        self.xmpp.send_presence(pto=jid, ptype="subscribe")
+
     def _on_presence(self, pres: Any) -> None:
-        error = pres["error"]["condition"] if pres.xml.get("type") == "error" else ""
+        ptype = pres.xml.get("type") or ""
+        sender = pres["from"].bare
+        if ptype in ("", "unavailable", "probe") and not self.subscribed_to(sender):
+            # Real clients show presence only for contacts in their roster.
+            self.ignored.append(sender)
+            return
+        error = pres["error"]["condition"] if ptype == "error" else ""
         self._record(
             Received(
                 "presence",

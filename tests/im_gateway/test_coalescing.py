@@ -30,6 +30,8 @@ async def test_burst_of_page_views_respects_the_ceiling(make_site, gateway_setti
     followed = visitors[:FOLLOWED]
     for visitor in followed:
         assert "Following" in await op.ask(site.bot, f"!follow {visitor.jid.split('@')[0]}")
+    for visitor in followed:
+        await site.contact(visitor)  # followed visitors are roster contacts (or ask once to be)
     # Let the follow confirmations' presences drain before measuring.
     await op.wait_for(lambda r: r.kind == "presence" and r.sender == followed[-1].jid and "Home" in r.status, within=30)
     await asyncio.sleep(1.0)
@@ -62,6 +64,7 @@ async def test_burst_of_page_views_respects_the_ceiling(make_site, gateway_setti
     assert busiest_sent <= ceiling
     assert busiest <= ceiling * RECEIVE_SLACK
     assert len(stanzas) <= ceiling * (finished - started + 1)
-    # Unfollowed visitors never produced a presence for this operator.
+    # Unfollowed visitors' page views never produced a presence for this operator (they
+    # may be in the roster as the site's newest visitors, shown once on the page they had).
     unfollowed = {v.jid for v in visitors[FOLLOWED:]}
-    assert not [r for r in op.received if r.kind == "presence" and r.sender in unfollowed]
+    assert not [r for r in op.received if r.kind == "presence" and r.sender in unfollowed and "/p/" in r.status]

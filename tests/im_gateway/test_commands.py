@@ -17,6 +17,7 @@ async def _chatting(make_site, operators: int = 1) -> tuple[Site, Visitor]:
     visitor = await site.visitor(page_url="https://shop.example/boots", title="Winter boots")
     await site.say(visitor, "Hello?")
     await site.operators[0].wait_for(lambda r: r.kind == "message" and r.body == "Hello?")
+    await site.contact(visitor)  # what the operator's client shows of them from here on
     return site, visitor
 
 
@@ -52,6 +53,7 @@ async def test_follow_shows_page_changes_and_unfollow_stops_them(make_site) -> N
     visitor = await site.visitor(page_url="https://shop.example/", title="Home")
     name = visitor.jid.split("@")[0]
     assert "Following" in await op.ask(site.bot, f"!follow {name}")
+    await site.contact(visitor)  # a followed visitor is a roster contact
     await op.wait_for(lambda r: r.kind == "presence" and r.sender == visitor.jid and "Home" in r.status)
     await site.page_view(visitor.visitor_id, "https://shop.example/cart", "Cart")
     await op.wait_for(lambda r: r.kind == "presence" and r.sender == visitor.jid and "/cart" in r.status)

@@ -159,6 +159,7 @@ async def test_identified_and_left_visitors_are_shown_to_the_operator(make_site)
     visitor = await site.visitor()
     await site.say(visitor, "hi")
     await op.wait_for(lambda r: r.body == "hi")
+    await site.contact(visitor)
     await site.event(visitor, codec.VisitorEventKind.IDENTIFIED, name="Jane Doe", email="jane@shop.example")
     introduced = await op.wait_for(lambda r: r.kind == "message" and "introduced themselves" in r.body)
     assert introduced.sender == visitor.jid and "Jane Doe, jane@shop.example" in introduced.body

@@ -16,7 +16,12 @@ async def test_visitor_line_reaches_operator_and_reply_reaches_log_and_frontend(
     line = await operator.wait_for(lambda r: r.kind == "message" and r.body == "Do you have size 44?")
     assert line.sender.split("/")[0] == visitor.jid
     assert visitor.jid.endswith("@" + site.settings.xmpp_component_domain)
-    presence = await operator.wait_for(lambda r: r.kind == "presence" and r.sender.split("/")[0] == visitor.jid)
+    # The gateway puts the chatting visitor in the roster (or, without XEP-0356, the
+    # visitor asks once): only then does a real client show their presence.
+    await site.contact(visitor)
+    presence = await operator.wait_for(
+        lambda r: r.kind == "presence" and r.sender.split("/")[0] == visitor.jid and r.ptype == ""
+    )
     assert "Winter boots" in presence.status and "https://shop.example/boots" in presence.status
 
     operator.say(visitor.jid, "Yes, we do <b>!</b>")

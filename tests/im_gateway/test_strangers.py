@@ -9,12 +9,12 @@ from libs.common.state.conversations import ConversationLog
 from tests.im_gateway.conftest import Site, connect_operator
 
 
-async def test_strangers_get_errors_and_change_nothing(make_site, prosody_server, gateway_settings) -> None:
+async def test_strangers_get_errors_and_change_nothing(make_site, xmpp_server, gateway_settings) -> None:
     site: Site = await make_site(1)
     visitor = await site.visitor()
     await site.say(visitor, "hello operator")
     await site.operators[0].wait_for(lambda r: r.body == "hello operator")
-    stranger = await connect_operator(prosody_server, gateway_settings, f"stranger-{uuid.uuid4().hex[:6]}")
+    stranger = await connect_operator(xmpp_server, gateway_settings, f"stranger-{uuid.uuid4().hex[:6]}")
     try:
         assert await stranger.ask(site.bot, "!who") == "error:forbidden"
         assert await stranger.ask(visitor.jid, "I am not staff") == "error:forbidden"

@@ -36,6 +36,7 @@ async def test_control_characters_and_huge_lines_never_cut_the_stream(make_site)
         await site.say(visitor, body)
         line = await operator.wait_for(lambda r: r.kind == "message" and r.body.startswith("hello"), within=15)
         assert line.body == _as_parsed(clean(body)) == "hello\t\n\nworld"
+        await site.contact(visitor)  # strict client: presence only from roster contacts
         # The page title, on one line, in the visitor's presence status.
         presence = await operator.wait_for(
             lambda r: r.kind == "presence" and r.sender.split("/")[0] == visitor.jid and "Checkout" in r.status

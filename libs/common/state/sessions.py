@@ -71,10 +71,23 @@ class VisitorSessions:
         data = cast(dict[str, str], await self._redis.hgetall(self._key(visitor_id)))
         return data or None
 
-    async def on_site(self, site_id: str) -> list[str]:
-        """Visitors seen on the site within the session TTL, most recent first."""
+    async def on_site(self, site_id: str, limit: int | None = None) -> list[str]:
+        """Visitors seen on the site within the session TTL, most recent first (at most ``limit``)."""
         cutoff = time.time() - self._settings.session_ttl_s
-        return [str(v) for v in await self._redis.zrevrangebyscore(self._site_key(site_id), "+inf", cutoff)]
+        key = self._site_key(site_id)
+        if limit is None:
+            found = await self._redis.zrevrangebyscore(key, "+inf", cutoff)
+        else:
+            found = await self._redis.zrevrangebyscore(key, "+inf", cutoff, start=0, num=limit)
+        return [str(v) for v in found]
+
+    async def left(self, site_id: str, visitor_id: str) -> None:
+        """The visit is over (VisitorEvent LEFT): no longer among the site's visitors."""
+        await self._redis.zrem(self._site_key(site_id), visitor_id)
+
+    async def is_on_site(self, site_id: str, visitor_id: str) -> bool:
+        score = await self._redis.zscore(self._site_key(site_id), visitor_id)
+        return score is not None and float(score) >= time.time() - self._settings.session_ttl_s
 
     async def forget(self, visitor_id: str) -> None:
         session = await self.get(visitor_id)

@@ -74,7 +74,8 @@ async def info(call: Call) -> None:
 async def follow(call: Call) -> None:
     assert call.visitor_id is not None
     desk = call.desk
-    await desk.follows.follow(call.operator, call.visitor_id)
+    await desk.follows.follow(call.operator, call.visitor_id, call.site_id)
+    desk.dirty_sites.add(call.site_id)  # the roster keeps followed visitors (services.im_gateway.rosters)
     jid = await desk.names.jid_of(call.visitor_id)
     desk.coalescer.update(call.operator, jid, status=await desk.visitor_status(call.visitor_id))
     call.reply(f"Following {jid}: its status shows the page it is on.")
@@ -85,7 +86,8 @@ async def unfollow(call: Call) -> None:
     assert call.visitor_id is not None
     desk = call.desk
     jid = await desk.names.jid_of(call.visitor_id)
-    if not await desk.follows.unfollow(call.operator, call.visitor_id):
+    desk.dirty_sites.add(call.site_id)
+    if not await desk.follows.unfollow(call.operator, call.visitor_id, call.site_id):
         call.reply(f"You were not following {jid}.")
         return
     desk.coalescer.forget(call.operator, jid)

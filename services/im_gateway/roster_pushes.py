@@ -1,0 +1,146 @@
+"""Roster writes that never flood: per-operator coalescing with a push ceiling.
+
+A roster write (XEP-0356) makes the operator's server push the change to every
+resource of the operator, so it costs like a presence, and the same rule applies: the
+ceiling that made Hab.la drop AIM and MSN. For each (operator, contact) only the
+latest wanted state is kept (a visitor who arrives and leaves within a tick costs
+nothing); at most ``ceiling`` writes start per operator in any one-second window (a
+sliding window of start times); one write per (operator, contact) is in flight at a
+time, so a newer state never overtakes an older one on the wire.
+
+Pure logic plus a flush loop; the clock is injectable for unit tests, the write is a
+coroutine function that returns once the server answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from services.im_gateway import metrics
+
+log = logging.getLogger(__name__)
+
+# The flush loop wakes this often: at the default ceiling (5/s) that spreads the
+# writes evenly and adds at most 50 ms to a roster change.
+TICK_S = 0.05
+WINDOW_S = 1.0  # the ceiling is "per second"
+
+
+@dataclass(frozen=True)
+class Item:
+    """A contact as the operator's roster should have it (subscription "both")."""
+
+    jid: str
+    name: str
+    group: str
+    site_id: str
+
+
+Write = Callable[[str, str, Item | None], Awaitable[None]]  # (operator, jid, item or None = remove)
+
+
+@dataclass
+class _OperatorQueue:
+    pending: dict[str, Item | None] = field(default_factory=dict)  # jid -> wanted (None: remove)
+    since: dict[str, float] = field(default_factory=dict)  # jid -> waiting since
+    in_flight: set[str] = field(default_factory=set)
+    started_at: deque[float] = field(default_factory=deque)  # write start times within the window
+
+
+class RosterPushes:
+    def __init__(self, write: Write, ceiling_per_s: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self._write = write
+        self.ceiling = max(1, ceiling_per_s)
+        self._clock = clock
+        self._queues: dict[str, _OperatorQueue] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+        # Called with (operator, start time) for each write started: measurement hook
+        # for bench/bench_roster.py.
+        self.on_push: Callable[[str, float], None] | None = None
+
+    def want(self, operator: str, jid: str, item: Item | None) -> None:
+        """The operator's roster should hold ``item`` for ``jid`` (None: not hold it)."""
+        queue = self._queues.setdefault(operator, _OperatorQueue())
+        if jid in queue.pending:
+            metrics.ROSTER_COALESCED.inc()
+        queue.pending[jid] = item
+        queue.since.setdefault(jid, self._clock())
+        self._wake.set()
+
+    def cancel(self, operator: str, jid: str) -> None:
+        queue = self._queues.get(operator)
+        if queue:
+            queue.pending.pop(jid, None)
+            queue.since.pop(jid, None)
+
+    def pending_additions(self, operator: str, site_id: str) -> set[str]:
+        queue = self._queues.get(operator)
+        if not queue:
+            return set()
+        return {jid for jid, item in queue.pending.items() if item is not None and item.site_id == site_id}
+
+    def pending(self, operator: str) -> int:
+        queue = self._queues.get(operator)
+        return len(queue.pending) if queue else 0
+
+    def flush(self) -> int:
+        """Start the writes that are due within every ceiling; returns how many started."""
+        now = self._clock()
+        started = 0
+        for operator, queue in list(self._queues.items()):
+            while queue.started_at and now - queue.started_at[0] >= WINDOW_S:
+                queue.started_at.popleft()
+            due = sorted(
+                (queue.since[jid], jid) for jid in queue.pending if jid not in queue.in_flight
+            )  # oldest waiting first
+            for _since, jid in due:
+                if len(queue.started_at) >= self.ceiling:
+                    metrics.ROSTER_DEFERRED.inc()
+                    break
+                item = queue.pending.pop(jid)
+                queue.since.pop(jid, None)
+                queue.in_flight.add(jid)
+                queue.started_at.append(now)
+                started += 1
+                metrics.ROSTER_PUSHES.inc()
+                if self.on_push is not None:
+                    self.on_push(operator, now)
+                task = asyncio.ensure_future(self._run(operator, jid, item))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            if not queue.pending and not queue.in_flight and not queue.started_at:
+                del self._queues[operator]
+        return started
+
+    async def _run(self, operator: str, jid: str, item: Item | None) -> None:
+        # What a failed write means (fall back, retry) is the writer's decision.
+        try:
+            await self._write(operator, jid, item)
+        except Exception:
+            log.exception("roster write failed", extra={"operator": operator, "contact": jid})
+        finally:
+            queue = self._queues.setdefault(operator, _OperatorQueue())
+            queue.in_flight.discard(jid)
+            self._wake.set()
+
+    async def run(self) -> None:
+        """Flush every tick while anything is pending (until cancelled)."""
+        try:
+            while True:
+                if not self._queues:
+                    self._wake.clear()
+                    await self._wake.wait()
+                try:
+                    self.flush()
+                except Exception:  # one bad write must not stop rosters for everyone
+                    log.exception("roster flush failed")
+                await asyncio.sleep(TICK_S)
+        finally:
+            for task in list(self._tasks):
+                task.cancel()

@@ -1,0 +1,337 @@
+"""Operators' rosters kept by the gateway (XEP-0356): no prompt, ever.
+
+Real XMPP clients show presence only for roster contacts, so a visitor whose page the
+operator should see must be in the operator's roster. Where the operator's server
+grants the component roster access, the gateway writes the rosters itself, with
+subscription "both", in one group per site ("Shoe shop — visitors"):
+
+* the site's bot, always (its presence subscription is how the gateway learns the
+  operator's availability, and the server probes it when the operator logs in);
+* visitors chatting with or offered to the operator, and those they follow;
+* then the site's newest active visitors, up to ``gateway_roster_cap`` per site.
+
+Visitors leave the roster when they no longer qualify (the visit ended, a busier site
+pushed them past the cap). Writes go through services.im_gateway.roster_pushes:
+coalesced and at most ``gateway_roster_pushes_per_s`` per operator.
+
+Where no roster access is granted (or the server's writes fail, as on ejabberd
+23.01), the subscription flow of services.im_gateway.roster stays: the bot asks for
+the operator's presence, and each chatting or followed visitor asks once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import redis.asyncio as aioredis
+from slixmpp.exceptions import IqError, IqTimeout
+
+from libs.common import xmlsafe
+from libs.common.sitedir import SiteDirectory
+from services.im_gateway import metrics
+from services.im_gateway.component import GatewayComponent
+from services.im_gateway.desk import Desk
+from services.im_gateway.operators import SiteChange
+from services.im_gateway.outbox import XmppUnavailable
+from services.im_gateway.privilege import Privileges
+from services.im_gateway.roster import Roster
+from services.im_gateway.roster_pushes import Item, RosterPushes
+from services.im_gateway.sitebot import SiteBot
+
+log = logging.getLogger(__name__)
+
+ROSTER_NS = "jabber:iq:roster"
+# A roster write the server has not answered after this long is given up (the next
+# refresh wants it again); Prosody answers in about a millisecond on loopback.
+WRITE_TIMEOUT_S = 10.0
+# Conditions that mean "this server will not write rosters for us": fall back to
+# subscriptions for its operators. (ejabberd 23.01 answers internal-server-error.)
+REFUSALS = frozenset(
+    {"forbidden", "not-allowed", "feature-not-implemented", "service-unavailable", "internal-server-error"}
+)
+# A visitor's subscription request (fallback) is asked once per visitor and operator
+# for as long as a visit lasts; remembered in Redis so a restart does not ask again.
+ASKED_KEY = "rosterasked"
+
+
+def group_name(site_name: str) -> str:
+    return f"{xmlsafe.one_line(site_name).strip() or 'Habla'} — visitors"
+
+
+class Rosters:
+    def __init__(
+        self,
+        desk: Desk,
+        redis: aioredis.Redis,
+        component: GatewayComponent,
+        privileges: Privileges,
+        sitedir: SiteDirectory,
+        fallback: Roster,
+        bot: SiteBot,
+    ) -> None:
+        self._desk = desk
+        self._redis = redis
+        self._component = component
+        self._privileges = privileges
+        self._sitedir = sitedir
+        self._fallback = fallback
+        self._bot = bot
+        self._cap = max(0, desk.settings.gateway_roster_cap)
+        # What each operator's roster holds from us, as far as we know: jid -> site id
+        # ("" for a contact of a site we could not tell). Seeded from the roster itself
+        # after each (re)connect where the server lets us read it.
+        self.held: dict[str, dict[str, str]] = {}
+        self.pushes = RosterPushes(self._write, desk.settings.gateway_roster_pushes_per_s)
+        self._synced = asyncio.Event()
+
+    # --- who should be in a roster ---------------------------------------------------
+    async def _site_name(self, site_id: str) -> str:
+        try:
+            return (await self._sitedir.get(site_id)).name
+        except Exception:  # an unknown or deleted site: its contacts are leaving anyway
+            return site_id
+
+    async def _bot_item(self, site_id: str) -> Item:
+        name = await self._site_name(site_id)
+        return Item(self._desk.bot_jid(site_id), f"{xmlsafe.one_line(name)} (Habla)", group_name(name), site_id)
+
+    async def wanted_visitors(self, site_id: str) -> dict[str, set[str]]:
+        """operator -> visitor ids their roster should hold for ``site_id``."""
+        desk = self._desk
+        operators = desk.operators.operators_of(site_id)
+        must: dict[str, set[str]] = {op: set() for op in operators}
+        for conversation in await desk.routing.open_conversations(site_id):
+            for operator in conversation.recipients:
+                if operator in must:
+                    must[operator].add(conversation.visitor_id)
+        for operator in operators:
+            must[operator] |= await desk.follows.following(operator, site_id)
+        recent = await desk.sessions.on_site(site_id, limit=self._cap) if self._cap else []
+        # A visitor kept for a chat or a follow must still be on a visit.
+        alive: dict[str, bool] = {v: True for v in recent}
+        for visitor_id in {v for vs in must.values() for v in vs} - set(alive):
+            alive[visitor_id] = await desk.sessions.is_on_site(site_id, visitor_id)
+        wanted: dict[str, set[str]] = {}
+        for operator, visitors in must.items():
+            keep = {v for v in visitors if alive.get(v)}
+            for visitor_id in recent:  # newest first
+                if len(keep) >= self._cap:
+                    break
+                keep.add(visitor_id)
+            wanted[operator] = keep
+        return wanted
+
+    async def refresh_site(self, site_id: str) -> None:
+        """Bring every operator's roster in line with the site's visitors now."""
+        if not self._synced.is_set():
+            return  # sync_all() seeds what rosters hold first
+        wanted = await self.wanted_visitors(site_id)
+        group = group_name(await self._site_name(site_id))
+        for operator, visitor_ids in wanted.items():
+            if not self._privileges.can_write(operator):
+                await self._ask_subscriptions(operator, site_id, visitor_ids)
+                continue
+            held = {jid for jid, site in self.held.get(operator, {}).items() if site == site_id}
+            bot = self._desk.bot_jid(site_id)
+            want_jids: dict[str, str] = {}
+            for visitor_id in visitor_ids:
+                want_jids[await self._desk.names.jid_of(visitor_id)] = visitor_id
+            for jid, visitor_id in want_jids.items():
+                if jid not in held:
+                    name = await self._visitor_name(visitor_id, jid)
+                    self.pushes.want(operator, jid, Item(jid, name, group, site_id))
+                else:
+                    self.pushes.cancel(operator, jid)  # an earlier removal no longer applies
+            for jid in held - set(want_jids) - {bot}:
+                self.pushes.want(operator, jid, None)
+            for jid in self.pushes.pending_additions(operator, site_id) - set(want_jids):
+                self.pushes.cancel(operator, jid)  # left before it was ever added
+
+    async def _visitor_name(self, visitor_id: str, jid: str) -> str:
+        session = await self._desk.sessions.get(visitor_id) or {}
+        friendly = jid.split("@", 1)[0]
+        given = xmlsafe.one_line(session.get("name", "")).strip()[:60]
+        return f"{friendly} ({given})" if given else friendly
+
+    async def _ask_subscriptions(self, operator: str, site_id: str, visitor_ids: set[str]) -> None:
+        """Fallback: chatting and followed visitors ask once for the operator's approval.
+
+        Only those: asking for every visitor on the site would bury the operator in prompts.
+        """
+        desk = self._desk
+        chatting = {c.visitor_id for c in await desk.routing.open_conversations(site_id) if operator in c.recipients}
+        followed = await desk.follows.following(operator, site_id)
+        for visitor_id in visitor_ids & (chatting | followed):
+            key = desk.settings.redis_key("gw", ASKED_KEY, operator, visitor_id)
+            if await self._redis.set(key, "1", nx=True, ex=desk.settings.session_ttl_s):
+                jid = await desk.names.jid_of(visitor_id)
+                try:
+                    desk.outbox.presence(jid, operator, kind="subscribe")
+                except XmppUnavailable:
+                    await self._redis.delete(key)  # ask again once the stream is back
+
+    # --- after a (re)connect -----------------------------------------------------------
+    async def sync_all(self) -> None:
+        """Every operator: read their roster, put the bots in, probe their presence."""
+        self._synced.clear()
+        self.held.clear()
+        await self._privileges.wait()
+        for operator in sorted(self._desk.operators.all_operators()):
+            try:
+                await self.sync_operator(operator)
+            except XmppUnavailable:
+                return  # the next session start syncs again
+            except Exception:
+                log.exception("roster sync failed", extra={"operator": operator})
+        self._synced.set()
+        for site_id in self._desk.operators.sites():
+            self._desk.dirty_sites.add(site_id)
+
+    async def sync_operator(self, operator: str) -> None:
+        sites = self._desk.operators.sites_of(operator)
+        if not self._privileges.can_write(operator):
+            for site_id in sites:
+                self._fallback.invite(operator, site_id, probe=True)
+            return
+        held = self.held.setdefault(operator, {})
+        if self._privileges.can_read(operator):
+            held.update(await self._read(operator))
+        for site_id in sites:
+            bot = self._desk.bot_jid(site_id)
+            if held.get(bot) == site_id:
+                self._now_in_roster(operator, bot, site_id)  # there already: ask for presence
+            else:
+                self.pushes.want(operator, bot, await self._bot_item(site_id))
+        # Our contacts the operator should not have (a site they left, an ended visit).
+        for jid, site_id in list(held.items()):
+            if site_id not in sites:
+                self.pushes.want(operator, jid, None)
+
+    async def _read(self, operator: str) -> dict[str, str]:
+        """Our contacts in the operator's roster: jid -> site id ("" if no live visit)."""
+        iq = self._component.make_iq_get(queryxmlns=ROSTER_NS, ito=operator, ifrom=self._desk.domain)
+        try:
+            result = await iq.send(timeout=WRITE_TIMEOUT_S)  # type: ignore[no-untyped-call]
+        except (IqError, IqTimeout) as exc:
+            log.warning("cannot read an operator's roster", extra={"operator": operator, "error": str(exc)})
+            return {}
+        found: dict[str, str] = {}
+        for element in result.xml.iter(f"{{{ROSTER_NS}}}item"):
+            jid = (element.get("jid") or "").lower()
+            local, _, domain = jid.partition("@")
+            if domain != self._desk.domain or not local:
+                continue
+            site_id = self._desk.site_of_bot(local)
+            if site_id is None:
+                visitor_id = await self._desk.names.visitor_of(local)
+                session = await self._desk.sessions.get(visitor_id) if visitor_id else None
+                site_id = session["site_id"] if session else ""
+            found[jid] = site_id
+        return found
+
+    # --- writing -------------------------------------------------------------------------
+    async def _write(self, operator: str, jid: str, item: Item | None) -> None:
+        iq = self._component.make_iq_set(ito=operator, ifrom=self._desk.domain)
+        query = iq.xml.makeelement(f"{{{ROSTER_NS}}}query", {})
+        attrs = {"jid": jid, "subscription": "both" if item else "remove"}
+        if item:
+            attrs["name"] = item.name
+        element = query.makeelement(f"{{{ROSTER_NS}}}item", attrs)
+        if item:
+            group = element.makeelement(f"{{{ROSTER_NS}}}group", {})
+            group.text = item.group
+            element.append(group)
+        query.append(element)
+        iq.xml.append(query)
+        try:
+            await iq.send(timeout=WRITE_TIMEOUT_S)  # type: ignore[no-untyped-call]
+        except IqError as exc:
+            condition = exc.iq["error"]["condition"] or "undefined-condition"
+            metrics.ROSTER_FAILED.labels(condition).inc()
+            if item is None and condition == "item-not-found":
+                self.held.get(operator, {}).pop(jid, None)  # gone already
+                return
+            if condition in REFUSALS:
+                self._privileges.broken(operator, condition)
+                await self.sync_operator(operator)  # the subscription flow from here on
+            log.warning("roster write refused", extra={"operator": operator, "contact": jid, "condition": condition})
+            return
+        except IqTimeout:
+            log.warning("roster write unanswered", extra={"operator": operator, "contact": jid})
+            return
+        held = self.held.setdefault(operator, {})
+        if item is None:
+            held.pop(jid, None)
+            return
+        held[jid] = item.site_id
+        self._now_in_roster(operator, jid, item.site_id)
+        # The visitor may have left while this write was on its way: look again.
+        self._desk.dirty_sites.add(item.site_id)
+
+    def _now_in_roster(self, operator: str, jid: str, site_id: str) -> None:
+        """A contact just entered the roster: its presence now shows, so send it."""
+        if jid == self._desk.bot_jid(site_id):
+            # Subscription "both": the server answers the probe with the operator's
+            # presence, which is how the site comes online without a prompt.
+            self._desk.outbox.presence(jid, operator, kind="probe")
+            self._bot.present_to(operator, site_id)
+            return
+        task = asyncio.ensure_future(self.show(operator, jid))
+        task.add_done_callback(_log_failure)
+
+    async def show(self, operator: str, jid: str) -> None:
+        """The visitor's presence for the operator (coalesced): their page, "chat" if chatting with them."""
+        desk = self._desk
+        visitor_id = await desk.names.visitor_of(jid)
+        if visitor_id is None:
+            return
+        session = await desk.sessions.get(visitor_id) or {}
+        conversation = await desk.routing.get(session.get("conversation_id", ""))
+        chatting = conversation is not None and operator in conversation.recipients
+        desk.coalescer.update(
+            operator, jid, show="chat" if chatting else None, status=await desk.visitor_status(visitor_id)
+        )
+        desk.remember_shown(operator, visitor_id)
+
+    # --- contacts the gateway no longer knows ----------------------------------------
+    def forget_stale(self, operator: str, jid: str) -> bool:
+        """A contact of ours whose visit ended: out of the roster if we may write it."""
+        if not self._privileges.can_write(operator):
+            return False
+        self.pushes.want(operator, jid, None)
+        return True
+
+    # --- site changes ----------------------------------------------------------------------
+    async def apply(self, change: SiteChange) -> None:
+        for operator in sorted(change.added):
+            if self._privileges.can_write(operator):
+                await self.sync_operator(operator)
+            else:
+                try:
+                    self._fallback.invite(operator, change.site_id)
+                except XmppUnavailable:
+                    log.warning("roster change deferred until reconnect", extra={"site": change.site_id})
+        for operator in sorted(change.removed):
+            if self._privileges.can_write(operator):
+                for jid, site_id in list(self.held.get(operator, {}).items()):
+                    if site_id == change.site_id:
+                        self.pushes.want(operator, jid, None)
+            else:
+                try:
+                    self._fallback.drop(operator, change.site_id)
+                except XmppUnavailable:
+                    log.warning("roster change deferred until reconnect", extra={"site": change.site_id})
+            await self._desk.availability.forget(operator, change.site_id)
+        if change.added or change.removed:
+            self._desk.dirty_sites.add(change.site_id)
+            log.info(
+                "site operators changed",
+                extra={"site": change.site_id, "added": ",".join(change.added), "removed": ",".join(change.removed)},
+            )
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("showing a new roster contact failed", exc_info=task.exception())
