@@ -9,8 +9,10 @@ process (two gateways in one test process would see each other's), so it is not 
 the roster IQs themselves are plain ``jabber:iq:roster`` either way.
 
 A grant is not proof: ejabberd 23.01 advertises roster "both" yet fails every roster
-write (ejabberd issue #3942). A host whose write failed is marked broken for this
-stream, and the gateway falls back to presence subscriptions for its operators.
+write (ejabberd issue #3942). An operator whose roster write was refused is served by
+presence subscriptions for the rest of the stream. Per operator, not per host: Prosody
+also refuses a write to an account that does not exist, which says nothing about the
+others (a whole host once fell back because one site listed an unregistered JID).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ class Privileges:
     def __init__(self, component: GatewayComponent) -> None:
         self._component = component
         self._roster: dict[str, str] = {}  # host -> "none" | "get" | "set" | "both"
-        self._broken: dict[str, str] = {}  # host -> why its roster writes are not used
+        self._broken: dict[str, str] = {}  # operator -> why their roster is not written
         self.advertised = asyncio.Event()
         for ns in NAMESPACES:
             path = f"{{{component.default_ns}}}message/{{{ns}}}privilege"
@@ -83,14 +85,13 @@ class Privileges:
         return self._roster.get(self.host_of(operator), "none") in _GET
 
     def can_write(self, operator: str) -> bool:
-        host = self.host_of(operator)
-        return self._roster.get(host, "none") in _SET and host not in self._broken
+        return self._roster.get(self.host_of(operator), "none") in _SET and operator not in self._broken
 
     def broken(self, operator: str, reason: str) -> None:
-        host = self.host_of(operator)
-        if host not in self._broken:
+        if operator not in self._broken:
             log.warning(
-                "roster writes fail on this XMPP server; using subscription requests instead",
-                extra={"host": host, "reason": reason},
+                "roster write refused (%s); subscription requests for this operator instead",
+                reason,
+                extra={"operator": operator},
             )
-        self._broken[host] = reason
+        self._broken[operator] = reason

@@ -56,6 +56,25 @@ REFUSALS = frozenset(
 ASKED_KEY = "rosterasked"
 
 
+STANZAS_NS = "urn:ietf:params:xml:ns:xmpp-stanzas"
+
+
+def first_condition(iq: Any) -> str:
+    """The error condition the server meant: the first one.
+
+    Prosody's mod_privilege answers with its own <error/> and Prosody appends a second,
+    <feature-not-implemented/> in jabber:client; slixmpp reads the second, which would
+    turn a harmless item-not-found into "this server cannot write rosters".
+    """
+    for error in iq:
+        if error.tag.rpartition("}")[2] != "error":
+            continue
+        for child in error:
+            if child.tag.startswith(f"{{{STANZAS_NS}}}") and child.tag != f"{{{STANZAS_NS}}}text":
+                return str(child.tag.rpartition("}")[2])
+    return "undefined-condition"
+
+
 def group_name(site_name: str) -> str:
     return f"{xmlsafe.one_line(site_name).strip() or 'Habla'} — visitors"
 
@@ -85,6 +104,10 @@ class Rosters:
         self.held: dict[str, dict[str, str]] = {}
         self.pushes = RosterPushes(self._write, desk.settings.gateway_roster_pushes_per_s)
         self._synced = asyncio.Event()
+
+    @property
+    def synced(self) -> bool:
+        return self._synced.is_set()
 
     # --- who should be in a roster ---------------------------------------------------
     async def _site_name(self, site_id: str) -> str:
@@ -248,7 +271,7 @@ class Rosters:
         try:
             await iq.send(timeout=WRITE_TIMEOUT_S)  # type: ignore[no-untyped-call]
         except IqError as exc:
-            condition = exc.iq["error"]["condition"] or "undefined-condition"
+            condition = first_condition(exc.iq.xml)
             metrics.ROSTER_FAILED.labels(condition).inc()
             if item is None and condition == "item-not-found":
                 self.held.get(operator, {}).pop(jid, None)  # gone already
@@ -256,7 +279,7 @@ class Rosters:
             if condition in REFUSALS:
                 self._privileges.broken(operator, condition)
                 await self.sync_operator(operator)  # the subscription flow from here on
-            log.warning("roster write refused", extra={"operator": operator, "contact": jid, "condition": condition})
+            log.warning("roster write refused: %s", condition, extra={"operator": operator, "contact": jid})
             return
         except IqTimeout:
             log.warning("roster write unanswered", extra={"operator": operator, "contact": jid})

@@ -227,7 +227,7 @@ class Site:
 
     async def contact(self, visitor: Visitor, operator: int = 0) -> str:
         """Wait until the visitor is the operator's contact (see ``contact``)."""
-        return await contact(self.operators[operator], visitor.jid)
+        return await contact(self.operators[operator], visitor.jid, gateway=self.gateway)
 
     @property
     def roster_managed(self) -> bool:
@@ -257,7 +257,7 @@ async def connect_operator(
     return await client.start(show)
 
 
-async def contact(client: OperatorClient, jid: str, within: float = 15.0) -> str:
+async def contact(client: OperatorClient, jid: str, within: float = 15.0, gateway: Gateway | None = None) -> str:
     """Wait until ``jid`` (a site bot or visitor) is the operator's contact; returns how.
 
     "privilege": the gateway wrote the roster (XEP-0356), no prompt. "prompt": the
@@ -275,7 +275,16 @@ async def contact(client: OperatorClient, jid: str, within: float = 15.0) -> str
             await client.wait_roster(lambda: client.subscribed_to(bot), within=deadline - time.monotonic())
             return "prompt"
         await asyncio.sleep(0.05)
-    raise TimeoutError(f"{bot} never reached {client.jid}'s roster (nor asked to)")
+    state = ""
+    if gateway is not None:  # what the gateway thought, for the failure message
+        rosters = gateway.rosters
+        state = (
+            f"; gateway: writes {gateway.privileges.can_write(client.jid)}, holds "
+            f"{rosters.held.get(client.jid)}, pending {rosters.pushes.pending(client.jid)}, synced {rosters.synced}; "
+            f"send queue {gateway.component.waiting_queue.qsize()}, ready {gateway.component.ready.is_set()}, "
+            f"sender {getattr(gateway.component, '_run_out_filters', None)}"
+        )
+    raise TimeoutError(f"{bot} never reached {client.jid}'s roster (nor asked to){state}")
 
 
 async def gone_from_roster(client: OperatorClient, jid: str, within: float = 15.0) -> None:
@@ -333,7 +342,7 @@ async def make_site(
         site = Site(site_id, gateway_settings, bus, redis_client, gateway, clients, deliveries, frontend_id, published)
         # Only now does the gateway hear of the site: nothing it publishes is missed.
         await SiteDirectory(redis_client, engine, gateway_settings).invalidate(site_id)
-        site.joined = [await contact(client, site.bot) for client in clients]
+        site.joined = [await contact(client, site.bot, gateway=gateway) for client in clients]
         if wait_online:
             await site.wait_online()
         return site

@@ -100,7 +100,8 @@ async def test_roster_keeps_at_most_the_cap_of_idle_visitors(make_site, gateway_
     visitors = [await site.visitor(page_url=f"https://shop.example/{i}", title=f"Page {i}") for i in range(cap + 3)]
     newest = visitors[-cap:]
     for visitor in newest:
-        await op.wait_roster(lambda v=visitor: op.subscribed_to(v.jid), within=20)
+        jid = visitor.jid
+        await op.wait_roster(lambda: op.subscribed_to(jid), within=20)  # noqa: B023 - awaited at once
     await asyncio.sleep(1.0)  # nothing more arrives
     ours = [jid for jid in op.xmpp.client_roster if jid.endswith("@" + gateway_settings.xmpp_component_domain)]
     assert len([jid for jid in ours if op.roster_item(jid)]) == cap + 1  # the newest visitors and the bot
