@@ -142,7 +142,8 @@ async def main() -> None:
                 f"({len(got) / span:.1f}/s); busiest second {busiest(sent)} sent, {busiest(got)} received; "
                 f"a write per change: {naive} ({naive / churn_s:.0f}/s)"
             )
-            roster = [j for j in op.xmpp.client_roster if op.roster_item(j) and j != f"{site_id}@{settings.xmpp_component_domain}"]
+            bot = f"{site_id}@{settings.xmpp_component_domain}"
+            roster = [j for j in op.xmpp.client_roster if op.roster_item(j) and j != bot]
             print(f"    visitors left in the roster after every visit ended: {len(roster)}")
     finally:
         for op in operators:
