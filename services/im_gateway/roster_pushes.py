@@ -85,6 +85,15 @@ class RosterPushes:
             return set()
         return {jid for jid, item in queue.pending.items() if item is not None and item.site_id == site_id}
 
+    def busy(self, operator: str, jid: str) -> bool:
+        """A write for ``jid`` is waiting or under way."""
+        queue = self._queues.get(operator)
+        return queue is not None and (jid in queue.pending or jid in queue.in_flight)
+
+    def in_flight(self, operator: str) -> int:
+        queue = self._queues.get(operator)
+        return len(queue.in_flight) if queue else 0
+
     def pending(self, operator: str) -> int:
         queue = self._queues.get(operator)
         return len(queue.pending) if queue else 0

@@ -104,6 +104,7 @@ class Rosters:
         self.held: dict[str, dict[str, str]] = {}
         self.pushes = RosterPushes(self._write, desk.settings.gateway_roster_pushes_per_s)
         self._synced = asyncio.Event()
+        self._reading: set[asyncio.Task[None]] = set()  # roster reads under way
 
     @property
     def synced(self) -> bool:
@@ -158,6 +159,10 @@ class Rosters:
                 continue
             held = {jid for jid, site in self.held.get(operator, {}).items() if site == site_id}
             bot = self._desk.bot_jid(site_id)
+            if bot not in held and not self.pushes.busy(operator, bot):
+                # Self-healing: whatever took the bot out (a site that flickered out of
+                # this gateway's partition, a write lost with a stream), it goes back.
+                self.pushes.want(operator, bot, await self._bot_item(site_id))
             want_jids: dict[str, str] = {}
             for visitor_id in visitor_ids:
                 want_jids[await self._desk.names.jid_of(visitor_id)] = visitor_id
@@ -213,24 +218,42 @@ class Rosters:
             self._desk.dirty_sites.add(site_id)
 
     async def sync_operator(self, operator: str) -> None:
+        """The operator's bots into their roster now; what else it holds is read after.
+
+        The bot goes first, unconditionally: it is what brings the site online, and a
+        roster read first would put a round trip (more under load) before it.
+        """
         sites = self._desk.operators.sites_of(operator)
+        log.debug("roster sync", extra={"operator": operator, "sites": ",".join(sites)})
         if not self._privileges.can_write(operator):
             for site_id in sites:
                 self._fallback.invite(operator, site_id, probe=True)
             return
         held = self.held.setdefault(operator, {})
-        if self._privileges.can_read(operator):
-            held.update(await self._read(operator))
         for site_id in sites:
             bot = self._desk.bot_jid(site_id)
             if held.get(bot) == site_id:
                 self._now_in_roster(operator, bot, site_id)  # there already: ask for presence
             else:
                 self.pushes.want(operator, bot, await self._bot_item(site_id))
-        # Our contacts the operator should not have (a site they left, an ended visit).
+        if self._privileges.can_read(operator):
+            task = asyncio.ensure_future(self._reconcile(operator))
+            self._reading.add(task)
+            task.add_done_callback(self._reading.discard)
+            task.add_done_callback(_log_failure)
+
+    async def _reconcile(self, operator: str) -> None:
+        """Our contacts the operator should not have (a site they left, an ended visit) leave."""
+        found = await self._read(operator)
+        held = self.held.setdefault(operator, {})
+        for jid, site_id in found.items():
+            held.setdefault(jid, site_id)  # a write answered meanwhile knows better
+        sites = set(self._desk.operators.sites_of(operator))
         for jid, site_id in list(held.items()):
             if site_id not in sites:
                 self.pushes.want(operator, jid, None)
+        for site_id in sites:
+            self._desk.dirty_sites.add(site_id)  # visitors found in the roster are diffed too
 
     async def _read(self, operator: str) -> dict[str, str]:
         """Our contacts in the operator's roster: jid -> site id ("" if no live visit)."""
@@ -256,6 +279,7 @@ class Rosters:
 
     # --- writing -------------------------------------------------------------------------
     async def _write(self, operator: str, jid: str, item: Item | None) -> None:
+        log.debug("roster write", extra={"operator": operator, "contact": jid, "remove": item is None})
         iq = self._component.make_iq_set(ito=operator, ifrom=self._desk.domain)
         query = iq.xml.makeelement(f"{{{ROSTER_NS}}}query", {})
         attrs = {"jid": jid, "subscription": "both" if item else "remove"}
@@ -287,6 +311,9 @@ class Rosters:
         held = self.held.setdefault(operator, {})
         if item is None:
             held.pop(jid, None)
+            site_id = self._desk.site_of_bot(jid.split("@", 1)[0])
+            if site_id is not None:
+                self._desk.dirty_sites.add(site_id)  # still their site? the refresh puts it back
             return
         held[jid] = item.site_id
         self._now_in_roster(operator, jid, item.site_id)

@@ -280,7 +280,8 @@ async def contact(client: OperatorClient, jid: str, within: float = 15.0, gatewa
         rosters = gateway.rosters
         state = (
             f"; gateway: writes {gateway.privileges.can_write(client.jid)}, holds "
-            f"{rosters.held.get(client.jid)}, pending {rosters.pushes.pending(client.jid)}, synced {rosters.synced}; "
+            f"{rosters.held.get(client.jid)}, pending {rosters.pushes.pending(client.jid)}, "
+            f"in flight {rosters.pushes.in_flight(client.jid)}, synced {rosters.synced}; "
             f"send queue {gateway.component.waiting_queue.qsize()}, ready {gateway.component.ready.is_set()}, "
             f"sender {getattr(gateway.component, '_run_out_filters', None)}"
         )
