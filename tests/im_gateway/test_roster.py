@@ -151,7 +151,7 @@ async def test_added_operator_gets_the_bot_and_removed_one_loses_it(
         with engine.begin() as conn:
             site_store.add_operator(conn, site.site_id, newcomer.jid, "Newcomer")
         await SiteDirectory(redis_client, engine, gateway_settings).invalidate(site.site_id)
-        how = await contact(newcomer, site.bot)
+        how = await contact(newcomer, site.bot, gateway=site.gateway)
         if xmpp_server.kind == "prosody":
             assert how == "privilege"
         for _ in range(200):
