@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Coroutine
 from typing import Any
 
@@ -120,10 +121,14 @@ class Gateway:
     async def start(self) -> None:
         """Stand by until the component domain is ours, take the lease, start consuming."""
         await self.bus.declare_topology()
+        # Bindings are the broker's (shared by active and standby): made before standing
+        # by, so a takeover only binds what changed meanwhile (one round trip per site
+        # and key would otherwise add seconds per thousand sites to the takeover).
+        await self.bindings.declare()
+        await self.bindings.resync()
         await self._claim_domain()
         await self.lease.take()
         self.active = True
-        await self.bindings.declare()
         served = await self.bindings.resync()
         await self.desk.operators.load_all(served)
         self._spawn(self._watch_sites(), "site-changes")
@@ -153,7 +158,14 @@ class Gateway:
         closes with its process, so a standby takes over within a few seconds, not a
         lease TTL; a live one is never displaced, also on servers (ejabberd) that
         would admit a second connection."""
+        resynced = time.monotonic()
         while not (await self.lease.vacant() and await self.component.claim(CLAIM_WITHIN_S)):
+            if time.monotonic() - resynced > RESYNC_S:  # keep the standby's view of the bindings fresh
+                resynced = time.monotonic()
+                try:
+                    await self.bindings.resync()
+                except Exception:
+                    log.exception("site rebind failed while standing by")
             if not self.standing_by:
                 log.info(
                     "another gateway serves this component domain; standing by",
