@@ -8,10 +8,12 @@ The counts are written to tests/artifacts/fuzz-openapi.json for the issue's note
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 from tests.fuzz.conftest import FuzzTarget
@@ -43,7 +45,7 @@ def test_schemathesis_finds_nothing(fuzz_target: FuzzTarget, tmp_path: Path, art
         )
         + "\n"
     )
-    report = tmp_path / "report.json"
+    har = tmp_path / "requests.har"
     command = [
         str(Path(sys.executable).parent / "st"),
         "--config-file",
@@ -68,9 +70,9 @@ def test_schemathesis_finds_nothing(fuzz_target: FuzzTarget, tmp_path: Path, art
         "--seed",
         os.environ.get("HABLA_FUZZ_SEED", "11"),
         "--report",
-        "json",
-        "--report-json-path",
-        str(report),
+        "har",
+        "--report-har-path",
+        str(har),
         "--no-color",
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=TIME_BUDGET_S + 120)
@@ -80,3 +82,13 @@ def test_schemathesis_finds_nothing(fuzz_target: FuzzTarget, tmp_path: Path, art
         assert health.status == 200
     assert fuzz_target.server_errors_logged() == []
     assert result.returncode == 0, result.stdout[-20000:]
+    # Every request sent, from the HAR log: the counts the note reports.
+    statuses = Counter(entry["response"]["status"] for entry in json.loads(har.read_text())["log"]["entries"])
+    counts: dict[str, object] = {
+        "requests": sum(statuses.values()),
+        "5xx": sum(n for status, n in statuses.items() if status >= 500),
+        "by_status": dict(sorted(statuses.items())),
+    }
+    (artifacts / "fuzz-openapi-counts.json").write_text(json.dumps(counts, indent=1) + "\n")
+    print(f"schemathesis: {counts}")
+    assert counts["5xx"] == 0
