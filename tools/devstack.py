@@ -17,7 +17,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from libs.common import db
+from libs.common import db, partitions
 from libs.common.db import site_store
 from libs.common.settings import Settings
 from tools import prosody
@@ -117,6 +117,7 @@ def main() -> int:
         dir=state / "prosody",
         domain=settings.xmpp_domain,
         component_domain=settings.xmpp_component_domain,
+        partition_domains=tuple(partitions.all_domains(settings)),
         component_secret=settings.xmpp_component_secret,
         c2s_port=settings.xmpp_c2s_port,
         component_port=settings.xmpp_component_port,
@@ -163,7 +164,8 @@ Habla is running. Ctrl-C stops everything.
   Services          {", ".join(_services()) or "none yet"}
 
 Log in with any XMPP client (Gajim, Dino, profanity …) as the operator and add
-{demo["HABLA_DEMO_SITE_ID"]}@{settings.xmpp_component_domain} if it is not in your roster yet.
+{demo["HABLA_DEMO_SITE_ID"]}@{partitions.site_domain(settings, demo["HABLA_DEMO_SITE_ID"], None)}
+if it is not in your roster yet.
 These values are also in {state / "demo.env"}.
 """,
         flush=True,

@@ -62,6 +62,9 @@ network_settings = {{ nagle = false }}
 
 VirtualHost "{domain}"{tls}{privilege}
 
+{components}"""
+
+COMPONENT = """
 Component "{component_domain}"
   component_secret = "{component_secret}"{component_modules}
 """
@@ -82,6 +85,13 @@ class ProsodyConfig:
     # XEP-0356: let the component manage operators' rosters (the bot and visitors as
     # real contacts, no prompts). Off only in tests of the subscription fallback.
     privileged: bool = True
+    # Gateway partitions (libs.common.partitions): the server must know every
+    # partition's component domain; each is a component of its own, same secret.
+    partition_domains: tuple[str, ...] = ()
+
+    @property
+    def component_domains(self) -> list[str]:
+        return [self.component_domain, *(d for d in self.partition_domains if d != self.component_domain)]
 
     @property
     def config_file(self) -> Path:
@@ -109,23 +119,27 @@ def write_config(cfg: ProsodyConfig) -> Path:
         modules.append("privilege")
         # roster "both": read and write operators' rosters; message "outgoing": what
         # Slidge-like components ask for (Habla sends no message on a user's behalf yet).
-        privilege = (
-            f'\n  privileged_entities = {{ ["{cfg.component_domain}"] = {{ roster = "both"; message = "outgoing" }} }}'
+        grants = "; ".join(
+            f'["{domain}"] = {{ roster = "both"; message = "outgoing" }}' for domain in cfg.component_domains
         )
+        privilege = f"\n  privileged_entities = {{ {grants} }}"
     cfg.config_file.write_text(
         CONFIG.format(
             dir=cfg.dir,
             tls=tls,
             privilege=privilege,
-            component_modules=component_modules,
+            components="".join(
+                COMPONENT.format(
+                    component_domain=domain, component_secret=cfg.component_secret, component_modules=component_modules
+                )
+                for domain in cfg.component_domains
+            ),
             community=COMMUNITY_MODULES,
             modules=", ".join(f'"{m}"' for m in modules),
             c2s_port=cfg.c2s_port,
             component_port=cfg.component_port,
             interface=cfg.interface,
             domain=cfg.domain,
-            component_domain=cfg.component_domain,
-            component_secret=cfg.component_secret,
         )
     )
     return cfg.config_file

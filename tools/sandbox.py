@@ -23,7 +23,7 @@ from typing import Any
 import redis
 import sqlalchemy as sa
 
-from libs.common import db
+from libs.common import db, partitions
 from libs.common.settings import Settings
 from tools import prosody
 
@@ -108,6 +108,7 @@ def prosody_config(settings: Settings, folder: Path | None = None) -> prosody.Pr
         dir=folder or Path(tempfile.mkdtemp(prefix="habla-prosody-")),
         domain=settings.xmpp_domain,
         component_domain=settings.xmpp_component_domain,
+        partition_domains=tuple(partitions.all_domains(settings)),
         component_secret=settings.xmpp_component_secret,
         c2s_port=prosody.free_port(),
         component_port=prosody.free_port(),

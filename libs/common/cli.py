@@ -14,7 +14,7 @@ from typing import TextIO
 
 import sqlalchemy as sa
 
-from libs.common import db, sitedir, snippets
+from libs.common import db, partitions, sitedir, snippets
 from libs.common.db import site_store
 from libs.common.settings import Settings
 
@@ -107,13 +107,15 @@ def _dispatch(args: argparse.Namespace, conn: sa.Connection, settings: Settings,
         site = site_store.get_site(conn, args.site_id)
         emit(
             f"site {site.id} ({site.name})\ntranscripts to: {', '.join(site.transcript_emails) or '-'}\n"
-            f"allowed domains: {', '.join(site.allowed_domains) or 'any'}\n\n"
+            f"allowed domains: {', '.join(site.allowed_domains) or 'any'}\n"
+            f"XMPP: {_served_on(conn, site.id, settings)}; operators add {site.id}@"
+            f"{partitions.site_domain(settings, site.id, site_store.xmpp_domain_of(conn, site.id))}\n\n"
         )
         _snippets(site.id, settings, emit)
     elif args.command == "site" and args.action == "set-xmpp-domain":
         domain = None if args.domain == "default" else args.domain
         site_store.set_xmpp_domain(conn, args.site_id, domain)
-        shown = site_store.xmpp_domain_of(conn, args.site_id) or f"{settings.default_component_domain} (default)"
+        shown = _served_on(conn, args.site_id, settings)
         conn.commit()
         # Gateways rebind at once on this notice (and every 60 s in any case).
         sitedir.invalidate_sync(settings, args.site_id)
@@ -132,6 +134,18 @@ def _dispatch(args: argparse.Namespace, conn: sa.Connection, settings: Settings,
         site_store.get_site(conn, args.site_id)
         for jid, name in site_store.site_operators(conn, args.site_id):
             emit(f"{jid}  {name}\n")
+
+
+def _served_on(conn: sa.Connection, site_id: str, settings: Settings) -> str:
+    """The component domain serving the site, and why (its own, or its partition)."""
+    explicit = site_store.xmpp_domain_of(conn, site_id)
+    if explicit:
+        return explicit
+    p = partitions.count(settings)
+    domain = partitions.site_domain(settings, site_id, None)
+    if p == 1:
+        return f"{domain} (default)"
+    return f"{domain} (default, partition {partitions.partition_of(site_id, p)} of {p})"
 
 
 def _snippets(site_id: str, settings: Settings, emit: Emit) -> None:

@@ -203,6 +203,15 @@ class Settings:
     # server admits its component connection (the dead one's closed with it); the TTL
     # only bounds how long a holder cut off from Redis and XMPP keeps the token.
     gateway_lease_ttl_s: int = field(default=15, metadata={"env": "HABLA_GATEWAY_LEASE_TTL_S"})
+    # Partitions (libs.common.partitions): sites on the default component domain are
+    # spread over this many component domains p<N>.<domain> by a hash of the site id,
+    # each with its own queues, XMPP connection and owner. 1 = no partitions (the
+    # domain itself). Fixed per deployment: changing it moves sites (README).
+    gateway_partitions: int = field(default=1, metadata={"env": "HABLA_GATEWAY_PARTITIONS"})
+    # Which partitions this gateway process may own: "all" or numbers ("0,2,5"). It
+    # claims free ones at start (those it owns least-loaded first) and stands by for
+    # the others, taking them over when their owner dies.
+    gateway_serve_partitions: str = field(default="all", metadata={"env": "HABLA_GATEWAY_SERVE_PARTITIONS"})
     # A followed visitor's page changes reach an operator at most once per this
     # interval (latest page wins): 2 s keeps a status line current while a visitor
     # clicking through 10 pages a second costs the operator one stanza per 2 s.

@@ -113,9 +113,9 @@ WORK_QUEUES: tuple[QueueSpec, ...] = (
 # Gateways for different domains (or different XMPP servers) share one broker without
 # taking each other's messages: each domain has its own queues, bound per site to the
 # sites that domain serves (sites.xmpp_domain; services.im_gateway.bindings keeps the
-# bindings in step). Partitioning one domain's sites across gateways will add a
-# partition number: im_gateway.<domain>.p<N>.visitor / .conversation, bound the same
-# way per site; today's names are that scheme with the partition left out.
+# bindings in step). A partition is a component domain too (libs.common.partitions):
+# partition N of domain D has im_gateway.p<N>.D.visitor / .conversation, bound the same
+# way per site; with one partition the names are D's own, as before partitions.
 def gateway_visitor_queue(domain: str) -> QueueSpec:
     """Visitor lines, page views and events of the domain's sites."""
     return QueueSpec(f"im_gateway.{domain}.visitor", (), accepts=frozenset({"ChatMessage", "PageView", "VisitorEvent"}))

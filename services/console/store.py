@@ -144,6 +144,11 @@ class ConsoleStore:
         with self._engine.connect() as conn:
             return site_store.site_operators(conn, site_id)
 
+    def xmpp_domain(self, site_id: str) -> str | None:
+        """The site's own component domain (None: its partition of the default one)."""
+        with self._engine.connect() as conn:
+            return site_store.xmpp_domain_of(conn, site_id)
+
     def add_operator(self, site_id: str, jid: str, display_name: str) -> None:
         with self._engine.begin() as conn:
             site_store.add_operator(conn, site_id, jid, display_name)

@@ -10,7 +10,7 @@ import signal
 from libs.common import db, logs, observability, state
 from libs.common.messaging import Bus
 from libs.common.startup import settings_or_exit
-from services.im_gateway.gateway import Gateway
+from services.im_gateway.serving import Serving
 
 log = logging.getLogger("services.im_gateway")
 
@@ -21,7 +21,7 @@ async def main() -> None:
     redis = state.connect(settings)
     engine = db.engine(settings)
     bus = await Bus.connect(settings, "im_gateway")
-    gateway = Gateway(settings, bus, redis, engine)
+    gateway = Serving(settings, bus, redis, engine)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -33,7 +33,7 @@ async def main() -> None:
     )
     log.info(
         "im_gateway starting",
-        extra={"domain": settings.xmpp_component_domain, "port": settings.xmpp_component_port},
+        extra={"domains": ",".join(gateway.domains), "port": settings.xmpp_component_port},
     )
     try:
         await gateway.run(stop)

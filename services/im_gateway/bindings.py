@@ -1,4 +1,6 @@
-"""Which sites' messages reach this gateway: those whose component domain is ours.
+"""Which sites' messages reach this gateway: those whose component domain is ours
+(their own sites.xmpp_domain, or the partition of the default domain their id hashes
+to: libs.common.partitions).
 
 The gateway's queues carry its domain in their names (libs.common.topology); each site
 it serves is bound to them by site id. The set of sites is read from MySQL at start,
@@ -14,7 +16,7 @@ import logging
 
 import sqlalchemy as sa
 
-from libs.common import topology
+from libs.common import partitions, topology
 from libs.common.db import site_store
 from libs.common.messaging import Bus
 from libs.common.settings import Settings
@@ -47,7 +49,15 @@ class SiteBindings:
     async def _served(self) -> set[str]:
         def query() -> list[str]:
             with self._engine.connect() as conn:
-                return site_store.sites_of_xmpp_domain(conn, self.domain, self._settings.default_component_domain)
+                # Sites moved here by name, then (if this domain is a partition of the
+                # default one) the default domain's sites whose hash falls in it.
+                mine = site_store.sites_of_xmpp_domain(conn, self.domain, "")
+                n = partitions.default_partition(self._settings, self.domain)
+                if n is not None:
+                    p = partitions.count(self._settings)
+                    unnamed = site_store.sites_without_xmpp_domain(conn)
+                    mine += [site for site in unnamed if partitions.partition_of(site, p) == n]
+                return mine
 
         return set(await asyncio.to_thread(query))
 
@@ -69,7 +79,7 @@ class SiteBindings:
         def query() -> str | None:
             with self._engine.connect() as conn:
                 try:
-                    return site_store.xmpp_domain_of(conn, site_id) or self._settings.default_component_domain
+                    return partitions.site_domain(self._settings, site_id, site_store.xmpp_domain_of(conn, site_id))
                 except site_store.NotFound:
                     return None
 

@@ -33,6 +33,7 @@ from services.im_gateway.follows import Follows
 from services.im_gateway.inbound import Inbound
 from services.im_gateway.lease import DomainLease
 from services.im_gateway.operators import OperatorDirectory
+from services.im_gateway.partitions import Seats
 from services.im_gateway.privilege import Privileges
 from services.im_gateway.roster import Roster
 from services.im_gateway.rosters import Rosters
@@ -59,8 +60,11 @@ class Standby(ConnectionError):
 
 
 class Gateway:
-    def __init__(self, settings: Settings, bus: Bus, redis: aioredis.Redis, engine: sa.Engine) -> None:
+    def __init__(
+        self, settings: Settings, bus: Bus, redis: aioredis.Redis, engine: sa.Engine, seats: Seats | None = None
+    ) -> None:
         self.settings = settings
+        self.seats = seats or Seats()  # shared by the partitions one process serves
         self.bus = bus
         self.redis = redis
         self.component = GatewayComponent(
@@ -111,6 +115,8 @@ class Gateway:
         self.standing_by = False  # refused by the XMPP server: another gateway is active
         self.lease_lost = False  # set when another instance took the domain over
         self._roster_sync: asyncio.Task[Any] | None = None
+        self._vacant_since: float | None = None
+        self._seated = False
         on(self.component, "session_start", self._on_session_start)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
@@ -159,7 +165,7 @@ class Gateway:
         lease TTL; a live one is never displaced, also on servers (ejabberd) that
         would admit a second connection."""
         resynced = time.monotonic()
-        while not (await self.lease.vacant() and await self.component.claim(CLAIM_WITHIN_S)):
+        while not await self._try_claim():
             if time.monotonic() - resynced > RESYNC_S:  # keep the standby's view of the bindings fresh
                 resynced = time.monotonic()
                 try:
@@ -175,6 +181,23 @@ class Gateway:
             await asyncio.sleep(STANDBY_RETRY_S)
         self.standing_by = False
         log.info("component domain claimed", extra={"domain": self.settings.xmpp_component_domain})
+
+    async def _try_claim(self) -> bool:
+        if not await self.lease.vacant():
+            self._vacant_since = None
+            return False
+        now = time.monotonic()
+        self._vacant_since = self._vacant_since or now
+        # A process that owns partitions already lets one vacant a little longer, so
+        # processes started together share them (services.im_gateway.partitions).
+        if now - self._vacant_since < self.seats.delay():
+            return False
+        self.seats.held += 1  # at once: this process's other partitions see it
+        if await self.component.claim(CLAIM_WITHIN_S):
+            self._seated = True
+            return True
+        self.seats.held -= 1
+        return False
 
     async def run(self, stop: asyncio.Event) -> None:
         """Start, then run until ``stop`` is set or the lease is lost."""
@@ -222,6 +245,9 @@ class Gateway:
             with contextlib.suppress(Exception):
                 await self.lease.release()
             self.active = False
+        if self._seated:
+            self.seats.held -= 1
+            self._seated = False
 
     def _on_session_start(self, _event: Any) -> None:
         if not self.active:

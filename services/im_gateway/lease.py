@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -40,6 +42,9 @@ class DomainLease:
             settings.redis_key("gw", "lease", settings.xmpp_component_domain),
             settings.gateway_lease_ttl_s * 1000,
         )
+        # host:pid in the token: `GET <prefix>gw:lease:<domain>` tells an operator (and
+        # the partition tests) which process owns a domain; the random part stays unique.
+        self._lease.token = f"{socket.gethostname()}:{os.getpid()}:{self._lease.token}"
         self._key = self._lease.key
         self._ttl_ms = self._lease.ttl_ms
         self.token = self._lease.token

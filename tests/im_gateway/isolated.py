@@ -78,7 +78,8 @@ async def isolated_gateway_env(base: Settings, artifacts: Path, **overrides: obj
     # A vhost and Redis prefix of its own; MySQL (operators, sites) is the run's.
     box = await asyncio.to_thread(sandbox.create, "gw", base=base, own_database=False)
     tag = box.tag
-    cfg = sandbox.prosody_config(box.settings)
+    # Overrides first: the partition count decides which component domains Prosody knows.
+    cfg = sandbox.prosody_config(dataclasses.replace(box.settings, **overrides))  # type: ignore[arg-type]
     process = await asyncio.to_thread(prosody.start, cfg)
     settings = dataclasses.replace(
         sandbox.with_prosody_ports(box.settings, cfg),

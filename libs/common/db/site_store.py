@@ -176,3 +176,8 @@ def sites_of_xmpp_domain(conn: sa.Connection, domain: str, default_domain: str) 
     if domain == default_domain:
         served = sa.or_(served, sites.c.xmpp_domain.is_(None))
     return list(conn.execute(sa.select(sites.c.id).where(served).order_by(sites.c.id)).scalars())
+
+
+def sites_without_xmpp_domain(conn: sa.Connection) -> list[str]:
+    """Ids of the sites on the default component domain (spread over its partitions)."""
+    return list(conn.execute(sa.select(sites.c.id).where(sites.c.xmpp_domain.is_(None)).order_by(sites.c.id)).scalars())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import tornado.web
 
+from libs.common import partitions
 from libs.common.db import site_store
 from services.console import forms
 from services.console.handlers.base import Page
@@ -24,6 +25,7 @@ class Operators(Page):
     async def _show(self, site: site_store.Site, form: forms.Form, status: int = 200) -> None:
         operators = await self.db(self.console.store.operators, site.id)
         available = set(await self.console.presence.available_operators(site.id))
+        settings, explicit = self.console.settings, await self.db(self.console.store.xmpp_domain, site.id)
         self.render_page(
             "operators.html",
             status=status,
@@ -31,7 +33,8 @@ class Operators(Page):
             form=form,
             operators=[(jid, name, jid in available) for jid, name in operators],
             available_count=len(available & {jid for jid, _ in operators}),
-            bot_jid=f"{site.id}@{self.console.settings.xmpp_component_domain}",
+            # The site's partition (or own) domain: where its bot and visitors live.
+            bot_jid=f"{site.id}@{partitions.site_domain(settings, site.id, explicit)}",
             removed=self.get_query_argument("removed", ""),
             added=self.get_query_argument("added", ""),
             **site_page_context(self, site),
