@@ -42,7 +42,7 @@ NAME_CACHE_SIZE = 50_000
 # Pages remembered per visitor for !info (the last ones matter; a long visit is summarised).
 PAGES_KEPT = 50
 
-_NAME_RE = re.compile(r"^[a-z]+-[a-z]+-\d+$")
+_NAME_RE = re.compile(r"[a-z]+-[a-z]+-[0-9]+")  # fullmatch; ASCII digits only
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ class VisitorNames:
     async def visitor_of(self, name: str) -> str | None:
         """The visitor id behind a friendly name (or a visitor JID's local part)."""
         name = name.strip().lower().split("@", 1)[0]
-        if not _NAME_RE.match(name):
+        if not _NAME_RE.fullmatch(name):
             return None
         if name in self._ids:
             return self._ids[name]

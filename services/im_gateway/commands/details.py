@@ -40,7 +40,7 @@ async def name(call: Call) -> None:
 @command("email", "email <address>", "record the visitor's email address", needs_visitor=True)
 async def email(call: Call) -> None:
     value = call.args.strip()
-    if not _EMAIL.match(value) or len(value) > 254:
+    if not _EMAIL.fullmatch(value) or len(value) > 254:
         raise CommandError(f"{value!r} is not an email address: !email jane@example.org")
     await _record(call, "email", value)
 
@@ -48,7 +48,7 @@ async def email(call: Call) -> None:
 @command("phone", "phone <number>", "record the visitor's phone number", needs_visitor=True)
 async def phone(call: Call) -> None:
     value = call.args.strip()
-    if not _PHONE.match(value):
+    if not _PHONE.fullmatch(value):
         raise CommandError(f"{value!r} is not a phone number: digits, spaces, + ( ) - . / only")
     await _record(call, "phone", value)
 
