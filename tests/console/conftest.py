@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 import sqlalchemy as sa
 import tornado.httpclient
 import tornado.httpserver
+import tornado.netutil
 import tornado.testing
 
 from libs.common.settings import Settings
@@ -46,6 +47,7 @@ async def running_console(
     engine: sa.Engine,
     redis: aioredis.Redis,
     console_options: dict[str, Any] | None = None,
+    port: int | None = None,
     **overrides: Any,
 ) -> AsyncIterator[RunningConsole]:
     """The console app on a free port of this process's event loop, stopped afterwards.
@@ -53,7 +55,12 @@ async def running_console(
     Every test signs up and logs in from 127.0.0.1, so the per-IP limits are raised
     unless a test passes its own ``console_options``."""
     console_options = console_options or {"max_signups_per_ip": 100_000, "max_login_failures_per_ip": 100_000}
-    sock, port = tornado.testing.bind_unused_port()
+    # A port chosen beforehand when other processes must know the console's origin
+    # (the frontend lets only the console frame its preview).
+    if port is None:
+        sock, port = tornado.testing.bind_unused_port()
+    else:
+        sock = tornado.netutil.bind_sockets(port, "127.0.0.1")[0]
     console_settings = dataclasses.replace(
         settings, console_port=port, console_public_url=f"http://127.0.0.1:{port}", **overrides
     )

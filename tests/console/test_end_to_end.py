@@ -69,8 +69,12 @@ async def wait_healthy(url: str, process: asyncio.subprocess.Process, name: str)
 @pytest.fixture
 async def services(settings: Settings) -> AsyncIterator[dict[str, str]]:
     """rpc_frontend and status_image as healthy subprocesses; {"frontend": url, "status": url}."""
-    frontend_port, status_port = free_port(), free_port()
-    urls = {"frontend": f"http://127.0.0.1:{frontend_port}", "status": f"http://127.0.0.1:{status_port}"}
+    frontend_port, status_port, console_port = free_port(), free_port(), free_port()
+    urls = {
+        "frontend": f"http://127.0.0.1:{frontend_port}",
+        "status": f"http://127.0.0.1:{status_port}",
+        "console_port": str(console_port),
+    }
     env = {
         **os.environ,
         "HABLA_AMQP_URL": settings.amqp_url,
@@ -85,6 +89,8 @@ async def services(settings: Settings) -> AsyncIterator[dict[str, str]]:
         "HABLA_STATUS_HOST": "127.0.0.1",
         "HABLA_STATUS_PORT": str(status_port),
         "HABLA_STATUS_PUBLIC_URL": urls["status"],
+        # Only the console may frame the frontend's preview: it must know where it is.
+        "HABLA_CONSOLE_PUBLIC_URL": f"http://127.0.0.1:{console_port}",
     }
     processes = [
         (name, await asyncio.create_subprocess_exec(sys.executable, "-m", f"services.{name}", cwd=ROOT, env=env))
@@ -190,7 +196,12 @@ async def test_saved_theme_reaches_the_widget_on_a_real_page_and_the_status_imag
 ) -> None:
     shop_url, pasted = shop_page
     async with running_console(
-        settings, engine, redis_client, public_url=services["frontend"], status_public_url=services["status"]
+        settings,
+        engine,
+        redis_client,
+        port=int(services["console_port"]),
+        public_url=services["frontend"],
+        status_public_url=services["status"],
     ) as console:
         context = await chromium.new_context(viewport={"width": 1280, "height": 900})
         owner = await context.new_page()
