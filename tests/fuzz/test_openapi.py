@@ -16,6 +16,8 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from tests.fuzz.conftest import FuzzTarget
 
 EXAMPLES_PER_OPERATION = 200  # "a few hundred" (issue 11), in about a minute on 2 cores
@@ -25,6 +27,8 @@ TIME_BUDGET_S = 180  # the whole run stops here even on a slow machine
 EXCLUDED = "^/api/sites/\\{site_id\\}/ws$"
 
 
+# The fuzzer's own budget plus start-up and the report, over pytest's default 120 s.
+@pytest.mark.timeout(TIME_BUDGET_S + 180)
 def test_schemathesis_finds_nothing(fuzz_target: FuzzTarget, tmp_path: Path, artifacts: Path) -> None:
     config = tmp_path / "schemathesis.toml"
     config.write_text(
