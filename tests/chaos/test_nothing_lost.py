@@ -448,6 +448,7 @@ async def _chaos(stack: Stack, redis_server: PrivateRedis) -> None:
         "not archived": (not_archived_v + not_archived_o)[:10],
     }
     print(json.dumps(examples))
+    (stack.log_dir / "examples.json").write_text(json.dumps(examples, indent=1))
     assert len(acked) > 0 and len(receipted) > 0, "no load got through"
     assert not not_at_operator, examples
     assert not not_archived_v, examples

@@ -38,6 +38,10 @@ LOG_TTL_S = 7 * 24 * 3600
 # worst; a conversation's lines are rate-limited to a few a second, so 1,000 covers
 # minutes of outage. Numbering after a Redis restart resumes this far above MySQL.
 FLOOR_GAP = 1000
+# After a repair, reads look for lines archived late (in flight to the archive when
+# Redis lost them) for this long: the archive trails by a batch, or by an outage of its
+# own; a minute covers both without asking MySQL on every read for ever.
+HOLE_WINDOW_S = 60
 
 
 @dataclass(frozen=True)
@@ -62,17 +66,35 @@ local function log_max()
   if last[2] then return tonumber(last[2]) end
   return 0
 end
+local function now_s()
+  return tonumber(redis.call('TIME')[1])
+end
 """
 
 # KEYS[1] = lines (sorted set by seq), KEYS[2] = message-id -> seq hash,
 # KEYS[3] = meta hash {seq = last number taken, run = run_id that vouches for it}
 # ARGV[1] = message id ("" = repair only), ARGV[2] = entry JSON without seq,
 # ARGV[3] = ttl, ARGV[4] = floor, or -1 if not known yet,
-# ARGV[5] = JSON list of archived entries to put back (with seq and message_id)
+# ARGV[5] = JSON list of archived entries to put back (with seq and message_id),
+# ARGV[6] = "1": only put those back (lines archived late, see HOLE_WINDOW_S)
 # Returns {seq, 1 if newly appended else 0}, or {-1, log max}: "call again with a floor".
+# A repair also records the hole (the log's last seq before it) and until when reads
+# look for lines archived late into it.
 _APPEND = (
     _VOUCHED
     + """
+local function put_back(list)
+  for _, old in ipairs(cjson.decode(list)) do
+    if not redis.call('HGET', KEYS[2], old['message_id']) then
+      redis.call('ZADD', KEYS[1], old['seq'], cjson.encode(old))
+      redis.call('HSET', KEYS[2], old['message_id'], old['seq'])
+    end
+  end
+end
+if ARGV[6] == '1' then
+  put_back(ARGV[5])
+  return {0, 0}
+end
 if ARGV[1] ~= '' then
   local existing = redis.call('HGET', KEYS[2], ARGV[1])
   if existing then
@@ -85,16 +107,14 @@ if redis.call('HGET', KEYS[3], 'run') ~= run then
   if floor < 0 then
     return {-1, log_max()}
   end
-  for _, old in ipairs(cjson.decode(ARGV[5])) do
-    if not redis.call('HGET', KEYS[2], old['message_id']) then
-      redis.call('ZADD', KEYS[1], old['seq'], cjson.encode(old))
-      redis.call('HSET', KEYS[2], old['message_id'], old['seq'])
-    end
-  end
+  local hole = log_max()
+  put_back(ARGV[5])
   local held = log_max()
   if held > seq then seq = held end
   if floor > seq then seq = floor end
-  redis.call('HSET', KEYS[3], 'run', run, 'seq', seq)
+  redis.call('HSET', KEYS[3], 'run', run, 'seq', seq, 'hole', hole, 'hole_until', now_s() + """
+    + str(HOLE_WINDOW_S)
+    + """)
 end
 if ARGV[1] == '' then
   redis.call('EXPIRE', KEYS[3], ARGV[3])
@@ -113,9 +133,10 @@ return {seq, 1}
 """
 )
 
-# Reading: ARGV[1] = after seq, ARGV[2] = limit. Returns {1, entries...}, or {0, log
-# max} when no running Redis vouches for the log (repair, then read again). A log
-# nobody ever wrote (no lines, no meta) reads as empty without a repair.
+# Reading: ARGV[1] = after seq, ARGV[2] = limit. Returns {1, 0, entries...}; {2, hole,
+# entries...} shortly after a repair (look for lines archived late above the hole);
+# or {0, log max} when no running Redis vouches for the log (repair, then read again).
+# A log nobody ever wrote (no lines, no meta) reads as empty without a repair.
 _READ = (
     _VOUCHED
     + """
@@ -124,7 +145,14 @@ if redis.call('HGET', KEYS[3], 'run') ~= run and (redis.call('EXISTS', KEYS[3]) 
   return {0, log_max()}
 end
 local found = redis.call('ZRANGE', KEYS[1], '(' .. ARGV[1], '+inf', 'BYSCORE', 'LIMIT', 0, ARGV[2])
-table.insert(found, 1, 1)
+local until_s = tonumber(redis.call('HGET', KEYS[3], 'hole_until') or '0')
+if until_s > now_s() then
+  table.insert(found, 1, tonumber(redis.call('HGET', KEYS[3], 'hole') or '0'))
+  table.insert(found, 1, 2)
+else
+  table.insert(found, 1, 0)
+  table.insert(found, 1, 1)
+end
 return found
 """
 )
@@ -242,6 +270,15 @@ class ConversationLog:
         args = ["", "{}", LOG_TTL_S, *await self._floor_args(conversation_id, log_max)]
         await self._append(keys=self._keys(conversation_id), args=args)
 
+    async def _fill_hole(self, conversation_id: str, hole: int) -> bool:
+        """Put back lines archived above ``hole`` since the repair; True if any were."""
+        floor = await self._floor(conversation_id, hole)
+        lines = [line for line in floor.lines if int(line.get("seq", 0)) > hole and line.get("message_id")]
+        if not lines:
+            return False
+        await self._append(keys=self._keys(conversation_id), args=["", "{}", LOG_TTL_S, -1, json.dumps(lines), "1"])
+        return True
+
     async def after(self, conversation_id: str, after_seq: int, limit: int = 500) -> list[dict[str, Any]]:
         """Entries with seq > after_seq, oldest first, at most ``limit``. With a floor
         source, a log that Redis may have rewound is repaired first."""
@@ -254,7 +291,9 @@ class ConversationLog:
             if int(found[0]) == 0:
                 await self.repair(conversation_id, int(found[1]))
                 found = await self._read(keys=keys, args=[start, count])
-            raw = list(found[1:]) if int(found[0]) == 1 else []
+            elif int(found[0]) == 2 and await self._fill_hole(conversation_id, int(found[1])):
+                found = await self._read(keys=keys, args=[start, count])
+            raw = list(found[2:]) if int(found[0]) in (1, 2) else []
         return [json.loads(item) for item in raw if isinstance(item, str | bytes)]
 
     async def last_seq(self, conversation_id: str) -> int:
