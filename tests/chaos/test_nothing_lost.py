@@ -86,7 +86,8 @@ class Visitor:
                 raise_error=False,
                 request_timeout=40,
             )
-        except OSError:
+        except (OSError, tornado.httpclient.HTTPClientError):
+            # Refused, reset or cut mid-answer (a frontend SIGKILLed): no answer.
             return 0, {}
         try:
             return response.code, json.loads(response.body or b"{}")
@@ -347,7 +348,8 @@ async def _chaos(stack: Stack, redis_server: PrivateRedis) -> None:
         note("load stops")
         stop.set()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*senders, return_exceptions=True), 60)
+            ended = await asyncio.wait_for(asyncio.gather(*senders, return_exceptions=True), 60)
+            assert not [e for e in ended if isinstance(e, Exception)], f"a visitor's sender died: {ended}"
         for task in talkers:
             await task
 
