@@ -90,14 +90,20 @@ def closed_without_transcript(
     return [OpenConversation(r.id, r.site_id, r.visitor_id, r.last_seq) for r in rows]
 
 
-def archived_seqs(engine: sa.Engine, conversation_id: str, last_seq: int) -> set[int]:
+def archived_ids(engine: sa.Engine, conversation_id: str, message_ids: list[str]) -> set[str]:
+    """Which of these lines the archive holds (by message id: a line put back into a
+    rewound Redis log may carry another seq there than here)."""
+    found: set[str] = set()
     with engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(messages.c.seq).where(
-                messages.c.conversation_id == conversation_id, messages.c.seq.between(1, last_seq)
-            )
-        ).all()
-    return {int(r.seq) for r in rows}
+        for start in range(0, len(message_ids), 1000):  # bounded IN lists
+            rows = conn.execute(
+                sa.select(messages.c.message_id).where(
+                    messages.c.conversation_id == conversation_id,
+                    messages.c.message_id.in_(message_ids[start : start + 1000]),
+                )
+            ).all()
+            found.update(str(r.message_id) for r in rows)
+    return found
 
 
 @dataclass(frozen=True)

@@ -71,10 +71,9 @@ class TranscriptBuilder:
         lines = await self._logged_lines(closed)
         if not lines:
             return []
-        archived = await asyncio.to_thread(
-            conversation_store.archived_seqs, self._engine, closed.conversation_id, int(lines[-1]["seq"])
-        )
-        return [int(e["seq"]) for e in lines if int(e["seq"]) not in archived]
+        ids = [str(e["message_id"]) for e in lines]
+        archived = await asyncio.to_thread(conversation_store.archived_ids, self._engine, closed.conversation_id, ids)
+        return [int(e["seq"]) for e in lines if str(e["message_id"]) not in archived]
 
     async def wait_until_archived(self, closed: Any, wait_s: float) -> list[int]:
         """Wait (bounded by ``wait_s``) until every logged line is archived; then archive

@@ -57,15 +57,16 @@ async def test_a_line_the_archive_never_takes_becomes_a_gap_note_after_a_bounded
     first, second = uuid.uuid4().hex, uuid.uuid4().hex
     await log.append(conversation, first, chat_line("visitor", "one", 1_700_000_000_000), new_conversation=True)
     await log.append(conversation, second, chat_line("visitor", "two", 1_700_000_001_000))
-    # MySQL already holds the second line's id under seq 1 (say, before Redis was
-    # rewound): the log's copy at seq 2 can never be archived.
+    # MySQL already holds another line under seq 2 (what the seq floor prevents): the
+    # log's second line can never be archived.
+    other = uuid.uuid4().hex
     batch = archive_store.Batch()
     batch.add(
         codec.ChatMessage(
-            message_id=second, conversation_id=conversation, site_id=site_id, visitor_id="v",
-            sender=codec.SenderKind.VISITOR, body="two", sent_at_ms=1_700_000_001_000, seq=1,
+            message_id=other, conversation_id=conversation, site_id=site_id, visitor_id="v",
+            sender=codec.SenderKind.VISITOR, body="someone else's", sent_at_ms=1_700_000_001_000, seq=2,
         ),
-        second,
+        other,
     )  # fmt: skip
     archive_store.write(engine, batch)
     closed = _closed(conversation, 2)

@@ -75,8 +75,7 @@ end
 # KEYS[3] = meta hash {seq = last number taken, run = run_id that vouches for it}
 # ARGV[1] = message id ("" = repair only), ARGV[2] = entry JSON without seq,
 # ARGV[3] = ttl, ARGV[4] = floor, or -1 if not known yet,
-# ARGV[5] = JSON list of archived entries to put back (with seq and message_id),
-# ARGV[6] = "1": only put those back (lines archived late, see HOLE_WINDOW_S)
+# ARGV[5] = JSON list of archived entries to put back (with seq and message_id)
 # Returns {seq, 1 if newly appended else 0}, or {-1, log max}: "call again with a floor".
 # A repair also records the hole (the log's last seq before it) and until when reads
 # look for lines archived late into it.
@@ -90,10 +89,6 @@ local function put_back(list)
       redis.call('HSET', KEYS[2], old['message_id'], old['seq'])
     end
   end
-end
-if ARGV[6] == '1' then
-  put_back(ARGV[5])
-  return {0, 0}
 end
 if ARGV[1] ~= '' then
   local existing = redis.call('HGET', KEYS[2], ARGV[1])
@@ -271,13 +266,18 @@ class ConversationLog:
         await self._append(keys=self._keys(conversation_id), args=args)
 
     async def _fill_hole(self, conversation_id: str, hole: int) -> bool:
-        """Put back lines archived above ``hole`` since the repair; True if any were."""
+        """Append lines archived above ``hole`` since the repair that the log lacks;
+        True if any were. Appended anew (a new seq, at the end), not at their old seq:
+        readers' cursors have moved past the hole by now and would never see them."""
         floor = await self._floor(conversation_id, hole)
-        lines = [line for line in floor.lines if int(line.get("seq", 0)) > hole and line.get("message_id")]
-        if not lines:
-            return False
-        await self._append(keys=self._keys(conversation_id), args=["", "{}", LOG_TTL_S, -1, json.dumps(lines), "1"])
-        return True
+        added = False
+        for line in floor.lines:
+            message_id = str(line.get("message_id") or "")
+            if int(line.get("seq", 0)) <= hole or not message_id:
+                continue
+            entry = {k: v for k, v in line.items() if k not in ("seq", "message_id")}
+            added = (await self.append(conversation_id, message_id, entry)).created or added
+        return added
 
     async def after(self, conversation_id: str, after_seq: int, limit: int = 500) -> list[dict[str, Any]]:
         """Entries with seq > after_seq, oldest first, at most ``limit``. With a floor
