@@ -107,9 +107,13 @@ if redis.call('HGET', KEYS[3], 'run') ~= run then
   local held = log_max()
   if held > seq then seq = held end
   if floor > seq then seq = floor end
-  redis.call('HSET', KEYS[3], 'run', run, 'seq', seq, 'hole', hole, 'hole_until', now_s() + """
+  redis.call('HSET', KEYS[3], 'run', run, 'seq', seq)
+  if floor > 0 then
+    -- a real repair (not a conversation just created): watch the hole for late lines
+    redis.call('HSET', KEYS[3], 'hole', hole, 'hole_until', now_s() + """
     + str(HOLE_WINDOW_S)
     + """)
+  end
 end
 if ARGV[1] == '' then
   redis.call('EXPIRE', KEYS[3], ARGV[3])
