@@ -9,6 +9,7 @@ import signal
 
 from libs.common import db, logs, observability, state
 from libs.common.messaging import Bus
+from libs.common.settings import EXIT_CONFIG, SettingsError
 from libs.common.startup import settings_or_exit
 from services.im_gateway.serving import Serving
 
@@ -37,6 +38,9 @@ async def main() -> None:
     )
     try:
         await gateway.run(stop)
+    except SettingsError as exc:
+        log.error("refusing to run: %s", exc)
+        raise SystemExit(EXIT_CONFIG) from None
     finally:
         log.info("closing RabbitMQ, Redis and MySQL connections")
         server.stop()

@@ -188,9 +188,10 @@ class Gateway:
             return False
         now = time.monotonic()
         self._vacant_since = self._vacant_since or now
-        # A process that owns partitions already lets one vacant a little longer, so
-        # processes started together share them (services.im_gateway.partitions).
-        if now - self._vacant_since < self.seats.delay():
+        # A process that owns partitions already lets a free one (never held, or handed
+        # over) wait a little longer, so processes started together share them; a dead
+        # owner's is claimed at once (services.im_gateway.partitions).
+        if not self.lease.orphaned and now - self._vacant_since < self.seats.delay():
             return False
         self.seats.held += 1  # at once: this process's other partitions see it
         if await self.component.claim(CLAIM_WITHIN_S):

@@ -51,6 +51,7 @@ class DomainLease:
         # Renewed every second (or ttl/3 if shorter): one Redis call a second, and a
         # standby can tell a dead holder within a few seconds, long before the TTL.
         self.renew_s = min(self._ttl_ms / 3000, RENEW_MAX_S)
+        self.orphaned = False  # set by vacant(): the lease is held but its holder died
 
     async def vacant(self) -> bool:
         """May a standby claim the domain? Yes if nobody holds the lease, or its holder
@@ -58,6 +59,7 @@ class DomainLease:
         periods below the TTL). Not while a live holder renews it: servers that admit
         several connections per component domain (ejabberd balances between them)
         would otherwise let a standby in beside it."""
+        self.orphaned = False
         try:
             holder = await self._redis.get(self._key)
             if holder is None or holder == self.token:
@@ -65,7 +67,9 @@ class DomainLease:
             remaining_ms = await self._redis.pttl(self._key)
         except (RedisError, OSError):
             return False  # cannot tell: the holder may be fine
-        return bool(remaining_ms < self._ttl_ms - STALE_RENEWALS * self.renew_s * 1000)
+        # Held by someone who stopped renewing: a dead owner (partitions: claim at once).
+        self.orphaned = bool(remaining_ms < self._ttl_ms - STALE_RENEWALS * self.renew_s * 1000)
+        return self.orphaned
 
     async def acquire(self) -> None:
         """Wait until this instance holds the lease."""

@@ -7,6 +7,7 @@ from prometheus_client import Counter, Gauge, Histogram
 XMPP_CONNECTED = Gauge("habla_gateway_xmpp_connected", "1 while the component stream is up")
 XMPP_RECONNECTS = Counter("habla_gateway_xmpp_reconnects_total", "Lost XMPP streams")
 LEASE_HELD = Gauge("habla_gateway_lease_held", "1 while this instance is the active gateway of its domain")
+PARTITIONS_OWNED = Gauge("habla_gateway_partitions_owned", "Partitions (component domains) this process owns")
 STANZAS_SENT = Counter("habla_gateway_stanzas_sent_total", "Stanzas handed to the XMPP stream", ["kind"])
 PRESENCE_COALESCED = Counter(
     "habla_gateway_presence_coalesced_total", "Visitor presence updates replaced by a newer one before sending"

@@ -19,7 +19,7 @@ from libs.common import partitions
 from libs.common.messaging import Bus
 from libs.common.settings import Settings
 from services.im_gateway.gateway import Gateway, Standby
-from services.im_gateway.partitions import Seats
+from services.im_gateway.partitions import Seats, agree_on_count
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,8 @@ class Serving:
         self.lease_lost = False
 
     async def run(self, stop: asyncio.Event) -> None:
+        if self._settings.xmpp_component_domain == self._settings.default_component_domain:
+            await agree_on_count(self._redis, self._settings, partitions.count(self._settings))
         await asyncio.gather(*(self._serve(domain, stop) for domain in self.domains))
 
     async def _serve(self, domain: str, stop: asyncio.Event) -> None:

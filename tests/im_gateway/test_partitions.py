@@ -20,8 +20,9 @@ import pytest
 
 from libs.common import partitions, state
 from libs.common.messaging import Bus
-from libs.common.settings import Settings
+from libs.common.settings import Settings, SettingsError
 from libs.common.state.presence import SiteStatusReader
+from services.im_gateway.partitions import agree_on_count
 from tests.im_gateway.conftest import create_site
 from tests.im_gateway.isolated import Isolated, isolated_gateway_env, shown_once, wait_until
 from tests.im_gateway.operator_client import OperatorClient
@@ -207,3 +208,16 @@ def _health(port: int) -> int:
 
 async def _online(status: SiteStatusReader, site_id: str) -> bool:
     return (await status.get(site_id)).online
+
+
+async def test_a_gateway_with_another_partition_count_refuses_to_run(settings) -> None:
+    s = dataclasses.replace(settings, redis_prefix=f"{settings.redis_prefix}pcount-{uuid.uuid4().hex[:6]}:")
+    redis = state.connect(s)
+    try:
+        await agree_on_count(redis, s, 4)
+        await agree_on_count(redis, s, 4)  # the same P: fine, again and again
+        with pytest.raises(SettingsError, match="migration"):
+            await agree_on_count(redis, s, 8)
+    finally:
+        await redis.delete(s.redis_key("gw", "partitions"))
+        await redis.aclose()
