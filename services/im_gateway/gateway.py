@@ -240,15 +240,15 @@ class Gateway:
         self._tasks.clear()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.component.stop(), STOP_STEP_S)
+        if self._seated:  # before the release: a claimant never sees this process as owning it still
+            self.seats.held -= 1
+            self._seated = False
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.desk.delivered.close(), STOP_STEP_S)
         if self.active:
             with contextlib.suppress(Exception):
                 await self.lease.release()
             self.active = False
-        if self._seated:
-            self.seats.held -= 1
-            self._seated = False
 
     def _on_session_start(self, _event: Any) -> None:
         if not self.active:

@@ -137,3 +137,21 @@ def test_cli_moves_a_site_to_another_component_domain_and_back(settings: Setting
     for bad in ("chat b.example", "a" * 191, "chat..example", "chat-.example", "chat.exa\x01mple"):
         with pytest.raises(cli.CommandError, match="is not a component domain"):
             _habla(settings, "site", "set-xmpp-domain", site_id, bad)
+
+
+def test_cli_shows_the_partition_domain_of_a_site(settings: Settings) -> None:
+    import dataclasses
+
+    from libs.common import partitions
+
+    site_id = _habla(settings, "site", "create", "--name", "Partitioned").split()[2]
+    shown = _habla(settings, "site", "show", site_id)
+    assert f"XMPP: {settings.default_component_domain} (default)" in shown  # P = 1: as before
+    four = dataclasses.replace(settings, gateway_partitions=4)
+    n = partitions.partition_of(site_id, 4)
+    domain = f"p{n}.{settings.default_component_domain}"
+    shown = _habla(four, "site", "show", site_id)
+    assert f"XMPP: {domain} (default, partition {n} of 4)" in shown
+    assert f"operators add {site_id}@{domain}" in shown
+    _habla(four, "site", "set-xmpp-domain", site_id, "chat-b.example.org")
+    assert f"operators add {site_id}@chat-b.example.org" in _habla(four, "site", "show", site_id)

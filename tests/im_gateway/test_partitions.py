@@ -74,6 +74,8 @@ async def test_two_processes_share_two_partitions_and_take_over_a_killed_one(set
         assert len(sites) == P * SITES_PER_PARTITION
 
         gateways = [env.start_gateway("gateway-1"), other.start_gateway("gateway-2")]
+        ports = {gateways[0].pid: s.gateway_metrics_port, gateways[1].pid: other.settings.gateway_metrics_port}
+        most_owned = 0  # partitions claimed by live processes at once, at worst (never above P)
         pids = {process.pid for process in gateways}
         ops: dict[str, OperatorClient] = {}
         status = SiteStatusReader(redis, s)
@@ -125,7 +127,18 @@ async def test_two_processes_share_two_partitions_and_take_over_a_killed_one(set
                         k += 1
                         await asyncio.sleep(0.1)
 
-                talker = asyncio.create_task(talk())
+                async def watch() -> None:
+                    # Continuously: the live processes never own more than P partitions in
+                    # all (two owners of one partition would make it P + 1).
+                    nonlocal most_owned
+                    while not stop.is_set():
+                        live = [ports[p.pid] for p in gateways if p.poll() is None]
+                        counts = await asyncio.gather(*(asyncio.to_thread(_owned, port) for port in live))
+                        most_owned = max(most_owned, sum(counts))
+                        assert sum(counts) <= P, counts
+                        await asyncio.sleep(0.05)
+
+                talker = asyncio.gather(talk(), watch())
                 await asyncio.sleep(1.0)
                 if how == "kill":
                     env.kill(victim)
@@ -170,9 +183,11 @@ async def test_two_processes_share_two_partitions_and_take_over_a_killed_one(set
             late = dataclasses.replace(s, gateway_metrics_port=prosody.free_port())
             third = Isolated(late, env.prosody, env.log_dir, env.prosody_process).start_gateway("gateway-3")
             gateways.append(third)
+            ports[third.pid] = late.gateway_metrics_port
             await wait_until(lambda: _health(late.gateway_metrics_port) == 503, 60)  # standing by
             handed = await outage(second, "term", third.pid)
             assert second.wait(30) == 0
+            print(f"partitions owned by live processes at once, at worst: {most_owned} (P = {P})")
             assert killed < 10 and handed < 10  # generous; the figures above are the measure (goal: < 5 s)
         finally:
             for process in gateways:
@@ -194,6 +209,19 @@ def _site_lines(operator: OperatorClient, site_ids) -> list[str]:
 
 def _shown(operator: OperatorClient, prefix: str) -> list[str]:
     return shown_once([r for r in operator.received if r.kind == "message" and r.body.startswith(prefix)])[0]
+
+
+def _owned(port: int) -> int:
+    """habla_gateway_partitions_owned from a process's /metrics (0 if it does not answer)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3) as answer:
+            text = answer.read().decode()
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        if line.startswith("habla_gateway_partitions_owned "):
+            return int(float(line.split()[1]))
+    return 0
 
 
 def _health(port: int) -> int:
