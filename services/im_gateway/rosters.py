@@ -51,6 +51,9 @@ WRITE_TIMEOUT_S = 10.0
 REFUSALS = frozenset(
     {"forbidden", "not-allowed", "feature-not-implemented", "service-unavailable", "internal-server-error"}
 )
+# Roster reads in flight at once after a (re)connect, whatever the number of operators:
+# each costs the server a roster load; 8 keep a thousand operators' reads within seconds.
+READS_AT_ONCE = 8
 # A visitor's subscription request (fallback) is asked once per visitor and operator
 # for as long as a visit lasts; remembered in Redis so a restart does not ask again.
 ASKED_KEY = "rosterasked"
@@ -105,6 +108,7 @@ class Rosters:
         self.pushes = RosterPushes(self._write, desk.settings.gateway_roster_pushes_per_s)
         self._synced = asyncio.Event()
         self._reading: set[asyncio.Task[None]] = set()  # roster reads under way
+        self._read_slots = asyncio.Semaphore(READS_AT_ONCE)
 
     @property
     def synced(self) -> bool:
@@ -244,7 +248,8 @@ class Rosters:
 
     async def _reconcile(self, operator: str) -> None:
         """Our contacts the operator should not have (a site they left, an ended visit) leave."""
-        found = await self._read(operator)
+        async with self._read_slots:  # a reconnect reads every roster: a few at a time
+            found = await self._read(operator)
         held = self.held.setdefault(operator, {})
         for jid, site_id in found.items():
             held.setdefault(jid, site_id)  # a write answered meanwhile knows better

@@ -196,3 +196,19 @@ async def test_help_and_status_explain_the_grant_only_where_it_is_missing(make_s
         assert "privileged_entities" in answer and "mod_privilege" in answer
         status = await op.wait_for(lambda r: r.sender == site.bot and r.ptype == "" and "XEP-0356" in r.status)
         assert "visitors on site" in status.status or "site bot" in status.status
+
+
+async def test_after_a_reconnect_contacts_of_ended_visits_leave_the_roster(make_site, gateway_settings) -> None:
+    site: Site = await make_site(1)
+    if not site.roster_managed:
+        pytest.skip(NO_WRITES)
+    op = site.operators[0]
+    stale = f"tidy-vole-{uuid.uuid4().int % 1000}@{gateway_settings.xmpp_component_domain}"
+    site.gateway.rosters.pushes.want(op.jid, stale, Item(stale, "tidy-vole", "Old visitors", ""))
+    await op.wait_roster(lambda: op.subscribed_to(stale))
+    # A new stream (as after a restart): the gateway reads the roster, finds a contact of
+    # no visit it knows, and takes it out; the bot stays.
+    site.gateway.component.abort_stream()
+    await gone_from_roster(op, stale, within=30)
+    assert op.roster_item(site.bot) is not None
+    await site.wait_online()
