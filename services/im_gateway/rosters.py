@@ -178,7 +178,7 @@ class Rosters:
                     self.pushes.cancel(operator, jid)  # an earlier removal no longer applies
             for jid in held - set(want_jids) - {bot}:
                 self.pushes.want(operator, jid, None)
-            for jid in self.pushes.pending_additions(operator, site_id) - set(want_jids):
+            for jid in self.pushes.pending_additions(operator, site_id) - set(want_jids) - {bot}:
                 self.pushes.cancel(operator, jid)  # left before it was ever added
 
     async def _visitor_name(self, visitor_id: str, jid: str) -> str:
@@ -228,7 +228,7 @@ class Rosters:
         roster read first would put a round trip (more under load) before it.
         """
         sites = self._desk.operators.sites_of(operator)
-        log.debug("roster sync", extra={"operator": operator, "sites": ",".join(sites)})
+        log.debug("roster sync %s: sites %s", operator, ",".join(sites))
         if not self._privileges.can_write(operator):
             for site_id in sites:
                 self._fallback.invite(operator, site_id, probe=True)
@@ -284,7 +284,7 @@ class Rosters:
 
     # --- writing -------------------------------------------------------------------------
     async def _write(self, operator: str, jid: str, item: Item | None) -> None:
-        log.debug("roster write", extra={"operator": operator, "contact": jid, "remove": item is None})
+        log.debug("roster write %s: %s %s", operator, jid, "remove" if item is None else "add")
         iq = self._component.make_iq_set(ito=operator, ifrom=self._desk.domain)
         query = iq.xml.makeelement(f"{{{ROSTER_NS}}}query", {})
         attrs = {"jid": jid, "subscription": "both" if item else "remove"}
@@ -321,6 +321,7 @@ class Rosters:
                 self._desk.dirty_sites.add(site_id)  # still their site? the refresh puts it back
             return
         held[jid] = item.site_id
+        log.debug("roster written %s: %s", operator, jid)
         self._now_in_roster(operator, jid, item.site_id)
         # The visitor may have left while this write was on its way: look again.
         self._desk.dirty_sites.add(item.site_id)
