@@ -1,0 +1,166 @@
+"""Gateway partitions: chat lines/s visitor -> operator with 1, 2 and 4 partitions owned by
+1 and 2 gateway processes, and the SIGKILL takeover time.
+
+Run: .venv/bin/python bench/bench_partitions.py [--lines 2000] [--sites-per-partition 2]
+
+Each layout gets its own vhost, Redis prefix, database and Prosody (which knows every
+partition domain), removed at the end. Sites (one operator each) are created until each
+partition has its share; the gateways are real subprocesses (`python -m
+services.im_gateway`). All lines are published at once, spread over the sites (4
+visitors each), and the clock stops when every operator has all of theirs. On 2 cores
+shared with RabbitMQ, Redis, MariaDB and Prosody the point is that the work spreads and
+nothing collapses, not a linear speed-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import shutil
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from libs.common import db, partitions, state
+from libs.common.messaging import Bus
+from libs.common.state.presence import SiteStatusReader
+from services.im_gateway.bindings import SiteBindings
+from services.im_gateway.serving import for_domain
+from tests.im_gateway.conftest import create_site
+from tests.im_gateway.isolated import Isolated
+from tests.im_gateway.operator_client import OperatorClient
+from tests.im_gateway.test_two_domains import Chat
+from tools import prosody, sandbox
+
+LAYOUTS = ((1, 1), (2, 1), (2, 2), (4, 1), (4, 2))  # (partitions, processes)
+VISITORS_PER_SITE = 4
+LOG_DIR = Path(__file__).resolve().parents[1] / "tests" / "artifacts" / "bench-partitions"
+
+
+async def wait_for(predicate: Any, within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError(what)
+
+
+async def layout(p: int, processes: int, lines: int, per_partition: int, log_dir: Path) -> str:
+    box = await asyncio.to_thread(sandbox.create, f"bench-part{p}x{processes}", log_level="WARNING")
+    base = dataclasses.replace(box.settings, gateway_partitions=p, presence_heartbeat_s=1, presence_ttl_s=10)
+    cfg = sandbox.prosody_config(base)
+    settings = sandbox.with_prosody_ports(base, cfg)
+    engine = db.engine(settings)
+    server = prosody.start(cfg)
+    redis = state.connect(settings)
+    bus = await Bus.connect(settings, "bench")
+    await bus.declare_topology()
+    gateways = []
+    ops: list[OperatorClient] = []
+    try:
+        by_partition: dict[int, list[tuple[str, OperatorClient]]] = {n: [] for n in range(p)}
+        for _ in range(per_partition * p * 20):
+            if all(len(v) >= per_partition for v in by_partition.values()):
+                break
+            user, password = f"op-{uuid.uuid4().hex[:6]}", uuid.uuid4().hex[:12]
+            await asyncio.to_thread(prosody.register, cfg, user, password)
+            jid = f"{user}@{settings.xmpp_domain}"
+            site_id = await create_site(engine, [(jid, "Op")])
+            n = partitions.partition_of(site_id, p)
+            if len(by_partition[n]) < per_partition:
+                op = await OperatorClient(jid, password, "127.0.0.1", settings.xmpp_c2s_port).start()
+                ops.append(op)
+                by_partition[n].append((site_id, op))
+        sites = [site for group in by_partition.values() for site in group]
+        # The partitions' queues, bound as the gateways bind them, so the whole backlog
+        # can wait there before any gateway starts: the figure is the gateways' drain
+        # rate, not this script's publishing rate.
+        for domain in partitions.all_domains(settings):
+            bindings = SiteBindings(bus, engine, for_domain(settings, domain))
+            await bindings.declare()
+            await bindings.resync()
+        chats = [(Chat(settings, redis, bus, site_id), op) for site_id, op in sites for _ in range(VISITORS_PER_SITE)]
+        for chat, _ in chats:
+            await chat.open()
+        tag = uuid.uuid4().hex[:6]
+        expected: dict[OperatorClient, int] = {}
+        plan = [(chats[i % len(chats)], f"{tag} {i}") for i in range(lines)]
+        for (_, op), _ in plan:
+            expected[op] = expected.get(op, 0) + 1
+
+        def arrived(op: OperatorClient) -> int:
+            return sum(1 for r in op.received if r.kind == "message" and r.body.startswith(tag + " "))
+
+        # Concurrently per visitor, in order within each visitor (as the frontend does).
+        per_visitor: dict[int, list[str]] = {}
+        for (chat, _), body in plan:
+            per_visitor.setdefault(id(chat), []).append(body)
+        by_id = {id(chat): chat for chat, _ in chats}
+
+        async def send(chat_id: int) -> None:
+            for body in per_visitor[chat_id]:
+                await by_id[chat_id].say(body)
+
+        await asyncio.gather(*(send(chat_id) for chat_id in per_visitor))
+        started = time.monotonic()
+        for k in range(processes):
+            env = Isolated(
+                dataclasses.replace(settings, gateway_metrics_port=prosody.free_port()), cfg, log_dir, server
+            )
+            gateways.append(env.start_gateway(f"bench-p{p}-x{processes}-{k}"))
+        status = SiteStatusReader(redis, settings)
+        for site_id, _ in sites:
+            await wait_for(lambda site_id=site_id: _online(status, site_id), 60, f"site {site_id} online")
+        await wait_for(lambda: all(arrived(op) >= n for op, n in expected.items()), 300, "all lines arrived")
+        times = sorted(r.at for op in ops for r in op.received if r.kind == "message" and r.body.startswith(tag + " "))
+        span = times[-1] - times[0]
+        owners: dict[str, str] = {}
+        for domain in partitions.all_domains(settings):
+            token = await redis.get(settings.redis_key("gw", "lease", domain))
+            owners[domain] = str(token).split(":")[1] if token else "-"
+        by_process = len(set(owners.values()))
+        return (
+            f"P={p} processes={processes}: a backlog of {lines} lines drained to {len(sites)} operators in "
+            f"{span:.2f} s (first to last arrival) = {lines / span:.0f} lines/s; start to last line "
+            f"{times[-1] - started:.1f} s; partitions owned by {by_process} process(es)"
+        )
+    finally:
+        for process in gateways:
+            Isolated.terminate(process)
+        for op in ops:
+            await op.stop()
+        await bus.close()
+        await redis.aclose()
+        prosody.stop(server)
+        shutil.rmtree(cfg.dir, ignore_errors=True)
+        engine.dispose()
+        await asyncio.to_thread(sandbox.remove, box)
+
+
+async def _online(status: SiteStatusReader, site_id: str) -> bool:
+    return (await status.get(site_id)).online
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lines", type=int, default=2000)
+    parser.add_argument("--sites-per-partition", type=int, default=2)
+    args = parser.parse_args()
+    log_dir = LOG_DIR
+    await asyncio.to_thread(log_dir.mkdir, parents=True, exist_ok=True)
+    print(f"gateway partitions: {args.lines} visitor lines per layout, {VISITORS_PER_SITE} visitors per site")
+    for p, processes in LAYOUTS:
+        print(" ", await layout(p, processes, args.lines, args.sites_per_partition, log_dir), flush=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
