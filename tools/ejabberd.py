@@ -74,8 +74,7 @@ listen:
     ip: "{interface}"
     module: ejabberd_service
     hosts:
-      "{component_domain}":
-        password: "{component_secret}"
+{component_hosts}
   -
     port: {http_port}
     ip: "{interface}"
@@ -96,11 +95,11 @@ PRIVILEGE = """\
     roster:
       both:
         - allow:
-            - server: "{component_domain}"
+{servers}
     message:
       outgoing:
         - allow:
-            - server: "{component_domain}"
+{servers}
 """
 
 CTL_CONFIG = """\
@@ -124,11 +123,17 @@ class EjabberdConfig:
     http_port: int = 5280
     interface: str = "127.0.0.1"
     privileged: bool = True
+    # Gateway partitions (libs.common.partitions): one component per partition domain.
+    partition_domains: tuple[str, ...] = ()
     node: str = field(default_factory=lambda: f"habla-{uuid.uuid4().hex[:8]}@localhost")
 
     @property
     def config_file(self) -> Path:
         return self.dir / "etc" / "ejabberd.yml"
+
+    @property
+    def component_domains(self) -> list[str]:
+        return [self.component_domain, *(d for d in self.partition_domains if d != self.component_domain)]
 
 
 def available() -> bool:
@@ -144,7 +149,11 @@ def free_port() -> int:
 def write_config(cfg: EjabberdConfig) -> Path:
     for sub in ("etc", "spool", "logs"):
         (cfg.dir / sub).mkdir(parents=True, exist_ok=True)
-    privilege = PRIVILEGE.format(component_domain=cfg.component_domain) if cfg.privileged else ""
+    servers = "\n".join(f'            - server: "{domain}"' for domain in cfg.component_domains)
+    privilege = PRIVILEGE.format(servers=servers) if cfg.privileged else ""
+    component_hosts = "\n".join(
+        f'      "{domain}":\n        password: "{cfg.component_secret}"' for domain in cfg.component_domains
+    )
     cfg.config_file.write_text(
         CONFIG.format(
             domain=cfg.domain,
@@ -152,8 +161,7 @@ def write_config(cfg: EjabberdConfig) -> Path:
             component_port=cfg.component_port,
             http_port=cfg.http_port,
             interface=cfg.interface,
-            component_domain=cfg.component_domain,
-            component_secret=cfg.component_secret,
+            component_hosts=component_hosts,
             privilege=privilege,
         )
     )
