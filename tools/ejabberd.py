@@ -225,15 +225,38 @@ def register(cfg: EjabberdConfig, user: str, password: str) -> None:
             raise RuntimeError(f"ejabberd refused to register {user}: HTTP {response.status}")
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """End the whole process group this module started (ejabberdctl, su, the Erlang VM)."""
-    if process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
+def stop(process: subprocess.Popen[bytes], cfg: EjabberdConfig | None = None) -> None:
+    """End what start() began: the Erlang VM (by its pid file: `su` puts it in a session
+    of its own, out of reach of our process group) and the ejabberdctl process group."""
+    beam = _beam_pid(cfg) if cfg is not None else None
+    if beam is not None:
+        _end(beam)
+    if process.poll() is None:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def _beam_pid(cfg: EjabberdConfig) -> int | None:
+    try:
+        return int((cfg.dir / "ejabberd.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _end(pid: int, within_s: float = 20.0) -> None:
+    """SIGTERM (the VM shuts down cleanly in a few seconds), SIGKILL if it lingers."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if not Path(f"/proc/{pid}").exists():
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)

@@ -73,7 +73,7 @@ def xmpp_server(request: pytest.FixtureRequest, settings: Settings, artifacts: A
     try:
         yield XmppServer("ejabberd", cfg)
     finally:
-        ejabberd.stop(process)
+        ejabberd.stop(process, cfg)
         shutil.copytree(folder / "logs", Path(artifacts) / f"ejabberd-{folder.name}", dirs_exist_ok=True)
         shutil.rmtree(folder, ignore_errors=True)
 
