@@ -2,9 +2,12 @@
 
 Sites on the default domain spread over p0.<domain> and p1.<domain> by crc32 of their
 id; each partition has its own queues, component connection and owner. Both processes
-may own both ("all"). Each operator gets exactly their own site's lines, from the bot of
-the site's partition. Then the owner of one partition is SIGKILLed while every site keeps
-talking: the other process takes it over (the figure is printed) and no line is lost."""
+may own both ("all"). Each site has two operators; its conversation goes to one of them,
+who gets exactly that site's lines, from the site's partition domain. Then the owner of
+one partition is SIGKILLed while every site keeps talking: the other process takes it
+over (the figure is printed), no line is lost and every conversation stays with its
+operator (assignments live in Redis). A third process joins and the survivor is stopped
+gracefully: the same again. Live processes never own more than P partitions in all."""
 
 from __future__ import annotations
 
@@ -48,7 +51,13 @@ async def _owners(redis, s: Settings) -> dict[str, int | None]:
 @pytest.mark.slow
 async def test_two_processes_share_two_partitions_and_take_over_a_killed_one(settings, engine, artifacts) -> None:
     async with isolated_gateway_env(
-        settings, artifacts, presence_heartbeat_s=1, presence_ttl_s=10, gateway_lease_ttl_s=15, gateway_partitions=P
+        settings,
+        artifacts,
+        presence_heartbeat_s=1,
+        presence_ttl_s=10,
+        gateway_lease_ttl_s=15,
+        gateway_partitions=P,
+        gateway_answer_timeout_s=600,  # nobody answers here: no re-offer to the other operator meanwhile
     ) as env:
         s = env.settings
         other = Isolated(
@@ -58,37 +67,41 @@ async def test_two_processes_share_two_partitions_and_take_over_a_killed_one(set
         redis = state.connect(s)
         bus = await Bus.connect(s, "partitions-test")
         await bus.declare_topology()
-        # Sites (one operator each) until every partition has SITES_PER_PARTITION.
-        by_partition: dict[int, list[tuple[str, str, str]]] = {n: [] for n in range(P)}
+        # Sites (two operators each) until every partition has SITES_PER_PARTITION.
+        by_partition: dict[int, list[tuple[str, list[tuple[str, str]]]]] = {n: [] for n in range(P)}
         for _ in range(MAX_SITES):
             if all(len(v) >= SITES_PER_PARTITION for v in by_partition.values()):
                 break
-            user, password = f"op-{uuid.uuid4().hex[:6]}", uuid.uuid4().hex[:12]
-            await asyncio.to_thread(prosody.register, env.prosody, user, password)
-            jid = f"{user}@{s.xmpp_domain}"
-            site_id = await create_site(engine, [(jid, "Op")])
+            creds = []
+            for _ in range(2):
+                user, password = f"op-{uuid.uuid4().hex[:6]}", uuid.uuid4().hex[:12]
+                await asyncio.to_thread(prosody.register, env.prosody, user, password)
+                creds.append((f"{user}@{s.xmpp_domain}", password))
+            site_id = await create_site(engine, [(jid, f"Op{k}") for k, (jid, _) in enumerate(creds)])
             n = partitions.partition_of(site_id, P)
             if len(by_partition[n]) < SITES_PER_PARTITION:
-                by_partition[n].append((site_id, jid, password))
-        sites = [(n, *site) for n, group in by_partition.items() for site in group]
+                by_partition[n].append((site_id, creds))
+        sites = [(n, site_id, creds) for n, group in by_partition.items() for site_id, creds in group]
         assert len(sites) == P * SITES_PER_PARTITION
 
         gateways = [env.start_gateway("gateway-1"), other.start_gateway("gateway-2")]
         ports = {gateways[0].pid: s.gateway_metrics_port, gateways[1].pid: other.settings.gateway_metrics_port}
         most_owned = 0  # partitions claimed by live processes at once, at worst (never above P)
         pids = {process.pid for process in gateways}
-        ops: dict[str, OperatorClient] = {}
+        pair: dict[str, list[OperatorClient]] = {}
         status = SiteStatusReader(redis, s)
         try:
-            for _, site_id, jid, password in sites:
-                ops[site_id] = await OperatorClient(jid, password, "127.0.0.1", s.xmpp_c2s_port).start()
-            for _, site_id, _, _ in sites:
+            for _, site_id, creds in sites:
+                pair[site_id] = [
+                    await OperatorClient(jid, password, "127.0.0.1", s.xmpp_c2s_port).start() for jid, password in creds
+                ]
+            for _, site_id, _ in sites:
                 await wait_until(lambda site_id=site_id: _online(status, site_id), within=60)
             owners = await _owners(redis, s)
             assert set(owners.values()) <= pids and None not in owners.values(), owners
             print(f"\npartition owners (pid): {owners}; gateway pids {sorted(pids)}")
 
-            chats = {site_id: Chat(s, redis, bus, site_id) for _, site_id, _, _ in sites}
+            chats = {site_id: Chat(s, redis, bus, site_id) for _, site_id, _ in sites}
             for chat in chats.values():
                 await chat.open()
             sent: dict[str, list[str]] = {site_id: [] for site_id in chats}
@@ -100,9 +113,12 @@ async def test_two_processes_share_two_partitions_and_take_over_a_killed_one(set
             for round_ in range(10):
                 for site_id in chats:
                     await say(site_id, f"{site_id} line {round_}")
-            for site_id, op in ops.items():
-                await wait_until(lambda op=op, site_id=site_id: len(_lines(op, site_id)) >= 10, 30)
-            for n, site_id, _, _ in sites:
+            for site_id, two in pair.items():
+                await wait_until(lambda two=two, site_id=site_id: any(len(_lines(o, site_id)) >= 10 for o in two), 30)
+            # Each conversation went to one of its site's two operators; it must stay there.
+            ops = {site_id: next(o for o in two if _lines(o, site_id)) for site_id, two in pair.items()}
+            idle = {site_id: next(o for o in two if o is not ops[site_id]) for site_id, two in pair.items()}
+            for n, site_id, _ in sites:
                 # Exactly their own lines, from their partition's bot/visitor domain.
                 assert _lines(ops[site_id], f"{site_id} line ") == [f"{site_id} line {r}" for r in range(10)]
                 assert not [b for b in _site_lines(ops[site_id], chats) if not b.startswith(site_id)]
@@ -115,7 +131,7 @@ async def test_two_processes_share_two_partitions_and_take_over_a_killed_one(set
                 operator; every operator ends up with exactly their lines, each once."""
                 owners = await _owners(redis, s)
                 moved = [domain for domain, pid in owners.items() if pid == victim.pid]
-                moved_sites = [site_id for n, site_id, _, _ in sites if partitions.partition_domain(s, n) in moved]
+                moved_sites = [site_id for n, site_id, _ in sites if partitions.partition_domain(s, n) in moved]
                 assert moved_sites, owners
                 stop = asyncio.Event()
 
@@ -165,6 +181,8 @@ async def test_two_processes_share_two_partitions_and_take_over_a_killed_one(set
                     shown, dup = shown_once([r for r in op.received if r.body in set(_site_lines(op, chats))])
                     copies += dup
                     assert sorted(shown) == sorted(sent[site_id]), f"operator of {site_id}: not exactly their lines"
+                    # Still with the same operator: the other one of the site got none of it.
+                    assert _site_lines(idle[site_id], chats) == [], f"{site_id}: conversation changed operator"
                 after = await _owners(redis, s)
                 print(
                     f"{how}: {moved} ({len(moved_sites)} sites) taken over; the line sent at the {how} reached its "
@@ -192,8 +210,9 @@ async def test_two_processes_share_two_partitions_and_take_over_a_killed_one(set
         finally:
             for process in gateways:
                 env.terminate(process)
-            for op in ops.values():
-                await op.stop()
+            for two in pair.values():
+                for op in two:
+                    await op.stop()
             await bus.close()
             await redis.aclose()
 
