@@ -138,6 +138,22 @@ class SentinelSet:
             time.sleep(0.1)
         raise RuntimeError(f"no failover within {timeout_s} s")
 
+    def wait_replica_in_sync(self, port: int, timeout_s: float = 30) -> None:
+        """Until the server on ``port`` is a replica whose link to its master is up (its
+        full copy loaded): what an operator checks before a planned failover."""
+        client = redis.Redis(port=port, socket_timeout=1, decode_responses=True)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while time.monotonic() < deadline:
+                with contextlib.suppress(redis.RedisError):
+                    info: Any = client.info("replication")
+                    if info.get("role") == "slave" and info.get("master_link_status") == "up":
+                        return
+                time.sleep(0.1)
+        finally:
+            client.close()
+        raise RuntimeError(f"127.0.0.1:{port} did not become an in-sync replica within {timeout_s} s")
+
     def close(self) -> None:
         for server in [*self.sentinels, *self.data]:
             server.stop()

@@ -96,7 +96,7 @@ async def test_failovers_lose_no_acknowledged_line(sentinels: SentinelSet) -> No
         await _count_grows(writers, 200, 60)
         # The demoted master must be a caught-up replica before the next failover can
         # promote it; then the current master dies without a word.
-        await asyncio.to_thread(sentinels_replica_ready, sentinels, first)
+        await asyncio.to_thread(sentinels.wait_replica_in_sync, first)
         await asyncio.sleep(1)
         victim = sentinels.master()
         await asyncio.to_thread(victim.kill)
@@ -131,23 +131,6 @@ async def test_failovers_lose_no_acknowledged_line(sentinels: SentinelSet) -> No
     await redis.aclose()
     assert acked_total > 400
     assert (lost, moved, backwards) == (0, 0, 0)
-
-
-def sentinels_replica_ready(group: SentinelSet, port: int, timeout_s: float = 30) -> None:
-    import redis as sync_redis
-
-    client = sync_redis.Redis(port=port, socket_timeout=1, decode_responses=True)
-    deadline = time.monotonic() + timeout_s
-    try:
-        while time.monotonic() < deadline:
-            with contextlib.suppress(sync_redis.RedisError):
-                info = client.info("replication")
-                if info.get("role") == "slave" and info.get("master_link_status") == "up":
-                    return
-            time.sleep(0.1)
-    finally:
-        client.close()
-    raise AssertionError(f"127.0.0.1:{port} did not become a replica in time")
 
 
 async def test_raw_connections_and_the_cli_find_the_master(sentinels: SentinelSet) -> None:

@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
 
 class ReplicaLagging(RedisConnectionError):
@@ -54,6 +55,12 @@ class ReplicaWait:
         """Return once a replica has every write ``client`` made (see the module doc)."""
         if not self.enabled:
             return
-        acked = int(await client.execute_command("WAIT", 1, self._wait_ms))  # type: ignore[no-untyped-call]
+        try:
+            acked = int(await client.execute_command("WAIT", 1, self._wait_ms))  # type: ignore[no-untyped-call]
+        except ResponseError as exc:
+            # "WAIT cannot be used with replica instances": Sentinel demoted this master
+            # between the append and the WAIT; whether the new master has the line is
+            # unknown, so it is not acknowledged (the retry goes to the new master).
+            raise ReplicaLagging(f"the Redis master changed during the write ({exc}); try again") from exc
         if acked < 1:
             raise ReplicaLagging(f"no Redis replica confirmed the write within {self._wait_ms} ms; try again")
