@@ -99,22 +99,31 @@ class SentinelSet:
         """HABLA_REDIS_SENTINELS for these Sentinels."""
         return ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
 
-    def master_port(self) -> int:
-        """The master's port as the Sentinels see it now (asks each until one answers)."""
-        for sentinel in self.sentinels:
-            if sentinel.process is None:
-                continue
-            client = redis.Redis(port=sentinel.port, socket_timeout=1)
-            try:
-                address: Any = client.execute_command(  # type: ignore[no-untyped-call]
-                    "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name
-                )
-                return int(address[1])
-            except redis.RedisError:
-                continue
-            finally:
-                client.close()
-        raise RuntimeError("no Sentinel answered")
+    def master_port(self, timeout_s: float = 30) -> int:
+        """The master's port once every running Sentinel names the same one. A Sentinel
+        learns of a failover from the others' hello messages (every 2 s): acting on one
+        Sentinel's stale answer could kill the replica instead of the master."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            named: set[int] = set()
+            for sentinel in self.sentinels:
+                if sentinel.process is None:
+                    continue
+                client = redis.Redis(port=sentinel.port, socket_timeout=1)
+                try:
+                    address: Any = client.execute_command(  # type: ignore[no-untyped-call]
+                        "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name
+                    )
+                    named.add(int(address[1]))
+                except (redis.RedisError, TypeError, IndexError, ValueError):
+                    named.add(-1)
+                finally:
+                    client.close()
+            if len(named) == 1 and -1 not in named:
+                return named.pop()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the Sentinels do not agree on the master: {sorted(named)}")
+            time.sleep(0.1)
 
     def master(self) -> Server:
         port = self.master_port()
@@ -132,11 +141,11 @@ class SentinelSet:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             with contextlib.suppress(RuntimeError):
-                port = self.master_port()
+                port = self.master_port(timeout_s=1)
                 if port != old_port:
                     return port
             time.sleep(0.1)
-        raise RuntimeError(f"no failover within {timeout_s} s")
+        raise RuntimeError(f"no failover all Sentinels agree on within {timeout_s} s")
 
     def wait_replica_in_sync(self, port: int, timeout_s: float = 30) -> None:
         """Until the server on ``port`` is a replica whose link to its master is up (its
