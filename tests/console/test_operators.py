@@ -4,15 +4,19 @@ gateway's presence in Redis), and the site-directory signal the gateway acts on.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import html
 
 import pytest
+import redis.asyncio as aioredis
 import sqlalchemy as sa
 
+from libs.common import partitions
 from libs.common.db import site_store
+from libs.common.settings import Settings
 from libs.common.sitedir import SiteDirectory
 from libs.common.state.presence import OperatorPresence
-from tests.console.conftest import Client, RunningConsole, field_error, text
+from tests.console.conftest import Client, RunningConsole, field_error, running_console, text
 
 
 async def test_add_operators_see_who_is_available_and_remove_one(
@@ -109,3 +113,17 @@ async def test_removing_someone_who_is_not_an_operator_is_not_found(client: Clie
     for jid in ("nobody@example.org", "not a jid"):
         response = await client.post(f"/account/sites/{site_id}/operators/remove", {"jid": jid})
         assert response.code == 404
+
+
+async def test_the_operators_page_names_the_bot_on_the_sites_partition_domain(
+    settings: Settings, engine: sa.Engine, redis_client: aioredis.Redis
+) -> None:
+    """With HABLA_GATEWAY_PARTITIONS=4 a site's bot lives on its partition's domain."""
+    four = dataclasses.replace(settings, gateway_partitions=4)
+    async with running_console(four, engine, redis_client) as console:
+        client = Client(console.url)
+        site_id = await client.sign_up()
+        page = text(await client.get(f"/account/sites/{site_id}/operators?added=alice%40example.org"))
+        domain = partitions.site_domain(four, site_id, None)
+        assert domain == f"p{partitions.partition_of(site_id, 4)}.{settings.default_component_domain}"
+        assert f"<code>{site_id}@{domain}</code>" in page
