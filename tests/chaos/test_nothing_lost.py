@@ -4,12 +4,12 @@ Visitors talk through the real frontend's HTTP API (send with retries of the sam
 message id, as the widget does; receive by long-poll from their cursor, showing each
 seq once, as the widget does); operators are real XMPP clients on Prosody (strict:
 no automatic authorisation or subscription) that ask for receipts. Every service is
-a real process; Redis is a private redis-server the test may stop and rewind;
-RabbitMQ is the shared broker, so only this run's vhost has its connections closed.
+a real process; Redis is a private redis-server the test may stop and rewind, and
+RabbitMQ a private node it may kill.
 
 Faults, each under load: SIGKILL + restart of the frontend, the gateway and the
-worker; all of this vhost's AMQP connections closed; Redis down 10 s; Redis restarted
-from a snapshot older than the last writes.
+worker; every AMQP connection closed; RabbitMQ SIGKILLed and restarted (a node of the
+test's own); Redis down 10 s; Redis restarted from a snapshot older than the last writes.
 
 Asserts: every line a visitor got 200 for reaches its operator and the archive; every
 operator line the gateway receipted reaches the visitor and the archive; nothing shown
@@ -41,6 +41,7 @@ import tornado.httpclient
 from libs.common import db
 from libs.common.db import messages, site_store
 from libs.common.settings import Settings
+from tests.chaos.broker import PrivateBroker
 from tests.chaos.redis_server import PrivateRedis
 from tests.chaos.stack import HEALTH_PORTS, Stack, running_stack
 from tests.im_gateway.operator_client import OperatorClient
@@ -74,6 +75,8 @@ class Visitor:
         self.after = 0
         self.lines: list[VisitorLine] = []
         self.shown: collections.Counter[str] = collections.Counter()  # body -> times shown
+        self.seen_ids: set[str] = set()
+        self.offered_again = 0  # entries whose message id was already shown
         self.poll_errors: collections.Counter[int] = collections.Counter()
 
     async def call(self, method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
@@ -141,6 +144,13 @@ class Visitor:
                     if entry.get("seq", 0) <= self.after:
                         continue  # the widget never shows a seq twice
                     self.after = entry["seq"]
+                    # As the widget does: a line put back under a new seq after Redis
+                    # lost data has the same message id, and is shown once.
+                    message_id = entry.get("message_id", "")
+                    if message_id in self.seen_ids:
+                        self.offered_again += 1
+                        continue
+                    self.seen_ids.add(message_id)
                     if entry.get("kind") == "message":
                         self.shown[entry.get("body", "")] += 1
             if data.get("conversation_id") != self.conversation_id:
@@ -190,7 +200,7 @@ class Operator:
 
 
 def _vhost(settings: Settings) -> str:
-    return urllib.parse.unquote(urllib.parse.urlparse(settings.amqp_url).path.lstrip("/"))
+    return urllib.parse.unquote(urllib.parse.urlparse(settings.amqp_url).path.lstrip("/")) or "/"
 
 
 async def _until(predicate: Callable[[], bool], within: float, every: float = 0.5) -> bool:
@@ -207,12 +217,16 @@ async def _until(predicate: Callable[[], bool], within: float, every: float = 0.
 async def test_nothing_lost_under_load_while_everything_fails(settings: Settings, artifacts: Path) -> None:
     redis_server = PrivateRedis()
     redis_server.start()
+    # A RabbitMQ node of our own, so the test may SIGKILL it (others share the system one).
+    broker = PrivateBroker()
+    await asyncio.to_thread(broker.start)
     try:
         async with running_stack(
             settings,
             artifacts,
             "chaos",
             redis_url=redis_server.url,
+            amqp_url=broker.url,
             amqp_retry_delays_ms="200,1000,3000",
             visitor_messages_per_min=100_000,
             ip_requests_per_min=1_000_000,
@@ -221,12 +235,13 @@ async def test_nothing_lost_under_load_while_everything_fails(settings: Settings
             presence_ttl_s=6,
             gateway_lease_ttl_s=3,
         ) as stack:
-            await _chaos(stack, redis_server)
+            await _chaos(stack, redis_server, broker)
     finally:
         redis_server.close()
+        await asyncio.to_thread(broker.remove)
 
 
-async def _chaos(stack: Stack, redis_server: PrivateRedis) -> None:
+async def _chaos(stack: Stack, redis_server: PrivateRedis, broker: PrivateBroker) -> None:
     s = stack.settings
     engine = db.engine(s)
     tornado.httpclient.AsyncHTTPClient.configure(None, max_clients=100)
@@ -252,6 +267,13 @@ async def _chaos(stack: Stack, redis_server: PrivateRedis) -> None:
 
     for name in HEALTH_PORTS:
         stack.start(name)
+    for name in HEALTH_PORTS:
+        await stack.wait_healthy(name)
+    # A clean restart once the services declared their queues: RabbitMQ keeps a new
+    # quorum queue's membership in memory for a while, and a node killed within seconds
+    # of creating one can come back with it leaderless (see test_broker_restart.py).
+    await asyncio.to_thread(broker.stop)
+    await asyncio.to_thread(broker.start)
     for name in HEALTH_PORTS:
         await stack.wait_healthy(name)
     for operator in operators:
@@ -309,12 +331,19 @@ async def _chaos(stack: Stack, redis_server: PrivateRedis) -> None:
     async def close_connections() -> None:
         await asyncio.to_thread(
             subprocess.run,
-            ["rabbitmqctl", "-q", "close_all_connections", "-p", _vhost(s), "chaos test"],
+            ["rabbitmqctl", "-q", "-n", broker.node, "close_all_connections", "-p", _vhost(s), "chaos test"],
+            env=broker.env,
             check=True,
             capture_output=True,
             timeout=60,
         )
-        note("AMQP connections of the vhost closed")
+        note("AMQP connections closed")
+
+    async def broker_killed() -> None:
+        await asyncio.to_thread(broker.kill)
+        note("SIGKILL RabbitMQ")
+        await asyncio.to_thread(broker.start)
+        note("RabbitMQ back")
 
     async def redis_down() -> None:
         await asyncio.to_thread(redis_server.snapshot)  # comes back with everything
@@ -337,6 +366,7 @@ async def _chaos(stack: Stack, redis_server: PrivateRedis) -> None:
         lambda: kill_and_restart("im_gateway"),
         lambda: kill_and_restart("transcript_worker"),
         close_connections,
+        broker_killed,
         redis_down,
         redis_rewound,
     ]
@@ -434,6 +464,7 @@ async def _chaos(stack: Stack, redis_server: PrivateRedis) -> None:
         "receipted operator lines never shown to the visitor": len(not_shown),
         "receipted operator lines not archived": len(not_archived_o),
         "lines shown twice to a visitor": len(shown_twice),
+        "lines offered again under a new seq (same id, shown once)": sum(v.offered_again for v in visitors),
         "archived (conversation, seq) pairs held by two lines": shared_seq,
         "seq conflicts refused by the archive": conflicts,
         "gateway deaths we did not cause": gateway_deaths,

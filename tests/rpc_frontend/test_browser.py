@@ -5,6 +5,7 @@ Screenshots of the open widget go to tests/artifacts/."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -455,3 +456,50 @@ async def test_the_conversation_survives_navigation_without_doubles(
     second = await captured.next("ChatMessage", body="Second page")
     assert (second.conversation_id, second.seq) == (message.conversation_id, 3)
     assert second.page_url == f"{fe.url}/demo?site={site_id}&page=2"
+
+
+async def test_a_line_offered_again_under_a_new_seq_is_shown_once(
+    page: Any,
+    fe: RunningFrontend,
+    site_id: str,
+    captured: Captured,
+    settings: Settings,
+    redis_client: aioredis.Redis,
+) -> None:
+    """After Redis lost data, a line archived late is put back at the end of the log
+    under a new seq (ConversationLog._fill_hole): a widget that already shows it (same
+    message id) must not show it twice."""
+    await set_online(redis_client, settings, site_id, True)
+    await page.goto(f"{fe.url}/demo?site={site_id}")
+    frame = page.frame_locator(FRAME)
+    await frame.locator(".hb-tab").click()
+    await frame.locator(".hb-send textarea").fill("Hello")
+    await frame.locator(".hb-send textarea").press("Enter")
+    message = await captured.next("ChatMessage", body="Hello")
+
+    async def reply(body: str) -> None:
+        await operator_reply(
+            fe.bus,
+            settings,
+            redis_client,
+            site_id,
+            message.visitor_id,
+            message.conversation_id,
+            body,
+            fe.settings.frontend_id,
+        )
+
+    await reply("Answer")
+    await frame.locator(".hb-msg.operator").wait_for()
+    # What the repair leaves in Redis: the same entry (same message id) at a new seq.
+    lines_key = settings.redis_key("conv", message.conversation_id, "lines")
+    meta_key = settings.redis_key("conv", message.conversation_id, "meta")
+    newest: Any = await redis_client.zrange(lines_key, -1, -1, withscores=True)
+    raw, seq = newest[0]
+    again = {**json.loads(raw), "seq": int(seq) + 1}
+    await redis_client.zadd(lines_key, {json.dumps(again): int(seq) + 1})
+    await redis_client.hset(meta_key, "seq", int(seq) + 1)
+    await reply("Next answer")  # wakes the widget, which reads both
+    await frame.locator(".hb-msg.operator", has_text="Next answer").wait_for()
+    bodies = await frame.locator(".hb-msg .hb-body").all_inner_texts()
+    assert bodies == ["Hello", "Answer", "Next answer"]

@@ -246,6 +246,9 @@
       // the log holds it before the broker does, so only the server's "sent" (or the
       // POST's 200) settles it, and until then it is resent with the same id.
       if (drawn[entry.message_id]) { bubbles[entry.message_id] = drawn[entry.message_id]; delete drawn[entry.message_id]; return; }
+      // After Redis lost data, a line archived late is put back at the end of the log
+      // under a new seq (cursors are past its old one): the same id is shown once.
+      if (entry.message_id && bubbles[entry.message_id]) return;
       if (entry.kind === "system") { systemLine(entry.body); endButton.setAttribute("hidden", ""); return; }
       if (entry.replaces && bubbles[entry.replaces]) {
         edit(bubbles[entry.replaces], entry.body); bubbles[entry.message_id] = bubbles[entry.replaces];
