@@ -2,7 +2,7 @@
 for the poison and chaos tests.
 
 Isolated like every test run: a vhost, a database, a Redis prefix, a Prosody and free
-ports of its own; optionally a private redis-server (tests/chaos/redis_server.py) so a
+ports of its own; optionally a private redis-server (tests/redis_server.py) so a
 test may stop or rewind Redis without disturbing anyone else.
 """
 

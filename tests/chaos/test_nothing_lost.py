@@ -42,9 +42,9 @@ from libs.common import db
 from libs.common.db import messages, site_store
 from libs.common.settings import Settings
 from tests.chaos.broker import PrivateBroker
-from tests.chaos.redis_server import PrivateRedis
 from tests.chaos.stack import HEALTH_PORTS, Stack, running_stack
 from tests.im_gateway.operator_client import OperatorClient
+from tests.redis_server import PrivateRedis
 from tools import prosody
 
 SITES = 2

@@ -22,7 +22,7 @@ from libs.common.db.history import seq_floor
 from libs.common.settings import Settings
 from libs.common.state.conversations import FLOOR_GAP, ConversationLog, chat_line
 from services.transcript_worker import archive_store
-from tests.chaos.redis_server import PrivateRedis
+from tests.redis_server import PrivateRedis
 
 SITE: list[str] = []  # this run's site, made once (visitors refer to it)
 

@@ -10,13 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
-import subprocess
-import tempfile
 import time
 import urllib.request
 import uuid
-from pathlib import Path
 
 import pytest
 
@@ -27,6 +23,7 @@ from libs.common.state.sessions import VisitorSessions
 from tests.im_gateway.conftest import create_site
 from tests.im_gateway.isolated import isolated_gateway_env, wait_until
 from tests.im_gateway.operator_client import OperatorClient
+from tests.redis_server import PrivateRedis
 from tools import prosody
 
 LINES = 80
@@ -35,42 +32,9 @@ DOWN_AT_S = 3.0
 DOWN_FOR_S = 10.0
 
 
-class OwnRedis:
-    def __init__(self) -> None:
-        self.port = prosody.free_port()
-        self.dir = Path(tempfile.mkdtemp(prefix="habla-redis-"))
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.dir), "--dbfilename", "dump.rdb", "--logfile", str(self.dir / "redis.log")],
-        )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while subprocess.run(["redis-cli", "-p", str(self.port), "ping"], capture_output=True).stdout != b"PONG\n":
-            assert time.monotonic() < deadline, "own Redis did not start"
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        """Down as in a restart: the snapshot is written, then every connection refused."""
-        subprocess.run(["redis-cli", "-p", str(self.port), "shutdown", "save"], capture_output=True, timeout=10)
-        if self.process is not None:
-            self.process.wait(10)
-
-    def remove(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
 @pytest.mark.slow
 async def test_redis_down_10_s_every_operator_line_delivered_or_bounced(settings, engine, artifacts) -> None:
-    own = OwnRedis()
+    own = PrivateRedis()
     own.start()
     try:
         async with isolated_gateway_env(
@@ -79,10 +43,10 @@ async def test_redis_down_10_s_every_operator_line_delivered_or_bounced(settings
         ) as env:  # fmt: skip
             await _run(env, own, engine)
     finally:
-        own.remove()
+        own.close()
 
 
-async def _run(env, own: OwnRedis, engine) -> None:
+async def _run(env, own: PrivateRedis, engine) -> None:
     s = env.settings
     redis = state.connect(s)
     user, password = f"op-{uuid.uuid4().hex[:6]}", uuid.uuid4().hex[:12]

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from libs.common.settings import Settings
-from tests.status_image.conftest import free_port
+from tools.prosody import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -16,7 +16,8 @@ from libs.common import state
 from libs.common.settings import Settings
 from libs.common.state.presence import OperatorPresence, site_status_channel
 from services.status_image import metrics
-from tests.status_image.conftest import PrivateRedis, StatusServer
+from tests.redis_server import PrivateRedis
+from tests.status_image.conftest import StatusServer
 
 # Generous: the refresh runs every 0.5 s, a reconnect may add a retry or two.
 NOTICE_S = 5.0

@@ -17,7 +17,8 @@ from libs.common.state.presence import OperatorPresence, SiteStatusReader, site_
 from services.status_image import metrics
 from services.status_image.cache import IDLE_EVICT_S, SiteStatusCache
 from services.status_image.render import ImageRenderer
-from tests.status_image.conftest import StatusServer, free_port, top_colour
+from tests.status_image.conftest import StatusServer, top_colour
+from tools.prosody import free_port
 
 Start = Callable[..., Awaitable[StatusServer]]
 

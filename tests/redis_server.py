@@ -1,6 +1,7 @@
-"""A redis-server of a test's own, on a free port: killed, restarted, and restarted
-from an older snapshot (what a Redis with ``appendonly no`` does after a crash).
-The shared Redis on 6379 is never touched."""
+"""A redis-server of a test's own, on a free port: stopped, killed, restarted, and
+restarted from an older snapshot (what a Redis with ``appendonly no`` does after a
+crash). The shared Redis on 6379 is never touched. Used by the chaos, gateway and
+status-image outage tests."""
 
 from __future__ import annotations
 
@@ -64,6 +65,16 @@ class PrivateRedis:
             client.save()
         finally:
             client.close()
+
+    def stop(self) -> None:
+        """Down as in a clean restart: the snapshot is written, then connections refused."""
+        client = redis.Redis(port=self.port, socket_timeout=10)
+        with contextlib.suppress(redis.exceptions.ConnectionError):
+            client.shutdown(save=True)
+        client.close()
+        if self.process is not None:
+            self.process.wait(10)
+        self.process = None
 
     def kill(self) -> None:
         """SIGKILL: nothing written since the last snapshot survives."""
