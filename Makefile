@@ -1,5 +1,5 @@
 # The two commands: `make run` (whole suite locally, with a demo site) and `make test`.
-.PHONY: run test lint setup bench bench-e2e
+.PHONY: run test lint setup bench bench-e2e cluster
 
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -9,6 +9,10 @@ setup:
 
 run: setup
 	$(PY) -m tools.devstack
+
+# The multi-host layout, one network namespace per host (root needed); Ctrl-C removes it.
+cluster: setup
+	$(PY) -m tools.cluster
 
 test: setup
 	$(VENV)/bin/ruff check .

@@ -64,6 +64,8 @@ class Pool:
     port: int
     backends: list[int]
     host: str = "127.0.0.1"
+    # Where the backends are: one address for all, or one per backend (netns hosts).
+    backend_hosts: list[str] | None = None
 
 
 @dataclass
@@ -74,17 +76,18 @@ class Balancer:
     def config(self) -> str:
         sections = []
         for pool in self.pools:
+            hosts = pool.backend_hosts or ["127.0.0.1"] * len(pool.backends)
             servers = "\n".join(
-                f"    server {pool.name}{i} 127.0.0.1:{port} check" for i, port in enumerate(pool.backends)
+                f"    server {pool.name}{i} {hosts[i]}:{port} check" for i, port in enumerate(pool.backends)
             )
             sections.append(SECTION.format(name=pool.name, host=pool.host, port=pool.port, servers=servers))
         return HEADER + "".join(sections)
 
 
-def _listening(port: int) -> bool:
+def _listening(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+        return sock.connect_ex((host, port)) == 0
 
 
 def start(balancer: Balancer, wait_s: float = 10.0) -> subprocess.Popen[bytes]:
@@ -97,7 +100,7 @@ def start(balancer: Balancer, wait_s: float = 10.0) -> subprocess.Popen[bytes]:
         raise RuntimeError(f"haproxy rejected {path}: {check.stderr.strip()}")
     process = subprocess.Popen(["haproxy", "-db", "-f", str(path)], stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + wait_s
-    while not all(_listening(pool.port) for pool in balancer.pools):
+    while not all(_listening(pool.port, pool.host) for pool in balancer.pools):
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
             raise RuntimeError(f"haproxy did not start (status {process.poll()})")
