@@ -13,13 +13,17 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from libs.common import codec, topology
+from libs.common.messaging import Bus
 from libs.common.settings import Settings
+from libs.common.state.conversations import ConversationLog, chat_line
 from tools import prosody, sandbox
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -129,3 +133,31 @@ def shown_once(received: list[Any]) -> tuple[list[str], int]:
             continue
         ids[key] = item.body
     return list(ids.values()), copies
+
+
+async def visitor_line(
+    log: ConversationLog,
+    bus: Bus,
+    site_id: str,
+    visitor_id: str,
+    conversation_id: str,
+    body: str,
+    page_url: str | None = None,
+) -> str:
+    """What the frontend does for a visitor line: log it, then publish it; its id."""
+    message_id = uuid.uuid4().hex
+    sent_at = int(time.time() * 1000)
+    appended = await log.append(conversation_id, message_id, chat_line("visitor", body, sent_at))
+    message = codec.ChatMessage(
+        message_id=message_id,
+        conversation_id=conversation_id,
+        site_id=site_id,
+        visitor_id=visitor_id,
+        sender=codec.SenderKind.VISITOR,
+        body=body,
+        sent_at_ms=sent_at,
+        seq=appended.seq,
+        page_url=page_url,
+    )
+    await bus.publish(topology.VISITOR, f"{site_id}.message", message)
+    return message_id

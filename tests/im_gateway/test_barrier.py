@@ -12,20 +12,19 @@ import collections
 import os
 import re
 import signal
-import time
 import urllib.request
 import uuid
 
 import pytest
 
-from libs.common import codec, state, topology
+from libs.common import state
 from libs.common.messaging import Bus
 from libs.common.state.conversations import ConversationLog
 from libs.common.state.presence import SiteStatusReader
 from libs.common.state.sessions import VisitorSessions
 from services.im_gateway.component import on
 from tests.im_gateway.conftest import create_site
-from tests.im_gateway.isolated import isolated_gateway_env, shown_once, wait_until
+from tests.im_gateway.isolated import isolated_gateway_env, shown_once, visitor_line, wait_until
 from tests.im_gateway.operator_client import OperatorClient
 from tools import prosody
 
@@ -76,19 +75,7 @@ async def test_lines_written_but_unconfirmed_when_the_gateway_dies_arrive_after_
 
             async def visitor_says(visitor: tuple[str, str], body: str) -> None:
                 visitor_id, conversation_id = visitor
-                message_id = uuid.uuid4().hex
-                appended = await log.append(
-                    conversation_id, message_id,
-                    {"kind": "message", "sender": "visitor", "body": body, "sent_at_ms": 0, "operator_name": None},
-                )  # fmt: skip
-                await bus.publish(
-                    topology.VISITOR, f"{site_id}.message",
-                    codec.ChatMessage(
-                        message_id=message_id, conversation_id=conversation_id, site_id=site_id,
-                        visitor_id=visitor_id, sender=codec.SenderKind.VISITOR, body=body,
-                        sent_at_ms=int(time.time() * 1000), seq=appended.seq,
-                    ),
-                )  # fmt: skip
+                await visitor_line(log, bus, site_id, visitor_id, conversation_id, body)
 
             for n, visitor in enumerate(visitors):
                 await visitor_says(visitor, f"hello {n}")

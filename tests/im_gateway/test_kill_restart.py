@@ -9,13 +9,12 @@ import uuid
 
 import pytest
 
-from libs.common import codec, topology
 from libs.common.messaging import Bus
 from libs.common.state.conversations import ConversationLog
 from libs.common.state.presence import SiteStatusReader
 from libs.common.state.sessions import VisitorSessions
 from tests.im_gateway.conftest import create_site
-from tests.im_gateway.isolated import isolated_gateway_env, shown_once, wait_until
+from tests.im_gateway.isolated import isolated_gateway_env, shown_once, visitor_line, wait_until
 from tests.im_gateway.operator_client import OperatorClient
 from tools import prosody
 
@@ -56,19 +55,7 @@ async def test_sigkill_mid_conversation_delivers_everything_exactly_once(setting
             )  # fmt: skip
 
             async def visitor_says(n: int) -> None:
-                message_id = uuid.uuid4().hex
-                appended = await log.append(
-                    conversation_id, message_id,
-                    {"kind": "message", "sender": "visitor", "body": f"v{n}", "sent_at_ms": 0, "operator_name": None},
-                )  # fmt: skip
-                await bus.publish(
-                    topology.VISITOR, f"{site_id}.message",
-                    codec.ChatMessage(
-                        message_id=message_id, conversation_id=conversation_id, site_id=site_id,
-                        visitor_id=visitor_id, sender=codec.SenderKind.VISITOR, body=f"v{n}",
-                        sent_at_ms=int(time.time() * 1000), seq=appended.seq,
-                    ),
-                )  # fmt: skip
+                await visitor_line(log, bus, site_id, visitor_id, conversation_id, f"v{n}")
 
             await visitor_says(0)
             first = await operator.wait_for(lambda r: r.body == "v0", within=20)

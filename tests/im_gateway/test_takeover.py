@@ -18,13 +18,13 @@ import uuid
 
 import pytest
 
-from libs.common import codec, state, topology
+from libs.common import state
 from libs.common.messaging import Bus
 from libs.common.state.conversations import ConversationLog
 from libs.common.state.presence import SiteStatusReader
 from libs.common.state.sessions import VisitorSessions
 from tests.im_gateway.conftest import create_site
-from tests.im_gateway.isolated import Isolated, isolated_gateway_env, wait_until
+from tests.im_gateway.isolated import Isolated, isolated_gateway_env, visitor_line, wait_until
 from tests.im_gateway.operator_client import OperatorClient
 from tools import prosody
 
@@ -74,19 +74,7 @@ async def test_standby_takes_over_within_seconds_of_the_active_gateway_dying(set
             )  # fmt: skip
 
             async def visitor_says(body: str) -> None:
-                message_id = uuid.uuid4().hex
-                appended = await log.append(
-                    conversation_id, message_id,
-                    {"kind": "message", "sender": "visitor", "body": body, "sent_at_ms": 0, "operator_name": None},
-                )  # fmt: skip
-                await bus.publish(
-                    topology.VISITOR, f"{site_id}.message",
-                    codec.ChatMessage(
-                        message_id=message_id, conversation_id=conversation_id, site_id=site_id,
-                        visitor_id=visitor_id, sender=codec.SenderKind.VISITOR, body=body,
-                        sent_at_ms=int(time.time() * 1000), seq=appended.seq,
-                    ),
-                )  # fmt: skip
+                await visitor_line(log, bus, site_id, visitor_id, conversation_id, body)
 
             await visitor_says("before")
             await operator.wait_for(lambda r: r.body == "before", within=20)

@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import time
 import urllib.error
 import urllib.request
 import uuid
 
 import pytest
 
-from libs.common import codec, state, topology
+from libs.common import state
 from libs.common.messaging import Bus
 from libs.common.state.conversations import ConversationLog
 from libs.common.state.presence import SiteStatusReader
 from libs.common.state.sessions import VisitorSessions
 from tests.im_gateway.conftest import create_site
-from tests.im_gateway.isolated import isolated_gateway_env, wait_until
+from tests.im_gateway.isolated import isolated_gateway_env, visitor_line, wait_until
 from tests.im_gateway.operator_client import OperatorClient
 from tools import prosody
 
@@ -43,19 +42,7 @@ async def test_gateway_reconnects_after_prosody_restart_and_delivers_held_lines(
             await sessions.save(visitor_id, site_id, {"frontend_id": s.frontend_id, "conversation_id": conversation_id})
 
             async def visitor_says(body: str) -> None:
-                message_id = uuid.uuid4().hex
-                appended = await log.append(
-                    conversation_id, message_id, {"kind": "message", "sender": "visitor", "body": body}
-                )
-                await bus.publish(
-                    topology.VISITOR,
-                    f"{site_id}.message",
-                    codec.ChatMessage(
-                        message_id=message_id, conversation_id=conversation_id, site_id=site_id,
-                        visitor_id=visitor_id, sender=codec.SenderKind.VISITOR, body=body,
-                        sent_at_ms=int(time.time() * 1000), seq=appended.seq,
-                    ),
-                )  # fmt: skip
+                await visitor_line(log, bus, site_id, visitor_id, conversation_id, body)
 
             await visitor_says("before the outage")
             await operator.wait_for(lambda r: r.body == "before the outage")
