@@ -5,13 +5,12 @@ Hosts (tools/netns.py: a bridge, a veth pair and an address each on a private /2
   frontend1/2 rpc_frontend + status_image
   gateway1/2  im_gateway, HABLA_GATEWAY_PARTITIONS=2 (the partitions spread over both)
   worker      transcript_worker + console + the development SMTP sink
-  broker      the 3-node RabbitMQ cluster (tools/rabbit_cluster.py; quorum queues)
+  broker1/2/3 the 3-node RabbitMQ cluster (tools/rabbit_cluster.py; quorum queues), a node each
   redis       Redis master + replica + 3 Sentinels (tools/sentinel.py)
   db          MariaDB, its own datadir in a temp folder (tools/mariadb.py)
   xmpp        Prosody (tools/prosody.py), c2s :5222 with STARTTLS
 
-Scaled down for a 2-core machine: the 3 broker nodes share one host (Erlang distribution
-on that host's loopback) and so do the Redis pair and its Sentinels. The root namespace is
+Scaled down for a 2-core machine: the Redis pair and its Sentinels share one host. The root namespace is
 on the bridge (.1), so a browser and an XMPP client on this machine reach the edge and
 the XMPP server. Ctrl-C, or any failure while starting, stops every process and removes
 every namespace, link and temp folder.
@@ -38,7 +37,20 @@ from tools import haproxy, mariadb, netns, prosody, rabbit_cluster, sentinel
 from tools.supervise import Child, run_until_signalled
 
 ROOT = Path(__file__).resolve().parents[1]
-HOSTS = ["edge", "frontend1", "frontend2", "gateway1", "gateway2", "worker", "broker", "redis", "db", "xmpp"]
+HOSTS = [
+    "edge",
+    "frontend1",
+    "frontend2",
+    "gateway1",
+    "gateway2",
+    "worker",
+    "broker1",
+    "broker2",
+    "broker3",
+    "redis",
+    "db",
+    "xmpp",
+]
 # Which services run on which host (services/<name>); the SMTP sink is a development helper.
 SERVICES = {
     "frontend1": ["services.rpc_frontend", "services.status_image"],
@@ -96,12 +108,14 @@ def _servers(layout: Layout) -> Settings:
     layout.closers.append(redis_set.close)
     layout.folders.append(redis_set.dir)
 
-    with net.inside("broker"):
-        broker = rabbit_cluster.start(3, host=layout.address("broker"))
-    layout.closers.append(lambda: _in(net, "broker", broker.close))
+    brokers = ["broker1", "broker2", "broker3"]
+    broker = rabbit_cluster.start(
+        3, hosts=[layout.address(b) for b in brokers], inside=lambda i: net.inside(brokers[i])
+    )
+    layout.closers.append(broker.close)
     layout.folders.append(broker.dir)
     amqp_password = secrets.token_urlsafe(16)
-    with net.inside("broker"):
+    with net.inside("broker1"):
         first = broker.nodes[0]
         broker.ctl(first, "add_user", "habla", amqp_password)
         broker.ctl(first, "add_vhost", "habla")
@@ -146,11 +160,6 @@ def _servers(layout: Layout) -> Settings:
     db.migrate(settings)
     layout.demo = _demo(layout, settings, cfg)
     return settings
-
-
-def _in(net: netns.Net, host: str, action: Callable[[], None]) -> None:
-    with net.inside(host):
-        action()
 
 
 def _demo(layout: Layout, settings: Settings, cfg: prosody.ProsodyConfig) -> dict[str, str]:
