@@ -46,6 +46,7 @@ from tools.rabbit_cluster import Cluster
 from tools.sentinel import SentinelSet
 
 pytestmark = [
+    pytest.mark.cluster,
     pytest.mark.slow,
     pytest.mark.timeout(1200),
     # redis-py drops a connection to a killed server without closing its StreamWriter.

@@ -17,6 +17,7 @@ from tests.im_gateway.operator_client import OperatorClient
 from tools import cluster, netns
 
 pytestmark = [
+    pytest.mark.cluster,
     pytest.mark.slow,
     pytest.mark.timeout(600),
     pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),

@@ -27,7 +27,8 @@ from libs.common.settings import Settings
 from libs.common.topology import QueueSpec
 from tools.rabbit_cluster import Cluster, Node
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
+pytestmark = [
+    pytest.mark.cluster,pytest.mark.slow, pytest.mark.timeout(400)]
 
 VHOST = "habla-cluster-test"
 SPEC = QueueSpec("cluster.archive", ((topology.VISITOR, "*.message"),), accepts=frozenset({"ChatMessage"}))
