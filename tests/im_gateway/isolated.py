@@ -24,6 +24,7 @@ from libs.common import codec, topology
 from libs.common.messaging import Bus
 from libs.common.settings import Settings
 from libs.common.state.conversations import ConversationLog, chat_line
+from libs.common.state.presence import SiteStatusReader
 from tools import prosody, sandbox
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -161,3 +162,8 @@ async def visitor_line(
     )
     await bus.publish(topology.VISITOR, f"{site_id}.message", message)
     return message_id
+
+
+async def site_online(status: SiteStatusReader, site_id: str) -> bool:
+    """Whether the gateway announces the site online (a predicate for wait_until)."""
+    return (await status.get(site_id)).online

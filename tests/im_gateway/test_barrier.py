@@ -24,7 +24,7 @@ from libs.common.state.presence import SiteStatusReader
 from libs.common.state.sessions import VisitorSessions
 from services.im_gateway.component import on
 from tests.im_gateway.conftest import create_site
-from tests.im_gateway.isolated import isolated_gateway_env, shown_once, visitor_line, wait_until
+from tests.im_gateway.isolated import isolated_gateway_env, shown_once, site_online, visitor_line, wait_until
 from tests.im_gateway.operator_client import OperatorClient
 from tools import prosody
 
@@ -62,7 +62,7 @@ async def test_lines_written_but_unconfirmed_when_the_gateway_dies_arrive_after_
         frozen = False
         operator = await OperatorClient(f"{user}@{s.xmpp_domain}", password, "127.0.0.1", s.xmpp_c2s_port).start()
         try:
-            await wait_until(lambda: _online(status, site_id), within=30)
+            await wait_until(lambda: site_online(status, site_id), within=30)
             sessions, log = VisitorSessions(redis, s), ConversationLog(redis, s)
             # One line of each visitor at a time waits for the barrier (a visitor's
             # lines stay in order), so several visitors put several lines in the socket.
@@ -123,10 +123,6 @@ async def test_lines_written_but_unconfirmed_when_the_gateway_dies_arrive_after_
             await operator.stop()
             await bus.close()
             await redis.aclose()
-
-
-async def _online(status: SiteStatusReader, site_id: str) -> bool:
-    return (await status.get(site_id)).online
 
 
 async def test_a_stream_lost_before_the_barrier_sends_the_line_again_after_reconnecting(make_site, monkeypatch) -> None:

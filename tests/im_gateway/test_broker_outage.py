@@ -21,7 +21,7 @@ from libs.common.state.presence import SiteStatusReader
 from libs.common.state.sessions import VisitorSessions
 from services.im_gateway.visitors import VisitorNames
 from tests.im_gateway.conftest import create_site
-from tests.im_gateway.isolated import isolated_gateway_env, wait_until
+from tests.im_gateway.isolated import isolated_gateway_env, site_online, wait_until
 from tests.im_gateway.operator_client import OperatorClient
 from tools import prosody
 
@@ -44,7 +44,7 @@ async def test_broker_connections_closed_every_operator_line_delivered_or_bounce
         gateway = env.start_gateway("gateway")
         operator = await OperatorClient(f"{user}@{s.xmpp_domain}", password, "127.0.0.1", s.xmpp_c2s_port).start()
         try:
-            await wait_until(lambda: _online(SiteStatusReader(redis, s), site_id), within=30)
+            await wait_until(lambda: site_online(SiteStatusReader(redis, s), site_id), within=30)
             sessions = VisitorSessions(redis, s)
             visitor_id = sessions.new_visitor_id()
             await sessions.save(
@@ -86,7 +86,3 @@ async def test_broker_connections_closed_every_operator_line_delivered_or_bounce
             env.terminate(gateway)
             await operator.stop()
             await redis.aclose()
-
-
-async def _online(status: SiteStatusReader, site_id: str) -> bool:
-    return (await status.get(site_id)).online

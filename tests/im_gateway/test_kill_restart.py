@@ -14,7 +14,7 @@ from libs.common.state.conversations import ConversationLog
 from libs.common.state.presence import SiteStatusReader
 from libs.common.state.sessions import VisitorSessions
 from tests.im_gateway.conftest import create_site
-from tests.im_gateway.isolated import isolated_gateway_env, shown_once, visitor_line, wait_until
+from tests.im_gateway.isolated import isolated_gateway_env, shown_once, site_online, visitor_line, wait_until
 from tests.im_gateway.operator_client import OperatorClient
 from tools import prosody
 
@@ -42,7 +42,7 @@ async def test_sigkill_mid_conversation_delivers_everything_exactly_once(setting
         await asyncio.sleep(2)
         operator = await OperatorClient(f"{user}@{s.xmpp_domain}", password, "127.0.0.1", s.xmpp_c2s_port).start()
         try:
-            await wait_until(lambda: _online(status, site_id), within=20)
+            await wait_until(lambda: site_online(status, site_id), within=20)
 
             # A visitor with an open conversation, as the frontend makes them.
             sessions = VisitorSessions(redis, s)
@@ -85,7 +85,7 @@ async def test_sigkill_mid_conversation_delivers_everything_exactly_once(setting
             restarted = env.start_gateway("gateway-2")
             await visitor_task
             await operator_task
-            await wait_until(lambda: _online(status, site_id), within=30)
+            await wait_until(lambda: site_online(status, site_id), within=30)
             # Every visitor line reaches the operator...
             await wait_until(lambda: len({r.body for r in operator.messages_from(visitor_jid)}) >= VISITOR_LINES, 60)
             # ...and the operator's client resends every line the gateway did not receipt
@@ -120,10 +120,6 @@ async def test_sigkill_mid_conversation_delivers_everything_exactly_once(setting
             await operator.stop()
             await bus.close()
             await redis.aclose()
-
-
-async def _online(status: SiteStatusReader, site_id: str) -> bool:
-    return (await status.get(site_id)).online
 
 
 async def _offline(status: SiteStatusReader, site_id: str) -> bool:

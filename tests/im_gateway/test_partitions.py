@@ -27,7 +27,7 @@ from libs.common.settings import Settings, SettingsError
 from libs.common.state.presence import SiteStatusReader
 from services.im_gateway.partitions import agree_on_count
 from tests.im_gateway.conftest import create_site
-from tests.im_gateway.isolated import Isolated, isolated_gateway_env, shown_once, wait_until
+from tests.im_gateway.isolated import Isolated, isolated_gateway_env, shown_once, site_online, wait_until
 from tests.im_gateway.operator_client import OperatorClient
 from tests.im_gateway.test_two_domains import Chat
 from tools import prosody
@@ -96,7 +96,7 @@ async def test_two_processes_share_two_partitions_and_take_over_a_killed_one(set
                     await OperatorClient(jid, password, "127.0.0.1", s.xmpp_c2s_port).start() for jid, password in creds
                 ]
             for _, site_id, _ in sites:
-                await wait_until(lambda site_id=site_id: _online(status, site_id), within=60)
+                await wait_until(lambda site_id=site_id: site_online(status, site_id), within=60)
             owners = await _owners(redis, s)
             assert set(owners.values()) <= pids and None not in owners.values(), owners
             print(f"\npartition owners (pid): {owners}; gateway pids {sorted(pids)}")
@@ -251,10 +251,6 @@ def _health(port: int) -> int:
         return int(exc.code)
     except OSError:
         return 0
-
-
-async def _online(status: SiteStatusReader, site_id: str) -> bool:
-    return (await status.get(site_id)).online
 
 
 async def test_a_gateway_with_another_partition_count_refuses_to_run(settings) -> None:

@@ -21,7 +21,7 @@ from libs.common.state.conversations import ConversationLog
 from libs.common.state.presence import SiteStatusReader
 from libs.common.state.sessions import VisitorSessions
 from tests.im_gateway.conftest import create_site
-from tests.im_gateway.isolated import isolated_gateway_env, wait_until
+from tests.im_gateway.isolated import isolated_gateway_env, site_online, wait_until
 from tests.im_gateway.operator_client import OperatorClient
 from tests.redis_server import PrivateRedis
 from tools import prosody
@@ -55,7 +55,7 @@ async def _run(env, own: PrivateRedis, engine) -> None:
     gateway = env.start_gateway("gateway")
     operator = await OperatorClient(f"{user}@{s.xmpp_domain}", password, "127.0.0.1", s.xmpp_c2s_port).start()
     try:
-        await wait_until(lambda: _online(SiteStatusReader(redis, s), site_id), within=30)
+        await wait_until(lambda: site_online(SiteStatusReader(redis, s), site_id), within=30)
         sessions = VisitorSessions(redis, s)
         visitor_id, conversation_id = sessions.new_visitor_id(), uuid.uuid4().hex
         await sessions.save(
@@ -121,7 +121,3 @@ async def _visitor_jid(redis, settings, visitor_id: str) -> str:
 def _metrics(port: int) -> bytes:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3) as answer:
         return bytes(answer.read())
-
-
-async def _online(status: SiteStatusReader, site_id: str) -> bool:
-    return (await status.get(site_id)).online

@@ -24,7 +24,7 @@ from libs.common.state.conversations import ConversationLog
 from libs.common.state.presence import SiteStatusReader
 from libs.common.state.sessions import VisitorSessions
 from tests.im_gateway.conftest import create_site
-from tests.im_gateway.isolated import Isolated, isolated_gateway_env, visitor_line, wait_until
+from tests.im_gateway.isolated import Isolated, isolated_gateway_env, site_online, visitor_line, wait_until
 from tests.im_gateway.operator_client import OperatorClient
 from tools import prosody
 
@@ -60,7 +60,7 @@ async def test_standby_takes_over_within_seconds_of_the_active_gateway_dying(set
         second = other.start_gateway("gateway-2")
         operator = await OperatorClient(f"{user}@{s.xmpp_domain}", password, "127.0.0.1", s.xmpp_c2s_port).start()
         try:
-            await wait_until(lambda: _online(SiteStatusReader(redis, s), site_id), 30)
+            await wait_until(lambda: site_online(SiteStatusReader(redis, s), site_id), 30)
             await wait_until(lambda: _health(other.settings.gateway_metrics_port)[0] == 503, 30)
             code, report = _health(other.settings.gateway_metrics_port)
             assert code == 503 and "standby: " in json.dumps(report)
@@ -98,7 +98,3 @@ async def test_standby_takes_over_within_seconds_of_the_active_gateway_dying(set
             await operator.stop()
             await bus.close()
             await redis.aclose()
-
-
-async def _online(status: SiteStatusReader, site_id: str) -> bool:
-    return (await status.get(site_id)).online

@@ -24,7 +24,7 @@ from libs.common.state.conversations import ConversationLog
 from libs.common.state.presence import SiteStatusReader
 from libs.common.state.sessions import VisitorSessions
 from tests.im_gateway.conftest import create_site
-from tests.im_gateway.isolated import Isolated, isolated_gateway_env, wait_until
+from tests.im_gateway.isolated import Isolated, isolated_gateway_env, site_online, wait_until
 from tests.im_gateway.operator_client import OperatorClient
 from tools import prosody, sandbox
 
@@ -94,8 +94,8 @@ async def test_two_domains_share_a_vhost_and_each_operator_gets_only_their_sites
         op_b = await OperatorClient(jid_b, pw_b, "127.0.0.1", b.xmpp_c2s_port).start()
         status = SiteStatusReader(redis, a)
         try:
-            await wait_until(lambda: _online(status, site_a), within=30)
-            await wait_until(lambda: _online(status, site_b), within=30)
+            await wait_until(lambda: site_online(status, site_a), within=30)
+            await wait_until(lambda: site_online(status, site_b), within=30)
             chat_a, chat_b = Chat(a, redis, bus, site_a), Chat(a, redis, bus, site_b)
             await chat_a.open()
             await chat_b.open()
@@ -108,7 +108,7 @@ async def test_two_domains_share_a_vhost_and_each_operator_gets_only_their_sites
             site_c = await create_site(engine, [(jid_b, "Bob")])
             await asyncio.to_thread(_move, engine, site_c, b_domain)
             await SiteDirectory(redis, engine, a).invalidate(site_c)
-            await wait_until(lambda: _online(status, site_c), within=30)
+            await wait_until(lambda: site_online(status, site_c), within=30)
             chat_c = Chat(a, redis, bus, site_c)
             await chat_c.open()
             for n in range(5):
@@ -140,7 +140,3 @@ def _move(engine: sa.Engine, site_id: str, domain: str) -> None:
 
 def _lines(operator: OperatorClient, prefix: str) -> list[str]:
     return [r.body for r in operator.received if r.kind == "message" and r.body.startswith(prefix)]
-
-
-async def _online(status: SiteStatusReader, site_id: str) -> bool:
-    return (await status.get(site_id)).online

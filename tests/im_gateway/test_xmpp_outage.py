@@ -16,7 +16,7 @@ from libs.common.state.conversations import ConversationLog
 from libs.common.state.presence import SiteStatusReader
 from libs.common.state.sessions import VisitorSessions
 from tests.im_gateway.conftest import create_site
-from tests.im_gateway.isolated import isolated_gateway_env, visitor_line, wait_until
+from tests.im_gateway.isolated import isolated_gateway_env, site_online, visitor_line, wait_until
 from tests.im_gateway.operator_client import OperatorClient
 from tools import prosody
 
@@ -36,7 +36,7 @@ async def test_gateway_reconnects_after_prosody_restart_and_delivers_held_lines(
         gateway = env.start_gateway("gateway")
         operator = await OperatorClient(jid, password, "127.0.0.1", s.xmpp_c2s_port).start()
         try:
-            await wait_until(lambda: _online(status, site_id), within=20)
+            await wait_until(lambda: site_online(status, site_id), within=20)
             sessions, log = VisitorSessions(redis, s), ConversationLog(redis, s)
             visitor_id, conversation_id = sessions.new_visitor_id(), uuid.uuid4().hex
             await sessions.save(visitor_id, site_id, {"frontend_id": s.frontend_id, "conversation_id": conversation_id})
@@ -61,7 +61,7 @@ async def test_gateway_reconnects_after_prosody_restart_and_delivers_held_lines(
             await asyncio.to_thread(env.start_prosody)
 
             operator = await OperatorClient(jid, password, "127.0.0.1", s.xmpp_c2s_port).start()
-            await wait_until(lambda: _online(status, site_id), within=30)
+            await wait_until(lambda: site_online(status, site_id), within=30)
             await operator.wait_for(lambda r: r.body == "during the outage", within=30)
             await visitor_says("after the outage")
             await operator.wait_for(lambda r: r.body == "after the outage", within=15)
@@ -88,10 +88,6 @@ async def _get(url: str) -> tuple[int, str]:
             return exc.code, exc.read().decode()
 
     return await asyncio.to_thread(fetch)
-
-
-async def _online(status: SiteStatusReader, site_id: str) -> bool:
-    return (await status.get(site_id)).online
 
 
 async def _offline(status: SiteStatusReader, site_id: str) -> bool:
