@@ -165,6 +165,9 @@ class Settings:
     status_host: str = field(default="127.0.0.1", metadata={"env": "HABLA_STATUS_HOST"})
     status_port: int = field(default=8081, metadata={"env": "HABLA_STATUS_PORT"})
     status_public_url: str = field(default="http://127.0.0.1:8081", metadata={"env": "HABLA_STATUS_PUBLIC_URL"})
+    # Where the status image writes every site's answers as files for nginx to serve
+    # (tools/nginx.py); empty: off, Tornado answers every request itself.
+    status_files_dir: str = field(default="", metadata={"env": "HABLA_STATUS_FILES_DIR"})
 
     # --- console (site owners) -------------------------------------------------------
     # Its own origin, apart from the public widget API, so owner cookies never travel

@@ -7,6 +7,7 @@ import gc
 import logging
 import signal
 import sys
+from pathlib import Path
 
 from libs.common import db, logs, observability, state
 from libs.common.settings import Settings
@@ -15,6 +16,7 @@ from libs.common.startup import settings_or_exit
 from libs.common.state.presence import SiteStatusReader
 from libs.common.web import http_server_options
 from services.status_image.cache import SiteStatusCache
+from services.status_image.files import StatusFiles
 from services.status_image.handlers import make_app
 from services.status_image.render import ImageRenderer
 
@@ -26,8 +28,10 @@ async def serve(settings: Settings) -> None:
     redis = state.connect(settings)
     engine = db.engine(settings)
     renderer = ImageRenderer()
+    # With a files directory, nginx (tools/nginx.py) serves what is written there.
+    files = StatusFiles(Path(settings.status_files_dir)) if settings.status_files_dir else None
     cache = SiteStatusCache(
-        redis, SiteDirectory(redis, engine, settings), SiteStatusReader(redis, settings), renderer, settings
+        redis, SiteDirectory(redis, engine, settings), SiteStatusReader(redis, settings), renderer, settings, files
     )
     cache.start()
 

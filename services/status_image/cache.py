@@ -9,6 +9,12 @@ A request reads one dict entry and nothing else. The entry is kept right by:
   the gateway died (expiry is never announced), within a second;
 * a slow config refresh (``CONFIG_REFRESH_S``) in case a theme invalidation was missed.
 
+With ``files`` (HABLA_STATUS_FILES_DIR) every change of a tracked site is also written as
+files that nginx serves (files.py): a site is tracked from its first request until it
+leaves memory, when its files are removed, so nginx never serves a state nobody keeps
+right. Files other instances wrote are adopted (tracked here too) every
+``ADOPT_INTERVAL_S``, so any live instance keeps every file current.
+
 Only the first request for a site waits, for its config (Redis, or MySQL on a cold
 directory) and state. If Redis is unreachable every site is answered offline (the
 refresh loop notices within ``REFRESH_INTERVAL_S``), and the true state returns with the
@@ -32,7 +38,8 @@ from libs.common.settings import Settings
 from libs.common.sitedir import MISSING_TTL_S, SiteDirectory, UnknownSite
 from libs.common.state.presence import SiteState, SiteStatusReader, site_status_key
 from services.status_image import metrics
-from services.status_image.render import ImageRenderer, SiteLook
+from services.status_image.files import StatusFiles
+from services.status_image.render import ImageRenderer, SiteLook, state_json
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +64,11 @@ MGET_BATCH = 1000
 STOP_TIMEOUT_S = 5.0
 # Wait before resubscribing after a pub/sub connection broke.
 RESUBSCRIBE_DELAY_S = 1.0
+# How often the files directory is scanned for sites other instances wrote (a crashed
+# instance's sites are kept current by the others within this), and how many of them
+# are loaded at once (each is two Redis reads).
+ADOPT_INTERVAL_S = 10.0
+ADOPT_BATCH = 50
 
 # What a failed Redis or MySQL call raises (redis-py wraps socket errors; OSError for
 # what it does not; TimeoutError from our own wait_for).
@@ -97,8 +109,10 @@ class SiteStatusCache:
         reader: SiteStatusReader,
         renderer: ImageRenderer,
         settings: Settings,
+        files: StatusFiles | None = None,
     ) -> None:
         self._redis = redis
+        self.files = files
         self._directory = directory
         self._reader = reader
         self._renderer = renderer
@@ -128,6 +142,9 @@ class SiteStatusCache:
     def load(self, site_id: str) -> Awaitable[SiteEntry]:
         """Load a site not in memory yet; concurrent first requests share one load."""
         metrics.CACHE_MISSES.inc()
+        return self._shared_load(site_id)
+
+    def _shared_load(self, site_id: str) -> Awaitable[SiteEntry]:
         pending = self._loading.get(site_id)
         if pending is None:
             pending = asyncio.ensure_future(self._load(site_id))
@@ -147,6 +164,9 @@ class SiteStatusCache:
         if len(self._entries) < MAX_SITES:
             self._entries[site_id] = entry
             metrics.SITES_CACHED.set(len(self._entries))
+            self._publish(entry)  # only a tracked site gets files: its changes reach them
+        elif self.files is not None:
+            self.files.withdraw(site_id, force=True)  # e.g. adopted from disk: untracked here
         return entry
 
     async def _read_config(self, site_id: str) -> SiteEntry:
@@ -167,8 +187,18 @@ class SiteStatusCache:
     def start(self) -> None:
         for job in (self._follow_status, self._follow_config, self._refresh_forever):
             self._spawn(job())
+        if self.files is not None:
+            self.files.start()
+            self._spawn(self._adopt_forever())
 
     async def stop(self) -> None:
+        await self._stop_tasks()
+        if self.files is not None:
+            # Nobody would keep this instance's files right once it is gone (the
+            # listeners are stopped first, so no change writes them again).
+            await self.files.stop()
+
+    async def _stop_tasks(self) -> None:
         tasks = [*self._tasks, *self._loading.values()]
         for task in tasks:
             task.cancel()
@@ -208,6 +238,7 @@ class SiteStatusCache:
             self._generation += 1
             entry.pushed_gen = self._generation
             entry.set_state(state)
+            self._publish(entry)
 
     async def _follow_config(self) -> None:
         while True:
@@ -238,6 +269,8 @@ class SiteStatusCache:
         for site_id, entry in list(self._entries.items()):
             if now - entry.used_at > IDLE_EVICT_S or (entry.look is None and now - entry.config_at > MISSING_TTL_S):
                 del self._entries[site_id]
+                if self.files is not None:
+                    self.files.withdraw(site_id)
         metrics.SITES_CACHED.set(len(self._entries))
         known = [site_id for site_id, entry in self._entries.items() if entry.look is not None]
         generation = self._generation
@@ -259,10 +292,12 @@ class SiteStatusCache:
             if (current.online, current.operators) != (state.online, state.operators_available):
                 metrics.REFRESH_CHANGES.inc()
                 current.set_state(state)
+                self._publish(current)
         if not self.redis_up:
             log.warning("Redis is back; answering with live site states again")
             self.redis_up = True
             metrics.REDIS_UP.set(1)
+            self._publish_all()
             stale = list(self._entries)  # invalidations may have been missed meanwhile
         else:
             stale = [s for s, e in self._entries.items() if not e.confirmed or now - e.config_at > CONFIG_REFRESH_S]
@@ -291,6 +326,7 @@ class SiteStatusCache:
         entry = self._entries.get(site_id)
         if entry is not None:
             entry.look, entry.error, entry.confirmed, entry.config_at = fresh.look, fresh.error, True, time.monotonic()
+            self._publish(entry)
         return True
 
     # --- helpers -----------------------------------------------------------------------
@@ -321,6 +357,44 @@ class SiteStatusCache:
         )
         self.redis_up = False
         metrics.REDIS_UP.set(0)
+        self._publish_all()
+
+    # --- files for nginx ---------------------------------------------------------------
+
+    def _publish(self, entry: SiteEntry, *, force: bool = False) -> None:
+        """Hand the site's answers, as a request would get them now, to the file writer."""
+        if self.files is None:
+            return
+        if entry.look is None:
+            self.files.withdraw(entry.site_id)  # unknown: Tornado's 404 says why
+            return
+        online = entry.online and self.redis_up
+        image = entry.look.image(online).body
+        self.files.publish(entry.site_id, image, state_json(online, entry.operators if online else 0)[0], force=force)
+
+    def _publish_all(self) -> None:
+        for entry in self._entries.values():
+            self._publish(entry)
+
+    def answered_by_tornado(self, entry: SiteEntry) -> None:
+        """A request for a known site reached Tornado: behind nginx that means its file
+        is missing (another instance removed it when it let the site go); write it again."""
+        files = self.files
+        if files is not None and self._entries.get(entry.site_id) is entry and files.missing(entry.site_id):
+            self._publish(entry, force=True)
+
+    async def _adopt_forever(self) -> None:
+        assert self.files is not None
+        while True:
+            try:
+                on_disk = await asyncio.to_thread(self.files.on_disk)
+                new = [s for s in on_disk if s not in self._entries and s not in self._loading]
+                for start in range(0, len(new), ADOPT_BATCH):
+                    # load() writes each site's files again, in the state Redis has now.
+                    await asyncio.gather(*(self._shared_load(s) for s in new[start : start + ADOPT_BATCH]))
+            except Exception:
+                log.exception("adopting status files failed")
+            await asyncio.sleep(ADOPT_INTERVAL_S)
 
 
 def _parse_status(site_id: str, value: bytes | str | None) -> SiteState:

@@ -9,7 +9,6 @@ costs a 304 of a few bytes.
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Awaitable, Mapping
 from typing import Any
@@ -21,7 +20,7 @@ from libs.common.observability import Check, observability_routes
 from libs.common.web import set_allow_header
 from services.status_image import metrics
 from services.status_image.cache import SiteEntry, SiteStatusCache
-from services.status_image.render import ImageRenderer
+from services.status_image.render import ImageRenderer, state_json
 
 MALFORMED = "malformed site id: expected four groups of digits like 4324-24618-10-8812"
 
@@ -62,6 +61,7 @@ class StatusHandler(tornado.web.RequestHandler):
         if entry.look is None:
             self.not_found(entry.error, entry.error)
             return
+        self.cache.answered_by_tornado(entry)
         self.found(entry, entry.online and self.cache.redis_up)
 
     def found(self, entry: SiteEntry, online: bool) -> None:
@@ -114,19 +114,13 @@ class JsonHandler(StatusHandler):
         self.set_header("Access-Control-Allow-Origin", "*")
 
     def found(self, entry: SiteEntry, online: bool) -> None:
-        body, etag = _state_json(online, entry.operators if online else 0)
+        body, etag = state_json(online, entry.operators if online else 0)
         self.send("application/json", body, etag)
 
     def not_found(self, header_reason: str, detail: str) -> None:
         self.set_status(404)
         self.set_header("X-Habla-Error", header_reason)
         self.send("application/json", json.dumps({"error": detail}).encode(), None)
-
-
-@functools.lru_cache(maxsize=256)  # operator counts are small numbers: a handful of bodies
-def _state_json(online: bool, operators: int) -> tuple[bytes, str]:
-    body = json.dumps({"online": online, "operators_available": operators}).encode()
-    return body, f'"{int(online)}-{operators}"'
 
 
 # (endpoint, status) -> its counter and histogram children: prometheus_client's labels()

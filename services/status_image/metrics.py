@@ -31,3 +31,9 @@ REDIS_ERRORS = prometheus_client.Counter(
 )
 REDIS_UP = prometheus_client.Gauge("habla_status_redis_up", "1 while the last Redis refresh succeeded, else 0")
 SITES_CACHED = prometheus_client.Gauge("habla_status_sites_cached", "Sites held in process memory")
+FILES_WRITTEN = prometheus_client.Counter(
+    "habla_status_files_written_total", "Sites whose answers were written as files for nginx (HABLA_STATUS_FILES_DIR)"
+)
+FILE_ERRORS = prometheus_client.Counter(
+    "habla_status_file_errors_total", "Status files that could not be written or removed (Tornado answers those sites)"
+)

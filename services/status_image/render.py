@@ -8,8 +8,10 @@ is a hash of the bytes, so it changes exactly when the picture does.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
+import json
 import logging
 import unicodedata
 from collections import OrderedDict
@@ -57,6 +59,13 @@ class SiteLook:
 
     def image(self, online: bool) -> RenderedImage:
         return self.online if online else self.offline
+
+
+@functools.lru_cache(maxsize=256)  # operator counts are small numbers: a handful of bodies
+def state_json(online: bool, operators: int) -> tuple[bytes, str]:
+    """The JSON answer for a state and its ETag (shared by Tornado and the nginx files)."""
+    body = json.dumps({"online": online, "operators_available": operators}).encode()
+    return body, f'"{int(online)}-{operators}"'
 
 
 def _etag(body: bytes) -> str:

@@ -22,6 +22,7 @@ from libs.common.settings import Settings
 from libs.common.sitedir import SiteDirectory
 from libs.common.state.presence import SiteStatusReader
 from services.status_image.cache import SiteStatusCache
+from services.status_image.files import StatusFiles
 from services.status_image.handlers import make_app
 from services.status_image.render import ImageRenderer
 from tests.redis_server import PrivateRedis
@@ -66,15 +67,22 @@ async def start_server(
     engine: sa.Engine,
 ) -> AsyncIterator[Callable[..., Awaitable[StatusServer]]]:
     """Factory: the status image app in this process, on a free port, for given settings
-    (and MySQL engine: this run's database unless told otherwise)."""
+    (and MySQL engine: this run's database unless told otherwise; files: for nginx)."""
     stops: list[Callable[[], Awaitable[None]]] = []
     default_engine = engine
 
-    async def start(settings: Settings, engine: sa.Engine = default_engine) -> StatusServer:
+    async def start(
+        settings: Settings, engine: sa.Engine = default_engine, files: StatusFiles | None = None
+    ) -> StatusServer:
         client = state.connect(settings)
         renderer = ImageRenderer()
         cache = SiteStatusCache(
-            client, SiteDirectory(client, engine, settings), SiteStatusReader(client, settings), renderer, settings
+            client,
+            SiteDirectory(client, engine, settings),
+            SiteStatusReader(client, settings),
+            renderer,
+            settings,
+            files,
         )
         cache.start()
 
