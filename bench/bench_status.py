@@ -1,16 +1,21 @@
-"""Status image throughput and latency against two baselines measured in the same run.
+"""Status image throughput and latency, both paths and their baselines in one run.
 
     .venv/bin/python bench/bench_status.py [--seconds 3] [--rounds 4] [--threads 2] [--connections 50]
 
 Runs wrk against, one after the other:
-  * status_image   the real service (`python -m services.status_image`), a site in an
-                   isolated MariaDB database and Redis prefix, answered from memory;
-  * status 304     the same URL with If-None-Match (what a revalidating browser sends);
-  * bare tornado   a Tornado handler writing the same PNG bytes from memory (the goal);
-  * nginx          nginx (1 worker, like the one Tornado process) serving the same PNG
-                   as a static file;
+  * tornado path   the real service (`python -m services.status_image`, writing its files
+                   to HABLA_STATUS_FILES_DIR), a site in an isolated MariaDB database and
+                   Redis prefix, asked directly: the answer from memory (what a site not
+                   rendered yet, or a deployment without nginx, gets);
+  * tornado 304    the same URL with If-None-Match (what a revalidating browser sends);
+  * nginx files    nginx (tools/nginx.py, 1 worker) in front of it, serving the file the
+                   service wrote for the site (the production path);
+  * nginx files 304  the same with If-None-Match;
+  * bare tornado   a Tornado handler writing the same PNG bytes from memory;
+  * nginx static   nginx (1 worker) serving the same PNG as a plain static file;
 in interleaved rounds, and prints the median requests/s, p50 and p99 latency and server
-CPU time per request of each, and the ratios to both baselines.
+CPU time per request of each (for nginx files: nginx and the service together), the
+ratios to the baselines, and the load average before and after.
 """
 
 from __future__ import annotations
@@ -86,15 +91,17 @@ def wait_http(url: str, process: subprocess.Popen[bytes] | None = None, within: 
             time.sleep(0.1)
 
 
-def wrk(name: str, url: str, server: int, args: argparse.Namespace, headers: list[str], *, warm_up: bool) -> Result:
+def wrk(
+    name: str, url: str, servers: list[int], args: argparse.Namespace, headers: list[str], *, warm_up: bool
+) -> Result:
     command = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{args.seconds}s", "--latency"]
     for header in headers:
         command += ["-H", header]
     if warm_up:  # a first, unmeasured second: connections open, caches and allocator warm
         subprocess.run([*command[:3], "-d1s", url], capture_output=True, check=True)
-    cpu_before = cpu_seconds(server)
+    cpu_before = sum(cpu_seconds(pid) for pid in servers)
     out = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout
-    cpu = cpu_seconds(server) - cpu_before
+    cpu = sum(cpu_seconds(pid) for pid in servers) - cpu_before
 
     def latency(percentile: str) -> float:
         match = re.search(rf"^\s+{percentile}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
@@ -140,29 +147,6 @@ def bare_tornado(port: int, png: Path) -> None:
     asyncio.run(run())
 
 
-NGINX_CONF = """
-daemon off;
-worker_processes 1;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {dir}/client_body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-    types {{ image/png png; }}
-    server {{
-        listen 127.0.0.1:{port};
-        root {dir}/www;
-        add_header Cache-Control no-cache;
-    }}
-}}
-"""
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # 4 rounds: each target runs once in each position of the rotating order.
@@ -175,8 +159,10 @@ def main() -> int:
     if args.bare_tornado:
         bare_tornado(int(args.bare_tornado[0]), Path(args.bare_tornado[1]))
         return 0
+    from tools import nginx as nginx_tool
+
     for tool in ("wrk", "nginx"):
-        if shutil.which(tool) is None:
+        if (shutil.which(tool) if tool == "wrk" else nginx_tool.binary()) is None:
             print(f"bench_status: {tool} is not installed (scripts/setup.sh installs it)", file=sys.stderr)
             return 1
 
@@ -185,6 +171,8 @@ def main() -> int:
     from libs.common import db
     from libs.common.db import site_store
     from libs.common.settings import Settings
+    from services.status_image.files import nginx_etag
+    from tools import nginx
 
     run = uuid.uuid4().hex[:8]
     base = Settings.from_env()
@@ -195,6 +183,8 @@ def main() -> int:
     )
     workdir = Path(tempfile.mkdtemp(prefix="habla-bench-status-"))
     processes: list[subprocess.Popen[bytes]] = []
+    nginxes: list[subprocess.Popen[bytes]] = []
+    load_before = os.getloadavg()
     try:
         db.migrate(settings)
         engine = db.engine(settings)
@@ -202,10 +192,11 @@ def main() -> int:
             site_id = site_store.create_site(conn, site_store.account_for_email(conn, "bench@example.test"), "Bench").id
         engine.dispose()
 
-        status_port, bare_port, nginx_port = free_port(), free_port(), free_port()
+        status_port, bare_port = free_port(), free_port()
         env = {
             **os.environ,
             "HABLA_STATUS_PORT": str(status_port),
+            "HABLA_STATUS_FILES_DIR": str(workdir / "files"),
             "HABLA_REDIS_PREFIX": settings.redis_prefix,
             "HABLA_MYSQL_URL": settings.mysql_url,
             "HABLA_LOG_LEVEL": "WARNING",
@@ -222,26 +213,38 @@ def main() -> int:
         static.write_bytes(png)
         bare = subprocess.Popen([sys.executable, __file__, "--bare-tornado", str(bare_port), str(static)], cwd=ROOT)
         processes.append(bare)
-        (workdir / "nginx.conf").write_text(NGINX_CONF.format(dir=workdir, port=nginx_port))
-        # nginx's workers run as nobody when started by root: let them read the file.
-        for folder in [workdir, *static.parents]:
-            if folder.is_relative_to(workdir):
-                folder.chmod(0o755)
-        nginx = subprocess.Popen(["nginx", "-c", str(workdir / "nginx.conf"), "-p", str(workdir)])
-        processes.append(nginx)
+        front = nginx.StatusNginx(workdir / "nginx-files", workdir / "files", free_port(), [status_port])
+        baseline = nginx.StatusNginx(workdir / "nginx-static", workdir / "www", free_port(), static=True)
+        for server in (front, baseline):
+            nginxes.append(nginx.start(server))
         wait_http(f"http://127.0.0.1:{bare_port}{path}", bare)
-        wait_http(f"http://127.0.0.1:{nginx_port}{path}", nginx)
+        # The first request above made the service write the site's files: wait until
+        # nginx serves them (its ETag), not Tornado behind it.
+        nginx_etag_now = ""
+        deadline = time.monotonic() + 10
+        while nginx_etag_now != nginx_etag(png):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nginx never served the written file (ETag {nginx_etag_now})")
+            time.sleep(0.05)
+            with urllib.request.urlopen(f"http://127.0.0.1:{front.port}{path}") as response:
+                assert response.read() == png
+                nginx_etag_now = response.headers["Etag"]
 
         print(
             f"wrk -t{args.threads} -c{args.connections} -d{args.seconds}s, {len(png)}-byte PNG, "
-            f"{os.cpu_count()} CPUs shared with wrk (figures are noisy on a busy machine)",
+            f"{os.cpu_count()} CPUs shared with wrk (figures are noisy on a busy machine); "
+            f"load average before: {' '.join(f'{x:.2f}' for x in load_before)}",
             flush=True,
         )
+        front_url, tornado_url = f"http://127.0.0.1:{front.port}{path}", f"http://127.0.0.1:{status_port}{path}"
+        both = [nginxes[0].pid, status.pid]  # nginx serves; the service keeps the file right
         targets = [
-            ("status_image", f"http://127.0.0.1:{status_port}{path}", status.pid, []),
-            ("status 304", f"http://127.0.0.1:{status_port}{path}", status.pid, [f"If-None-Match: {etag}"]),
-            ("bare tornado", f"http://127.0.0.1:{bare_port}{path}", bare.pid, []),
-            ("nginx static", f"http://127.0.0.1:{nginx_port}{path}", nginx.pid, []),
+            ("tornado path", tornado_url, [status.pid], []),
+            ("tornado 304", tornado_url, [status.pid], [f"If-None-Match: {etag}"]),
+            ("nginx files", front_url, both, []),
+            ("nginx files 304", front_url, both, [f"If-None-Match: {nginx_etag(png)}"]),
+            ("bare tornado", f"http://127.0.0.1:{bare_port}{path}", [bare.pid], []),
+            ("nginx static", f"http://127.0.0.1:{baseline.port}{path}", [nginxes[1].pid], []),
         ]
         # Rounds interleave the targets, so a burst of load from elsewhere on the
         # machine hits all of them alike, and rotate their order: whichever ran first in
@@ -252,18 +255,27 @@ def main() -> int:
             for name, url, pid, headers in targets[shift:] + targets[:shift]:
                 rounds[name].append(wrk(name, url, pid, args, headers, warm_up=number == 0))
         results = [median_result(name, runs) for name, runs in rounds.items()]
-        print(f"{'target':<14} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>10}  errors")
+        print(f"{'target':<16} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>10}  errors")
         for r in results:
-            print(f"{r.name:<14} {r.rps:>10.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.cpu_us:>10.1f}  {r.errors or '-'}")
-        ours, tornado_, nginx_ = results[0], results[2], results[3]
-        for baseline in (tornado_, nginx_):
+            print(f"{r.name:<16} {r.rps:>10.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.cpu_us:>10.1f}  {r.errors or '-'}")
+        by_name = {r.name: r for r in results}
+        for ours, versus in (
+            ("tornado path", "bare tornado"),
+            ("tornado path", "nginx static"),
+            ("nginx files", "nginx static"),
+            ("nginx files 304", "nginx static"),
+            ("nginx files", "tornado path"),
+        ):
+            a, b = by_name[ours], by_name[versus]
             print(
-                f"status_image / {baseline.name}: throughput x{ours.rps / baseline.rps:.2f}, "
-                f"p50 x{ours.p50_ms / baseline.p50_ms:.2f}, p99 x{ours.p99_ms / baseline.p99_ms:.2f}, "
-                f"CPU per request x{ours.cpu_us / baseline.cpu_us:.2f}"
+                f"{ours} / {versus}: throughput x{a.rps / b.rps:.2f}, p50 x{a.p50_ms / b.p50_ms:.2f}, "
+                f"p99 x{a.p99_ms / b.p99_ms:.2f}, CPU per request x{a.cpu_us / b.cpu_us:.2f}"
             )
+        print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         return 0
     finally:
+        for process in nginxes:
+            nginx.stop(process)
         for process in reversed(processes):
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
