@@ -39,6 +39,7 @@ from services.im_gateway.roster import Roster
 from services.im_gateway.rosters import Rosters
 from services.im_gateway.routing import Routing
 from services.im_gateway.sitebot import SiteBot
+from services.im_gateway.takeover_notice import TakeoverNotice
 from services.im_gateway.visitors import VisitorNames, VisitorPages
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,7 @@ class Gateway:
         self.inbound = Inbound(self.component, self.desk, self.roster, self.bot, self.rosters)
         self.visitor_consumer = VisitorConsumer(self.desk, self.component)
         self.conversation_consumer = ConversationConsumer(self.desk, self.component)
+        self.takeover_notice = TakeoverNotice(redis, settings, self.desk, self.component, self.lease.token)
         self._tasks: list[asyncio.Task[Any]] = []
         self._consumers: list[Any] = []
         self.active = False
@@ -137,6 +139,8 @@ class Gateway:
         self.active = True
         served = await self.bindings.resync()
         await self.desk.operators.load_all(served)
+        # Taken from a gateway that died: its operators learn to resend unreceipted lines.
+        self._spawn(self.takeover_notice.run(served), "takeover-notice")
         self._spawn(self._watch_sites(), "site-changes")
         self._spawn(self._rebind(), "site-rebind")
         self._spawn(self.inbound.run(), "inbound")
@@ -246,6 +250,8 @@ class Gateway:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.desk.delivered.close(), STOP_STEP_S)
         if self.active:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.takeover_notice.released(), STOP_STEP_S)  # a clean stop
             with contextlib.suppress(Exception):
                 await self.lease.release()
             self.active = False

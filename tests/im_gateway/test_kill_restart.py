@@ -13,11 +13,14 @@ from libs.common.messaging import Bus
 from libs.common.state.conversations import ConversationLog
 from libs.common.state.presence import SiteStatusReader
 from libs.common.state.sessions import VisitorSessions
+from services.im_gateway import voice
+from services.im_gateway.takeover_notice import LEAD
 from tests.im_gateway.conftest import create_site
 from tests.im_gateway.isolated import isolated_gateway_env, shown_once, site_online, visitor_line, wait_until
 from tests.im_gateway.operator_client import OperatorClient
 from tools import prosody
 
+RESTART_NOTICE = voice.PREFIX + LEAD
 VISITOR_LINES = 300
 OPERATOR_LINES = 60
 
@@ -108,6 +111,10 @@ async def test_sigkill_mid_conversation_delivers_everything_exactly_once(setting
             assert [body for body, count in seen.items() if count > 1] == []
             lines = [e["body"] for e in await log.after(conversation_id, 0, limit=1000) if e["sender"] == "operator"]
             assert sorted(lines) == sorted(f"o{n}" for n in range(OPERATOR_LINES))
+            # The new gateway took over from one that died: the operator is told once, in
+            # the visitor's window, to resend lines without a receipt (issue 11).
+            notices = [r.body for r in operator.messages_from(visitor_jid) if r.body.startswith(RESTART_NOTICE)]
+            assert len(notices) == 1, notices
             print(
                 f"\nkilled after {len(seen)} distinct visitor lines in flight; site offline {offline_after:.1f} s "
                 f"after the kill; {VISITOR_LINES} visitor and {OPERATOR_LINES} operator lines each exactly once "

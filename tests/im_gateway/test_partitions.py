@@ -25,6 +25,7 @@ from libs.common import partitions, state
 from libs.common.messaging import Bus
 from libs.common.settings import Settings, SettingsError
 from libs.common.state.presence import SiteStatusReader
+from services.im_gateway import takeover_notice, voice
 from services.im_gateway.partitions import agree_on_count
 from tests.im_gateway.conftest import create_site
 from tests.im_gateway.isolated import Isolated, isolated_gateway_env, shown_once, site_online, wait_until
@@ -133,6 +134,7 @@ async def test_two_processes_share_two_partitions_and_take_over_a_killed_one(set
                 moved = [domain for domain, pid in owners.items() if pid == victim.pid]
                 moved_sites = [site_id for n, site_id, _ in sites if partitions.partition_domain(s, n) in moved]
                 assert moved_sites, owners
+                notices_before = {site_id: _notices(op) for site_id, op in ops.items()}
                 stop = asyncio.Event()
 
                 async def talk() -> None:
@@ -183,6 +185,11 @@ async def test_two_processes_share_two_partitions_and_take_over_a_killed_one(set
                     assert sorted(shown) == sorted(sent[site_id]), f"operator of {site_id}: not exactly their lines"
                     # Still with the same operator: the other one of the site got none of it.
                     assert _site_lines(idle[site_id], chats) == [], f"{site_id}: conversation changed operator"
+                    # A dead owner's operators are told once to resend unreceipted lines; a
+                    # graceful hand-over loses nothing and tells nobody (issue 11).
+                    told = 1 if how == "kill" and site_id in moved_sites else 0
+                    assert _notices(op) == notices_before[site_id] + told, (how, site_id)
+                    assert _notices(idle[site_id]) == 0
                 after = await _owners(redis, s)
                 print(
                     f"{how}: {moved} ({len(moved_sites)} sites) taken over; the line sent at the {how} reached its "
@@ -224,6 +231,11 @@ def _lines(operator: OperatorClient, prefix: str) -> list[str]:
 def _site_lines(operator: OperatorClient, site_ids) -> list[str]:
     """Every test line the operator got, of any site (another site's would be a leak)."""
     return [b for b in _lines(operator, "") if any(b.startswith(f"{site_id} ") for site_id in site_ids)]
+
+
+def _notices(operator: OperatorClient) -> int:
+    """Restart notices received (services.im_gateway.takeover_notice)."""
+    return len(_lines(operator, voice.PREFIX + takeover_notice.LEAD))
 
 
 def _shown(operator: OperatorClient, prefix: str) -> list[str]:
