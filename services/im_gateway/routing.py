@@ -82,10 +82,19 @@ class Routing:
     async def load(self, operator: str) -> int:
         """Open conversations of an operator (stale members are dropped)."""
         key = self._key("opconv", operator)
+        return await self._count_open(key)
+
+    async def _count_open(self, key: str) -> int:
+        """How many conversations of the set ``key`` are still open; the others (expired
+        without a close) are dropped from it. One round trip for the EXISTS checks,
+        whatever their number: the site bot asks this of every dirty site each interval."""
         members = [str(m) for m in await self._redis.smembers(key)]
         if not members:
             return 0
-        alive = [bool(await self._redis.exists(self._key("conv", cid))) for cid in members]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for cid in members:
+                pipe.exists(self._key("conv", cid))
+            alive = [bool(n) for n in await pipe.execute()]
         stale = [cid for cid, ok in zip(members, alive, strict=True) if not ok]
         if stale:
             await self._redis.srem(key, *stale)
@@ -190,11 +199,7 @@ class Routing:
         return conversation
 
     async def chatting(self, site_id: str) -> int:
-        members = [str(m) for m in await self._redis.smembers(self._key("siteconv", site_id))]
-        alive = [cid for cid in members if await self._redis.exists(self._key("conv", cid))]
-        if len(alive) != len(members):
-            await self._redis.srem(self._key("siteconv", site_id), *(set(members) - set(alive)))
-        return len(alive)
+        return await self._count_open(self._key("siteconv", site_id))
 
     async def open_conversations(self, site_id: str) -> list[Conversation]:
         """The site's open conversations (chatting or offered)."""
