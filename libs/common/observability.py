@@ -30,11 +30,18 @@ Check = Callable[[], Awaitable[object]]
 CHECK_TIMEOUT_S = 2.0
 
 
+class NotReady(Exception):
+    """Raised by a check for a state that is no fault (a gateway standing by): /healthz
+    says 503 with the text alone ("standby: …"), not as an error with a class name."""
+
+
 async def run_checks(checks: Mapping[str, Check]) -> tuple[bool, dict[str, str]]:
     async def one(check: Check) -> str:
         try:
             await asyncio.wait_for(check(), CHECK_TIMEOUT_S)
             return "ok"
+        except NotReady as exc:
+            return str(exc)[:300]
         except Exception as exc:  # a health probe reports every failure, whatever it is
             return f"error: {exc.__class__.__name__}: {exc}"[:300]
 

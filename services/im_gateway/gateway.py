@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from libs.common.db.history import seq_floor
 from libs.common.messaging import Bus
+from libs.common.observability import NotReady
 from libs.common.settings import Settings
 from libs.common.sitedir import SiteDirectory
 from libs.common.state.conversations import ConversationLog
@@ -56,8 +57,9 @@ STANDBY_RETRY_S = 1.0
 CLAIM_WITHIN_S = 5.0
 
 
-class Standby(ConnectionError):
-    """Health: this gateway is alive but another one serves the domain."""
+class Standby(NotReady):
+    """Health: this gateway is alive but another one serves the domain (/healthz shows
+    the text as is, "standby: …", which docker's probe accepts: services.im_gateway.healthcheck)."""
 
 
 class Gateway:

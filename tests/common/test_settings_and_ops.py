@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import tornado.httpclient
@@ -15,6 +17,8 @@ import tornado.testing
 
 from libs.common import observability
 from libs.common.settings import Settings, SettingsError, env_names
+from services.im_gateway import healthcheck
+from services.im_gateway.gateway import Standby
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -100,6 +104,13 @@ async def test_healthz_reports_each_dependency_and_metrics_are_prometheus_text()
     bad = tornado.testing.bind_unused_port()
     bad[0].close()
     bad_server = observability.serve("127.0.0.1", bad[1], {"redis": ok, "mysql": down})
+
+    async def standing_by() -> None:
+        raise Standby("standby: another gateway serves chat.localhost")
+
+    waiting = tornado.testing.bind_unused_port()
+    waiting[0].close()
+    standby_server = observability.serve("127.0.0.1", waiting[1], {"redis": ok, "xmpp": standing_by})
     client = tornado.httpclient.AsyncHTTPClient()
     try:
         good = await client.fetch(f"http://127.0.0.1:{port[1]}/healthz")
@@ -107,8 +118,15 @@ async def test_healthz_reports_each_dependency_and_metrics_are_prometheus_text()
         failing = await client.fetch(f"http://127.0.0.1:{bad[1]}/healthz", raise_error=False)
         assert failing.code == 503
         assert json.loads(failing.body)["checks"]["mysql"] == "error: ConnectionError: refused"
+        # A standing-by gateway is no error: its text alone, which docker's probe accepts.
+        standby = await client.fetch(f"http://127.0.0.1:{waiting[1]}/healthz", raise_error=False)
+        assert standby.code == 503
+        assert json.loads(standby.body)["checks"]["xmpp"] == "standby: another gateway serves chat.localhost"
+        with mock.patch.dict(os.environ, {"HABLA_GATEWAY_METRICS_PORT": str(waiting[1])}):
+            assert await asyncio.to_thread(healthcheck.main) == 0
         metrics = await client.fetch(f"http://127.0.0.1:{port[1]}/metrics")
         assert b"# TYPE" in metrics.body and metrics.headers["Content-Type"].startswith("text/plain")
     finally:
         server.stop()
         bad_server.stop()
+        standby_server.stop()
