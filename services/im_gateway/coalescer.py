@@ -3,8 +3,8 @@
 Every visitor presence meant for an operator (page changes of followed or chatting
 visitors, the site bot's summary) goes through here. For each (operator, sender) only
 the latest update is kept; one is sent at most once per ``interval`` per sender, and
-at most ``ceiling`` presence stanzas reach one operator in any one-second window (a
-sliding window of send times, so bursts cannot double it at a window edge). 1,000
+at most ``ceiling`` presence stanzas reach one operator in any one-second window
+(services.im_gateway.ceiling, shared with roster writes). 1,000
 page views a second on a site thus cost each operator at most ``ceiling`` stanzas a
 second: the rate limits that made Hab.la drop AIM and MSN are never hit.
 
@@ -16,19 +16,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from services.im_gateway import metrics
+from services.im_gateway.ceiling import Window, flush_every_tick
 from services.im_gateway.outbox import Outbox, XmppUnavailable
 
 log = logging.getLogger(__name__)
-
-# The flush loop wakes this often: adds at most 50 ms to a presence, and at the
-# default ceiling (5/s, one per 200 ms) keeps the sends evenly spread.
-TICK_S = 0.05
-WINDOW_S = 1.0  # the ceiling is "per second"
 
 
 @dataclass
@@ -43,7 +38,7 @@ class Update:
 class _OperatorQueue:
     pending: dict[str, Update] = field(default_factory=dict)  # sender jid -> latest
     last_sent: dict[str, float] = field(default_factory=dict)  # sender jid -> when
-    sent_at: deque[float] = field(default_factory=deque)  # send times within the window
+    window: Window = field(default_factory=Window)  # sends in the last second (the ceiling)
 
 
 class PresenceCoalescer:
@@ -87,8 +82,7 @@ class PresenceCoalescer:
         now = self._clock()
         sent = 0
         for operator, queue in list(self._queues.items()):
-            while queue.sent_at and now - queue.sent_at[0] >= WINDOW_S:
-                queue.sent_at.popleft()
+            queue.window.slide(now)
             # Oldest waiting first; a stable sort keeps arrival order among equals.
             due = sorted(
                 (
@@ -99,7 +93,7 @@ class PresenceCoalescer:
                 key=lambda item: item[0],
             )
             for _since, sender in due:
-                if len(queue.sent_at) >= self.ceiling:
+                if queue.window.full(self.ceiling):
                     metrics.PRESENCE_DEFERRED.inc()
                     break
                 update = queue.pending[sender]
@@ -109,14 +103,14 @@ class PresenceCoalescer:
                     return sent  # keep everything pending until the stream is back
                 del queue.pending[sender]
                 queue.last_sent[sender] = now
-                queue.sent_at.append(now)
+                queue.window.add(now)
                 sent += 1
                 if self.on_sent is not None:
                     self.on_sent(operator, now)
             self._prune(queue, now)
             if (
                 not queue.pending
-                and not queue.sent_at
+                and not queue.window
                 and all(now - at >= self.interval_s for at in queue.last_sent.values())
             ):
                 del self._queues[operator]
@@ -132,12 +126,4 @@ class PresenceCoalescer:
 
     async def run(self) -> None:
         """Flush every tick while anything is pending (until cancelled)."""
-        while True:
-            if not self._queues:
-                self._wake.clear()
-                await self._wake.wait()
-            try:
-                self.flush()
-            except Exception:  # one bad stanza must not stop presence for everyone
-                log.exception("presence flush failed")
-            await asyncio.sleep(TICK_S)
+        await flush_every_tick(lambda: not self._queues, self._wake, self.flush, "presence")

@@ -4,8 +4,8 @@ A roster write (XEP-0356) makes the operator's server push the change to every
 resource of the operator, so it costs like a presence, and the same rule applies: the
 ceiling that made Hab.la drop AIM and MSN. For each (operator, contact) only the
 latest wanted state is kept (a visitor who arrives and leaves within a tick costs
-nothing); at most ``ceiling`` writes start per operator in any one-second window (a
-sliding window of start times); one write per (operator, contact) is in flight at a
+nothing); at most ``ceiling`` writes start per operator in any one-second window
+(services.im_gateway.ceiling, shared with presence); one write per (operator, contact) is in flight at a
 time, so a newer state never overtakes an older one on the wire.
 
 Pure logic plus a flush loop; the clock is injectable for unit tests, the write is a
@@ -17,18 +17,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from services.im_gateway import metrics
+from services.im_gateway.ceiling import Window, flush_every_tick
 
 log = logging.getLogger(__name__)
-
-# The flush loop wakes this often: at the default ceiling (5/s) that spreads the
-# writes evenly and adds at most 50 ms to a roster change.
-TICK_S = 0.05
-WINDOW_S = 1.0  # the ceiling is "per second"
 
 
 @dataclass(frozen=True)
@@ -49,7 +44,7 @@ class _OperatorQueue:
     pending: dict[str, Item | None] = field(default_factory=dict)  # jid -> wanted (None: remove)
     since: dict[str, float] = field(default_factory=dict)  # jid -> waiting since
     in_flight: set[str] = field(default_factory=set)
-    started_at: deque[float] = field(default_factory=deque)  # write start times within the window
+    window: Window = field(default_factory=Window)  # writes started in the last second (the ceiling)
 
 
 class RosterPushes:
@@ -103,19 +98,18 @@ class RosterPushes:
         now = self._clock()
         started = 0
         for operator, queue in list(self._queues.items()):
-            while queue.started_at and now - queue.started_at[0] >= WINDOW_S:
-                queue.started_at.popleft()
+            queue.window.slide(now)
             due = sorted(
                 (queue.since[jid], jid) for jid in queue.pending if jid not in queue.in_flight
             )  # oldest waiting first
             for _since, jid in due:
-                if len(queue.started_at) >= self.ceiling:
+                if queue.window.full(self.ceiling):
                     metrics.ROSTER_DEFERRED.inc()
                     break
                 item = queue.pending.pop(jid)
                 queue.since.pop(jid, None)
                 queue.in_flight.add(jid)
-                queue.started_at.append(now)
+                queue.window.add(now)
                 started += 1
                 metrics.ROSTER_PUSHES.inc()
                 if self.on_push is not None:
@@ -123,7 +117,7 @@ class RosterPushes:
                 task = asyncio.ensure_future(self._run(operator, jid, item))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
-            if not queue.pending and not queue.in_flight and not queue.started_at:
+            if not queue.pending and not queue.in_flight and not queue.window:
                 del self._queues[operator]
         return started
 
@@ -141,15 +135,7 @@ class RosterPushes:
     async def run(self) -> None:
         """Flush every tick while anything is pending (until cancelled)."""
         try:
-            while True:
-                if not self._queues:
-                    self._wake.clear()
-                    await self._wake.wait()
-                try:
-                    self.flush()
-                except Exception:  # one bad write must not stop rosters for everyone
-                    log.exception("roster flush failed")
-                await asyncio.sleep(TICK_S)
+            await flush_every_tick(lambda: not self._queues, self._wake, self.flush, "roster")
         finally:
             for task in list(self._tasks):
                 task.cancel()
