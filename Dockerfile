@@ -10,6 +10,8 @@ COPY thrift thrift
 COPY libs libs
 COPY services/__init__.py services/__init__.py
 COPY services/${SERVICE} services/${SERVICE}
-RUN useradd --system habla
+# /srv/status-files: where status_image writes files for nginx (a volume there starts
+# owned by habla, as this folder is).
+RUN useradd --system habla && mkdir -p /srv/status-files && chown habla /srv/status-files
 USER habla
 CMD python -m services.${HABLA_SERVICE}

@@ -69,16 +69,7 @@ STATUS = """\
         etag on;
         if_modified_since off;
 
-        location ~ "^/status/[0-9]{{4}}-[0-9]{{5}}-[0-9]{{2}}-[0-9]{{4}}(?:/image\\.png|\\.json)\\z" {{
-            error_page 418 = @tornado;
-            if ($request_method !~ "^(?:GET|HEAD)\\z") {{ return 418; }}
-            add_header Cache-Control no-cache;
-            add_header X-Content-Type-Options nosniff;
-            add_header Access-Control-Allow-Origin $habla_cors;
-            add_header Last-Modified "";
-            try_files $uri @tornado;
-        }}
-        location / {{
+{file_location}        location / {{
             proxy_pass http://status_image;
             include {dir}/proxy.conf;
         }}
@@ -87,6 +78,20 @@ STATUS = """\
             include {dir}/proxy.conf;
         }}
     }}
+"""
+
+# The only location that reads the disk; deploy/nginx-status.conf has the same block
+# (tests/status_image/test_nginx.py checks it).
+FILE_LOCATION = """\
+        location ~ "^/status/[0-9]{4}-[0-9]{5}-[0-9]{2}-[0-9]{4}(?:/image\\.png|\\.json)\\z" {
+            error_page 418 = @tornado;
+            if ($request_method !~ "^(?:GET|HEAD)\\z") { return 418; }
+            add_header Cache-Control no-cache;
+            add_header X-Content-Type-Options nosniff;
+            add_header Access-Control-Allow-Origin $habla_cors;
+            add_header Last-Modified "";
+            try_files $uri @tornado;
+        }
 """
 
 PROXY = """\
@@ -138,7 +143,14 @@ class StatusNginx:
             body = STATIC.format(host=self.host, port=self.port, files=self.files)
         else:
             servers = "\n".join(f"        server {self.backend_host}:{port};" for port in self.backends)
-            body = STATUS.format(host=self.host, port=self.port, files=self.files, dir=self.dir, servers=servers)
+            body = STATUS.format(
+                host=self.host,
+                port=self.port,
+                files=self.files,
+                dir=self.dir,
+                servers=servers,
+                file_location=FILE_LOCATION,
+            )
         # Started by root (tests, the bench, `make run` here), the workers would run as
         # nobody and could not enter a private temp folder: they run as the files'
         # owner instead. In a container the image's own user and volume apply.

@@ -298,3 +298,68 @@ def test_the_service_module_writes_files_for_nginx_and_removes_them_on_sigterm(
     process.wait(timeout=15)
     assert process.returncode == 0
     assert not (files / "status" / f"{site_id}.json").exists()
+
+
+def _deploy_config(tmp_path: Path, port: int, files: Path, backend_port: int) -> Path:
+    """deploy/nginx-status.conf as the container runs it, pointed at this test's
+    folders and ports (user, pid, listen, root and the replicas' address swapped)."""
+    text = (ROOT / "deploy" / "nginx-status.conf").read_text()
+    for old, new in (
+        ("user nginx;", "user root;"),  # the test's temp folders are private to root
+        ("pid /var/run/nginx.pid;", f"pid {tmp_path}/nginx.pid;"),
+        ("listen 8081;", f"listen 127.0.0.1:{port};"),
+        ("root /srv/status-files;", f"root {files};"),
+        ("http://status_image:8081", f"http://127.0.0.1:{backend_port}"),
+        ("http {", f"http {{\n    client_body_temp_path {tmp_path}/body;\n    proxy_temp_path {tmp_path}/proxy;"),
+    ):
+        assert old in text, old
+        text = text.replace(old, new)
+    path = tmp_path / "deploy-nginx.conf"
+    path.write_text(text)
+    return path
+
+
+def _run_checked(config: Path, prefix: Path) -> subprocess.Popen[bytes]:
+    binary = nginx.binary()
+    assert binary is not None
+    # As the image runs it: `daemon off` on the command line, not in the file.
+    command = [binary, "-g", "daemon off;", "-e", str(prefix / "error.log"), "-p", str(prefix), "-c", str(config)]
+    check = subprocess.run([*command, "-t"], capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stderr
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL)
+
+
+def test_the_deploy_config_reads_the_disk_exactly_like_the_generated_one() -> None:
+    deploy = (ROOT / "deploy" / "nginx-status.conf").read_text()
+    assert nginx.FILE_LOCATION in deploy
+
+
+async def test_the_deploy_config_serves_files_and_falls_back(
+    start_server: Start, settings: Settings, make_site: Callable[[], str], tmp_path: Path
+) -> None:
+    files = StatusFiles(tmp_path / "files")
+    tornado = await start_server(settings, files=files)
+    backend = urlsplit(tornado.url).port
+    assert backend is not None
+    port = nginx.free_port()
+    config = _deploy_config(tmp_path, port, tmp_path / "files", backend)
+    process = _run_checked(config, tmp_path)
+    try:
+        edge = StatusServer(f"http://127.0.0.1:{port}", tornado.cache, tornado.renderer)
+        site_id = make_site()
+        deadline = time.monotonic() + 10
+        while (first := await edge.fetch(f"/status/{site_id}.json")).code != 200:
+            assert time.monotonic() < deadline, (first.code, first.body)
+            await asyncio.sleep(0.05)
+        await files.settled()
+        served = await edge.fetch(f"/status/{site_id}.json")
+        assert served.headers["Etag"] == nginx_etag(served.body)
+        assert served.headers["Access-Control-Allow-Origin"] == "*"
+        assert served.headers["Cache-Control"] == "no-cache"
+        unknown = await edge.fetch("/status/9999-99999-99-9999.json")
+        assert unknown.code == 404 and "no site" in unknown.headers["X-Habla-Error"]
+        post = await edge.fetch(f"/status/{site_id}.json", method="POST", body=b"")
+        assert post.code == 405
+        assert (await edge.fetch("/healthz")).code == 200
+    finally:
+        nginx.stop(process)
