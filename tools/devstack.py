@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from libs.common import db, partitions
 from libs.common.db import site_store
 from libs.common.settings import Settings
-from tools import prosody
+from tools import nginx, prosody
 from tools.supervise import Child, run_until_signalled
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,6 +95,22 @@ def secret_key(state: Path) -> str:
     return key
 
 
+def _status_image_behind_nginx(settings: Settings, state: Path, env: dict[str, str]) -> list[Child]:
+    """The status image as in production: nginx on its public port serves the files it
+    writes (tools/nginx.py), Tornado on a free port answers the rest."""
+    backend = nginx.free_port()
+    files = Path(settings.status_files_dir or state / "status-files").resolve()
+    status_env = {**env, "HABLA_STATUS_PORT": str(backend), "HABLA_STATUS_FILES_DIR": str(files)}
+    front = nginx.StatusNginx(state / "nginx", files, settings.status_port, [backend], host=settings.status_host)
+    return [
+        Child(
+            "status_image",
+            lambda: subprocess.Popen([sys.executable, "-m", "services.status_image"], cwd=ROOT, env=status_env),
+        ),
+        Child("nginx (status image)", lambda: nginx.start(front)),
+    ]
+
+
 def _services() -> list[str]:
     return sorted(p.parent.name for p in (ROOT / "services").glob("*/__main__.py"))
 
@@ -147,7 +163,10 @@ def main() -> int:
         if _module_exists(module):
             children.append(Child(what, starter(module)))
     for name in _services():
-        children.append(Child(name, starter(f"services.{name}")))
+        if name == "status_image" and nginx.binary() is not None:
+            children += _status_image_behind_nginx(settings, state, env)
+        else:
+            children.append(Child(name, starter(f"services.{name}")))
 
     print(
         f"""
