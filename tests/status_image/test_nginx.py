@@ -20,12 +20,14 @@ import pytest
 import redis.asyncio as aioredis
 import sqlalchemy as sa
 
+from libs.common import state
 from libs.common.db import sites
 from libs.common.settings import Settings
 from libs.common.sitedir import SiteDirectory
 from libs.common.state.presence import OperatorPresence, site_status_key
 from services.status_image import cache as cache_module
 from services.status_image.files import StatusFiles, nginx_etag
+from tests.redis_server import PrivateRedis
 from tests.status_image.conftest import StatusServer, top_colour
 from tests.status_image.test_hostile_input import MATH_DIGITS
 from tools import nginx
@@ -363,3 +365,40 @@ async def test_the_deploy_config_serves_files_and_falls_back(
         assert (await edge.fetch("/healthz")).code == 200
     finally:
         nginx.stop(process)
+
+
+async def test_redis_down_turns_the_files_offline_and_back(
+    start_server: Start,
+    make_site: Callable[[], str],
+    private_settings: Settings,
+    private_redis: PrivateRedis,
+    tmp_path: Path,
+) -> None:
+    files = StatusFiles(tmp_path / "files")
+    server = await start_server(private_settings, files=files)
+    json_file = tmp_path / "files" / "status"
+
+    async def written(site_id: str, online: bool) -> None:
+        deadline = time.monotonic() + 5.0
+        while True:
+            await files.settled()
+            path = json_file / f"{site_id}.json"
+            if path.exists() and json.loads(path.read_bytes())["online"] is online:
+                return
+            assert time.monotonic() < deadline, f"{site_id}'s file never said online={online}"
+            await asyncio.sleep(0.05)
+
+    site_id = make_site()
+    writer = state.connect(private_settings)
+    try:
+        await OperatorPresence(writer, private_settings).set_available([site_id], "ana@localhost", "laptop", True)
+        assert (await server.fetch(f"/status/{site_id}.json")).code == 200
+        await written(site_id, True)
+        private_redis.kill()  # every site is answered offline: the files say so too
+        await written(site_id, False)
+        private_redis.start()
+        await writer.connection_pool.disconnect()
+        await OperatorPresence(writer, private_settings).set_available([site_id], "ana@localhost", "laptop", True)
+        await written(site_id, True)
+    finally:
+        await writer.aclose()
