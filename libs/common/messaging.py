@@ -33,7 +33,7 @@ import datetime
 import logging
 import sys
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -263,6 +263,23 @@ class Bus:
         await self._confirmed(exchange, routing_key, message, mandatory)
         PUBLISHED.labels(exchange, message.type).inc()
         return message_id
+
+    async def publish_all(self, exchange: str, messages: Sequence[tuple[str, Any]]) -> None:
+        """Publish each (routing key, struct), in this order, with their confirms in flight
+        together: one wait for the broker instead of one per message. Returns once every
+        one is confirmed; raises the first failure (BrokerUnavailable …) once all settled,
+        so the caller retries the lot (consumers dedupe by message id)."""
+        if len(messages) == 1:
+            await self.publish(exchange, *messages[0])
+            return
+        # gather starts the publishes in order, and the channel writes them in the order
+        # they ask (aiormq's channel lock is first come, first served).
+        results = await asyncio.gather(
+            *(self.publish(exchange, key, struct) for key, struct in messages), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     async def _confirmed(self, exchange: str, routing_key: str, message: aio_pika.Message, mandatory: bool) -> None:
         try:

@@ -34,6 +34,28 @@ end
 return 0
 """
 
+# KEYS[1] = counter to hit, as _HIT; KEYS[2] = a counter only looked at; ARGV[1], ARGV[2]
+# as _HIT, ARGV[3] = the looked-at counter's limit. One round trip for "count this
+# request, unless it is over its limit or the other counter is at its own". Returns
+# {0, 0} when allowed, {1, seconds} over the hit's limit, {2, seconds} other at its limit.
+_HIT_UNLESS = """
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+if n > tonumber(ARGV[2]) then
+  local ttl = redis.call('TTL', KEYS[1])
+  if ttl < 1 then
+    redis.call('EXPIRE', KEYS[1], ARGV[1])
+    ttl = tonumber(ARGV[1])
+  end
+  return {1, ttl}
+end
+local other = tonumber(redis.call('GET', KEYS[2]) or '0')
+if other >= tonumber(ARGV[3]) then
+  return {2, math.max(redis.call('TTL', KEYS[2]), 1)}
+end
+return {0, 0}
+"""
+
 # KEYS[1] = counter. Gives one hit back, never below zero, keeping the window's TTL.
 _REFUND = """
 local n = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -74,6 +96,7 @@ class RateLimiter:
         self._settings = settings
         self._hit = redis.register_script(_HIT)
         self._refund = redis.register_script(_REFUND)
+        self._hit_unless = redis.register_script(_HIT_UNLESS)
         self._backoff = redis.register_script(_BACKOFF)
 
     def _key(self, bucket: str, key: str) -> str:
@@ -84,6 +107,22 @@ class RateLimiter:
         retry_after = int(await self._hit(keys=[self._key(bucket, key)], args=[window_s, limit]))
         if retry_after > 0:
             raise RateLimited(what, retry_after)
+
+    async def hit_unless(
+        self, bucket: str, key: str, limit: int, what: str, *, other: tuple[str, str, int], other_what: str
+    ) -> None:
+        """``hit``, and ``over`` on ``other`` = (bucket, key, limit), in one round trip:
+        RateLimited(what) if this hit is over ``limit``, else RateLimited(other_what) if
+        the other counter is at its limit (then this hit still counts, as with hit + over)."""
+        window_s = 60
+        other_bucket, other_key, other_limit = other
+        refused, wait = await self._hit_unless(
+            keys=[self._key(bucket, key), self._key(other_bucket, other_key)], args=[window_s, limit, other_limit]
+        )
+        if int(refused) == 1:
+            raise RateLimited(what, int(wait))
+        if int(refused) == 2:
+            raise RateLimited(other_what, int(wait))
 
     async def over(self, bucket: str, key: str, limit: int) -> int:
         """Seconds until ``key`` may be hit again if it is at its limit now, else 0 (counts nothing)."""

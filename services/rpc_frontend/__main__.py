@@ -16,7 +16,7 @@ from services.rpc_frontend.app import make_app
 from services.rpc_frontend.context import Frontend
 from services.rpc_frontend.delivery import DeliveryConsumer
 from services.rpc_frontend.departures import sweep_forever
-from services.rpc_frontend.follow import follow_site_config, follow_site_status
+from services.rpc_frontend.follow import follow_sites
 from services.rpc_frontend.handlers.base import MAX_BODY_BYTES
 from services.rpc_frontend.handlers.receive import ReceiveSocket
 from services.rpc_frontend.metrics import count_statements
@@ -38,8 +38,7 @@ async def run(settings: Settings) -> None:
     frontend = Frontend(settings, redis, bus, engine)
     await bus.consume(topology.frontend_delivery_queue(settings.frontend_id), DeliveryConsumer(frontend.hub).consume)
     followers = [
-        asyncio.create_task(follow_site_status(frontend.status, frontend.hub)),
-        asyncio.create_task(follow_site_config(frontend.sites, frontend.hub)),
+        asyncio.create_task(follow_sites(frontend)),
         asyncio.create_task(sweep_forever(frontend.chat.departures)),
         asyncio.create_task(republish_forever(frontend.chat.unconfirmed)),
     ]
@@ -71,6 +70,7 @@ async def run(settings: Settings) -> None:
         follower.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await follower
+    await frontend.chat.unconfirmed.flush()  # or the sweep publishes them again
     await bus.close()
     await redis.aclose()
     engine.dispose()

@@ -7,6 +7,7 @@ id appends nothing and republishes the same id (consumers dedupe by it).
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import uuid
@@ -18,11 +19,14 @@ import redis.exceptions
 
 from libs.common import codec, topology
 from libs.common.messaging import BrokerUnavailable, Bus
+from libs.common.ratelimit import RateLimiter
 from libs.common.settings import Settings
 from libs.common.state.conversations import LOG_TTL_S, ConversationLog, FloorSource, chat_line
 from libs.common.state.sessions import VisitorSessions
 from services.rpc_frontend.departures import Departures
+from services.rpc_frontend.lines import LineWriter
 from services.rpc_frontend.unconfirmed import Unconfirmed, UnconfirmedLines
+from services.rpc_frontend.visits import OtherSite, Visits
 
 # Client-generated ids: a UUID (32-36 chars) in practice; 8-64 of these characters
 # leave room for other clients without letting an id carry anything odd.
@@ -39,19 +43,6 @@ BLANKS = " \t\n\r"
 MAX_FIELD_CHARS = 200
 MAX_URL_CHARS = 2000  # the classic practical URL limit
 MAX_USER_AGENT_CHARS = 400  # real ones are 100-250 characters; longer is padding or abuse
-
-# KEYS[1] = session hash; ARGV[1] = new conversation id. Sets conversation_id only if
-# the session has none, so two tabs sending a first line at once share one conversation.
-# Returns {conversation id, 1 if it was created now else 0}, or nil if the session is
-# gone (expired): a bare HSET would leave a session hash without a TTL behind.
-_ENSURE_CONVERSATION = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-local current = redis.call('HGET', KEYS[1], 'conversation_id')
-if current and current ~= '' then return {current, 0} end
-redis.call('HSET', KEYS[1], 'conversation_id', ARGV[1])
-return {ARGV[1], 1}
-"""
-
 
 # Failures that pass: Redis down or loading a snapshot, RabbitMQ down or not confirming.
 # The widget is told to retry (HTTP 503 + Retry-After, or an error frame with
@@ -113,8 +104,10 @@ class VisitorChat:
         self.sessions = VisitorSessions(redis, settings)
         self.log = ConversationLog(redis, settings, floor)
         self.unconfirmed = UnconfirmedLines(redis, bus, self.log, settings)
-        self._ensure = redis.register_script(_ENSURE_CONVERSATION)
+        self.lines = LineWriter(redis, settings)
+        self.limits = RateLimiter(redis, settings)
         self.departures = Departures(redis, bus, settings)
+        self.visits = Visits(redis, settings, self.departures.key)
 
     # --- sessions ----------------------------------------------------------------------
     async def visitor(self, token: str, site_id: str) -> Visitor | None:
@@ -127,31 +120,34 @@ class VisitorChat:
             return None
         return Visitor(visitor_id, site_id, session)
 
-    async def start(self, site_id: str, token: str, page: dict[str, Any], user_agent: str) -> tuple[str, Visitor]:
-        """Start or resume a visit and record the page view. Returns (token, visitor)."""
-        visitor_id = self.sessions.visitor_of(token) if token else None
-        session = await self.sessions.get(visitor_id) if visitor_id else None
-        if session is not None and session.get("site_id") != site_id:
-            visitor_id, session = None, None  # a token of another site: a new visitor here
-        visitor_id = visitor_id or self.sessions.new_visitor_id()
+    async def start(
+        self, site_id: str, token: str, page: dict[str, Any], user_agent: str, *, pageview_limit: int | None = None
+    ) -> tuple[str, Visitor]:
+        """Start or resume a visit and record the page view. Returns (token, visitor).
+
+        ``pageview_limit``: count the view against a returning visitor's per-minute
+        limit (RateLimited when over it). One Redis round trip (``visits``), then the
+        VisitorEvent ARRIVED (a new visit) and the PageView confirmed together."""
+        returning = self.sessions.visitor_of(token) if token else None
         url, title, referrer = (
             clip(page.get("url"), MAX_URL_CHARS),
             clip(page.get("title")),
             clip(page.get("referrer"), MAX_URL_CHARS),
         )
-        fields: dict[str, str | int] = {
-            "frontend_id": self._settings.frontend_id,
-            "user_agent": clip(user_agent, MAX_USER_AGENT_CHARS),
-            "pages": int((session or {}).get("pages", "0") or 0) + (1 if url else 0),
-        }
+        fields = {"frontend_id": self._settings.frontend_id, "user_agent": clip(user_agent, MAX_USER_AGENT_CHARS)}
         if url:
             fields.update(page_url=url, page_title=title, referrer=referrer)
-        await self.sessions.save(visitor_id, site_id, fields)
-        await self.departures.seen(site_id, visitor_id)
-        saved = await self.sessions.get(visitor_id) or {}
-        visitor = Visitor(visitor_id, site_id, saved)
-        if session is None:
-            await self._event(visitor, codec.VisitorEventKind.ARRIVED)
+        limit = pageview_limit if returning and url else None
+        visitor_id = returning or self.sessions.new_visitor_id()
+        try:
+            visit = await self.visits.record(visitor_id, site_id, fields, page=bool(url), pageview_limit=limit)
+        except OtherSite:  # a token of another site: a new visitor here
+            visitor_id = self.sessions.new_visitor_id()
+            visit = await self.visits.record(visitor_id, site_id, fields, page=bool(url))
+        visitor = Visitor(visitor_id, site_id, visit.session)
+        messages: list[tuple[str, Any]] = []
+        if not visit.existed:
+            messages.append((f"{site_id}.event", self._event_struct(visitor, codec.VisitorEventKind.ARRIVED)))
         if url:
             view = codec.PageView(
                 visitor_id=visitor_id,
@@ -163,7 +159,10 @@ class VisitorChat:
                 conversation_id=visitor.conversation_id or None,
                 user_agent=fields["user_agent"],
             )
-            await self._bus.publish(topology.VISITOR, f"{site_id}.pageview", view)
+            messages.append((f"{site_id}.pageview", view))
+        # Both confirms in flight at once (one round trip to the broker, not two); the
+        # answer still waits for both.
+        await self._bus.publish_all(topology.VISITOR, messages)
         return self.sessions.token_for(visitor_id), visitor
 
     async def attach(self, visitor: Visitor) -> None:
@@ -188,33 +187,46 @@ class VisitorChat:
         # conversation after the closer removed it from the session.
         await self._redis.set(self._owner_key(conversation_id), visitor_id, ex=LOG_TTL_S, nx=True)
 
-    async def _conversation_for(self, visitor: Visitor) -> tuple[str, bool]:
-        """The visitor's open conversation id, and whether it was created just now."""
-        # The session key is VisitorSessions' own ("visitor:<id>"); the Lua script must
-        # name it to set the field atomically.
-        session_key = self._settings.redis_key("visitor", visitor.visitor_id)
-        ensured = await self._ensure(keys=[session_key], args=[uuid.uuid4().hex])
-        if ensured is None:
-            raise SessionExpired("the visit expired: start a session again")
-        conversation_id, created = ensured
-        if created or conversation_id != visitor.conversation_id:
-            await self.claim(visitor.visitor_id, str(conversation_id))
-        return str(conversation_id), bool(created)
-
-    async def send(self, visitor: Visitor, message_id: Any, body: Any) -> Sent:
-        if not isinstance(message_id, str) or not MESSAGE_ID_RE.fullmatch(message_id):
-            raise Invalid("message_id must be 8 to 64 letters, digits, '-' or '_' (use a UUID)")
-        if not isinstance(body, str) or not body.strip(BLANKS):
-            raise Invalid("body must be a non-empty string")
-        if len(body) > self._settings.max_message_chars:
-            raise TooLarge(f"message is {len(body)} characters; the limit is {self._settings.max_message_chars}")
-        conversation_id, new_conversation = await self._conversation_for(visitor)
+    async def send(self, visitor: Visitor, message_id: Any, body: Any, *, limit: int | None = None) -> Sent:
+        """Log and publish a line; ``limit``: lines per minute for this visitor (RateLimited)."""
+        try:
+            if not isinstance(message_id, str) or not MESSAGE_ID_RE.fullmatch(message_id):
+                raise Invalid("message_id must be 8 to 64 letters, digits, '-' or '_' (use a UUID)")
+            if not isinstance(body, str) or not body.strip(BLANKS):
+                raise Invalid("body must be a non-empty string")
+            if len(body) > self._settings.max_message_chars:
+                raise TooLarge(f"message is {len(body)} characters; the limit is {self._settings.max_message_chars}")
+        except (Invalid, TooLarge):
+            if limit is not None:  # a refused line counts against the limit too
+                await self.limits.hit("msg", visitor.visitor_id, limit, "messages")
+            raise
         sent_at = now_ms()
         entry = chat_line("visitor", body, sent_at)
-        appended = await self.log.append(conversation_id, message_id, entry, new_conversation=new_conversation)
-        if not appended.created:
+        page_url = visitor.session.get("page_url") or ""
+        # Limit, ensure, append and the unconfirmed mark in one round trip (lines.py).
+        written = await self.lines.write(
+            visitor_id=visitor.visitor_id,
+            known_conversation=visitor.conversation_id,
+            new_conversation=uuid.uuid4().hex,
+            message_id=message_id,
+            entry_json=json.dumps({**entry, "message_id": message_id}),
+            mark_tail=Unconfirmed("", message_id, visitor.site_id, visitor.visitor_id, page_url).tail(),
+            now=time.time(),
+            limit=limit,
+        )
+        if written is None:
+            raise SessionExpired("the visit expired: start a session again")
+        conversation_id = written.conversation_id
+        in_flight = Unconfirmed(conversation_id, message_id, visitor.site_id, visitor.visitor_id, page_url)
+        seq, created = written.seq, written.appended
+        if not seq:  # the log needs a floor after a Redis restart: the log's own path
+            appended = await self.log.append(conversation_id, message_id, entry, new_conversation=written.created)
+            seq, created = appended.seq, appended.created
+        if not written.marked:
+            await self.unconfirmed.mark(in_flight)
+        if not created:
             # The first attempt's time stays the message's time.
-            first = await self.log.after(conversation_id, appended.seq - 1, 1)
+            first = await self.log.after(conversation_id, seq - 1, 1)
             sent_at = int(first[0]["sent_at_ms"]) if first else sent_at
         message = codec.ChatMessage(
             message_id=message_id,
@@ -224,18 +236,14 @@ class VisitorChat:
             sender=codec.SenderKind.VISITOR,
             body=body,
             sent_at_ms=sent_at,
-            seq=appended.seq,
-            page_url=visitor.session.get("page_url") or None,
+            seq=seq,
+            page_url=page_url or None,
         )
         # Republished on a retry too: the first attempt may have died between the
         # append and the confirm; consumers dedupe by message id. Marked until the
         # confirm, so a line whose widget is gone is published again by the sweep.
-        in_flight = Unconfirmed(
-            conversation_id, message_id, visitor.site_id, visitor.visitor_id, message.page_url or ""
-        )
-        await self.unconfirmed.mark(in_flight)
         await self._bus.publish(topology.VISITOR, f"{visitor.site_id}.message", message)
-        await self.unconfirmed.confirmed(in_flight)
+        self.unconfirmed.confirmed(in_flight)  # unmarked in the background, batched
         # Behind a load balancer the visitor's WebSocket or long-poll may be held by
         # another frontend (the session names it): wake it there, as the gateway does
         # for an operator's line, or it would see this line only at its next wake-up.
@@ -245,7 +253,7 @@ class VisitorChat:
                 visitor_id=visitor.visitor_id, site_id=visitor.site_id, conversation_id=conversation_id, message=message
             )
             await self._bus.publish(topology.DELIVER, elsewhere, delivery, mandatory=False)
-        return Sent(conversation_id, appended.seq, not appended.created)
+        return Sent(conversation_id, seq, not created)
 
     async def typing(self, visitor: Visitor, typing: Any) -> None:
         if not isinstance(typing, bool):
@@ -278,7 +286,12 @@ class VisitorChat:
         return True
 
     async def _event(self, visitor: Visitor, kind: int, **details: str) -> None:
-        event = codec.VisitorEvent(
+        event = self._event_struct(visitor, kind, **details)
+        await self._bus.publish(topology.VISITOR, f"{visitor.site_id}.event", event)
+
+    @staticmethod
+    def _event_struct(visitor: Visitor, kind: int, **details: str) -> codec.VisitorEvent:
+        return codec.VisitorEvent(
             visitor_id=visitor.visitor_id,
             site_id=visitor.site_id,
             kind=kind,
@@ -286,7 +299,6 @@ class VisitorChat:
             conversation_id=visitor.conversation_id or None,
             **details,
         )
-        await self._bus.publish(topology.VISITOR, f"{visitor.site_id}.event", event)
 
     # --- offline form ----------------------------------------------------------------------
     async def leave_offline_message(

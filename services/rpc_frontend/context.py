@@ -16,6 +16,7 @@ from libs.common.sitedir import SiteDirectory
 from libs.common.state.presence import SiteStatusReader
 from services.rpc_frontend.chat import VisitorChat
 from services.rpc_frontend.hub import Hub
+from services.rpc_frontend.sitecache import SiteCache
 
 
 @dataclass
@@ -29,6 +30,8 @@ class Frontend:
     chat: VisitorChat = field(init=False)
     sites: SiteDirectory = field(init=False)
     status: SiteStatusReader = field(init=False)
+    # What requests read: configs and states in memory while follow.follow_sites runs.
+    sitecache: SiteCache = field(init=False)
     limits: RateLimiter = field(init=False)
     hub: Hub = field(default_factory=Hub)
     drain: Drain = field(default_factory=Drain)
@@ -37,4 +40,5 @@ class Frontend:
         self.chat = VisitorChat(self.redis, self.bus, self.settings, seq_floor(self.engine))
         self.sites = SiteDirectory(self.redis, self.engine, self.settings)
         self.status = SiteStatusReader(self.redis, self.settings)
+        self.sitecache = SiteCache(self.redis, self.sites, self.settings)
         self.limits = RateLimiter(self.redis, self.settings)

@@ -49,6 +49,7 @@ class Departures:
         self._bus = bus
         self._settings = settings
         self._key = settings.redis_key("frontend", "last-seen")
+        self.key = self._key  # services.rpc_frontend.visits writes it too
         # Token-checked: a sweep that outlives its lease never releases the next holder's.
         self._lease = Lease(redis, settings.redis_key("frontend", "sweeper"), LEASE_S * 1000)
         self._forget_if_unseen = redis.register_script(_FORGET_IF_UNSEEN)

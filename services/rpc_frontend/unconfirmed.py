@@ -35,6 +35,8 @@ SWEEP_INTERVAL_S = 5.0
 LEASE_MS = 30_000
 # Lines published again per sweep; the rest wait a round (bounds one sweep's work).
 BATCH = 200
+# Confirmed lines unmarked per ZREM.
+UNMARK_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,11 @@ class Unconfirmed:
         # sort_keys: the same line always makes the same member, so it can be removed.
         return json.dumps(self.__dict__, sort_keys=True)
 
+    def tail(self) -> str:
+        """The member after its conversation id: sort_keys puts "conversation_id" first,
+        so the send script (lines.py) splices an id it has just learnt in front of this."""
+        return self.member()[len('{"conversation_id": ') + len(json.dumps(self.conversation_id)) :]
+
 
 class UnconfirmedLines:
     def __init__(self, redis: aioredis.Redis, bus: Bus, log_: ConversationLog, settings: Settings) -> None:
@@ -59,15 +66,38 @@ class UnconfirmedLines:
         self._log = log_
         self._key = settings.redis_key("frontend", "unconfirmed")
         self._lease = Lease(redis, settings.redis_key("frontend", "republisher"), LEASE_MS)
+        # Confirmed lines not unmarked yet, and the task that unmarks them in batches.
+        self._done: set[str] = set()
+        self._unmarking: asyncio.Task[None] | None = None
 
     async def mark(self, line: Unconfirmed) -> None:
         await self._redis.zadd(self._key, {line.member(): time.time()})
 
-    async def confirmed(self, line: Unconfirmed) -> None:
-        await self._redis.zrem(self._key, line.member())
+    def confirmed(self, line: Unconfirmed) -> None:
+        """The broker confirmed the line: unmark it, in the background. The answer to the
+        widget need not wait for this: a mark left behind (this process died, Redis
+        refused) only makes the sweep publish the line again, which consumers dedupe.
+        Lines confirmed while one ZREM is in flight go together in the next."""
+        self._done.add(line.member())
+        if self._unmarking is None or self._unmarking.done():
+            self._unmarking = asyncio.create_task(self._unmark())
+
+    async def _unmark(self) -> None:
+        while self._done:
+            batch = [self._done.pop() for _ in range(min(len(self._done), UNMARK_BATCH))]
+            try:
+                await self._redis.zrem(self._key, *batch)
+            except Exception:  # Redis down: the sweep publishes these again (deduped)
+                log.warning("could not unmark confirmed lines", extra={"lines": len(batch)}, exc_info=True)
+
+    async def flush(self) -> None:
+        """Wait until every line confirmed so far is unmarked (or given up on)."""
+        if self._unmarking is not None and not self._unmarking.done():
+            await asyncio.shield(self._unmarking)
 
     async def sweep(self, grace_s: float = GRACE_S) -> int:
         """Publish again the lines marked for longer than ``grace_s``; returns how many."""
+        await self.flush()  # lines this process saw confirmed are not published again
         if not await self._lease.acquire():
             return 0
         try:

@@ -29,7 +29,7 @@ from libs.common.topology import QueueSpec
 from services.rpc_frontend.app import make_app
 from services.rpc_frontend.context import Frontend
 from services.rpc_frontend.delivery import DeliveryConsumer
-from services.rpc_frontend.follow import follow_site_config, follow_site_status
+from services.rpc_frontend.follow import follow_sites
 from tools.prosody import free_port
 
 CHROMIUM_ARGS = [
@@ -71,7 +71,7 @@ StartFrontend = Callable[..., Awaitable[RunningFrontend]]
 async def start_frontend(
     settings: Settings, engine: sa.Engine, redis_client: aioredis.Redis
 ) -> AsyncIterator[StartFrontend]:
-    """Start frontends as main() does (own bus, delivery consumer, status follower)."""
+    """Start frontends as main() does (own bus, delivery consumer, site follower)."""
     started: list[RunningFrontend] = []
 
     async def start(name: str = "a", **overrides: Any) -> RunningFrontend:
@@ -92,10 +92,7 @@ async def start_frontend(
         await bus.consume(
             topology.frontend_delivery_queue(instance.frontend_id), DeliveryConsumer(frontend.hub).consume
         )
-        followers = [
-            asyncio.create_task(follow_site_status(frontend.status, frontend.hub)),
-            asyncio.create_task(follow_site_config(frontend.sites, frontend.hub)),
-        ]
+        followers = [asyncio.create_task(follow_sites(frontend))]
         server = make_app(frontend).listen(port, address="127.0.0.1")
         running = RunningFrontend(f"http://127.0.0.1:{port}", frontend, server, bus, followers)
         started.append(running)

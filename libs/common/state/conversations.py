@@ -132,6 +132,10 @@ return {seq, 1}
 """
 )
 
+# The frontend runs the append inside its own send script, as a Lua function whose
+# KEYS and ARGV are the ones above (services/rpc_frontend/lines.py).
+APPEND_SCRIPT = _APPEND
+
 # Reading: ARGV[1] = after seq, ARGV[2] = limit. Returns {1, 0, entries...}; {2, hole,
 # entries...} shortly after a repair (look for lines archived late above the hole);
 # or {0, log max} when no running Redis vouches for the log (repair, then read again).

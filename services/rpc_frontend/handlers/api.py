@@ -24,7 +24,7 @@ class WidgetConfigHandler(ApiHandler):
 
     async def get(self, site_id: str) -> None:
         site = await self.load_site(site_id)
-        state = await self.frontend.status.get(site_id)
+        state = await self.frontend.sitecache.state(site_id)
         merged, _errors = theme.validate(site.theme)
         self.reply(
             {"site_id": site_id, "theme": merged, "status": status_json(state.online, state.operators_available)}
@@ -39,13 +39,18 @@ class SessionHandler(ApiHandler):
         body = self.json_body()
         page = _page(body)
         token = _optional_text(body, "token")
-        returning = self.frontend.chat.sessions.visitor_of(token) if token else None
-        if returning is not None and page.get("url"):
-            await self.limit_pageviews(returning)  # a new visitor is held by the per-IP limit
+        # A returning visitor's view counts against their page-view limit (in the same
+        # Redis round trip as the session); a new visitor is held by the per-IP limit.
         token, visitor = await self._guard(
-            self.frontend.chat.start(site_id, token, page, self.request.headers.get("User-Agent", ""))
+            self.frontend.chat.start(
+                site_id,
+                token,
+                page,
+                self.request.headers.get("User-Agent", ""),
+                pageview_limit=self.frontend.settings.visitor_pageviews_per_min,
+            )
         )
-        state = await self.frontend.status.get(site_id)
+        state = await self.frontend.sitecache.state(site_id)
         merged, _errors = theme.validate(site.theme)
         session = visitor.session
         self.reply(
@@ -71,9 +76,14 @@ class PageViewHandler(ApiHandler):
         page = _page(body)
         if not isinstance(page.get("url"), str) or not page["url"]:
             raise ApiError(400, "page.url must be the page's address")
-        await self.limit_pageviews(visitor.visitor_id)
         await self._guard(
-            self.frontend.chat.start(site_id, body["token"], page, self.request.headers.get("User-Agent", ""))
+            self.frontend.chat.start(
+                site_id,
+                body["token"],
+                page,
+                self.request.headers.get("User-Agent", ""),
+                pageview_limit=self.frontend.settings.visitor_pageviews_per_min,
+            )
         )
         self.reply({"ok": True, "visitor_id": visitor.visitor_id})
 
@@ -85,8 +95,10 @@ class MessagesHandler(ApiHandler):
         await self.load_site(site_id)
         body = self.json_body()
         visitor = await self.load_visitor(body.get("token"))
-        await self.limit_messages(visitor.visitor_id)
-        sent = await self._guard(self.frontend.chat.send(visitor, body.get("message_id"), body.get("body")))
+        limit = self.frontend.settings.visitor_messages_per_min  # counted in send's one round trip
+        sent = await self._guard(
+            self.frontend.chat.send(visitor, body.get("message_id"), body.get("body"), limit=limit)
+        )
         LINES.labels("duplicate" if sent.duplicate else "new").inc()
         # The visitor's other tabs on this instance see their own line at once.
         self.frontend.hub.to_visitor(visitor.visitor_id, {"type": "log", "conversation_id": sent.conversation_id})
@@ -158,7 +170,7 @@ class StatusHandler(ApiHandler):
 
     async def get(self, site_id: str) -> None:
         await self.load_site(site_id)
-        state = await self.frontend.status.get(site_id)
+        state = await self.frontend.sitecache.state(site_id)
         self.reply(status_json(state.online, state.operators_available))
 
 

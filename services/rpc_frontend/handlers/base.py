@@ -121,7 +121,7 @@ class ApiHandler(RedactedLogs):
         # Errors carry CORS headers (write_error), so the widget reads a 429's Retry-After.
         await admit_ip(self.frontend, self.request.remote_ip or "-")
         try:
-            self.site = await self.frontend.sites.get(site_id)
+            self.site = await self.frontend.sitecache.config(site_id)
         except UnknownSite as exc:
             await count_unknown_site(self.frontend, self.request.remote_ip or "-")
             raise ApiError(404, str(exc)) from None
@@ -158,10 +158,6 @@ class ApiHandler(RedactedLogs):
     async def limit_messages(self, key: str) -> None:
         await self._guard(limit_messages(self.frontend, key))
 
-    async def limit_pageviews(self, visitor_id: str) -> None:
-        settings = self.frontend.settings
-        await self._guard(self.frontend.limits.hit("pv", visitor_id, settings.visitor_pageviews_per_min, "page views"))
-
     # --- CORS preflight ---------------------------------------------------------------------
     async def options(self, site_id: str, *_: str) -> None:
         await self.load_site(site_id)
@@ -173,22 +169,35 @@ class ApiHandler(RedactedLogs):
 
 
 # --- limits shared by the HTTP handlers and the WebSocket ----------------------------------
+UNKNOWN_SITES = "unknown sites"
+
+
 async def admit_ip(frontend: Frontend, ip: str) -> None:
     """Every request from ``ip``, and its misses: ApiError 429 before any site lookup."""
     settings = frontend.settings
     try:
-        await frontend.limits.hit("ip", ip, settings.ip_requests_per_min, "requests")
+        # An IP that keeps asking for sites that do not exist is refused before the
+        # lookup too; both counters in one round trip.
+        await frontend.limits.hit_unless(
+            "ip",
+            ip,
+            settings.ip_requests_per_min,
+            "requests",
+            other=("ip-unknown-site", ip, settings.ip_unknown_sites_per_min),
+            other_what=UNKNOWN_SITES,
+        )
     except RateLimited as exc:
+        if exc.what == UNKNOWN_SITES:
+            wait = exc.retry_after_s
+            raise ApiError(
+                429, f"too many requests for unknown site ids: wait {wait} s and check the id", wait
+            ) from None
         raise ApiError(429, str(exc), exc.retry_after_s) from None
-    # An IP that keeps asking for sites that do not exist is refused before the lookup.
-    wait = await frontend.limits.over("ip-unknown-site", ip, settings.ip_unknown_sites_per_min)
-    if wait:
-        raise ApiError(429, f"too many requests for unknown site ids: wait {wait} s and check the id", wait)
 
 
 async def count_unknown_site(frontend: Frontend, ip: str) -> None:
     with contextlib.suppress(RateLimited):  # this request gets its 404; the next ones a 429
-        await frontend.limits.hit("ip-unknown-site", ip, frontend.settings.ip_unknown_sites_per_min, "unknown sites")
+        await frontend.limits.hit("ip-unknown-site", ip, frontend.settings.ip_unknown_sites_per_min, UNKNOWN_SITES)
 
 
 async def limit_events(frontend: Frontend, visitor_id: str) -> None:

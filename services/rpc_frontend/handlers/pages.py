@@ -115,7 +115,7 @@ class PageHandler(tornado.web.RequestHandler):
 
     async def site_name(self, site_id: str) -> str:
         try:
-            return (await self.frontend.sites.get(site_id)).name
+            return (await self.frontend.sitecache.config(site_id)).name
         except UnknownSite as exc:
             raise tornado.web.HTTPError(404, str(exc)) from None
 

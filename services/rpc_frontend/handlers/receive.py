@@ -32,7 +32,6 @@ from services.rpc_frontend.handlers.base import (
     admit_ip,
     count_unknown_site,
     limit_events,
-    limit_messages,
 )
 from services.rpc_frontend.hub import Event
 from services.rpc_frontend.inputs import json_object
@@ -94,7 +93,7 @@ class ReceiveSocket(RedactedLogs, tornado.websocket.WebSocketHandler):
         ip = self.request.remote_ip or "-"
         try:
             await admit_ip(self.frontend, ip)  # before any lookup
-            site = await self.frontend.sites.get(site_id)
+            site = await self.frontend.sitecache.config(site_id)
         except UnknownSite as exc:
             await count_unknown_site(self.frontend, ip)
             return 404, str(exc)
@@ -132,7 +131,7 @@ class ReceiveSocket(RedactedLogs, tornado.websocket.WebSocketHandler):
         self.frontend.hub.add(self.visitor.site_id, self.visitor.visitor_id, self)
         try:
             await self.frontend.chat.attach(self.visitor)
-            state = await self.frontend.status.get(self.visitor.site_id)
+            state = await self.frontend.sitecache.state(self.visitor.site_id)
         except OUTAGES as exc:
             log.warning("WebSocket closed with 1013: %s", exc)
             self.close(TRY_AGAIN_LATER, "temporarily unavailable; reconnect in a moment")
@@ -245,9 +244,9 @@ class ReceiveSocket(RedactedLogs, tornado.websocket.WebSocketHandler):
         # page (and so a new socket). An expired session ends the socket with 4401.
         assert self.visitor is not None
         visitor = self.visitor
-        await limit_messages(self.frontend, visitor.visitor_id)
+        limit = self.frontend.settings.visitor_messages_per_min  # counted in send's one round trip
         try:
-            sent = await self.frontend.chat.send(visitor, data.get("message_id"), data.get("body"))
+            sent = await self.frontend.chat.send(visitor, data.get("message_id"), data.get("body"), limit=limit)
         except SessionExpired:
             self.close(SESSION_EXPIRED, "session expired: start a session again")
             return
@@ -306,7 +305,7 @@ class PollHandler(ApiHandler):
             if self.gone:
                 return  # the browser gave up; its next poll resumes from the same cursor
             events = self.parked.events + await catch_up(self.frontend.chat, visitor.visitor_id, cursor)
-        state = await self.frontend.status.get(site_id)
+        state = await self.frontend.sitecache.state(site_id)
         self.reply(
             {
                 "events": events,

@@ -1,0 +1,114 @@
+"""A page view's Redis work in one round trip: the session, the site's visitor set,
+the departures index and, for a returning visitor, the page-view limit.
+
+A widget boot used to await five Redis round trips one after another for this (read
+the session, write it in a MULTI, ZADD the departures index, read the session back,
+and the page-view counter); one Lua script does the same writes, atomically, and
+answers with the session as it now is. The keys are those of ``VisitorSessions`` (the
+session hash and the site's visitor set), ``Departures`` (last seen) and
+``RateLimiter`` (the counter); the script names them all in KEYS.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from libs.common.ratelimit import RateLimited
+from libs.common.settings import Settings
+
+# KEYS[1] = session hash, KEYS[2] = the site's visitor set, KEYS[3] = departures'
+# last-seen set, KEYS[4] = page-view counter; ARGV[1] = site id, ARGV[2] = now (ms),
+# ARGV[3] = now (s, the sets' score), ARGV[4] = session TTL (s), ARGV[5] = visitor id,
+# ARGV[6] = departures member, ARGV[7] = pages to add (0 or 1), ARGV[8] = page-view
+# limit per minute (-1: not counted), then field, value, … for the session.
+# Returns {1, seconds}: over the page-view limit (nothing written); {2}: the session
+# belongs to another site (nothing written); {0, existed (0/1), HGETALL of the session}.
+_VISIT = """
+if tonumber(ARGV[8]) >= 0 then
+  local n = redis.call('INCR', KEYS[4])
+  if n == 1 then redis.call('EXPIRE', KEYS[4], 60) end
+  if n > tonumber(ARGV[8]) then
+    local ttl = redis.call('TTL', KEYS[4])
+    if ttl < 1 then
+      redis.call('EXPIRE', KEYS[4], 60)  -- a counter that lost its TTL must not block forever
+      ttl = 60
+    end
+    return {1, ttl}
+  end
+end
+local existed = redis.call('EXISTS', KEYS[1])
+if existed == 1 and redis.call('HGET', KEYS[1], 'site_id') ~= ARGV[1] then
+  return {2}
+end
+redis.call('HSET', KEYS[1], 'site_id', ARGV[1], 'last_seen', ARGV[2], unpack(ARGV, 9))
+redis.call('HSETNX', KEYS[1], 'started_at', ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'pages', ARGV[7])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[5])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', tonumber(ARGV[3]) - tonumber(ARGV[4]))
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[6])
+return {0, existed, redis.call('HGETALL', KEYS[1])}
+"""
+
+
+class OtherSite(LookupError):
+    """The visitor's session belongs to another site: start a new visitor here."""
+
+
+@dataclass(frozen=True)
+class Visit:
+    existed: bool  # False: a new session (VisitorEvent ARRIVED)
+    session: dict[str, str]
+
+
+class Visits:
+    def __init__(self, redis: aioredis.Redis, settings: Settings, departures_key: str) -> None:
+        self._settings = settings
+        self._departures_key = departures_key
+        self._visit = redis.register_script(_VISIT)
+
+    async def record(
+        self,
+        visitor_id: str,
+        site_id: str,
+        fields: Mapping[str, str],
+        *,
+        page: bool,
+        pageview_limit: int | None = None,
+    ) -> Visit:
+        """Create or refresh the session with ``fields`` (``pages`` + 1 if ``page``).
+
+        ``pageview_limit``: count a page view against the visitor's per-minute limit
+        first (RateLimited, nothing written, when over it). OtherSite if the visitor id
+        has a session on another site."""
+        now = time.time()
+        keys = [
+            self._settings.redis_key("visitor", visitor_id),  # VisitorSessions' key
+            self._settings.redis_key("site", site_id, "visitors"),  # … and its site set
+            self._departures_key,
+            self._settings.redis_key("rl", "pv", visitor_id),  # RateLimiter's "pv" bucket
+        ]
+        args: list[str | int | float] = [
+            site_id,
+            int(now * 1000),
+            repr(now),
+            self._settings.session_ttl_s,
+            visitor_id,
+            f"{site_id}|{visitor_id}",
+            1 if page else 0,
+            -1 if pageview_limit is None else pageview_limit,
+        ]
+        for name, value in fields.items():
+            args += [name, value]
+        answer = await self._visit(keys=keys, args=args)
+        if int(answer[0]) == 1:
+            raise RateLimited("page views", int(answer[1]))
+        if int(answer[0]) == 2:
+            raise OtherSite(visitor_id)
+        flat = [str(item) for item in answer[2]]
+        return Visit(bool(int(answer[1])), dict(zip(flat[::2], flat[1::2], strict=True)))
