@@ -13,6 +13,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -99,3 +100,58 @@ class Lease:
                     await self.acquire()
                 except Exception:  # Redis hiccup: the next renewal may still make it
                     log.warning("lease renewal failed", extra={"key": self.key})
+
+
+class LeaseSet:
+    """Leases on many keys under one token, taken, renewed and released in one Redis
+    round trip each (a pipeline of the same scripts as ``Lease``): for a batch of work
+    items that must each have one holder at a time. ``held`` yields the keys this
+    holder got; the others are held by someone else."""
+
+    def __init__(self, redis: aioredis.Redis, keys: list[str], ttl_ms: int) -> None:
+        self._redis = redis
+        self.keys = list(dict.fromkeys(keys))
+        self.ttl_ms = ttl_ms
+        self.token = secrets.token_hex(8)
+        self._acquire = redis.register_script(_ACQUIRE_OR_RENEW)
+        self._release = redis.register_script(_RELEASE)
+
+    async def _run(self, script: Any, keys: list[str], args: list[Any]) -> list[Any]:
+        if not keys:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                await script(keys=[key], args=args, client=pipe)
+            return list(await pipe.execute())
+
+    async def acquire(self, keys: list[str] | None = None) -> set[str]:
+        """Take (or renew) the leases on ``keys`` (default: all); returns those held."""
+        keys = self.keys if keys is None else keys
+        results = await self._run(self._acquire, keys, [self.token, self.ttl_ms])
+        return {key for key, ok in zip(keys, results, strict=True) if ok}
+
+    async def release(self, keys: list[str]) -> None:
+        await self._run(self._release, keys, [self.token])
+
+    @contextlib.asynccontextmanager
+    async def held(self) -> AsyncIterator[set[str]]:
+        """Hold what can be taken now, renewed every third of the ttl, released after."""
+        held = await self.acquire()
+        done = asyncio.Event()
+        renewer = asyncio.create_task(self._keep(sorted(held), done))
+        try:
+            yield held
+        finally:
+            done.set()
+            await renewer
+            await self.release(sorted(held))
+
+    async def _keep(self, keys: list[str], done: asyncio.Event) -> None:
+        while keys and not done.is_set():
+            try:
+                await asyncio.wait_for(done.wait(), self.ttl_ms / 3000)
+            except TimeoutError:
+                try:
+                    await self.acquire(keys)
+                except Exception:  # Redis hiccup: the next renewal may still make it
+                    log.warning("lease renewal failed", extra={"keys": len(keys)})

@@ -63,6 +63,7 @@ class Worker:
     archive: ArchiveConsumer | None = None
     sweeper: IdleSweeper | None = None
     mailer: Mailer | None = None
+    email: EmailConsumer | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _subscriptions: list[Any] = field(default_factory=list)
     _in_flight: int = 0
@@ -84,13 +85,16 @@ class Worker:
             worker.consumers["transcripts"] = TranscriptsConsumer(engine, redis, sites, bus, settings)
         if "email" in names:
             worker.mailer = Mailer(settings)
-            worker.consumers["email"] = EmailConsumer(engine, redis, sites, worker.mailer, settings)
+            worker.email = EmailConsumer(engine, redis, sites, worker.mailer, settings)
+            worker.consumers["email"] = worker.email
         return worker
 
     async def start(self) -> None:
         await self.bus.declare_topology()
         if self.archive is not None:
             self.archive.start()
+        if self.email is not None:
+            self.email.start()
         for name, consumer in self.consumers.items():
             # Settled here rather than by the bus (manual=True), so the ack counts as
             # part of the running handler that a graceful stop waits for.
@@ -141,6 +145,8 @@ class Worker:
         self._tasks.clear()
         if self.archive is not None:
             await self.archive.stop()  # last batch committed and acknowledged
+        if self.email is not None:
+            await self.email.stop()  # last batch sent and settled
         if self.mailer is not None:
             await self.mailer.close()
         await self.bus.close()

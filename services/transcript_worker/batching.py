@@ -47,6 +47,8 @@ class Batcher(Generic[T]):
         self._pending: list[tuple[float, T]] = []  # (monotonic time added, item)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._between_flushes = asyncio.Event()  # clear while a flush runs
+        self._between_flushes.set()
         self.failures = 0  # consecutive failed flushes (health: > 0 means stuck)
 
     def start(self) -> None:
@@ -61,10 +63,15 @@ class Batcher(Generic[T]):
         if len(self._pending) == 1 or len(self._pending) >= self._max_size:
             self._wake.set()
 
-    async def close(self, flush_remaining: bool = True) -> None:
-        """Stop; try one last flush of what is waiting (if it fails, it is dropped
-        here and redelivered by the broker, since it was never acknowledged)."""
+    async def close(self, flush_remaining: bool = True, grace_s: float = 0.0) -> None:
+        """Stop; a flush under way gets ``grace_s`` to finish (an email batch cut
+        short could leave a mail sent but unrecorded); then one last flush of what
+        is waiting (if it fails, it is dropped here and redelivered by the broker,
+        since it was never acknowledged)."""
         if self._task is not None:
+            with contextlib.suppress(TimeoutError):
+                if grace_s > 0:
+                    await asyncio.wait_for(self._between_flushes.wait(), grace_s)
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
@@ -102,7 +109,11 @@ class Batcher(Generic[T]):
         attempt = 0
         while True:
             try:
-                await self._flush(items)
+                self._between_flushes.clear()
+                try:
+                    await self._flush(items)
+                finally:
+                    self._between_flushes.set()
                 if self.failures:
                     log.info("flush succeeded again", extra={"batch": self._name, "after_failures": self.failures})
                 self.failures = 0

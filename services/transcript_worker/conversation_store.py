@@ -160,53 +160,66 @@ def transcript_body(engine: sa.Engine, conversation_id: str) -> bytes | None:
     return bytes(row.body) if row else None
 
 
-def transcript_emailed(engine: sa.Engine, conversation_id: str) -> bool:
-    with engine.connect() as conn:
-        row = conn.execute(
-            sa.select(transcripts.c.emailed_at).where(transcripts.c.conversation_id == conversation_id)
-        ).first()
-    return bool(row and row.emailed_at)
-
-
-def mark_transcript_emailed(engine: sa.Engine, conversation_id: str) -> None:
+def emailed_already(engine: sa.Engine, conversation_ids: list[str], notes: list[Any]) -> tuple[set[str], set[str]]:
+    """Of a batch of transcripts (by conversation id) and offline notes, those emailed
+    already: (conversation ids, note message ids). New notes are stored first, once per
+    message id. One transaction, two or three statements, whatever the batch size."""
+    emailed_transcripts: set[str] = set()
+    emailed_notes: set[str] = set()
     with engine.begin() as conn:
-        conn.execute(
-            sa.update(transcripts)
-            .where(transcripts.c.conversation_id == conversation_id, transcripts.c.emailed_at.is_(None))
-            .values(emailed_at=_now())
-        )
-
-
-def save_offline_message(engine: sa.Engine, note: Any) -> bool:
-    """Store an OfflineMessage once; returns True if it was already emailed."""
-    with engine.begin() as conn:
-        conn.execute(
-            sa.insert(offline_messages)
-            .prefix_with("IGNORE")
-            .values(
-                message_id=note.message_id[:64],
-                site_id=note.site_id,
-                visitor_id=note.visitor_id[:64],
-                name=note.name[:200],
-                email=note.email[:254],
-                body=note.body,
-                page_url=note.page_url,
-                sent_at=from_ms(note.sent_at_ms),
+        if conversation_ids:
+            rows = conn.execute(
+                sa.select(transcripts.c.conversation_id).where(
+                    transcripts.c.conversation_id.in_(conversation_ids), transcripts.c.emailed_at.is_not(None)
+                )
             )
-        )
-        row = conn.execute(
-            sa.select(offline_messages.c.emailed_at).where(offline_messages.c.message_id == note.message_id[:64])
-        ).first()
-    return bool(row and row.emailed_at)
+            emailed_transcripts = {row.conversation_id for row in rows}
+        if notes:
+            conn.execute(
+                sa.insert(offline_messages).prefix_with("IGNORE"),
+                [
+                    {
+                        "message_id": note.message_id[:64],
+                        "site_id": note.site_id,
+                        "visitor_id": note.visitor_id[:64],
+                        "name": note.name[:200],
+                        "email": note.email[:254],
+                        "body": note.body,
+                        "page_url": note.page_url,
+                        "sent_at": from_ms(note.sent_at_ms),
+                    }
+                    for note in notes
+                ],
+            )
+            ids = {note.message_id[:64]: note.message_id for note in notes}
+            rows = conn.execute(
+                sa.select(offline_messages.c.message_id).where(
+                    offline_messages.c.message_id.in_(list(ids)), offline_messages.c.emailed_at.is_not(None)
+                )
+            )
+            emailed_notes = {ids[row.message_id] for row in rows}
+    return emailed_transcripts, emailed_notes
 
 
-def mark_offline_emailed(engine: sa.Engine, message_id: str) -> None:
+def mark_emailed(engine: sa.Engine, conversation_ids: list[str], note_ids: list[str]) -> None:
+    """Record that these transcripts and offline notes were accepted by the SMTP server."""
+    now = _now()
     with engine.begin() as conn:
-        conn.execute(
-            sa.update(offline_messages)
-            .where(offline_messages.c.message_id == message_id[:64], offline_messages.c.emailed_at.is_(None))
-            .values(emailed_at=_now())
-        )
+        if conversation_ids:
+            conn.execute(
+                sa.update(transcripts)
+                .where(transcripts.c.conversation_id.in_(conversation_ids), transcripts.c.emailed_at.is_(None))
+                .values(emailed_at=now)
+            )
+        if note_ids:
+            conn.execute(
+                sa.update(offline_messages)
+                .where(
+                    offline_messages.c.message_id.in_([n[:64] for n in note_ids]),
+                    offline_messages.c.emailed_at.is_(None),
+                )
+                .values(emailed_at=now)
+            )
 
 
 def _now() -> datetime.datetime:

@@ -1,20 +1,26 @@
 """Transcript and offline-message emails: plain text + HTML (no AMQP, no SMTP here).
 
 HTML goes through Jinja2 with autoescaping, so whatever a visitor or operator typed
-shows as text. Headers are built with ``email.message.EmailMessage`` (policy default),
-which refuses CR/LF in any header value; on top of that every piece of user text that
-reaches a header (names in the Subject, Reply-To) is sanitised first: control
-characters removed, whitespace collapsed, length capped.
+shows as text. The templates are compiled once per process (the environment caches
+them and never looks for edits). Every piece of user text that reaches a header (names
+in the Subject, Reply-To) is sanitised first: control characters removed, whitespace
+collapsed, length capped; on top of that ``mime.compose`` refuses CR/LF in any header
+value. The result is the mail's wire bytes (``OutgoingMail``), ready for SMTP.
 """
 
 from __future__ import annotations
 
 import datetime
+import email
+import email.policy
+import functools
 import hashlib
+import json
 import re
+from dataclasses import dataclass
 from email.headerregistry import Address
 from email.message import EmailMessage
-from email.utils import format_datetime, parseaddr
+from email.utils import format_datetime, formataddr, parseaddr
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +28,7 @@ import jinja2
 
 from libs.common import chatlines, theme
 from libs.common.sitedir import SiteConfig
+from services.transcript_worker import mime
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -34,6 +41,11 @@ _env = jinja2.Environment(
     # Templates ship with the code: no stat() per render to look for edits.
     auto_reload=False,
 )
+# Compiled once, at import.
+_TRANSCRIPT_TXT = _env.get_template("transcript.txt")
+_TRANSCRIPT_HTML = _env.get_template("transcript.html")
+_OFFLINE_TXT = _env.get_template("offline.txt")
+_OFFLINE_HTML = _env.get_template("offline.html")
 
 # Longest header phrase built from user text: RFC 5322 recommends lines under 78
 # characters; a name of 60 leaves room for "Chat with … on <site>" to fold cleanly.
@@ -67,23 +79,56 @@ def safe_address(address: str | None, display_name: str | None = None) -> Addres
 def message_id(kind: str, key: str, mail_from: str) -> str:
     """A Message-ID derived from the conversation (or note), so a repeat is recognisable."""
     token = key if _ID_SAFE.fullmatch(key) else hashlib.sha256(key.encode()).hexdigest()[:32]
-    domain = parseaddr(mail_from)[1].rpartition("@")[2] or "habla.localhost"
-    return f"<{kind}.{token}@{domain}>"
+    return f"<{kind}.{token}@{_domain(mail_from)}>"
+
+
+@functools.lru_cache(maxsize=8)
+def _domain(mail_from: str) -> str:
+    return parseaddr(mail_from)[1].rpartition("@")[2] or "habla.localhost"
+
+
+@functools.lru_cache(maxsize=4096)
+def _minute(minute: int) -> str:
+    return datetime.datetime.fromtimestamp(minute * 60, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _when(ms: int) -> str:
-    return datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    # Shown to the minute: a chat's lines share a handful of minutes, so cached.
+    return _minute(ms // 60_000)
 
 
 def _colours(site: SiteConfig) -> dict[str, str]:
     # Only validated #rrggbb colours reach the style attributes.
-    merged, _errors = theme.validate(site.theme or {})
-    return merged["colours"]
+    return _validated_colours(json.dumps(site.theme or {}, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=256)
+def _validated_colours(theme_json: str) -> dict[str, str]:
+    # Validating a theme costs more than rendering a short mail; sites share few themes.
+    merged, _errors = theme.validate(json.loads(theme_json))
+    return dict(merged["colours"])
+
+
+@dataclass(slots=True)
+class Line:
+    """One line as the templates show it (attributes, not dict keys: Jinja2 looks an
+    attribute up first, and a dict's failed attribute lookup costs an exception)."""
+
+    when: str
+    who: str
+    body: str
+    action: str | None  # "/me waves" → "waves", shown "* Alice waves"
+    edited: bool
+    internal: bool
+    kind: str  # visitor, operator or system
+    bubble: str  # background and text colour of the line's bubble (validated colours)
+    ink: str
 
 
 def transcript_context(transcript: Any, site: SiteConfig) -> dict[str, Any]:
     names = dict(site.operators)
     visitor_label = transcript.visitor_name or "Visitor"
+    colours = _colours(site)
     lines = []
     # Corrections (XEP-0308) edit the line they name: one line, its latest text.
     folded = chatlines.fold(
@@ -94,24 +139,26 @@ def transcript_context(transcript: Any, site: SiteConfig) -> dict[str, Any]:
     )
     for shown in folded:
         m = shown.line
-        if m.internal:
+        sender = int(m.sender)
+        if m.internal or sender == 2:
             who = m.operator_name or names.get(m.operator_jid or "") or m.operator_jid or "Operator"
-        elif int(m.sender) == 1:
+        elif sender == 1:
             who = visitor_label
-        elif int(m.sender) == 2:
-            who = m.operator_name or names.get(m.operator_jid or "") or m.operator_jid or "Operator"
         else:
             who = "Habla"
+        kind = {1: "visitor", 2: "operator"}.get(sender, "system")
         lines.append(
-            {
-                "when": _when(m.sent_at_ms),
-                "who": who,
-                "body": shown.body,
-                "action": chatlines.action(shown.body),  # "/me waves" → "* Alice waves"
-                "edited": shown.edited,
-                "internal": bool(m.internal),
-                "kind": {1: "visitor", 2: "operator"}.get(int(m.sender), "system"),
-            }
+            Line(
+                when=_when(m.sent_at_ms),
+                who=who,
+                body=shown.body,
+                action=chatlines.action(shown.body),
+                edited=shown.edited,
+                internal=bool(m.internal),
+                kind=kind,
+                bubble=colours["visitor_bubble" if kind == "visitor" else "operator_bubble"],
+                ink=colours["visitor_text" if kind == "visitor" else "operator_text"],
+            )
         )
     return {
         "site_name": transcript.site_name or site.name,
@@ -127,30 +174,43 @@ def transcript_context(transcript: Any, site: SiteConfig) -> dict[str, Any]:
         "started": _when(transcript.started_at_ms),
         "closed": _when(transcript.closed_at_ms),
         "reason": _REASONS.get(int(transcript.reason), "closed"),
-        "colours": _colours(site),
+        "colours": colours,
         "conversation_id": transcript.conversation_id,
     }
 
 
-def transcript_email(transcript: Any, site: SiteConfig, mail_from: str) -> EmailMessage:
+@dataclass(frozen=True)
+class OutgoingMail:
+    """One rendered email: its wire bytes and the SMTP envelope."""
+
+    message_id: str
+    sender: str  # envelope sender (MAIL FROM): the address of HABLA_MAIL_FROM
+    recipients: list[str]
+    data: bytes
+
+    def parsed(self) -> EmailMessage:
+        """The mail as a mail client reads it (for tests and debugging)."""
+        parsed = email.message_from_bytes(self.data, policy=email.policy.default)
+        assert isinstance(parsed, EmailMessage)
+        return parsed
+
+
+def transcript_email(transcript: Any, site: SiteConfig, mail_from: str) -> OutgoingMail:
     context = transcript_context(transcript, site)
     who = header_text(transcript.visitor_name) or "a visitor"
     subject = f"Chat with {who} on {header_text(context['site_name'])}"
-    message = _message(
+    return _message(
         subject,
         mail_from,
         site.transcript_emails,
         message_id("transcript", transcript.conversation_id, mail_from),
-        _env.get_template("transcript.txt").render(context),
-        _env.get_template("transcript.html").render(context),
+        _TRANSCRIPT_TXT.render(context),
+        _TRANSCRIPT_HTML.render(context),
+        safe_address(transcript.visitor_email, transcript.visitor_name),
     )
-    visitor = safe_address(transcript.visitor_email, transcript.visitor_name)
-    if visitor is not None:
-        message["Reply-To"] = visitor
-    return message
 
 
-def offline_email(note: Any, site: SiteConfig, mail_from: str) -> EmailMessage:
+def offline_email(note: Any, site: SiteConfig, mail_from: str) -> OutgoingMail:
     name = header_text(note.name) or "A visitor"
     context = {
         "site_name": site.name,
@@ -161,18 +221,15 @@ def offline_email(note: Any, site: SiteConfig, mail_from: str) -> EmailMessage:
         "when": _when(note.sent_at_ms),
         "colours": _colours(site),
     }
-    message = _message(
+    return _message(
         f"{name} wrote you a note on {header_text(site.name)}",
         mail_from,
         site.transcript_emails,
         message_id("offline", note.message_id, mail_from),
-        _env.get_template("offline.txt").render(context),
-        _env.get_template("offline.html").render(context),
+        _OFFLINE_TXT.render(context),
+        _OFFLINE_HTML.render(context),
+        safe_address(note.email, note.name),
     )
-    reply_to = safe_address(note.email, note.name)
-    if reply_to is not None:
-        message["Reply-To"] = reply_to
-    return message
 
 
 def recipients(addresses: list[str]) -> list[str]:
@@ -180,15 +237,29 @@ def recipients(addresses: list[str]) -> list[str]:
     return [a for a in addresses if safe_address(a) is not None]
 
 
-def _message(subject: str, mail_from: str, to: list[str], msg_id: str, text: str, html: str) -> EmailMessage:
-    message = EmailMessage()
-    message["Subject"] = subject
-    message["From"] = mail_from
-    message["To"] = ", ".join(recipients(to))
-    message["Date"] = format_datetime(datetime.datetime.now(datetime.UTC))
-    message["Message-ID"] = msg_id
-    # RFC 3834: machine-generated, so auto-responders do not answer it.
-    message["Auto-Submitted"] = "auto-generated"
-    message.set_content(text)
-    message.add_alternative(html, subtype="html")
-    return message
+@functools.lru_cache(maxsize=8)
+def _from(mail_from: str) -> tuple[str, str]:
+    """HABLA_MAIL_FROM as a From header value, and its address (the envelope sender)."""
+    name, address = parseaddr(mail_from)
+    return mime.header_value("From", formataddr((name, address), charset="utf-8")), address
+
+
+def _message(
+    subject: str, mail_from: str, to: list[str], msg_id: str, text: str, html: str, reply_to: Address | None
+) -> OutgoingMail:
+    from_header, sender = _from(mail_from)
+    rcpt = recipients(to)
+    headers = [
+        ("Subject", mime.header_value("Subject", subject)),
+        ("From", from_header),
+        ("To", mime.header_value("To", ", ".join(rcpt))),
+        ("Date", format_datetime(datetime.datetime.now(datetime.UTC))),
+        ("Message-ID", msg_id),
+        # RFC 3834: machine-generated, so auto-responders do not answer it.
+        ("Auto-Submitted", "auto-generated"),
+    ]
+    if reply_to is not None:
+        # safe_address checked the mailbox; formataddr quotes or encodes the name.
+        value = formataddr((reply_to.display_name, reply_to.addr_spec), charset="utf-8")
+        headers.append(("Reply-To", mime.header_value("Reply-To", value)))
+    return OutgoingMail(msg_id, sender, rcpt, mime.compose(headers, text, html))

@@ -118,9 +118,10 @@ def test_the_email_shows_torture_as_text() -> None:
             sent_at_ms=1_790_000_000_000,
             page_url="http://shop.example/?q=" + torture,
         )
-        mail = rendering.offline_email(note, site, "transcripts@habla.example")
-        wire = mail.as_bytes()  # serialisable: no header injection, no encoding failure
-        assert b"\r\nBcc:" not in wire
+        outgoing = rendering.offline_email(note, site, "transcripts@habla.example")
+        assert b"\r\nBcc:" not in outgoing.data  # no header injection, no encoding failure
+        mail = outgoing.parsed()
+        assert not mail.defects and mail["Reply-To"].addresses[0].addr_spec == "bob@visitor.example"
         body_html = mail.get_body(("html",)).get_content()  # type: ignore[union-attr]
         for markup in MARKUP:
             if markup in torture:

@@ -70,7 +70,7 @@ async def test_a_correction_edits_its_line_everywhere_and_the_archive_keeps_the_
     corrections = [m for m in transcript.messages if m.replaces_message_id]
     assert [m.body for m in corrections] == ["We ship in 3-5 days", "We ship in 3-5 business days"]
     context = rendering.transcript_context(transcript, site)
-    assert [(line["body"], line["edited"]) for line in context["lines"] if line["kind"] == "operator"] == [
+    assert [(line.body, line.edited) for line in context["lines"] if line.kind == "operator"] == [
         ("We ship in 3-5 business days", True),
         ("/me waves", False),
     ]

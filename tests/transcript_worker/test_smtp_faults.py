@@ -5,8 +5,12 @@ message with the reason. Retry delays come from the test settings (100 ms, 200 m
 from __future__ import annotations
 
 import dataclasses
+import email
+import email.policy
 import uuid
+from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 import sqlalchemy as sa
 
@@ -14,6 +18,7 @@ from libs.common import codec, topology
 from libs.common.messaging import REASON_HEADER, Bus
 from libs.common.settings import Settings
 from libs.common.sitedir import SiteConfig
+from services.transcript_worker import conversation_store
 from tests.transcript_worker.conftest import SmtpServer, eventually, now_ms, running_worker
 from tools import prosody
 
@@ -108,3 +113,95 @@ async def test_unreachable_smtp_is_retried_then_dead_lettered(
 
         await eventually(dead, what="dead letter")
     assert reasons[0].startswith("gave up after 3 attempts: MailUnavailable: cannot reach SMTP server"), reasons
+
+
+def _transcript(site_id: str, n: int) -> codec.Transcript:
+    conversation_id, visitor_id = uuid.uuid4().hex, f"v-drop-{n}"
+    line = codec.ChatMessage(
+        message_id=uuid.uuid4().hex,
+        conversation_id=conversation_id,
+        site_id=site_id,
+        visitor_id=visitor_id,
+        sender=codec.SenderKind.VISITOR,
+        body=f"line of chat {n}",
+        sent_at_ms=now_ms(),
+        seq=1,
+    )
+    return codec.Transcript(
+        conversation_id=conversation_id,
+        site_id=site_id,
+        visitor_id=visitor_id,
+        pages=[],
+        messages=[line],
+        operator_jids=[],
+        started_at_ms=now_ms(),
+        closed_at_ms=now_ms(),
+        reason=codec.CloseReason.IDLE,
+    )
+
+
+@pytest.mark.parametrize("taken_before_drop", [False, True], ids=["dropped-before-taking", "dropped-after-taking"])
+async def test_connection_dropped_mid_batch_loses_nothing_and_resends_nothing_accepted(
+    worker_settings: Settings,
+    redis_client: aioredis.Redis,
+    engine: sa.Engine,
+    site: SiteConfig,
+    smtp: SmtpServer,
+    make_bus,
+    taken_before_drop: bool,
+) -> None:
+    """A batch of transcripts goes out over pooled connections; the server cuts one
+    connection in the middle of the batch, in the middle of a mail's DATA, without
+    answering it. Every transcript arrives; none the server had answered "250" is sent
+    again; only the one whose answer never came may arrive twice (if the server had
+    taken it: SMTP cannot tell), with the same Message-ID. Every delivery is settled."""
+    bus = await make_bus("smtp-drop")
+    handler = smtp.handler
+    datas = 0
+    dropped: list[str] = []
+    accept = handler.handle_DATA
+
+    async def dropping_data(server: Any, session: Any, envelope: Any) -> str:
+        nonlocal datas
+        datas += 1
+        if datas == 4:  # mid-batch: three mails accepted before it, more after
+            mail = email.message_from_bytes(envelope.original_content or b"", policy=email.policy.default)
+            dropped.append(str(mail["Message-ID"]))
+            if taken_before_drop:
+                await accept(server, session, envelope)
+            server.transport.abort()  # no "250": the client cannot know
+            return "421 gone"  # never reaches the client
+        return await accept(server, session, envelope)
+
+    handler.handle_DATA = dropping_data  # type: ignore[method-assign]
+    transcripts = [_transcript(site.site_id, n) for n in range(12)]
+    for transcript in transcripts:
+        # As the transcripts consumer does: stored (emailed_at empty), then published.
+        conversation_store.store_transcript(engine, transcript.conversation_id, site.site_id, codec.encode(transcript))
+    # Published before the worker starts, so they arrive as one batch.
+    for transcript in transcripts:
+        await bus.publish(topology.TRANSCRIPTS, "", transcript)
+    ids = [f"<transcript.{t.conversation_id}@habla.localhost>" for t in transcripts]
+
+    async def all_recorded() -> bool:
+        emailed, _ = conversation_store.emailed_already(engine, [t.conversation_id for t in transcripts], [])
+        return len(emailed) == len(transcripts)
+
+    async with running_worker(worker_settings, redis_client, engine):
+        await handler.wait_for(lambda: all(handler.with_id(i) for i in ids))
+        await eventually(all_recorded, what="every transcript recorded as emailed")
+    assert len(dropped) == 1
+    counts = {i: len(handler.with_id(i)) for i in ids}
+    assert all(count == 1 for i, count in counts.items() if i not in dropped), counts
+    assert counts[dropped[0]] == (2 if taken_before_drop else 1), counts
+    # Every delivery settled, none of them dead-lettered.
+    channel = await bus.connection.channel()
+    queue = await channel.declare_queue(topology.EMAIL.name, passive=True)
+    assert queue.declaration_result.message_count == 0
+    dead_queue = await channel.get_queue(topology.EMAIL.dead_letter_queue)
+    ours = {t.conversation_id for t in transcripts}
+    while (message := await dead_queue.get(fail=False)) is not None:
+        await message.ack()
+        if message.type == "Transcript":
+            assert codec.decode("Transcript", message.body).conversation_id not in ours
+    await channel.close()

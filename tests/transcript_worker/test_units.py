@@ -130,11 +130,13 @@ def _transcript(name: str, email: str) -> codec.Transcript:
 
 
 def test_transcript_email_escapes_html_and_keeps_hostile_text_out_of_headers() -> None:
-    mail = rendering.transcript_email(
+    outgoing = rendering.transcript_email(
         _transcript("Eve\r\nBcc: victim@evil.example\x00", "eve@x.example\r\nBcc: y@evil.example"),
         SITE,
         "Habla <transcripts@habla.example>",
     )
+    assert outgoing.sender == "transcripts@habla.example" and outgoing.recipients == ["owner@shop.example"]
+    mail = outgoing.parsed()
     raw = mail.as_string()
     header_block = raw.split("\n\n", 1)[0]
     assert "Bcc" not in header_block.replace("Subject: Chat with Eve Bcc: victim@evil.example", "")
@@ -174,7 +176,7 @@ def test_offline_email_says_who_wrote_and_replies_to_them() -> None:
         body="call <i>me</i>",
         sent_at_ms=int(datetime.datetime(2026, 1, 2, tzinfo=datetime.UTC).timestamp() * 1000),
     )
-    mail = rendering.offline_email(note, SITE, "transcripts@habla.example")
+    mail = rendering.offline_email(note, SITE, "transcripts@habla.example").parsed()
     assert mail["Subject"] == "Bob <b> wrote you a note on Shop"
     assert mail["Reply-To"].addresses[0].addr_spec == "bob@visitor.example"
     assert "call &lt;i&gt;me&lt;/i&gt;" in mail.get_body(("html",)).get_content()  # type: ignore[union-attr]
