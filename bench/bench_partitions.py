@@ -1,5 +1,5 @@
-"""Gateway partitions: chat lines/s visitor -> operator with 1, 2 and 4 partitions owned by
-1 and 2 gateway processes, and the SIGKILL takeover time.
+"""Gateway partitions: chat lines/s visitor -> operator with 1, 2, 4 and 8 partitions owned
+by 1 and 2 gateway processes, and how the work spreads between the processes.
 
 Run: .venv/bin/python bench/bench_partitions.py [--lines 2000] [--sites-per-partition 2]
 
@@ -7,9 +7,10 @@ Each layout gets its own vhost, Redis prefix, database and Prosody (which knows 
 partition domain), removed at the end. Sites (one operator each) are created until each
 partition has its share; the gateways are real subprocesses (`python -m
 services.im_gateway`). All lines are published at once, spread over the sites (4
-visitors each), and the clock stops when every operator has all of theirs. On 2 cores
-shared with RabbitMQ, Redis, MariaDB and Prosody the point is that the work spreads and
-nothing collapses, not a linear speed-up.
+visitors each), and the clock stops when every operator has all of theirs. Each
+process's share is read from its own /metrics (lines it relayed, partitions it owns at
+the end: with rebalancing, P/2 each). On 2 cores shared with RabbitMQ, Redis, MariaDB and
+Prosody the point is that the work spreads and nothing collapses, not a linear speed-up.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import os
 import shutil
 import sys
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -37,7 +40,7 @@ from tests.im_gateway.operator_client import OperatorClient
 from tests.im_gateway.test_two_domains import Chat
 from tools import prosody, sandbox
 
-LAYOUTS = ((1, 1), (2, 1), (2, 2), (4, 1), (4, 2))  # (partitions, processes)
+LAYOUTS = ((1, 1), (2, 1), (2, 2), (4, 1), (4, 2), (8, 2))  # (partitions, processes)
 VISITORS_PER_SITE = 4
 LOG_DIR = Path(__file__).resolve().parents[1] / "tests" / "artifacts" / "bench-partitions"
 
@@ -65,6 +68,7 @@ async def layout(p: int, processes: int, lines: int, per_partition: int, log_dir
     bus = await Bus.connect(settings, "bench")
     await bus.declare_topology()
     gateways = []
+    metrics_ports: list[int] = []
     ops: list[OperatorClient] = []
     try:
         by_partition: dict[int, list[tuple[str, OperatorClient]]] = {n: [] for n in range(p)}
@@ -113,9 +117,8 @@ async def layout(p: int, processes: int, lines: int, per_partition: int, log_dir
         await asyncio.gather(*(send(chat_id) for chat_id in per_visitor))
         started = time.monotonic()
         for k in range(processes):
-            env = Isolated(
-                dataclasses.replace(settings, gateway_metrics_port=prosody.free_port()), cfg, log_dir, server
-            )
+            metrics_ports.append(prosody.free_port())
+            env = Isolated(dataclasses.replace(settings, gateway_metrics_port=metrics_ports[-1]), cfg, log_dir, server)
             gateways.append(env.start_gateway(f"bench-p{p}-x{processes}-{k}"))
         status = SiteStatusReader(redis, settings)
         for site_id, _ in sites:
@@ -123,15 +126,18 @@ async def layout(p: int, processes: int, lines: int, per_partition: int, log_dir
         await wait_for(lambda: all(arrived(op) >= n for op, n in expected.items()), 300, "all lines arrived")
         times = sorted(r.at for op in ops for r in op.received if r.kind == "message" and r.body.startswith(tag + " "))
         span = times[-1] - times[0]
-        owners: dict[str, str] = {}
-        for domain in partitions.all_domains(settings):
-            token = await redis.get(settings.redis_key("gw", "lease", domain))
-            owners[domain] = str(token).split(":")[1] if token else "-"
-        by_process = len(set(owners.values()))
+        if processes > 1:
+            # Rebalancing evens the shares once every partition is owned (a few seconds).
+            await wait_for(lambda: _shares_fair(metrics_ports, p), 60, "fair shares")
+        shares = [
+            (_metric(port, "habla_gateway_visitor_lines_total", 'outcome="relayed"'), _metric(port, OWNED))
+            for port in metrics_ports
+        ]
+        spread = ", ".join(f"{int(relayed)} lines / {int(owned)} partitions" for relayed, owned in shares)
         return (
             f"P={p} processes={processes}: a backlog of {lines} lines drained to {len(sites)} operators in "
             f"{span:.2f} s (first to last arrival) = {lines / span:.0f} lines/s; start to last line "
-            f"{times[-1] - started:.1f} s; partitions owned by {by_process} process(es)"
+            f"{times[-1] - started:.1f} s; per process (relayed / owned at the end): {spread}"
         )
     finally:
         for process in gateways:
@@ -144,6 +150,28 @@ async def layout(p: int, processes: int, lines: int, per_partition: int, log_dir
         shutil.rmtree(cfg.dir, ignore_errors=True)
         engine.dispose()
         await asyncio.to_thread(sandbox.remove, box)
+
+
+OWNED = "habla_gateway_partitions_owned"
+
+
+def _metric(port: int, name: str, label: str = "") -> float:
+    """A metric's value from a process's /metrics (summed over matching label sets)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3) as answer:
+            text = answer.read().decode()
+    except OSError:
+        return 0.0
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and line[len(name)] in " {" and label in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def _shares_fair(ports: list[int], p: int) -> bool:
+    owned = [int(_metric(port, OWNED)) for port in ports]
+    return sum(owned) == p and max(owned) - min(owned) <= 1
 
 
 async def _online(status: SiteStatusReader, site_id: str) -> bool:
@@ -160,6 +188,7 @@ async def main() -> None:
     print(f"gateway partitions: {args.lines} visitor lines per layout, {VISITORS_PER_SITE} visitors per site")
     for p, processes in LAYOUTS:
         print(" ", await layout(p, processes, args.lines, args.sites_per_partition, log_dir), flush=True)
+    print("load average (1, 5, 15 min): {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from libs.common.sitedir import SiteDirectory
 from libs.common.state.conversations import ConversationLog
 from libs.common.state.presence import OperatorPresence
 from libs.common.state.sessions import VisitorSessions
-from services.im_gateway import disco, forceaway
+from services.im_gateway import disco, forceaway, metrics
 from services.im_gateway.availability import Availability
 from services.im_gateway.bindings import RESYNC_S, SiteBindings
 from services.im_gateway.coalescer import PresenceCoalescer
@@ -36,6 +36,7 @@ from services.im_gateway.lease import DomainLease
 from services.im_gateway.operators import OperatorDirectory
 from services.im_gateway.partitions import Seats
 from services.im_gateway.privilege import Privileges
+from services.im_gateway.rebalance import HANDOFF_POLL_S
 from services.im_gateway.roster import Roster
 from services.im_gateway.rosters import Rosters
 from services.im_gateway.routing import Routing
@@ -121,6 +122,10 @@ class Gateway:
         self._roster_sync: asyncio.Task[Any] | None = None
         self._vacant_since: float | None = None
         self._seated = False
+        self._owned_since = 0.0  # CLOCK_MONOTONIC when our stream was admitted
+        self._handing = asyncio.Event()
+        self.handed_over = False  # run() ended because hand_over() asked it to
+        self.receiver: str | None = None  # the member the domain is promised to on release
         on(self.component, "session_start", self._on_session_start)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
@@ -184,7 +189,8 @@ class Gateway:
                     extra={"domain": self.settings.xmpp_component_domain, "retry_s": STANDBY_RETRY_S},
                 )
                 self.standing_by = True
-            await asyncio.sleep(STANDBY_RETRY_S)
+            # Promised to us by a member handing it over: claim the moment it is released.
+            await asyncio.sleep(HANDOFF_POLL_S if self.lease.promised else STANDBY_RETRY_S)
         self.standing_by = False
         log.info("component domain claimed", extra={"domain": self.settings.xmpp_component_domain})
 
@@ -197,24 +203,37 @@ class Gateway:
         # A process that owns partitions already lets a free one (never held, or handed
         # over) wait a little longer, so processes started together share them; a dead
         # owner's is claimed at once (services.im_gateway.partitions).
-        if not self.lease.orphaned and now - self._vacant_since < self.seats.delay():
+        # A domain handed over to us (services.im_gateway.rebalance) is claimed at once too.
+        if not (self.lease.orphaned or self.lease.promised) and now - self._vacant_since < self.seats.delay():
             return False
         self.seats.held += 1  # at once: this process's other partitions see it
         if await self.component.claim(CLAIM_WITHIN_S):
             self._seated = True
+            self._owned_since = time.monotonic()
+            metrics.OWNED_SINCE.labels(self.settings.xmpp_component_domain).set(self._owned_since)
+            metrics.OWNED_UNTIL.labels(self.settings.xmpp_component_domain).set(0)
             return True
         self.seats.held -= 1
         return False
 
+    def hand_over(self, receiver: str | None) -> None:
+        """Stop serving the domain gracefully (``run`` returns with ``handed_over``), and
+        promise it to ``receiver`` (a member id) when releasing the lease."""
+        self.receiver = receiver
+        self.handed_over = True
+        self._handing.set()
+
     async def run(self, stop: asyncio.Event) -> None:
-        """Start, then run until ``stop`` is set or the lease is lost."""
+        """Start, then run until ``stop`` is set, the domain is handed over, or the lease is lost."""
         waiter = asyncio.ensure_future(stop.wait())
         starting = asyncio.ensure_future(self.start())
         done, _ = await asyncio.wait({waiter, starting}, return_when=asyncio.FIRST_COMPLETED)
         if starting in done:
             starting.result()
             keeper = self._spawn(self.lease.keep(), "lease")
-            await asyncio.wait({waiter, keeper}, return_when=asyncio.FIRST_COMPLETED)
+            handing = asyncio.ensure_future(self._handing.wait())
+            await asyncio.wait({waiter, keeper, handing}, return_when=asyncio.FIRST_COMPLETED)
+            handing.cancel()
             if keeper.done() and not keeper.cancelled() and keeper.exception():
                 log.error("stopping: %s", keeper.exception())
                 self.lease_lost = True
@@ -224,17 +243,69 @@ class Gateway:
         await self.stop()
 
     async def stop(self) -> None:
-        log.info("stopping: consumers first (unacknowledged messages return to their queues)")
+        """Graceful: what this gateway took in finishes here, then the stream closes,
+        and only then is the lease released (a claimant never overlaps us).
+
+        1. No new deliveries (basic.cancel); what was already delivered is written,
+           confirmed by the ping barrier and acknowledged, so a handover resends nothing.
+        2. Operators' lines still arriving are answered with an error (never silence),
+           those already in hand are stored and receipted, and a last barrier ping makes
+           sure the server has every receipt and error before the stream closes.
+        3. The stream closes at once (the server bounces lines to the domain from then
+           on, until the next owner is in: keep that gap short), the ownership span ends.
+        4. Channels closed (anything left unacknowledged returns to the queue), lease
+           released (promised to the receiver of a handover first), then the rest:
+           background tasks, publishing what is already logged."""
+        log.info("stopping: no new deliveries; letting in-flight lines finish")
         for consumer in self._consumers:
             with contextlib.suppress(Exception):
-                # Unacknowledged messages go back to the queue (also if we give up waiting).
+                await asyncio.wait_for(consumer.cancel(), STOP_STEP_S)
+        if not self.lease_lost:  # (lost: another gateway serves the domain already)
+            await self.visitor_consumer.settle(STOP_STEP_S)
+            await self.conversation_consumer.settle(STOP_STEP_S)
+            if self.active:
+                await self.inbound.quiesce(STOP_STEP_S)
+        log.info("stopping: the XMPP stream")
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.component.stop(), STOP_STEP_S)
+        if self._seated:  # before the release: a claimant never sees this process as owning it still
+            domain = self.settings.xmpp_component_domain
+            metrics.OWNED_UNTIL.labels(domain).set(time.monotonic())
+            # The span in the log too: an audit trail of who could write when (the
+            # handover tests read it once /metrics is gone with the process).
+            log.info(
+                "stream closed: ownership ended",
+                extra={"domain": domain, "owned_since": self._owned_since, "owned_until": time.monotonic()},
+            )
+            self.seats.held -= 1
+            self._seated = False
+        log.info("stopping: consumers (unacknowledged messages return to their queues)")
+        for consumer in self._consumers:
+            with contextlib.suppress(Exception):
+                # Unacknowledged messages go back to the queue (also if we give up waiting),
+                # before the next owner may consume: a visitor's lines stay in order.
                 await asyncio.wait_for(consumer.stop(), STOP_STEP_S)
         self._consumers.clear()
+        if self.active:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.takeover_notice.released(), STOP_STEP_S)  # a clean stop
+            if self.receiver is not None:
+                # Renewed at the release: the receiver has the whole HANDOFF_TTL to claim.
+                with contextlib.suppress(Exception):
+                    await self.lease.hand_to(self.receiver)
+                metrics.MOVES.inc()
+            # Released now, not after the clean-up below: operators' lines to the
+            # domain bounce until the next owner is in.
+            with contextlib.suppress(Exception):
+                await self.lease.release()
+            self.active = False
+        # Lines the server routed to us while it closed our stream: stored and published.
+        await self.inbound.drain(STOP_STEP_S)
         await self.inbound.close()
         await self.visitor_consumer.close()
         await self.conversation_consumer.close()
-        await self.desk.drain()  # lines already in the log still get published
-        log.info("stopping: background tasks and the XMPP stream")
+        await self.desk.drain()  # lines already in the log still get published (RabbitMQ, not XMPP)
+        log.info("stopping: background tasks")
         for task in self._tasks:
             task.cancel()
         # Bounded like every other step: a task whose cancellation was swallowed inside
@@ -245,18 +316,7 @@ class Gateway:
                 log.warning("stopping: background tasks did not finish", extra={"tasks": len(stuck)})
         self._tasks.clear()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.component.stop(), STOP_STEP_S)
-        if self._seated:  # before the release: a claimant never sees this process as owning it still
-            self.seats.held -= 1
-            self._seated = False
-        with contextlib.suppress(Exception):
             await asyncio.wait_for(self.desk.delivered.close(), STOP_STEP_S)
-        if self.active:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.takeover_notice.released(), STOP_STEP_S)  # a clean stop
-            with contextlib.suppress(Exception):
-                await self.lease.release()
-            self.active = False
 
     def _on_session_start(self, _event: Any) -> None:
         if not self.active:

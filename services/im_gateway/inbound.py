@@ -33,6 +33,8 @@ BOUNCED = (
     "is unavailable). Please send it again in a moment."
 )
 
+HANDING_OVER = "This line did not reach the visitor: Habla is moving this chat to another server. Please send it again."
+
 CHAT_STATES = ("active", "composing", "paused", "inactive", "gone")
 # Bounded so a flood cannot exhaust memory; at ~1 ms a stanza this is seconds of backlog.
 QUEUE_SIZE = 10_000
@@ -52,6 +54,8 @@ class Inbound:
         self._queue: asyncio.Queue[Message | Presence] = asyncio.Queue(QUEUE_SIZE)
         self._seen_online: set[str] = set()
         self._lanes = Lanes(LANES)  # operators shown the bot's presence once
+        self._handling = 0  # stanzas taken off the queue, not yet handled
+        self._refusing = False  # stopping: new lines get an error, not silence
         on(component, "message", self._enqueue)
         on(component, "chatstate", self._on_chat_state)
         # Receipts come bodiless, so slixmpp's "message" event never sees them.
@@ -65,6 +69,19 @@ class Inbound:
         on(component, "presence", self._enqueue)
 
     def _enqueue(self, stanza: Message | Presence) -> None:
+        if self._refusing and self._component.ready.is_set():
+            # Stopping (or handing the domain over): a line now could be neither stored
+            # before the stream closes nor receipted after. An error the client shows
+            # against the line, never silence; the next owner takes it in a moment.
+            # Presence, chat states and receipts are dropped: the next owner's roster
+            # sync and the client's next ones rebuild them.
+            if isinstance(stanza, Message) and stanza["body"] and stanza["type"] not in ("error", "groupchat"):
+                metrics.OPERATOR_LINES_BOUNCED.inc()
+                self._component.error(stanza, "service-unavailable", HANDING_OVER, "wait")
+            return
+        # (Refusing, stream closing: the server routed it to us before it saw our close,
+        # and no error can go back any more. Handled as usual -- stored and published,
+        # the visitor gets it -- only its receipt is lost.)
         try:
             self._queue.put_nowait(stanza)
         except asyncio.QueueFull:
@@ -80,10 +97,37 @@ class Inbound:
     async def run(self) -> None:
         while True:
             stanza = await self._queue.get()
+            self._handling += 1
             sender = stanza["from"].bare
             # An operator's lines to one visitor stay in order; presence per operator.
             key = f"{sender}>{stanza['to'].bare}" if isinstance(stanza, Message) else sender
-            await self._lanes.submit(key, lambda s=stanza: self._handle(s))  # type: ignore[misc]
+            try:
+                await self._lanes.submit(key, lambda s=stanza: self._handle(s))  # type: ignore[misc]
+            finally:
+                self._handling -= 1
+
+    async def quiesce(self, within: float) -> None:
+        """Graceful stop, stream still up: refuse new lines (with an error), finish
+        those in hand (stored, published, receipted), then one barrier ping so the
+        server has every receipt and error before the stream closes."""
+        self._refusing = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        await self.drain(within)
+        await self._desk.drain()  # publishing and receipting run in the background
+        try:
+            await asyncio.wait_for(self._component.confirm(), max(0.1, deadline - loop.time()))
+        except (XmppUnavailable, TimeoutError):
+            log.warning("stopping: the last receipts may not have reached the server")
+
+    async def drain(self, within: float) -> None:
+        """Wait (at most ``within`` s) until every stanza taken in is handled."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while loop.time() < deadline:
+            if not (self._queue.qsize() or self._handling or self._lanes.busy):
+                return
+            await asyncio.sleep(0.01)
 
     async def close(self) -> None:
         await self._lanes.close()

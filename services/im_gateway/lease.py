@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -21,6 +19,7 @@ from redis.exceptions import RedisError
 from libs.common.lease import Lease
 from libs.common.settings import Settings
 from services.im_gateway import metrics
+from services.im_gateway.rebalance import HANDOFF_TTL_MS, member_id
 
 log = logging.getLogger(__name__)
 
@@ -44,32 +43,50 @@ class DomainLease:
         )
         # host:pid in the token: `GET <prefix>gw:lease:<domain>` tells an operator (and
         # the partition tests) which process owns a domain; the random part stays unique.
-        self._lease.token = f"{socket.gethostname()}:{os.getpid()}:{self._lease.token}"
+        # The part before the last colon is this process's member id
+        # (services.im_gateway.rebalance): the planner counts each member's partitions.
+        self.member = member_id()
+        self._lease.token = f"{self.member}:{self._lease.token}"
         self._key = self._lease.key
+        # Names the member a released domain is handed over to (rebalance, graceful stop).
+        self._handoff_key = settings.redis_key("gw", "handoff", settings.xmpp_component_domain)
         self._ttl_ms = self._lease.ttl_ms
         self.token = self._lease.token
         # Renewed every second (or ttl/3 if shorter): one Redis call a second, and a
         # standby can tell a dead holder within a few seconds, long before the TTL.
         self.renew_s = min(self._ttl_ms / 3000, RENEW_MAX_S)
         self.orphaned = False  # set by vacant(): the lease is held but its holder died
+        self.promised = False  # set by vacant(): handed over to this member, claim at once
+        self.promised_away = False  # set by vacant(): handed over to another member
 
     async def vacant(self) -> bool:
         """May a standby claim the domain? Yes if nobody holds the lease, or its holder
         has missed renewals (it died: its remaining time fell STALE_RENEWALS renewal
         periods below the TTL). Not while a live holder renews it: servers that admit
         several connections per component domain (ejabberd balances between them)
-        would otherwise let a standby in beside it."""
-        self.orphaned = False
+        would otherwise let a standby in beside it. Not either while a released domain
+        is handed over to another member (the handoff record names it; it expires)."""
+        self.orphaned = self.promised = self.promised_away = False
         try:
-            holder = await self._redis.get(self._key)
-            if holder is None or holder == self.token:
-                return True
-            remaining_ms = await self._redis.pttl(self._key)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.get(self._key)
+                pipe.pttl(self._key)
+                pipe.get(self._handoff_key)
+                holder, remaining_ms, handoff = await pipe.execute()
         except (RedisError, OSError):
             return False  # cannot tell: the holder may be fine
+        self.promised = handoff == self.member
+        self.promised_away = handoff is not None and not self.promised
+        if holder is None or holder == self.token:
+            return not self.promised_away
         # Held by someone who stopped renewing: a dead owner (partitions: claim at once).
         self.orphaned = bool(remaining_ms < self._ttl_ms - STALE_RENEWALS * self.renew_s * 1000)
         return self.orphaned
+
+    async def hand_to(self, member: str) -> None:
+        """Promise the domain to ``member`` before releasing it: while the record
+        lives (HANDOFF_TTL_MS) nobody else claims it once it is free."""
+        await self._redis.set(self._handoff_key, member, px=HANDOFF_TTL_MS)
 
     async def acquire(self) -> None:
         """Wait until this instance holds the lease."""
@@ -89,6 +106,8 @@ class DomainLease:
         while True:
             try:
                 await self._lease.take()
+                if self.promised:
+                    await self._redis.delete(self._handoff_key)
                 break
             except (RedisError, OSError) as exc:
                 log.warning("cannot take the gateway lease (Redis unreachable); retrying: %s", exc)

@@ -8,6 +8,14 @@ XMPP_CONNECTED = Gauge("habla_gateway_xmpp_connected", "1 while the component st
 XMPP_RECONNECTS = Counter("habla_gateway_xmpp_reconnects_total", "Lost XMPP streams")
 LEASE_HELD = Gauge("habla_gateway_lease_held", "1 while this instance is the active gateway of its domain")
 PARTITIONS_OWNED = Gauge("habla_gateway_partitions_owned", "Partitions (component domains) this process owns")
+# When this process could write to XMPP for a domain: from its component stream being
+# admitted to that stream being closed (CLOCK_MONOTONIC seconds, comparable between the
+# processes of one host). Tests check that two processes' spans of one domain never overlap.
+OWNED_SINCE = Gauge(
+    "habla_gateway_owned_since_seconds", "When this process's stream for the domain was admitted (0: never)", ["domain"]
+)
+OWNED_UNTIL = Gauge("habla_gateway_owned_until_seconds", "When that stream was closed (0: still open)", ["domain"])
+MOVES = Counter("habla_gateway_partitions_handed_over_total", "Partitions this process handed over (rebalance or stop)")
 STANZAS_SENT = Counter("habla_gateway_stanzas_sent_total", "Stanzas handed to the XMPP stream", ["kind"])
 PRESENCE_COALESCED = Counter(
     "habla_gateway_presence_coalesced_total", "Visitor presence updates replaced by a newer one before sending"

@@ -69,13 +69,16 @@ class Stack:
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     starts: dict[str, int] = field(default_factory=dict)
 
-    def start(self, name: str) -> None:
+    def start(self, name: str, service: str | None = None, **overrides: Any) -> None:
+        """Start ``services.<service or name>`` as ``name`` (several gateways: one name
+        each, with their own metrics port in ``overrides``)."""
         self.starts[name] = self.starts.get(name, 0) + 1
+        settings = dataclasses.replace(self.settings, **overrides) if overrides else self.settings
         with (self.log_dir / f"{name}.{self.starts[name]}.log").open("wb") as out:
             self.processes[name] = subprocess.Popen(
-                [sys.executable, "-m", f"services.{name}"],
+                [sys.executable, "-m", f"services.{service or name}"],
                 cwd=ROOT,
-                env=self.settings.to_env(),
+                env=settings.to_env(),
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
@@ -122,7 +125,8 @@ async def running_stack(base: Settings, artifacts: Path, label: str, **overrides
     """A sandbox (vhost, database, Redis prefix), a Prosody and free ports; services are
     started by the test (``stack.start(name)``) and all stopped at the end."""
     box = await asyncio.to_thread(sandbox.create, label, base=base)
-    cfg = sandbox.prosody_config(box.settings)
+    # Overrides first: the partition count decides which component domains Prosody knows.
+    cfg = sandbox.prosody_config(dataclasses.replace(box.settings, **overrides))
     xmpp = await asyncio.to_thread(prosody.start, cfg)
     names = (*HEALTH_PORTS.values(), "status_port", "console_port", "smtp_port")
     ports: dict[str, Any] = {name: prosody.free_port() for name in names}

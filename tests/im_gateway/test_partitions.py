@@ -203,8 +203,9 @@ async def test_two_processes_share_two_partitions_and_take_over_a_killed_one(set
             first = next(p for p in gateways if p.pid == owners[partitions.partition_domain(s, 0)])
             second = next(p for p in gateways if p is not first)
             killed = await outage(first, "kill", second.pid)
-            # A third process joins (it stands by: no rebalancing of owned partitions),
-            # then the survivor is stopped gracefully: it hands every partition over.
+            # A third process joins (it stands by at first; rebalancing would hand it a
+            # share once membership settles: tests/im_gateway/test_rebalance.py), then
+            # the survivor is stopped gracefully: it hands every partition over.
             late = dataclasses.replace(s, gateway_metrics_port=prosody.free_port())
             third = Isolated(late, env.prosody, env.log_dir, env.prosody_process).start_gateway("gateway-3")
             gateways.append(third)

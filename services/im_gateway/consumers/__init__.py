@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 # While XMPP is down, re-check this often (reconnect backoff starts at 0.5 s).
 STREAM_WAIT_S = 0.2
+# A stopping consumer checks this often whether its in-flight messages are settled.
+SETTLE_CHECK_S = 0.02
 
 
 class Stream(Protocol):
@@ -72,9 +74,32 @@ class SerialConsumer:
         # Per lane key: messages written, not yet confirmed, in the order written.
         self._unconfirmed: dict[str, list[Written]] = {}
         self._confirming: set[asyncio.Task[None]] = set()
+        self._arriving = 0  # deliveries on their way into a lane
 
     async def receive(self, envelope: Envelope) -> None:
-        await self._lanes.submit(_lane_key(envelope), lambda: self._settle(envelope))
+        self._arriving += 1
+        try:
+            await self._lanes.submit(_lane_key(envelope), lambda: self._settle(envelope))
+        finally:
+            self._arriving -= 1
+
+    @property
+    def idle(self) -> bool:
+        return not self._arriving and not self._lanes.busy and not self._confirming
+
+    async def settle(self, within: float) -> None:
+        """After the consumer was cancelled (no new deliveries): wait, at most
+        ``within`` seconds, until every message already delivered is written, confirmed
+        by the server and acknowledged -- a graceful stop or handover then leaves nothing
+        for the next owner to send again. Idle twice in a row, SETTLE_CHECK_S apart:
+        deliveries that crossed the cancel reach the handler just after it."""
+        deadline = asyncio.get_running_loop().time() + within
+        quiet = 0
+        while quiet < 2 and asyncio.get_running_loop().time() < deadline:
+            quiet = quiet + 1 if self.idle else 0
+            await asyncio.sleep(SETTLE_CHECK_S)
+        if not self.idle:
+            log.warning("stopping: lines still in flight are left to be redelivered")
 
     async def close(self) -> None:
         await self._lanes.close()
