@@ -1,6 +1,6 @@
 """im_gateway throughput and latency, against a bare slixmpp echo component on the same Prosody.
 
-Run: .venv/bin/python bench/bench_gateway.py [--messages 1000] [--churn-seconds 10]
+Run: .venv/bin/python bench/bench_gateway.py [--messages 1000] [--churn-seconds 10] [--profile]
 
 Everything runs in one process and one event loop (Prosody, RabbitMQ, Redis and
 MariaDB are the real local servers), in an isolated vhost, Redis prefix, database and
@@ -14,21 +14,31 @@ Prosody that are removed at the end:
    operator lines until they arrive on habla.deliver (operator → visitor);
 3. presence under churn: visitors clicking through pages while one operator follows
    some of them: presence stanzas per operator per second vs page views per second.
+
+--profile runs the gateway phases under pyinstrument (sessions kept in
+/tmp/habla-bench-gateway-<phase>.pyisession) and prints where the time inside
+event-loop callbacks goes, by owner. The bench's own clients (the publisher standing
+in for the frontend, the operator's slixmpp client) share the process and the profile:
+their frames are the ones under bench/ and tests/.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import shutil
 import sys
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from redis.asyncio import connection as redis_connection
 from slixmpp import JID, ComponentXMPP
 
 from libs.common import codec, db, state, topology
@@ -102,6 +112,7 @@ async def baseline(settings: Settings, op: OperatorClient, n: int) -> list[dict[
     await asyncio.wait_for(echo.ready.wait(), 10)
     target = f"echo@{settings.xmpp_component_domain}"
     sent: dict[str, float] = {}
+    cpu = time.process_time()
     first = time.perf_counter()
     for i in range(n):
         body = f"c{i}"
@@ -111,9 +122,11 @@ async def baseline(settings: Settings, op: OperatorClient, n: int) -> list[dict[
             await asyncio.sleep(0)  # let the send queue drain like a real client would
     await wait_until(lambda: len(echo.arrivals) >= n, 60, "echo arrivals")
     rows = [summary("baseline client -> component", n, first, echo.arrivals, sent)]
+    print(f"  {'':<48} CPU {(time.process_time() - cpu) / n * 1000:.2f} ms/line (whole process)")
 
     sent = {}
     mark = len(op.received)
+    cpu = time.process_time()
     first = time.perf_counter()
     for i in range(n):
         body = f"e{i}"
@@ -125,6 +138,7 @@ async def baseline(settings: Settings, op: OperatorClient, n: int) -> list[dict[
     offset = time.perf_counter() - time.monotonic()
     arrivals = {r.body: r.at + offset for r in op.received[mark:]}
     rows.append(summary("baseline component -> client", n, first, arrivals, sent))
+    print(f"  {'':<48} CPU {(time.process_time() - cpu) / n * 1000:.2f} ms/line (whole process)")
     # One message at a time: latency without queueing.
     sent, arrivals = {}, {}
     for i in range(ONE_BY_ONE):
@@ -148,12 +162,71 @@ async def baseline(settings: Settings, op: OperatorClient, n: int) -> list[dict[
     return rows
 
 
+class RedisCount:
+    """The gateway's Redis commands and round trips (writes to a socket), counted in
+    process: every command its pooled client packs and every packed write, plus the
+    marks its own marking connection (services.im_gateway.dedupe) sends. The bench's
+    publisher has a client of its own, so what stands in for the frontend is not
+    counted; the gateway's background work (lease, heartbeat, site bot) is, and over a
+    phase of 1,000 lines it is a few percent."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.commands = 0
+        self.round_trips = 0
+        pool = gateway.redis.connection_pool
+        in_use: Any = getattr(pool, "_in_use_connections", set())
+        cls: Any = redis_connection.AbstractConnection
+        pack, send = cls.pack_command, cls.send_packed_command
+        counter = self
+
+        def counted_pack(conn: Any, *args: Any) -> Any:
+            if conn in in_use:
+                counter.commands += 1
+            return pack(conn, *args)
+
+        async def counted_send(conn: Any, *args: Any, **kwargs: Any) -> Any:
+            if conn in in_use:
+                counter.round_trips += 1
+            return await send(conn, *args, **kwargs)
+
+        cls.pack_command, cls.send_packed_command = counted_pack, counted_send
+        marks = gateway.desk.delivered
+        mark_send = marks._send
+
+        def counted_mark(*parts: Any) -> Any:
+            counter.commands += 1
+            counter.round_trips += 1
+            return mark_send(*parts)
+
+        marks._send = counted_mark  # type: ignore[method-assign]
+
+    def now(self) -> tuple[int, int]:
+        return self.commands, self.round_trips
+
+
+def cost(name: str, n: int, cpu_before: float, redis_before: tuple[int, int], count: RedisCount) -> None:
+    """CPU of this process (gateway and bench clients) and the gateway's Redis work, per line."""
+    cpu = (time.process_time() - cpu_before) / n * 1000
+    commands, round_trips = (now - before for now, before in zip(count.now(), redis_before, strict=True))
+    print(
+        f"  {'':<48} CPU {cpu:.2f} ms/line (whole process); gateway Redis "
+        f"{commands / n:.1f} commands, {round_trips / n:.1f} round trips per line"
+    )
+
+
 async def through_gateway(
-    settings: Settings, gateway: Gateway, op: OperatorClient, bus: Bus, site_id: str, n: int, conversations: int
+    settings: Settings,
+    gateway: Gateway,
+    op: OperatorClient,
+    bus: Bus,
+    site_id: str,
+    n: int,
+    conversations: int,
+    own_redis: Any,
+    count: RedisCount,
 ) -> list[dict[str, Any]]:
     """N lines each way spread over ``conversations`` visitors (round robin)."""
-    redis = gateway.redis
-    sessions, log = VisitorSessions(redis, settings), ConversationLog(redis, settings)
+    sessions, log = VisitorSessions(own_redis, settings), ConversationLog(own_redis, settings)
     frontend_id = f"{settings.frontend_id}-{conversations}"
     chats: list[tuple[str, str, str]] = []  # (visitor id, conversation id, JID)
     for _ in range(conversations):
@@ -205,6 +278,7 @@ async def through_gateway(
     tag = f"c{conversations}"
     mark = len(op.received)
     sent: dict[str, float] = {}
+    cpu, redis_before = time.process_time(), count.now()
     first = time.perf_counter()
     for start in range(0, n, 50):  # 50 publishes in flight, as a busy frontend would have
         batch = [f"{tag}v{i}" for i in range(start, min(n, start + 50))]
@@ -216,8 +290,10 @@ async def through_gateway(
     arrivals = {r.body: r.at + offset for r in op.received[mark:] if r.body in sent}
     label = f"{conversations} conversation{'s' if conversations > 1 else ''}"
     rows = [summary(f"gateway visitor -> operator, {label}", n, first, arrivals, sent)]
+    cost("", n, cpu, redis_before, count)
 
     sent = {}
+    cpu, redis_before = time.process_time(), count.now()
     first = time.perf_counter()
     for i in range(n):
         body = f"{tag}o{i}"
@@ -227,6 +303,7 @@ async def through_gateway(
             await asyncio.sleep(0)
     await wait_until(lambda: len([b for b in delivered if b.startswith(tag)]) >= n, 120, "operator lines delivered")
     rows.append(summary(f"gateway operator -> visitor, {label}", n, first, delivered, sent))
+    cost("", n, cpu, redis_before, count)
     if conversations > 1:
         return rows
     # One message at a time: latency without queueing.
@@ -304,10 +381,34 @@ async def churn(
     )
 
 
+@contextlib.contextmanager
+def profiled(enabled: bool, name: str) -> Iterator[None]:
+    """pyinstrument over a phase (wall clock, so time idle in epoll shows as such)."""
+    if not enabled:
+        yield
+        return
+    from pyinstrument import Profiler
+
+    from bench.e2e_profile import where_time_goes
+
+    profiler = Profiler(interval=0.001, async_mode="disabled")
+    profiler.start()
+    try:
+        yield
+    finally:
+        session = profiler.stop()
+        path = Path(tempfile.gettempdir()) / f"habla-bench-gateway-{name}.pyisession"
+        session.save(str(path))
+        print(f"  pyinstrument, {name}: session kept in {path}")
+        for line in where_time_goes(path):
+            print("  " + line)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--churn-seconds", type=float, default=10.0)
+    parser.add_argument("--profile", action="store_true", help="pyinstrument profiles of the gateway phases")
     args = parser.parse_args()
 
     box = await asyncio.to_thread(sandbox.create, "bench-gateway", log_level="WARNING")
@@ -324,8 +425,9 @@ async def main() -> None:
         print(f"im_gateway benchmark: {args.messages} messages each way, Prosody 0.12 on loopback, one process")
         rows = await baseline(settings, op, args.messages)
         site_id = await create_site(engine, [(op.jid, "Bench")])
-        gateway = Gateway(settings, await Bus.connect(settings, "bench-gateway"), redis, engine)
+        gateway = Gateway(settings, await Bus.connect(settings, "bench-gateway"), state.connect(settings), engine)
         await gateway.start()
+        count = RedisCount(gateway)
         status = SiteStatusReader(redis, settings)
         deadline = time.monotonic() + 20
         while not (await status.get(site_id)).online:
@@ -334,7 +436,10 @@ async def main() -> None:
             await asyncio.sleep(0.05)
         base_in, base_out = rows[0], rows[1]
         for conversations in (1, 10):
-            gw = await through_gateway(settings, gateway, op, bus, site_id, args.messages, conversations)
+            with profiled(args.profile, f"{conversations}conv"):
+                gw = await through_gateway(
+                    settings, gateway, op, bus, site_id, args.messages, conversations, redis, count
+                )
             gw_in, gw_out = gw[0], gw[1]
             print(
                 f"  ratio to baseline ({conversations} conv.): visitor -> operator "
@@ -347,6 +452,7 @@ async def main() -> None:
         if gateway is not None:
             await gateway.stop()
             await gateway.bus.close()
+            await gateway.redis.aclose()
         await bus.close()
         await redis.aclose()
         prosody.stop(process)

@@ -6,7 +6,8 @@ acknowledged. A gateway that dies before the mark leaves the message to be
 redelivered and sent again under the same stanza id (a client shows it once); one
 that dies after the mark but before the ack gets it redelivered, finds the mark and
 sends nothing. The mark travels on a Redis connection of its own, written without
-first awaiting a pooled connection (``mark_now``), so it costs one round trip.
+first awaiting a pooled connection (``mark_now``), so it costs one round trip, shared
+by the marks of every message one barrier confirmed (one write for all).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import asyncio
 import contextlib
 import urllib.parse
 from collections import deque
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -40,12 +42,17 @@ class Delivered:
         self._replies: asyncio.Task[None] | None = None
         self._waiting: deque[asyncio.Future[None]] = deque()  # one per command, in order
         self._opening = asyncio.Lock()
+        self._outgoing: list[bytes] = []  # commands not yet written (see _send)
 
     def _key(self, message_id: str) -> str:
         return self._settings.redis_key("gw", "sent", message_id)
 
     async def seen(self, message_id: str) -> bool:
         return bool(await self._redis.exists(self._key(message_id)))
+
+    def queue_seen(self, pipe: Any, message_id: str) -> None:
+        """``seen`` as a command on a pipeline (its answer: 1 if marked)."""
+        pipe.exists(self._key(message_id))
 
     async def ready(self) -> None:
         """Open (or reopen) the marking connection; call before handing stanzas."""
@@ -64,13 +71,24 @@ class Delivered:
     def _send(self, *parts: str | int) -> asyncio.Future[None]:
         if self._writer is None or self._writer.is_closing():
             raise ConnectionError("the marking connection to Redis is closed")
-        self._writer.write(_resp(*parts))
+        # Commands of one event-loop turn go out in one write: a barrier's answer wakes
+        # every message it covers at once, and each mark of its own was a syscall.
+        if not self._outgoing:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._outgoing.append(_resp(*parts))
         answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.append(answered)
         return answered
 
+    def _flush(self) -> None:
+        data, self._outgoing = b"".join(self._outgoing), []
+        if self._writer is not None and not self._writer.is_closing():
+            self._writer.write(data)
+        # else: the reader fails every waiting command when the connection ends
+
     def mark_now(self, message_id: str) -> asyncio.Future[None]:
-        """Write the mark to Redis's socket now, synchronously (see the module doc);
+        """Queue the mark for Redis's socket now, without awaiting anything (see the
+        module doc): written at the end of this event-loop turn with any other marks;
         the future resolves when Redis has answered."""
         return self._send("SET", self._key(message_id), "1", "NX", "EX", SEEN_TTL_S)
 
@@ -95,6 +113,7 @@ class Delivered:
             self._writer = None
 
     def _fail_waiting(self, exc: BaseException) -> None:
+        self._outgoing.clear()  # their futures fail below: never write them to a new connection
         while self._waiting:
             waiter = self._waiting.popleft()
             if not waiter.done():

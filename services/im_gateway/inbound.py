@@ -172,11 +172,22 @@ class Inbound:
         if site_id is not None:
             await self._to_bot(msg, sender, site_id, body)
             return
-        visitor_id = await self._desk.names.visitor_of(local) if local else None
-        session = await self._desk.sessions.get(visitor_id) if visitor_id else None
-        if not self._desk.operators.sites_of(sender):
+        sites = self._desk.operators.sites_of(sender)
+        if not sites:
             self._refuse(msg, "Only a site's operators may write here.")
             return
+        visitor_id = await self._desk.names.visitor_of(local) if local else None
+        parsed = commands.parse(body) if body else None
+        # The session, its conversation and the blocked flag in one round trip; a line
+        # (not a command) lifts the writer's force-away there too (relay.operator_line).
+        context = (
+            await self._desk.routing.line_context(
+                self._desk.sessions.key(visitor_id), visitor_id, sender if body and not parsed else None, sites
+            )
+            if visitor_id
+            else None
+        )
+        session = context.session if context else None
         if visitor_id is None or session is None:
             # A receipt or chat state for a visit that just ended is not worth an error
             # (clients may show one as "message not delivered"); a line is.
@@ -194,13 +205,15 @@ class Inbound:
 
         if not body:
             received = msg.xml.find(f"{{{RECEIPTS_NS}}}received")
+            conversation = context.conversation if context else None
             if received is not None and received.get("id"):
-                await relay.operator_received(self._desk, sender, visitor_id, session, received.get("id", ""))
+                await relay.operator_received(
+                    self._desk, sender, visitor_id, session, received.get("id", ""), conversation
+                )
             state = next((s for s in CHAT_STATES if msg.xml.find(f"{{{CHATSTATES_NS}}}{s}") is not None), None)
             if state:
-                await relay.operator_typing(self._desk, sender, visitor_id, session, state)
+                await relay.operator_typing(self._desk, sender, visitor_id, session, state, conversation)
             return
-        parsed = commands.parse(body)
         if parsed:
             name, args = parsed
             await commands.run(self._desk, sender, session["site_id"], visitor_id, name, args, reply)
@@ -224,7 +237,7 @@ class Inbound:
 
         refusal = await relay.operator_line(
             self._desk, sender, visitor_id, session, body, msg["id"], on_committed,
-            replaces=replaces or None, on_failed=bounce, deadline=deadline,
+            replaces=replaces or None, on_failed=bounce, deadline=deadline, context=context,
         )  # fmt: skip
         if refusal:
             reply(refusal)

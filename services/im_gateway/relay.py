@@ -15,7 +15,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from libs.common import codec
 from libs.common.state.conversations import chat_line, receipt_line
@@ -24,7 +24,7 @@ from services.im_gateway import voice
 from services.im_gateway.desk import Desk
 from services.im_gateway.events import now_ms
 from services.im_gateway.outbox import XmppUnavailable
-from services.im_gateway.routing import Conversation
+from services.im_gateway.routing import Conversation, LineContext
 from services.im_gateway.visitors import page_status
 
 log = logging.getLogger(__name__)
@@ -89,9 +89,14 @@ async def route_new(
     return await desk.routing.offer(conversation_id, site_id, visitor_id, fallback)
 
 
-async def visitor_line(desk: Desk, message: Any) -> int:
-    """Hand a visitor's line to the conversation's operator(s); returns how many got it."""
-    conversation, blocked = await desk.routing.for_line(message.conversation_id, message.site_id, message.visitor_id)
+async def visitor_line(desk: Desk, message: Any, route: tuple[Conversation | None, bool] | None = None) -> int:
+    """Hand a visitor's line to the conversation's operator(s); returns how many got it.
+
+    ``route``: Routing.for_line's answer if the caller has just read it (with the
+    other lines of a batch)."""
+    if route is None:
+        route = await desk.routing.for_line(message.conversation_id, message.site_id, message.visitor_id)
+    conversation, blocked = route
     if blocked:
         return 0
     if conversation is None:
@@ -128,6 +133,7 @@ async def operator_line(
     replaces: str | None = None,
     on_failed: Callable[[str], None] | None = None,
     deadline: float | None = None,
+    context: LineContext | None = None,
 ) -> str | None:
     """Relay an operator's line to the visitor. Returns a sentence for the operator if refused.
 
@@ -137,6 +143,10 @@ async def operator_line(
     receipt) fires only once both are confirmed. If they cannot be confirmed by
     ``deadline`` (monotonic; default HABLA_GATEWAY_LINE_RETRY_S from now),
     ``on_failed`` gets the reason instead: the operator is never left guessing.
+
+    ``context``: the session's conversation and blocked flag as just read with the
+    session (Routing.line_context, which also lifted the operator's force-away), so
+    they need no round trip of their own here.
     """
     if deadline is None:
         deadline = time.monotonic() + desk.settings.gateway_line_retry_s
@@ -144,7 +154,10 @@ async def operator_line(
     if len(body) > desk.settings.max_message_chars:
         return f"That line is {len(body)} characters long; visitors accept at most {desk.settings.max_message_chars}."
     conversation_id = session.get("conversation_id", "")
-    conversation, blocked = await desk.routing.for_line(conversation_id, site_id, visitor_id)
+    if context is not None and context.session is session:
+        conversation, blocked = context.conversation, context.blocked
+    else:
+        conversation, blocked = await desk.routing.for_line(conversation_id, site_id, visitor_id)
     if blocked:
         return "This visitor is blocked."
     if conversation is None:
@@ -189,26 +202,39 @@ async def operator_line(
         replaces_message_id=corrected,
     )
 
+    away_lifted = context is not None and context.session is session
+
     async def publish() -> None:
         # Published even when the log already had it (a resend): the archive dedupes by
         # message id, and a crash between append and publish is healed by the resend.
-        await desk.routing.clear_away(operator)
-        await desk.events.operator_line(chat)
-        await desk.events.deliver(
-            session.get("frontend_id", ""),
-            codec.VisitorDelivery(
-                visitor_id=visitor_id, site_id=site_id, conversation_id=conversation_id, message=chat
-            ),
+        # The publishes go out in this order with their confirms awaited together (one
+        # wait for the broker, not two or three); a failure retries them all (the
+        # archive dedupes by message id, the widget by seq).
+        work: list[Awaitable[Any]] = [] if away_lifted else [desk.routing.clear_away(operator)]
+        work.append(desk.events.operator_line(chat))
+        work.append(
+            desk.events.deliver(
+                session.get("frontend_id", ""),
+                codec.VisitorDelivery(
+                    visitor_id=visitor_id, site_id=site_id, conversation_id=conversation_id, message=chat
+                ),
+            )
         )
         if first:
-            await desk.events.action(
-                site_id=site_id,
-                conversation_id=conversation_id,
-                visitor_id=visitor_id,
-                operator=operator,
-                action="joined",
-                value=name,
+            work.append(
+                desk.events.action(
+                    site_id=site_id,
+                    conversation_id=conversation_id,
+                    visitor_id=visitor_id,
+                    operator=operator,
+                    action="joined",
+                    value=name,
+                )
             )
+        results = await asyncio.gather(*work, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     async def announce() -> None:
         try:
@@ -242,15 +268,24 @@ async def _corrected_line(desk: Desk, conversation_id: str, operator: str, stanz
     return str(entries[0].get("replaces") or candidate)
 
 
-async def operator_typing(desk: Desk, operator: str, visitor_id: str, session: dict[str, str], state: str) -> None:
+async def operator_typing(
+    desk: Desk,
+    operator: str,
+    visitor_id: str,
+    session: dict[str, str],
+    state: str,
+    conversation: Conversation | Literal["unknown"] | None = "unknown",
+) -> None:
     """XEP-0085 from the operator → typing / stopped_typing for the visitor's widget.
 
     Any client's form counts: a bare or full JID, type chat or normal, with or without
     a body (a line's <active/> needs nothing: the line itself clears "typing"). Only
     "composing" means typing; paused, active, inactive and gone all mean not typing
     (XEP-0085 §5.1). An operator offered the chat may type before taking it.
+    ``conversation``: the session's, if the caller has just read it.
     """
-    conversation = await desk.routing.get(session.get("conversation_id", ""))
+    if conversation == "unknown":
+        conversation = await desk.routing.get(session.get("conversation_id", ""))
     if conversation is None or operator not in conversation.recipients:
         return
     action = "typing" if state == "composing" else "stopped_typing"
@@ -273,15 +308,22 @@ async def operator_typing(desk: Desk, operator: str, visitor_id: str, session: d
 
 
 async def operator_received(
-    desk: Desk, operator: str, visitor_id: str, session: dict[str, str], message_id: str
+    desk: Desk,
+    operator: str,
+    visitor_id: str,
+    session: dict[str, str],
+    message_id: str,
+    conversation: Conversation | Literal["unknown"] | None = "unknown",
 ) -> None:
     """XEP-0184 from the operator's client: the visitor's line reached them.
 
     Recorded in the conversation log (as a "receipt" entry, once per line), so the
     widget's tick survives reloads and reconnects like every other entry; only a
     receipt for one of this visitor's lines, from an operator of the chat, counts.
+    ``conversation``: the session's, if the caller has just read it.
     """
-    conversation = await desk.routing.get(session.get("conversation_id", ""))
+    if conversation == "unknown":
+        conversation = await desk.routing.get(session.get("conversation_id", ""))
     if conversation is None or operator not in conversation.recipients:
         return
     conversation_id = conversation.conversation_id

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 
@@ -24,6 +24,50 @@ from libs.common.settings import Settings
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+# An operator's line needs the visitor's session (which names the conversation) and
+# then the conversation: one round trip instead of two. The conversation and blocked
+# keys follow from the session, so they are built here from the prefixes in ARGV
+# (fine on one Redis or a Sentinel-watched master; a Redis Cluster would need them
+# declared). KEYS[1] the session, KEYS[2] the force-away hash; ARGV: conversation key
+# prefix, its TTL, blocked key prefix, visitor id, then the operator whose force-away a
+# line lifts ("" for none) and the sites they operate: lifted only if the visitor is on
+# one of them (a stranger's line changes nothing). Returns {session, conversation, blocked}.
+_LINE_CONTEXT = """
+local session = redis.call('HGETALL', KEYS[1])
+local site, conv = '', ''
+for i = 1, #session, 2 do
+  if session[i] == 'site_id' then site = session[i + 1]
+  elseif session[i] == 'conversation_id' then conv = session[i + 1] end
+end
+local data, blocked = {}, 0
+if conv ~= '' then
+  data = redis.call('HGETALL', ARGV[1] .. conv)
+  redis.call('EXPIRE', ARGV[1] .. conv, ARGV[2])
+end
+if site ~= '' then blocked = redis.call('SISMEMBER', ARGV[3] .. site, ARGV[4]) end
+if ARGV[5] ~= '' and site ~= '' then
+  for i = 6, #ARGV do
+    if ARGV[i] == site then redis.call('HDEL', KEYS[2], ARGV[5]) break end
+  end
+end
+return {session, data, blocked}
+"""
+
+
+def _pairs(flat: list[Any]) -> dict[str, str]:
+    text = [v.decode() if isinstance(v, bytes) else str(v) for v in flat]
+    return dict(zip(text[::2], text[1::2], strict=True))
+
+
+@dataclass(frozen=True)
+class LineContext:
+    """What an operator's message to a visitor needs, read in one round trip."""
+
+    session: dict[str, str] | None
+    conversation: Conversation | None  # the session's conversation, if open
+    blocked: bool
 
 
 @dataclass(frozen=True)
@@ -47,6 +91,7 @@ class Routing:
         # Gateway state of a conversation outlives its idle timeout a little, so the
         # closer (transcript worker) always finds it to free the operator's slot.
         self._ttl_s = settings.conversation_idle_s * 2
+        self._line_context = redis.register_script(_LINE_CONTEXT)
 
     def _key(self, *parts: str) -> str:
         return self._settings.redis_key("gw", *parts)
@@ -73,11 +118,46 @@ class Routing:
     async def for_line(self, conversation_id: str, site_id: str, visitor_id: str) -> tuple[Conversation | None, bool]:
         """(conversation, visitor blocked) in one round trip, refreshing the conversation's TTL."""
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(self._key("conv", conversation_id))
-            pipe.sismember(self._key("blocked", site_id), visitor_id)
-            pipe.expire(self._key("conv", conversation_id), self._ttl_s)
-            data, blocked, _ = await pipe.execute()
+            self.queue_for_line(pipe, conversation_id, site_id, visitor_id)
+            return self.from_for_line(conversation_id, await pipe.execute())
+
+    def pipeline(self) -> Any:
+        """A pipeline (no transaction) on the gateway's Redis: lookups of several parts
+        read in one round trip (queue_for_line, Delivered.queue_seen)."""
+        return self._redis.pipeline(transaction=False)
+
+    def queue_for_line(self, pipe: Any, conversation_id: str, site_id: str, visitor_id: str) -> None:
+        """``for_line``'s three commands, queued on ``pipe``; ``from_for_line`` reads their answers."""
+        pipe.hgetall(self._key("conv", conversation_id))
+        pipe.sismember(self._key("blocked", site_id), visitor_id)
+        pipe.expire(self._key("conv", conversation_id), self._ttl_s)
+
+    def from_for_line(self, conversation_id: str, answers: list[Any]) -> tuple[Conversation | None, bool]:
+        data, blocked = answers[0], answers[1]
         return self._conversation(conversation_id, data), bool(blocked)
+
+    async def line_context(
+        self, session_key: str, visitor_id: str, writer: str | None = None, writer_sites: Iterable[str] = ()
+    ) -> LineContext:
+        """The visitor's session (at ``session_key``), its conversation and whether the
+        visitor is blocked, in one round trip, refreshing the conversation's TTL as
+        ``for_line`` does. ``writer``: an operator writing a line, whose force-away
+        that lifts (``clear_away``) if the visitor is on one of ``writer_sites``."""
+        session, data, blocked = await self._line_context(
+            keys=[session_key, self._key("away")],
+            args=[
+                self._key("conv", ""),
+                self._ttl_s,
+                self._key("blocked", ""),
+                visitor_id,
+                writer or "",
+                *(writer_sites if writer else ()),
+            ],
+        )
+        fields = _pairs(session)
+        conversation_id = fields.get("conversation_id", "")
+        conversation = self._conversation(conversation_id, _pairs(data)) if conversation_id else None
+        return LineContext(fields or None, conversation, bool(blocked))
 
     async def load(self, operator: str) -> int:
         """Open conversations of an operator (stale members are dropped)."""

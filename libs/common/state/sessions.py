@@ -30,6 +30,10 @@ class VisitorSessions:
     def _key(self, visitor_id: str) -> str:
         return self._settings.redis_key("visitor", visitor_id)
 
+    def key(self, visitor_id: str) -> str:
+        """The session's Redis key (for scripts that read it with other keys)."""
+        return self._key(visitor_id)
+
     def _site_key(self, site_id: str) -> str:
         return self._settings.redis_key("site", site_id, "visitors")
 

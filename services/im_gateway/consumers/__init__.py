@@ -22,6 +22,7 @@ from libs.common.messaging import Envelope
 from services.im_gateway.desk import Desk
 from services.im_gateway.lanes import Lanes
 from services.im_gateway.outbox import XmppUnavailable
+from services.im_gateway.routing import Conversation
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,18 @@ class Written:
     rewritten: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+# Conversation id -> (conversation, visitor blocked), as Routing.for_line answers.
+Routes = dict[str, tuple[Conversation | None, bool]]
+
+
+@dataclass
+class Prefetched:
+    """What a batch's messages need from Redis, read for all of them at once."""
+
+    seen: dict[str, bool]  # message id -> already delivered (services.im_gateway.dedupe)
+    routes: Routes
+
+
 def _lane_key(envelope: Envelope) -> str:
     return str(getattr(envelope.struct, "visitor_id", "") or "")
 
@@ -57,6 +70,10 @@ def _lane_key(envelope: Envelope) -> str:
 class Unhandled(Exception):
     """A message type this queue should never carry: dead-letter it."""
 
+
+# A visitor's messages read from Redis together (one round trip) at most; the prefetch
+# window (HABLA_AMQP_PREFETCH, 200) bounds it too.
+BATCH_MAX = 50
 
 # Visitors handled at once. Each lane waits mostly on Redis and Prosody round trips;
 # 64 overlap them well on 2 cores and stay far below the prefetch of 200.
@@ -75,11 +92,21 @@ class SerialConsumer:
         self._unconfirmed: dict[str, list[Written]] = {}
         self._confirming: set[asyncio.Task[None]] = set()
         self._arriving = 0  # deliveries on their way into a lane
+        # Per lane key: messages received while the lane was busy, settled together.
+        self._waiting: dict[str, list[Envelope]] = {}
 
     async def receive(self, envelope: Envelope) -> None:
+        """Join the visitor's batch still waiting for its lane, else start one."""
+        key = _lane_key(envelope)
+        batch = self._waiting.get(key)
+        if batch is not None and len(batch) < BATCH_MAX:
+            batch.append(envelope)  # its lane job is queued or on its way (_arriving)
+            return
+        batch = [envelope]
+        self._waiting[key] = batch
         self._arriving += 1
         try:
-            await self._lanes.submit(_lane_key(envelope), lambda: self._settle(envelope))
+            await self._lanes.submit(key, lambda: self._settle_batch(key, batch))
         finally:
             self._arriving -= 1
 
@@ -101,6 +128,43 @@ class SerialConsumer:
         if not self.idle:
             log.warning("stopping: lines still in flight are left to be redelivered")
 
+    async def _settle_batch(self, key: str, batch: list[Envelope]) -> None:
+        """A visitor's messages that arrived while their lane was busy: what they need
+        from Redis (the delivered marks, the conversations) is read in one round trip
+        for all, then each is settled in order."""
+        if self._waiting.get(key) is batch:
+            del self._waiting[key]  # later arrivals start the next batch
+        prefetched = await self._prefetch(batch)
+        for envelope in batch:
+            if prefetched is not None and not self._ready.is_set():
+                prefetched = None  # the stream went down: read afresh once it is back
+            await self._settle(envelope, prefetched)
+
+    async def _prefetch(self, batch: list[Envelope]) -> Prefetched | None:
+        """The batch's delivered marks and conversations (``lookups``), in one round
+        trip; None if Redis did not answer (each message then reads its own)."""
+        wanted = (self.lookups(e.type_name, e.struct) for e in batch)
+        lookups = list(dict.fromkeys(w for w in wanted if w[0]))  # each conversation once, in order
+        try:
+            async with self.desk.routing.pipeline() as pipe:
+                for envelope in batch:
+                    self.desk.delivered.queue_seen(pipe, envelope.message_id)
+                for conversation_id, site_id, visitor_id in lookups:
+                    self.desk.routing.queue_for_line(pipe, conversation_id, site_id, visitor_id)
+                results = await pipe.execute()
+        except Exception:
+            log.warning("prefetching a batch failed; each message reads its own", exc_info=True)
+            return None
+        seen = {e.message_id: bool(found) for e, found in zip(batch, results, strict=False)}
+        routes, rest = {}, results[len(batch) :]
+        for i, (conversation_id, _, _) in enumerate(lookups):
+            routes[conversation_id] = self.desk.routing.from_for_line(conversation_id, rest[3 * i : 3 * i + 3])
+        return Prefetched(seen, routes)
+
+    def lookups(self, type_name: str, struct: Any) -> tuple[str, str, str]:
+        """(conversation, site, visitor) whose routing a message needs, ("", "", "") for none."""
+        return "", "", ""
+
     async def close(self) -> None:
         await self._lanes.close()
         for task in list(self._confirming):
@@ -108,7 +172,7 @@ class SerialConsumer:
         if self._confirming:
             await asyncio.wait(set(self._confirming), timeout=1.0)
 
-    async def _settle(self, envelope: Envelope) -> None:
+    async def _settle(self, envelope: Envelope, prefetched: Prefetched | None = None) -> None:
         """In the visitor's lane: write the message's stanzas, then move on to the
         next one while a task of its own waits for the server's confirmation (the
         barrier) and acknowledges. A visitor's lines are thus written back to back,
@@ -118,12 +182,16 @@ class SerialConsumer:
             await self._ready.wait()
             try:
                 await self._rewrite_lost(key)
-                if await self.desk.delivered.seen(envelope.message_id):
+                seen = prefetched.seen.get(envelope.message_id) if prefetched else None
+                if seen is None:
+                    seen = await self.desk.delivered.seen(envelope.message_id)
+                if seen:
                     await envelope.ack()
                     return
                 await self.desk.delivered.ready()
-                await self.consume(envelope.type_name, envelope.struct)
+                await self.consume(envelope.type_name, envelope.struct, prefetched.routes if prefetched else None)
             except XmppUnavailable:
+                prefetched = None  # stale by the time the stream is back
                 await asyncio.sleep(STREAM_WAIT_S)
                 continue
             except Unhandled as exc:
@@ -187,5 +255,6 @@ class SerialConsumer:
             except XmppUnavailable:
                 await asyncio.sleep(STREAM_WAIT_S)
 
-    async def consume(self, type_name: str, struct: Any) -> None:
+    async def consume(self, type_name: str, struct: Any, routes: Routes | None = None) -> None:
+        """Handle one message; ``routes``: conversations as read for its batch (``lookups``)."""
         raise NotImplementedError

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from libs.common import codec
-from services.im_gateway.consumers import SerialConsumer, Unhandled
+from services.im_gateway.consumers import Routes, SerialConsumer, Unhandled
 
 
 class ConversationConsumer(SerialConsumer):
-    async def consume(self, type_name: str, struct: Any) -> None:
+    async def consume(self, type_name: str, struct: Any, routes: Routes | None = None) -> None:
         if type_name != "ConversationClosed":
             raise Unhandled(f"im_gateway.conversation does not handle {type_name}")
         conversation = await self.desk.routing.close(struct.conversation_id)

@@ -7,16 +7,24 @@ from typing import Any
 
 from libs.common import codec
 from services.im_gateway import metrics, relay
-from services.im_gateway.consumers import SerialConsumer, Unhandled
+from services.im_gateway.consumers import Routes, SerialConsumer, Unhandled
 
 
 class VisitorConsumer(SerialConsumer):
-    async def consume(self, type_name: str, struct: Any) -> None:
+    def lookups(self, type_name: str, struct: Any) -> tuple[str, str, str]:
+        if type_name == "ChatMessage" and struct.conversation_id:
+            return struct.conversation_id, struct.site_id, struct.visitor_id
+        return "", "", ""
+
+    async def consume(self, type_name: str, struct: Any, routes: Routes | None = None) -> None:
         started = time.perf_counter()
         if type_name == "ChatMessage":
             if struct.sender != codec.SenderKind.VISITOR:
                 raise Unhandled("only visitor lines travel on habla.visitor")
-            handed = await relay.visitor_line(self.desk, struct)
+            # A conversation read with the batch is used as read; one that did not exist
+            # yet is read again (an earlier line of the batch may have routed it).
+            route = routes.get(struct.conversation_id) if routes else None
+            handed = await relay.visitor_line(self.desk, struct, route if route and route[0] else None)
             metrics.VISITOR_LINES.labels("relayed" if handed else "no_operator").inc()
             metrics.RELAY_SECONDS.labels("visitor").observe(time.perf_counter() - started)
         elif type_name == "PageView":
