@@ -166,9 +166,10 @@ class VisitorChat:
         return self.sessions.token_for(visitor_id), visitor
 
     async def attach(self, visitor: Visitor) -> None:
-        """Record that this instance holds the visitor's connection now (deliveries come here)."""
-        await self.sessions.save(visitor.visitor_id, visitor.site_id, {"frontend_id": self._settings.frontend_id})
-        await self.departures.seen(visitor.site_id, visitor.visitor_id)
+        """Record that this instance holds the visitor's connection now (deliveries come
+        here), and that the visit goes on: one round trip (the visit script, no page)."""
+        fields = {"frontend_id": self._settings.frontend_id}
+        await self.visits.record(visitor.visitor_id, visitor.site_id, fields, page=False)
 
     # --- conversations -------------------------------------------------------------------
     def _owner_key(self, conversation_id: str) -> str:

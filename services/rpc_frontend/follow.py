@@ -13,7 +13,6 @@ import json
 import logging
 from typing import Any
 
-from libs.common import theme
 from libs.common.sitedir import UnknownSite
 from libs.common.state.presence import SiteState, site_status_channel
 from services.rpc_frontend.context import Frontend
@@ -93,5 +92,4 @@ async def _push_theme(frontend: Frontend, site_id: str) -> None:
     except Exception:  # a Redis or MySQL hiccup: the widgets get the theme on their next boot
         log.warning("could not read a changed site's config", extra={"site": site_id}, exc_info=True)
         return
-    merged, _errors = theme.validate(config.theme)
-    frontend.hub.to_site(site_id, {"type": "theme", "theme": merged})
+    frontend.hub.to_site(site_id, {"type": "theme", "theme": frontend.sitecache.theme(config)})

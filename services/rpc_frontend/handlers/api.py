@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from libs.common import theme
 from services.rpc_frontend.handlers.base import ApiError, ApiHandler
 from services.rpc_frontend.metrics import LINES
 from services.rpc_frontend.stream import catch_up, cursor_from_query
@@ -25,7 +24,7 @@ class WidgetConfigHandler(ApiHandler):
     async def get(self, site_id: str) -> None:
         site = await self.load_site(site_id)
         state = await self.frontend.sitecache.state(site_id)
-        merged, _errors = theme.validate(site.theme)
+        merged = self.frontend.sitecache.theme(site)
         self.reply(
             {"site_id": site_id, "theme": merged, "status": status_json(state.online, state.operators_available)}
         )
@@ -51,7 +50,7 @@ class SessionHandler(ApiHandler):
             )
         )
         state = await self.frontend.sitecache.state(site_id)
-        merged, _errors = theme.validate(site.theme)
+        merged = self.frontend.sitecache.theme(site)
         session = visitor.session
         self.reply(
             {
