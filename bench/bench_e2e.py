@@ -116,7 +116,9 @@ async def wait_online(api: str, operators: list[e2e_chat.StrictOperator]) -> Non
         await asyncio.sleep(0.2)
 
 
-async def redis_commands(settings: Settings, url: str, returning: str, visitor: e2e_chat.Visitor) -> dict[str, str]:
+async def redis_commands(
+    settings: Settings, url: str, returning: str, visitor: e2e_chat.Visitor, pids: dict[str, int]
+) -> dict[str, str]:
     """Redis commands per unit of work (MONITOR, outside the measured phases)."""
     client = tornado.httpclient.AsyncHTTPClient()
     operator = visitor.operator
@@ -146,7 +148,7 @@ async def redis_commands(settings: Settings, url: str, returning: str, visitor: 
         ("visitor -> operator line", line_in),
         ("operator -> visitor line", line_out),
     ):
-        found[name] = e2e_redis.describe(await e2e_redis.commands_per(settings, action, REDIS_COUNT_TIMES))
+        found[name] = e2e_redis.describe(await e2e_redis.commands_per(settings, action, REDIS_COUNT_TIMES, pids))
     return found
 
 
@@ -168,7 +170,7 @@ async def run(args: argparse.Namespace, settings: Settings, demo: dict[str, str]
         url = f"{api}/session"
         returning = await e2e_chat.new_visitors(api, args.tokens)
         bodies = [e2e_http.returning_body(v.token) for v in returning]
-        report.redis_commands(await redis_commands(settings, url, bodies[0], visitors[0]))
+        report.redis_commands(await redis_commands(settings, url, bodies[0], visitors[0], suite.pids))
         await suite.measure_idle(IDLE_S)
         report.idle(suite.idle)
 

@@ -164,7 +164,9 @@ class Report:
             out += [
                 "",
                 "Redis commands per unit of work, whole suite (MONITOR, this run's prefix only;",
-                "mean of 5, less the suite's own background commands in as long a window)",
+                "mean of 5, less the suite's own background commands in as long a window), then",
+                "round trips (what clients sent and waited for: a script or a MULTI…EXEC is one),",
+                "all processes' and the frontend's own",
             ]
             out += [f"  {name:<26} {counts}" for name, counts in self.redis.items()]
         out += self.profile_lines
