@@ -2,6 +2,7 @@
 by 1 and 2 gateway processes, and how the work spreads between the processes.
 
 Run: .venv/bin/python bench/bench_partitions.py [--lines 2000] [--sites-per-partition 2]
+     [--layouts 1x1,2x1,2x2,4x1,4x2,8x2]   (partitions x processes)
 
 Each layout gets its own vhost, Redis prefix, database and Prosody (which knows every
 partition domain), removed at the end. Sites (one operator each) are created until each
@@ -182,11 +183,13 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lines", type=int, default=2000)
     parser.add_argument("--sites-per-partition", type=int, default=2)
+    parser.add_argument("--layouts", default=",".join(f"{p}x{n}" for p, n in LAYOUTS), help="partitions x processes")
     args = parser.parse_args()
+    layouts = [tuple(int(x) for x in item.split("x")) for item in args.layouts.split(",")]
     log_dir = LOG_DIR
     await asyncio.to_thread(log_dir.mkdir, parents=True, exist_ok=True)
     print(f"gateway partitions: {args.lines} visitor lines per layout, {VISITORS_PER_SITE} visitors per site")
-    for p, processes in LAYOUTS:
+    for p, processes in layouts:
         print(" ", await layout(p, processes, args.lines, args.sites_per_partition, log_dir), flush=True)
     print("load average (1, 5, 15 min): {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
 

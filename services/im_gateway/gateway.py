@@ -49,6 +49,11 @@ log = logging.getLogger(__name__)
 # Each step of a graceful stop gets this long: docker stops a container 10 s after
 # SIGTERM, and nothing is lost by giving up (RabbitMQ redelivers, leases expire).
 STOP_STEP_S = 3.0
+# Stopping: how long operators' new lines are refused (with an error) while those in hand
+# are finished and receipted. Short: lines still queued after it are stored once the
+# stream has closed (only their receipt is lost), and until the next owner is in the
+# XMPP server bounces them anyway.
+QUIESCE_S = 1.0
 # A standby checks the lease (and, once it is vacant, tries the component connection)
 # this often: a takeover costs at most this after the dead holder's lease turns stale
 # (services.im_gateway.lease.DomainLease.vacant), plus a handshake (~10 ms on loopback).
@@ -253,18 +258,20 @@ class Gateway:
            sure the server has every receipt and error before the stream closes.
         3. The stream closes at once (the server bounces lines to the domain from then
            on, until the next owner is in: keep that gap short), the ownership span ends.
-        4. Channels closed (anything left unacknowledged returns to the queue), lease
-           released (promised to the receiver of a handover first), then the rest:
-           background tasks, publishing what is already logged."""
+        4. Lease released (promised to the receiver of a handover first), channels
+           closed (anything left unacknowledged returns to the queue; before the
+           release if anything is), then the rest: background tasks, publishing what
+           is already logged."""
         log.info("stopping: no new deliveries; letting in-flight lines finish")
         for consumer in self._consumers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(consumer.cancel(), STOP_STEP_S)
         if not self.lease_lost:  # (lost: another gateway serves the domain already)
-            await self.visitor_consumer.settle(STOP_STEP_S)
-            await self.conversation_consumer.settle(STOP_STEP_S)
+            await asyncio.gather(
+                self.visitor_consumer.settle(STOP_STEP_S), self.conversation_consumer.settle(STOP_STEP_S)
+            )
             if self.active:
-                await self.inbound.quiesce(STOP_STEP_S)
+                await self.inbound.quiesce(QUIESCE_S)
         log.info("stopping: the XMPP stream")
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.component.stop(), STOP_STEP_S)
@@ -279,13 +286,12 @@ class Gateway:
             )
             self.seats.held -= 1
             self._seated = False
-        log.info("stopping: consumers (unacknowledged messages return to their queues)")
-        for consumer in self._consumers:
-            with contextlib.suppress(Exception):
-                # Unacknowledged messages go back to the queue (also if we give up waiting),
-                # before the next owner may consume: a visitor's lines stay in order.
-                await asyncio.wait_for(consumer.stop(), STOP_STEP_S)
-        self._consumers.clear()
+        # Settled: nothing of ours is unacknowledged, the channels may close after the
+        # release (keeping the gap between owners short). Otherwise first, so what is
+        # left returns to the queue before the next owner consumes: a visitor's lines
+        # stay in order.
+        if not (self.visitor_consumer.idle and self.conversation_consumer.idle):
+            await self._close_channels()
         if self.active:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.takeover_notice.released(), STOP_STEP_S)  # a clean stop
@@ -299,6 +305,7 @@ class Gateway:
             with contextlib.suppress(Exception):
                 await self.lease.release()
             self.active = False
+        await self._close_channels()
         # Lines the server routed to us while it closed our stream: stored and published.
         await self.inbound.drain(STOP_STEP_S)
         await self.inbound.close()
@@ -317,6 +324,14 @@ class Gateway:
         self._tasks.clear()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.desk.delivered.close(), STOP_STEP_S)
+
+    async def _close_channels(self) -> None:
+        log.info("stopping: consumers (unacknowledged messages return to their queues)")
+        for consumer in self._consumers:
+            with contextlib.suppress(Exception):
+                # Unacknowledged messages go back to the queue (also if we give up waiting).
+                await asyncio.wait_for(consumer.stop(), STOP_STEP_S)
+        self._consumers.clear()
 
     def _on_session_start(self, _event: Any) -> None:
         if not self.active:

@@ -114,7 +114,8 @@ class Inbound:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
         await self.drain(within)
-        await self._desk.drain()  # publishing and receipting run in the background
+        if self._desk.background:  # publishing and receipting run in the background
+            await asyncio.wait(set(self._desk.background), timeout=max(0.01, deadline - loop.time()))
         try:
             await asyncio.wait_for(self._component.confirm(), max(0.1, deadline - loop.time()))
         except (XmppUnavailable, TimeoutError):

@@ -61,9 +61,10 @@ SETTLE_S = 2.0
 HANDOFF_TTL_MS = 3000
 # How often a named receiver looks at a partition promised to it.
 HANDOFF_POLL_S = 0.05
-# One move at a time in the deployment; the lock outlives a stuck move by this much.
-LOCK_TTL_MS = 15_000
-# A move is over when the receiver holds the lease, or after this long.
+# One move at a time in the deployment; the lock outlives a stuck move (the giver lets
+# go within serving.LET_GO_WITHIN_S, the receiver claims within MOVE_WITHIN_S after).
+LOCK_TTL_MS = 40_000
+# A move is over when the receiver holds the lease, or this long after the giver let go.
 MOVE_WITHIN_S = 10.0
 
 _BEAT = """
@@ -252,7 +253,8 @@ class Rebalancer:
             log.info("rebalance: handing partitions over", extra={"partitions": numbers, "to": receiver})
             started = time.monotonic()
             await self._hand_over(numbers, receiver)
-            while time.monotonic() - started < MOVE_WITHIN_S:
+            let_go = time.monotonic()
+            while time.monotonic() - let_go < MOVE_WITHIN_S:
                 owners = await self._owners()
                 if all(owners.get(n) not in (None, self.members.me) for n in numbers):
                     break

@@ -30,6 +30,10 @@ from services.im_gateway.rebalance import Rebalancer, farewell, member_of
 
 log = logging.getLogger(__name__)
 
+# A handing-over gateway's stop is bounded step by step (gateway.STOP_STEP_S each); the
+# move waits at most this long for it to let go.
+LET_GO_WITHIN_S = 20.0
+
 
 def domains(settings: Settings) -> list[str]:
     """The component domains this process may own. A gateway configured for a domain of
@@ -100,6 +104,13 @@ class Serving:
         await asyncio.sleep(STANDBY_RETRY_S + 0.2)
         for gateway in moving:
             gateway.hand_over(receiver)
+        # Back once each has let go (lease released), so the next plan sees it.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LET_GO_WITHIN_S
+        while loop.time() < deadline:
+            if not any(g.active for g in moving):
+                break
+            await asyncio.sleep(0.05)
 
     async def _farewell(
         self, stop: asyncio.Event, halt: asyncio.Event, rebalancing: list[asyncio.Future[None]]

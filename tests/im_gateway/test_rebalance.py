@@ -47,6 +47,7 @@ from libs.common import db, partitions, state
 from libs.common.db import site_store
 from libs.common.settings import Settings
 from libs.common.state.presence import SiteStatusReader
+from services.im_gateway.gateway import QUIESCE_S
 from tests.chaos.stack import Stack, running_stack
 from tests.chaos.test_nothing_lost import Operator, Visitor, _until
 from tests.im_gateway.isolated import site_online, wait_until
@@ -260,11 +261,11 @@ async def _run(stack: Stack) -> None:
         while not await balanced(live):
             assert time.monotonic() < deadline, f"{what}: not balanced: {counts(await owners())}"
             await asyncio.sleep(0.2)
+        took = time.monotonic() - since
         # Stays balanced (no oscillation): the same owners for a few settle periods.
         first = await owners()
         await asyncio.sleep(5.0)
         assert await owners() == first, "partitions kept moving after a fair share"
-        took = time.monotonic() - since
         note(f"{what}: balanced {counts(first)} after {took:.1f} s")
         return took
 
@@ -294,6 +295,7 @@ async def _run(stack: Stack) -> None:
     senders = [asyncio.create_task(visitor_load(v)) for v in visitors]
     talkers = [asyncio.create_task(o.talk(stop)) for o in operators]
     figures: dict[str, float] = {}
+    victims: list[str] = []
     try:
         figures["2 gateways balanced (s)"] = await wait_balanced(["gateway1", "gateway2"], "two gateways")
         await asyncio.sleep(STEADY_S)
@@ -304,6 +306,7 @@ async def _run(stack: Stack) -> None:
 
         found = await owners()
         victim = max(("gateway1", "gateway2", "gateway3"), key=lambda g: (counts(found).get(g, 0), g))
+        victims.append(victim)
         moved = [d for d, g in found.items() if g == victim]
         stack.kill(victim)
         killed_at = time.monotonic()  # the process is gone (waited for): its streams are closed
@@ -381,12 +384,27 @@ async def _run(stack: Stack) -> None:
     ownership.from_logs(stack.log_dir, pid_of)
     spans, overlaps = ownership.check_all()
 
-    # Between owners: from a span's end (or the SIGKILL) to the next span's start, per
-    # partition, with a second of slack either side for lines in flight.
+    # Around a move: from a while before a span's end (the giver refuses new lines for up
+    # to gateway.QUIESCE_S before closing its stream, later on a loaded machine) to a
+    # second after the next span's start, per partition.
     gaps: dict[str, list[tuple[float, float]]] = collections.defaultdict(list)
     for (d1, _, e1, _), (d2, s2, _, _) in itertools.pairwise(spans):
         if d1 == d2:
-            gaps[d1].append((e1 - 1.0, s2 + 1.0))
+            gaps[d1].append((e1 - QUIESCE_S - 3.0, s2 + 1.0))
+
+    # How long each partition had no owner: handovers (the giver closed its stream) and
+    # takeovers after the SIGKILL (from the kill).
+    handover_gaps: list[float] = []
+    kill_gaps: list[float] = []
+    for (d1, _, e1, g1), (d2, s2, _, _) in itertools.pairwise(spans):
+        if d1 == d2:
+            (kill_gaps if g1 in victims and ownership.ended.get(g1) == e1 else handover_gaps).append(s2 - e1)
+
+    def gap_figures(gaps: list[float]) -> str:
+        if not gaps:
+            return "none"
+        gaps = sorted(gaps)
+        return f"{len(gaps)}: min {gaps[0]:.3f}, median {gaps[len(gaps) // 2]:.3f}, max {gaps[-1]:.3f} s"
 
     def between_owners(body: str, operator: Operator) -> bool:
         domain = partitions.partition_domain(s, operator.sent[body])
@@ -426,6 +444,13 @@ async def _run(stack: Stack) -> None:
         "operator lines receipted": len(receipted),
         "operator lines bounced with an error (partition between owners)": len(bounced),
         "operator lines bounced while their partition had an owner": len(bounced_outside),
+        "bounces by error condition": dict(
+            collections.Counter(
+                r.error for o in operators for r in o.client.received if r.kind == "message" and r.error
+            )
+        ),
+        "partitions without owner, handovers": gap_figures(handover_gaps),
+        "partitions without owner, after the SIGKILL": gap_figures(kill_gaps),
         "operator lines with neither receipt nor error": len(silent),
         "  of which covered by a restart notice received after them": len(covered),
         "  of which shown to the visitor (receipt lost with the closing stream)": len(delivered),
