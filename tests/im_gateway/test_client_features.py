@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from slixmpp import JID
 from slixmpp.exceptions import IqError
 
@@ -28,6 +29,8 @@ async def _eventually(check: Callable[[], Any], within: float = 10.0) -> Any:
     raise TimeoutError("condition not met")
 
 
+# Disco and caps pass through (and could be answered by) the server.
+@pytest.mark.both_servers
 async def test_visitor_and_bot_advertise_what_the_gateway_supports(make_site) -> None:
     site: Site = await make_site(1)
     op = site.operators[0]

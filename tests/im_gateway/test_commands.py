@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from libs.common import codec
 from libs.common.state.conversations import ConversationLog
 from libs.common.state.sessions import VisitorSessions
@@ -47,6 +49,8 @@ async def test_who_lists_visitors_with_page_time_and_chat_state(make_site) -> No
     assert "https://shop.example/sale" in browsing_line and "chatting" not in browsing_line
 
 
+# Followed visitors' presence reaches a strict client only as a roster contact (per server).
+@pytest.mark.both_servers
 async def test_follow_shows_page_changes_and_unfollow_stops_them(make_site) -> None:
     site: Site = await make_site(1)
     op = site.operators[0]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from libs.common import codec
 from libs.common.state.conversations import ConversationLog
 from libs.common.state.presence import OperatorPresence
@@ -11,6 +13,8 @@ from libs.common.state.sessions import VisitorSessions
 from tests.im_gateway.conftest import Site, gone_from_roster
 
 
+# Operator presence and probes come from the server.
+@pytest.mark.both_servers
 async def test_site_online_follows_operator_presence(make_site) -> None:
     site: Site = await make_site(1)
     op = site.operators[0]

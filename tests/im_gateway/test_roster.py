@@ -25,6 +25,9 @@ from services.im_gateway.rosters import group_name
 from tests.im_gateway.conftest import Site, Visitor, connect_operator, contact, gone_from_roster
 from tests.im_gateway.operator_client import OperatorClient
 
+# Roster writes (XEP-0356) and the subscription fallback differ by server.
+pytestmark = pytest.mark.both_servers
+
 NO_WRITES = "the server refuses roster writes (ejabberd 23.01, issue #3942): subscription fallback instead"
 
 

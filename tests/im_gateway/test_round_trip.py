@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+
 from libs.common import codec
 from libs.common.state.conversations import ConversationLog
 from tests.im_gateway.conftest import Site
+
+# The basic path, on every server the gateway supports.
+pytestmark = pytest.mark.both_servers
 
 
 async def test_visitor_line_reaches_operator_and_reply_reaches_log_and_frontend(make_site) -> None:

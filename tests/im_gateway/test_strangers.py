@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import pytest
+
 from libs.common.state.conversations import ConversationLog
 from tests.im_gateway.conftest import Site, connect_operator
 
 
+# Which forged senders reach the component is the server's routing.
+@pytest.mark.both_servers
 async def test_strangers_get_errors_and_change_nothing(make_site, xmpp_server, gateway_settings) -> None:
     site: Site = await make_site(1)
     visitor = await site.visitor()

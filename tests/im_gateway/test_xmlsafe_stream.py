@@ -9,10 +9,15 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from libs.common import codec
 from libs.common.xmlsafe import clean
 from services.im_gateway.component import on
 from tests.im_gateway.conftest import Site
+
+# What makes a server close a component stream is the server's to decide.
+pytestmark = pytest.mark.both_servers
 
 C0 = "".join(chr(c) for c in range(0x20))
 SURROGATES = "\ud800\udbff\udc00\udfff\ufffe\uffff"
