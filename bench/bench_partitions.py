@@ -123,7 +123,7 @@ async def layout(p: int, processes: int, lines: int, per_partition: int, log_dir
             gateways.append(env.start_gateway(f"bench-p{p}-x{processes}-{k}"))
         status = SiteStatusReader(redis, settings)
         for site_id, _ in sites:
-            await wait_for(lambda site_id=site_id: _online(status, site_id), 60, f"site {site_id} online")
+            await wait_for(lambda site_id=site_id: _online(status, site_id), 180, f"site {site_id} online")
         await wait_for(lambda: all(arrived(op) >= n for op, n in expected.items()), 300, "all lines arrived")
         times = sorted(r.at for op in ops for r in op.received if r.kind == "message" and r.body.startswith(tag + " "))
         span = times[-1] - times[0]
