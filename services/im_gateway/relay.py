@@ -259,13 +259,13 @@ async def _corrected_line(desk: Desk, conversation_id: str, operator: str, stanz
     this conversation: the correction is then shown as a line of its own.
     """
     candidate = uuid.uuid5(_STANZA_NS, f"{operator}/{stanza_id}").hex  # only this operator's ids
-    seq = await desk.log.seq_of(conversation_id, candidate)
-    if seq is None:
+    found = await desk.log.entry_of(conversation_id, candidate)
+    if found is None:
         return None
-    entries = await desk.log.after(conversation_id, seq - 1, 1)
-    if not entries or entries[0].get("sender") != "operator" or entries[0].get("kind") != "message":
+    entry = found[1]
+    if entry.get("sender") != "operator" or entry.get("kind") != "message":
         return None
-    return str(entries[0].get("replaces") or candidate)
+    return str(entry.get("replaces") or candidate)
 
 
 async def operator_typing(
@@ -327,11 +327,11 @@ async def operator_received(
     if conversation is None or operator not in conversation.recipients:
         return
     conversation_id = conversation.conversation_id
-    seq = await desk.log.seq_of(conversation_id, message_id)
-    if seq is None:
+    found = await desk.log.entry_of(conversation_id, message_id)
+    if found is None:
         return
-    original = await desk.log.after(conversation_id, seq - 1, 1)
-    if not original or original[0].get("sender") != "visitor" or original[0].get("kind") != "message":
+    original = found[1]
+    if original.get("sender") != "visitor" or original.get("kind") != "message":
         return
     appended = await desk.log.append(conversation_id, f"rcpt-{message_id}", receipt_line(message_id, now_ms()))
     if not appended.created:

@@ -161,6 +161,16 @@ return found
 )
 
 
+# One line by message id: {seq, entry} ({seq} if the log lacks the entry), {} if the id
+# is unknown. KEYS: lines, ids; ARGV[1]: the message id.
+_ENTRY = """
+local seq = redis.call('HGET', KEYS[2], ARGV[1])
+if not seq then return {} end
+local found = redis.call('ZRANGEBYSCORE', KEYS[1], seq, seq, 'LIMIT', 0, 1)
+return {seq, found[1]}
+"""
+
+
 async def _no_floor(conversation_id: str, log_max: int) -> Floor:
     # Only for tools and tests that never outlive a Redis restart: trust the log.
     return Floor(0, [])
@@ -233,6 +243,7 @@ class ConversationLog:
         # HABLA_REDIS_WAIT_MS: appends are acknowledged once a replica has them.
         self._replicas = ReplicaWait(redis, settings.redis_wait_ms)
         self._read = redis.register_script(_READ)
+        self._entry = redis.register_script(_ENTRY)
 
     def _keys(self, conversation_id: str) -> list[str]:
         # "lines", not the earlier "log" list: a key of the old type is never misread.
@@ -308,6 +319,19 @@ class ConversationLog:
         """The highest seq in the log (0 if none): what a transcript waits for."""
         last = await self._redis.zrange(self._keys(conversation_id)[0], -1, -1, withscores=True)
         return int(last[0][1]) if last else 0
+
+    async def entry_of(self, conversation_id: str, message_id: str) -> tuple[int, dict[str, Any]] | None:
+        """The seq and entry of ``message_id``'s line in one round trip, None if the log
+        has no such id. An id whose entry the log lacks (Redis lost it) is read the long
+        way, through ``after``, which repairs the log first."""
+        found = await self._entry(keys=self._keys(conversation_id)[:2], args=[message_id])
+        if not found:
+            return None
+        seq = int(found[0])
+        if len(found) > 1 and found[1]:
+            return seq, json.loads(found[1])
+        entries = await self.after(conversation_id, seq - 1, 1)
+        return (seq, entries[0]) if entries and int(entries[0].get("seq", 0)) == seq else None
 
     async def seq_of(self, conversation_id: str, message_id: str) -> int | None:
         raw = await self._redis.hget(self._keys(conversation_id)[1], message_id)
