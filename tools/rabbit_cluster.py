@@ -154,6 +154,27 @@ class Cluster:
     def start_app(self, node: Node) -> None:
         self.ctl(node, "start_app", timeout=BOOT_TIMEOUT_S)
 
+    def wait_not_quorum_critical(self, node: Node, timeout_s: float = 120) -> None:
+        """Until losing ``node`` leaves every quorum queue a majority of running, caught-up
+        members. A node that just came back (start_app, a restart) takes a while to
+        rejoin its queues' Raft groups on a busy machine: kill another node before that
+        and a queue is left with one member of three, unavailable (no consumer, no
+        confirm) until the returning one catches up."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            done = subprocess.run(
+                [str(RABBIT_BIN / "rabbitmq-diagnostics"), "-n", node.name, "check_if_node_is_quorum_critical"],
+                env=self.env(),
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            if done.returncode == 0:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{node.name} still quorum-critical after {timeout_s} s: {done.stdout}{done.stderr}")
+            time.sleep(0.5)
+
     def kill(self, node: Node) -> None:
         """SIGKILL the node's VM (a host that dies without saying goodbye)."""
         if node.process is not None and node.process.poll() is None:

@@ -22,31 +22,24 @@ the counts.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import dataclasses
 import itertools
 import json
-import random
 import subprocess
 import time
-import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-import sqlalchemy as sa
 import tornado.httpclient
 
 from libs.common import db
-from libs.common.db import messages, site_store
+from libs.common.db import site_store
 from libs.common.settings import Settings
-from services.im_gateway import voice
-from services.im_gateway.takeover_notice import LEAD
 from tests.chaos.broker import PrivateBroker
 from tests.chaos.stack import HEALTH_PORTS, Stack, running_stack
+from tests.chat_load import Operator, Visitor, archived, settled, tally, until, vhost
 from tests.im_gateway.operator_client import OperatorClient
 from tests.redis_server import PrivateRedis
 from tools import prosody
@@ -54,182 +47,8 @@ from tools import prosody
 SITES = 2
 VISITORS_PER_SITE = 5
 VISITOR_LINE_EVERY_S = 1.0  # per visitor: 10 lines/s from visitors in all
-OPERATOR_LINE_EVERY_S = 0.2  # per operator: 10 lines/s from operators in all
-RESTART_NOTICE = voice.PREFIX + LEAD
 STEADY_S = 6.0  # load between faults
 SETTLE_S = 90.0  # after the load stops, for retries and redeliveries to finish
-
-
-@dataclasses.dataclass
-class VisitorLine:
-    message_id: str
-    body: str
-    acked: bool = False
-    answers: list[int] = dataclasses.field(default_factory=list)  # HTTP codes, 0 = no answer
-
-
-class Visitor:
-    """What the widget does, over HTTP: send with retries, long-poll from a cursor."""
-
-    def __init__(self, index: int, site_id: str, base: str, client: tornado.httpclient.AsyncHTTPClient) -> None:
-        self.index, self.site_id = index, site_id
-        self.api = f"{base}/api/sites/{site_id}"
-        self.client = client
-        self.token = ""
-        self.conversation_id = ""
-        self.after = 0
-        self.lines: list[VisitorLine] = []
-        self.shown: collections.Counter[str] = collections.Counter()  # body -> times shown
-        self.seen_ids: set[str] = set()
-        self.offered_again = 0  # entries whose message id was already shown
-        self.poll_errors: collections.Counter[int] = collections.Counter()
-
-    async def call(self, method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
-        try:
-            response = await self.client.fetch(
-                self.api + path,
-                method=method,
-                body=json.dumps(body) if body is not None else None,
-                headers={"Origin": "http://127.0.0.1"},
-                raise_error=False,
-                request_timeout=40,
-            )
-        except (OSError, tornado.httpclient.HTTPClientError):
-            # Refused, reset or cut mid-answer (a frontend SIGKILLed): no answer.
-            return 0, {}
-        try:
-            return response.code, json.loads(response.body or b"{}")
-        except ValueError:
-            return response.code, {}
-
-    async def start(self) -> None:
-        for _ in range(100):
-            code, data = await self.call(
-                "POST", "/session", {"token": "", "page": {"url": "http://127.0.0.1/shop", "title": "Shop"}}
-            )
-            if code == 200:
-                self.token = data["token"]
-                return
-            await asyncio.sleep(0.5)
-        raise AssertionError("no session")
-
-    async def send(self, n: int) -> None:
-        line = VisitorLine(uuid.uuid4().hex, f"v{self.index}-{n}")
-        self.lines.append(line)
-        delay = 0.5
-        while True:
-            code, _ = await self.call(
-                "POST", "/messages", {"token": self.token, "message_id": line.message_id, "body": line.body}
-            )
-            line.answers.append(code)
-            if code == 200:
-                line.acked = True
-                return
-            if code == 401:  # session lost with Redis data: a new visit, same line id
-                await self.start()
-            # 503 (+ Retry-After), a dead frontend (0) or anything else: back off, same id.
-            await asyncio.sleep(delay + random.random() * 0.2)
-            delay = min(delay * 2, 4.0)
-
-    async def receive(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            code, data = await self.call(
-                "GET", f"/poll?token={self.token}&conversation_id={self.conversation_id}&after={self.after}"
-            )
-            if code != 200:
-                self.poll_errors[code] += 1
-                await asyncio.sleep(0.5)
-                continue
-            for event in data.get("events", []):
-                if event.get("type") != "entries":
-                    continue
-                if event.get("conversation_id") != self.conversation_id:
-                    self.conversation_id, self.after = event.get("conversation_id") or "", 0
-                for entry in event.get("entries", []):
-                    if entry.get("seq", 0) <= self.after:
-                        continue  # the widget never shows a seq twice
-                    self.after = entry["seq"]
-                    # As the widget does: a line put back under a new seq after Redis
-                    # lost data has the same message id, and is shown once.
-                    message_id = entry.get("message_id", "")
-                    if message_id in self.seen_ids:
-                        self.offered_again += 1
-                        continue
-                    self.seen_ids.add(message_id)
-                    if entry.get("kind") == "message":
-                        self.shown[entry.get("body", "")] += 1
-            if data.get("conversation_id") != self.conversation_id:
-                self.conversation_id, self.after = data.get("conversation_id") or "", int(data.get("after") or 0)
-            else:
-                self.after = max(self.after, int(data.get("after") or 0))
-
-
-class Operator:
-    """A real XMPP client answering its site's visitors, asking for receipts."""
-
-    def __init__(self, client: OperatorClient) -> None:
-        self.client = client
-        self.visitor_jids: dict[int, str] = {}  # visitor index -> bare JID
-        self.sent: dict[str, int] = {}  # stanza id (= body) -> visitor index
-        self.sent_at: dict[str, float] = {}  # stanza id -> time.monotonic() when sent
-        self.counter = itertools.count()
-
-    def learn(self) -> None:
-        for item in self.client.received:
-            if item.kind == "message" and item.body.startswith("v") and "-" in item.body:
-                index = int(item.body[1:].split("-")[0])
-                self.visitor_jids.setdefault(index, item.sender.split("/")[0])
-
-    async def talk(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            self.learn()
-            for index, jid in list(self.visitor_jids.items()):
-                if stop.is_set():
-                    break
-                body = f"o{index}-{next(self.counter)}"
-                self.sent[body] = index
-                self.sent_at[body] = time.monotonic()
-                self.client.say(jid, body, stanza_id=body, receipt=True)
-                await asyncio.sleep(OPERATOR_LINE_EVERY_S)
-            await asyncio.sleep(0.05)
-
-    def notices(self) -> list[tuple[str, float]]:
-        """(visitor bare JID, when received) of every restart notice: a gateway took over
-        from one that died and asked to resend unreceipted lines (issue 11)."""
-        return [
-            (r.sender.split("/")[0], r.at)
-            for r in self.client.received
-            if r.kind == "message" and not r.error and r.body.startswith(RESTART_NOTICE)
-        ]
-
-    def covered(self, body: str) -> bool:
-        """Whether a restart notice reached this operator, in that visitor's window, after
-        ``body`` was sent: the operator was told to resend it if it shows no receipt."""
-        jid = self.visitor_jids.get(self.sent[body])
-        return any(sender == jid and at > self.sent_at[body] for sender, at in self.notices())
-
-    def errors(self) -> set[str]:
-        return {r.stanza_id for r in self.client.received if r.kind == "message" and r.error}
-
-    def bodies(self) -> collections.Counter[str]:
-        """Times each line is shown. Like a client, a message repeated under the same
-        stanza id (a gateway that died between sending it and marking it sent sends it
-        again, on purpose) is shown once."""
-        shown = {(r.body, r.stanza_id) for r in self.client.received if r.kind == "message" and not r.error}
-        return collections.Counter(body for body, _ in shown)
-
-
-def _vhost(settings: Settings) -> str:
-    return urllib.parse.unquote(urllib.parse.urlparse(settings.amqp_url).path.lstrip("/")) or "/"
-
-
-async def _until(predicate: Callable[[], bool], within: float, every: float = 0.5) -> bool:
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(every)
-    return True
 
 
 @pytest.mark.slow
@@ -283,7 +102,7 @@ async def _chaos(stack: Stack, redis_server: PrivateRedis, broker: PrivateBroker
         # The strictest real client: nothing accepted or subscribed on its own.
         client.xmpp.auto_authorize = False
         client.xmpp.auto_subscribe = False
-        operators.append(Operator(client))
+        operators.append(Operator(client, site.id))
 
     for name in HEALTH_PORTS:
         stack.start(name)
@@ -349,7 +168,7 @@ async def _chaos(stack: Stack, redis_server: PrivateRedis, broker: PrivateBroker
     async def close_connections() -> None:
         await asyncio.to_thread(
             subprocess.run,
-            ["rabbitmqctl", "-q", "-n", broker.node, "close_all_connections", "-p", _vhost(s), "chaos test"],
+            ["rabbitmqctl", "-q", "-n", broker.node, "close_all_connections", "-p", vhost(s), "chaos test"],
             env=broker.env,
             check=True,
             capture_output=True,
@@ -401,24 +220,17 @@ async def _chaos(stack: Stack, redis_server: PrivateRedis, broker: PrivateBroker
         for task in talkers:
             await task
 
-        def settled() -> bool:
-            for visitor in visitors:
-                operator = operators[visitor.index // VISITORS_PER_SITE]
-                if any(line.acked and line.body not in operator.bodies() for line in visitor.lines):
-                    return False
-            for operator in operators:
-                for body, index in operator.sent.items():
-                    if body in operator.client.receipts and not visitors[index].shown[body]:
-                        return False
-            return True
-
         # Receivers keep polling during the settle time.
         settle_stop = asyncio.Event()
         for task in receivers:
             task.cancel()
         receivers = [asyncio.create_task(v.receive(settle_stop)) for v in visitors]
-        await _until(settled, SETTLE_S)
-        note("settled" if settled() else "settle time over")
+
+        def done() -> bool:
+            return settled(visitors, operators, excused=Operator.covered)
+
+        await until(done, SETTLE_S)
+        note("settled" if done() else "settle time over")
         settle_stop.set()
     finally:
         stop.set()
@@ -429,62 +241,24 @@ async def _chaos(stack: Stack, redis_server: PrivateRedis, broker: PrivateBroker
                 await operator.client.stop()
 
     # --- the counts ----------------------------------------------------------------------
-    archived: set[str] = set()
-    with engine.connect() as conn:
-        archived = {r.body for r in conn.execute(sa.select(messages.c.body))}
-        shared_seq = conn.execute(
-            sa.text(
-                "SELECT COUNT(*) FROM (SELECT conversation_id, seq FROM messages WHERE seq > 0"
-                " GROUP BY conversation_id, seq HAVING COUNT(*) > 1) d"
-            )
-        ).scalar()
+    bodies, shared_seq = archived(engine)
     engine.dispose()
     conflicts = sum(
         path.read_text(errors="replace").count("another line holds their seq")
         for path in stack.log_dir.glob("transcript_worker.*.log")
     )
-
-    visitor_lines = [line for v in visitors for line in v.lines]
-    acked = [line for line in visitor_lines if line.acked]
-    not_at_operator = [
-        line.body
-        for v in visitors
-        for line in v.lines
-        if line.acked and line.body not in operators[v.index // VISITORS_PER_SITE].bodies()
-    ]
-    visitor_lines_twice = [b for o in operators for b, n in o.bodies().items() if n > 1 and b.startswith("v")]
-    not_archived_v = [line.body for line in acked if line.body not in archived]
-    operator_sent = {body: index for o in operators for body, index in o.sent.items()}
-    receipted = {body for o in operators for body in o.sent if body in o.client.receipts}
-    bounced = {body for o in operators for body in o.sent if body in o.errors()}
-    silent = sorted(set(operator_sent) - receipted - bounced)
+    count = tally(visitors, operators, bodies)
     # A line the gateway's socket took just before a SIGKILL gets neither a receipt nor
     # an error (the server handed it over, the process died before logging it): the
     # next owner tells the operator to resend such lines, in that visitor's window.
+    silent = count.silent
     covered = [b for o in operators for b in silent if b in o.sent and o.covered(b)]
     notices = sum(len(o.notices()) for o in operators)
-    not_shown = sorted(body for body in receipted if not visitors[operator_sent[body]].shown[body])
-    shown_twice = sorted(b for v in visitors for b, n in v.shown.items() if n > 1)
-    not_archived_o = sorted(body for body in receipted if body not in archived)
-    codes = collections.Counter(code for line in visitor_lines for code in line.answers)
     report = {
         "timeline": timeline,
-        "visitor lines sent": len(visitor_lines),
-        "visitor lines acknowledged (200)": len(acked),
-        "visitor answers by HTTP code": dict(codes),
-        "acknowledged visitor lines not at the operator": len(not_at_operator),
-        "acknowledged visitor lines not archived": len(not_archived_v),
-        "visitor lines shown twice to an operator": len(visitor_lines_twice),
-        "operator lines sent": len(operator_sent),
-        "operator lines receipted": len(receipted),
-        "operator lines bounced with an error": len(bounced),
-        "operator lines with neither receipt nor error": len(silent),
+        **count.report(visitors),
         "  of which covered by a restart notice received after them": len(covered),
         "restart notices received by operators": notices,
-        "receipted operator lines never shown to the visitor": len(not_shown),
-        "receipted operator lines not archived": len(not_archived_o),
-        "lines shown twice to a visitor": len(shown_twice),
-        "lines offered again under a new seq (same id, shown once)": sum(v.offered_again for v in visitors),
         "archived (conversation, seq) pairs held by two lines": shared_seq,
         "seq conflicts refused by the archive": conflicts,
         "gateway deaths we did not cause": gateway_deaths,
@@ -492,23 +266,15 @@ async def _chaos(stack: Stack, redis_server: PrivateRedis, broker: PrivateBroker
     }
     print("\n" + json.dumps(report, indent=1))
     (stack.log_dir / "report.json").write_text(json.dumps(report, indent=1))
-    examples = {
-        "not at operator": not_at_operator[:10],
-        "not shown": not_shown[:10],
-        "silent": silent[:10],
-        "shown twice": shown_twice[:10],
-        "operator got twice": visitor_lines_twice[:10],
-        "not archived": (not_archived_v + not_archived_o)[:10],
-    }
+    examples = count.examples()
     print(json.dumps(examples))
     (stack.log_dir / "examples.json").write_text(json.dumps(examples, indent=1))
-    assert len(acked) > 0 and len(receipted) > 0, "no load got through"
-    assert not not_at_operator, examples
-    assert not not_archived_v, examples
-    assert not visitor_lines_twice, examples
-    assert not not_shown, examples
-    assert not not_archived_o, examples
-    assert not shown_twice, examples
+    assert len(count.acked) > 0 and len(count.receipted) > 0, "no load got through"
+    assert not count.not_at_operator, examples
+    assert not count.twice_at_operator, examples
+    assert not count.not_shown, examples
+    assert not count.not_archived, examples
+    assert not count.shown_twice, examples
     assert shared_seq == 0
     assert stack.alive("im_gateway")
     assert not gateway_deaths

@@ -20,7 +20,6 @@ no (conversation, seq) held by two archived lines; every service alive at the en
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import dataclasses
 import gc
@@ -32,14 +31,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 import tornado.httpclient
 
 from libs.common import db
-from libs.common.db import messages, site_store
+from libs.common.db import site_store
 from libs.common.settings import Settings
 from tests.chaos.stack import HEALTH_PORTS, Stack, running_stack
-from tests.chaos.test_nothing_lost import Operator, Visitor, _until, _vhost
+from tests.chat_load import Operator, Visitor, archived, settled, tally, until, vhost
 from tests.im_gateway.operator_client import OperatorClient
 from tools import prosody
 from tools.rabbit_cluster import Cluster
@@ -79,9 +77,9 @@ async def test_nothing_lost_while_broker_nodes_and_redis_masters_fail(
         presence_heartbeat_s=2,
         presence_ttl_s=6,
     ) as stack:
-        vhost = _vhost(stack.settings)
-        await asyncio.to_thread(rabbit.add_vhost, vhost)
-        stack.settings = dataclasses.replace(stack.settings, amqp_url=",".join(rabbit.urls(vhost)))
+        name = vhost(stack.settings)
+        await asyncio.to_thread(rabbit.add_vhost, name)
+        stack.settings = dataclasses.replace(stack.settings, amqp_url=",".join(rabbit.urls(name)))
         await _run(stack, rabbit, sentinels)
 
 
@@ -106,7 +104,7 @@ async def _run(stack: Stack, rabbit: Cluster, sentinels: SentinelSet) -> None:
         client = OperatorClient(jid, password, "127.0.0.1", s.xmpp_c2s_port)
         client.xmpp.auto_authorize = False
         client.xmpp.auto_subscribe = False
-        operators.append(Operator(client))
+        operators.append(Operator(client, site.id))
 
     for name in HEALTH_PORTS:
         stack.start(name)
@@ -198,23 +196,12 @@ async def _run(stack: Stack, rabbit: Cluster, sentinels: SentinelSet) -> None:
         for task in talkers:
             await task
 
-        def settled() -> bool:
-            for visitor in visitors:
-                operator = operators[visitor.index // VISITORS_PER_SITE]
-                if any(line.acked and line.body not in operator.bodies() for line in visitor.lines):
-                    return False
-            for operator in operators:
-                for body, index in operator.sent.items():
-                    if body in operator.client.receipts and not visitors[index].shown[body]:
-                        return False
-            return True
-
         settle_stop = asyncio.Event()
         for task in receivers:
             task.cancel()
         receivers = [asyncio.create_task(v.receive(settle_stop)) for v in visitors]
-        await _until(settled, SETTLE_S)
-        note("settled" if settled() else "settle time over")
+        await until(lambda: settled(visitors, operators), SETTLE_S)
+        note("settled" if settled(visitors, operators) else "settle time over")
         settle_stop.set()
     finally:
         stop.set()
@@ -224,64 +211,28 @@ async def _run(stack: Stack, rabbit: Cluster, sentinels: SentinelSet) -> None:
             with contextlib.suppress(Exception):
                 await operator.client.stop()
 
-    with engine.connect() as conn:
-        archived = {r.body for r in conn.execute(sa.select(messages.c.body))}
-        shared_seq = conn.execute(
-            sa.text(
-                "SELECT COUNT(*) FROM (SELECT conversation_id, seq FROM messages WHERE seq > 0"
-                " GROUP BY conversation_id, seq HAVING COUNT(*) > 1) d"
-            )
-        ).scalar()
+    bodies, shared_seq = archived(engine)
     engine.dispose()
     gc.collect()  # the dropped connections' writers, while the filters above apply
-    visitor_lines = [line for v in visitors for line in v.lines]
-    acked = [line for line in visitor_lines if line.acked]
-    not_at_operator = [
-        line.body
-        for v in visitors
-        for line in v.lines
-        if line.acked and line.body not in operators[v.index // VISITORS_PER_SITE].bodies()
-    ]
-    twice_at_operator = [b for o in operators for b, n in o.bodies().items() if n > 1 and b.startswith("v")]
-    operator_sent = {body: index for o in operators for body, index in o.sent.items()}
-    receipted = {body for o in operators for body in o.sent if body in o.client.receipts}
-    bounced = {body for o in operators for body in o.sent if body in o.errors()}
-    not_shown = sorted(body for body in receipted if not visitors[operator_sent[body]].shown[body])
-    shown_twice = sorted(b for v in visitors for b, n in v.shown.items() if n > 1)
-    not_archived = [line.body for line in acked if line.body not in archived] + sorted(receipted - archived)
+    count = tally(visitors, operators, bodies)
     report = {
         "timeline": timeline,
-        "visitor lines sent": len(visitor_lines),
-        "visitor lines acknowledged (200)": len(acked),
-        "visitor answers by HTTP code": dict(collections.Counter(c for line in visitor_lines for c in line.answers)),
-        "acknowledged visitor lines not at the operator": len(not_at_operator),
-        "visitor lines shown twice to an operator": len(twice_at_operator),
-        "operator lines sent": len(operator_sent),
-        "operator lines receipted": len(receipted),
-        "operator lines bounced with an error": len(bounced),
-        "receipted operator lines never shown to the visitor": len(not_shown),
-        "lines shown twice to a visitor": len(shown_twice),
-        "acknowledged lines not archived": len(not_archived),
+        **count.report(visitors),
         "archived (conversation, seq) pairs held by two lines": shared_seq,
         "services alive at the end": {name: stack.alive(name) for name in HEALTH_PORTS},
     }
     print("\n" + json.dumps(report, indent=1))
     (stack.log_dir / "report.json").write_text(json.dumps(report, indent=1))
-    examples = {
-        "not at operator": not_at_operator[:10],
-        "not shown": not_shown[:10],
-        "shown twice": shown_twice[:10],
-        "not archived": not_archived[:10],
-    }
-    assert len(acked) > 0 and len(receipted) > 0, "no load got through"
-    assert not not_at_operator, examples
-    assert not twice_at_operator, examples
-    assert not not_shown, examples
-    assert not not_archived, examples
+    examples = count.examples()
+    assert len(count.acked) > 0 and len(count.receipted) > 0, "no load got through"
+    assert not count.not_at_operator, examples
+    assert not count.twice_at_operator, examples
+    assert not count.not_shown, examples
+    assert not count.not_archived, examples
     assert shared_seq == 0
     assert all(stack.alive(name) for name in HEALTH_PORTS)
     # A failover discards the writes the old master took after its replica was
     # promoted: never acknowledged (WAIT failed), but a poll may have read one, and its
     # retry lands on the new master under a new seq with the same message id. The
     # widget, and this test's visitors, show a message id once.
-    assert not shown_twice, examples
+    assert not count.shown_twice, examples

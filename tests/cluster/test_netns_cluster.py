@@ -12,7 +12,7 @@ import time
 import pytest
 import tornado.httpclient
 
-from tests.chaos.test_nothing_lost import Visitor
+from tests.chat_load import Visitor
 from tests.im_gateway.operator_client import OperatorClient
 from tools import cluster, netns
 

@@ -27,8 +27,7 @@ from libs.common.settings import Settings
 from libs.common.topology import QueueSpec
 from tools.rabbit_cluster import Cluster, Node
 
-pytestmark = [
-    pytest.mark.cluster,pytest.mark.slow, pytest.mark.timeout(400)]
+pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(400)]
 
 VHOST = "habla-cluster-test"
 SPEC = QueueSpec("cluster.archive", ((topology.VISITOR, "*.message"),), accepts=frozenset({"ChatMessage"}))
@@ -116,8 +115,11 @@ async def test_a_node_lost_under_load_loses_no_confirmed_message(rabbit: Cluster
             await _until(lambda: _node_of(consumer, rabbit) != first, 30, "the consumer to move")
         await asyncio.to_thread(rabbit.start_app, first)
         await asyncio.sleep(3)
-        # 2. The consumer's node dies (SIGKILL of its VM).
+        # 2. The consumer's node dies (SIGKILL of its VM), once the returning node has
+        # rejoined the queue's Raft group (this test once failed here: killed while the
+        # queue's other member was still catching up, the queue had no majority).
         second = _node_of(consumer, rabbit)
+        await asyncio.to_thread(rabbit.wait_not_quorum_critical, second)
         received = len(load.received)
         await asyncio.to_thread(rabbit.kill, second)
         await _until(lambda: len(load.received) > received + 200, 60, "consuming to resume on a survivor")
