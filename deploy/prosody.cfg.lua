@@ -13,3 +13,13 @@ VirtualHost (ENV_HABLA_XMPP_DOMAIN or "localhost")
 
 Component (ENV_HABLA_XMPP_COMPONENT_DOMAIN or "chat.localhost")
   component_secret = ENV_HABLA_XMPP_COMPONENT_SECRET
+
+-- Gateway partitions (HABLA_GATEWAY_PARTITIONS = P > 1): one component per partition,
+-- p0 .. p<P-1> under the component domain, same secret (libs/common/partitions.py).
+local partitions = tonumber(ENV_HABLA_GATEWAY_PARTITIONS or "1") or 1
+if partitions > 1 then
+  for n = 0, partitions - 1 do
+    Component ("p" .. n .. "." .. (ENV_HABLA_XMPP_COMPONENT_DOMAIN or "chat.localhost"))
+      component_secret = ENV_HABLA_XMPP_COMPONENT_SECRET
+  end
+end
