@@ -6,12 +6,12 @@ Hosts (tools/netns.py: a bridge, a veth pair and an address each on a private /2
   gateway1/2  im_gateway, HABLA_GATEWAY_PARTITIONS=2 (the partitions spread over both)
   worker      transcript_worker + console + the development SMTP sink
   broker1/2/3 the 3-node RabbitMQ cluster (tools/rabbit_cluster.py; quorum queues), a node each
-  redis       Redis master + replica + 3 Sentinels (tools/sentinel.py)
+  redis1/2    Redis master / replica (tools/sentinel.py; Sentinel may swap them)
+  sentinel1/2/3  a Sentinel each (quorum 2)
   db          MariaDB, its own datadir in a temp folder (tools/mariadb.py)
   xmpp        Prosody (tools/prosody.py), c2s :5222 with STARTTLS
 
-Scaled down for a 2-core machine: the Redis pair and its Sentinels share one host. The root namespace is
-on the bridge (.1), so a browser and an XMPP client on this machine reach the edge and
+The root namespace is on the bridge (.1), so a browser and an XMPP client on this machine reach the edge and
 the XMPP server. Ctrl-C, or any failure while starting, stops every process and removes
 every namespace, link and temp folder.
 """
@@ -47,7 +47,11 @@ HOSTS = [
     "broker1",
     "broker2",
     "broker3",
-    "redis",
+    "redis1",
+    "redis2",
+    "sentinel1",
+    "sentinel2",
+    "sentinel3",
     "db",
     "xmpp",
 ]
@@ -72,9 +76,35 @@ class Layout:
     settings: Settings | None = None
     demo: dict[str, str] = field(default_factory=dict)
     folders: list[Path] = field(default_factory=list)  # the servers' temp folders (for the test)
+    # The servers, for the failover tests (which kill and restart them on their hosts).
+    redis: sentinel.SentinelSet | None = None
+    broker: rabbit_cluster.Cluster | None = None
+    xmpp: prosody.ProsodyConfig | None = None
+    # Settings on top of the layout's own (the failover tests raise the rate limits:
+    # every test visitor comes from this machine's one address).
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     def address(self, host: str) -> str:
         return self.net.hosts[host].address
+
+    def host_at(self, address: str) -> str:
+        return next(host.name for host in self.net.hosts.values() if host.address == address)
+
+    def kill_host(self, host: str) -> list[int]:
+        """A host that dies: SIGKILL every process in its namespace at once (no goodbye,
+        no ack, no lease released; its peers see its connections reset)."""
+        return self.net.kill(host)
+
+    def revive(self, host: str, timeout_s: float = 30) -> None:
+        """Start the host's services again (what its init system would do after a reboot)."""
+        mine = [child for child in self.children if child.name.endswith(f" on {host}")]
+        deadline = time.monotonic() + timeout_s
+        while not all(child.process.poll() is None for child in mine):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the services of {host} did not start again")
+            for child in mine:
+                child.check()  # notices the death, restarts after its back-off (1 s)
+            time.sleep(0.2)
 
     def stop_children(self) -> None:
         for child in reversed(self.children):
@@ -103,8 +133,14 @@ def _servers(layout: Layout) -> Settings:
     db_password = secrets.token_urlsafe(16)
     mariadb.add_user(database, "habla", db_password, "habla", f"{subnet}.%")
 
-    with net.inside("redis"):
-        redis_set = sentinel.start(replicas=1, sentinels=3, host=layout.address("redis"))
+    redis_set = sentinel.start(
+        replicas=1,
+        sentinels=3,
+        data_hosts=[layout.address("redis1"), layout.address("redis2")],
+        sentinel_hosts=[layout.address(f"sentinel{i}") for i in (1, 2, 3)],
+        inside=lambda address: net.inside(layout.host_at(address)),
+    )
+    layout.redis = redis_set
     layout.closers.append(redis_set.close)
     layout.folders.append(redis_set.dir)
 
@@ -112,9 +148,11 @@ def _servers(layout: Layout) -> Settings:
     broker = rabbit_cluster.start(
         3, hosts=[layout.address(b) for b in brokers], inside=lambda i: net.inside(brokers[i])
     )
+    layout.broker = broker
     layout.closers.append(broker.close)
     layout.folders.append(broker.dir)
-    amqp_password = secrets.token_urlsafe(16)
+    # Hex: a urlsafe token may start with "-", which rabbitmqctl takes for an option.
+    amqp_password = secrets.token_hex(16)
     with net.inside("broker1"):
         first = broker.nodes[0]
         broker.ctl(first, "add_user", "habla", amqp_password)
@@ -127,7 +165,7 @@ def _servers(layout: Layout) -> Settings:
         {
             "HABLA_AMQP_URL": ",".join(node.url("habla", "habla", amqp_password) for node in broker.nodes),
             "HABLA_AMQP_QUORUM": "true",
-            "HABLA_REDIS_URL": f"redis://{layout.address('redis')}:{redis_set.data[0].port}/0",
+            "HABLA_REDIS_URL": f"redis://{layout.address('redis1')}:{redis_set.data[0].port}/0",
             "HABLA_REDIS_SENTINELS": redis_set.addresses,
             "HABLA_REDIS_MASTER_NAME": redis_set.master_name,
             "HABLA_REDIS_WAIT_MS": "1000",
@@ -141,6 +179,7 @@ def _servers(layout: Layout) -> Settings:
             "HABLA_TRUSTED_PROXIES": edge,
             "HABLA_DRAIN_S": "2",
             "HABLA_STATE_DIR": str(layout.dir / "state"),
+            **layout.extra_env,
         }
     )
     cfg = prosody.ProsodyConfig(
@@ -156,6 +195,7 @@ def _servers(layout: Layout) -> Settings:
     )
     with net.inside("xmpp"):
         xmpp = prosody.start(cfg, timeout_s=30)
+    layout.xmpp = cfg
     layout.closers.append(lambda: prosody.stop(xmpp))
     db.migrate(settings)
     layout.demo = _demo(layout, settings, cfg)
@@ -164,7 +204,7 @@ def _servers(layout: Layout) -> Settings:
 
 def _demo(layout: Layout, settings: Settings, cfg: prosody.ProsodyConfig) -> dict[str, str]:
     """A demo site and its operator account (fresh each time: the layout keeps no data)."""
-    password = secrets.token_urlsafe(12)
+    password = secrets.token_hex(8)  # passed to prosodyctl: never a leading "-"
     operator_jid = f"{OPERATOR_USER}@{cfg.domain}"
     prosody.register(cfg, OPERATOR_USER, password)
     engine = db.engine(settings)
@@ -247,10 +287,11 @@ def _wait_ready(layout: Layout, timeout_s: float = 180) -> None:
             time.sleep(0.5)
 
 
-def up() -> Layout:
-    """Bring the whole layout up; on any failure (or Ctrl-C) everything is removed again."""
+def up(env: dict[str, str] | None = None) -> Layout:
+    """Bring the whole layout up; on any failure (or Ctrl-C) everything is removed again.
+    ``env``: settings on top of the layout's (HABLA_* names)."""
     net = netns.create()
-    layout = Layout(net, Path(tempfile.mkdtemp(prefix=f"habla-cluster-{net.tag}-")))
+    layout = Layout(net, Path(tempfile.mkdtemp(prefix=f"habla-cluster-{net.tag}-")), extra_env=dict(env or {}))
     try:
         for host in HOSTS:
             net.add_host(host)

@@ -108,6 +108,21 @@ class Net:
             found += [int(pid) for pid in done.stdout.split()]
         return found
 
+    def host_pids(self, host: str) -> list[int]:
+        """The processes running on one host."""
+        done = ip("netns", "pids", self.hosts[host].netns, check=False)
+        return [int(pid) for pid in done.stdout.split()]
+
+    def kill(self, host: str) -> list[int]:
+        """SIGKILL every process in one host's namespace (the host dies); returns their pids
+        once they are gone. The namespace and its link stay: the host can be started again."""
+        pids = self.host_pids(host)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+        _reap(pids)
+        return pids
+
     def close(self) -> None:
         """SIGKILL whatever is left in our namespaces, then remove them, the veths, the bridge."""
         left = self.pids()

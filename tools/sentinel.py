@@ -22,6 +22,8 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,15 +50,19 @@ class Server:
     args: list[str]
     process: subprocess.Popen[bytes] | None = None
     host: str = "127.0.0.1"
+    # Enters the server's host (a network namespace under `make cluster`): a restart
+    # after a kill comes back on the same host.
+    enter: Callable[[], AbstractContextManager[object]] | None = None
 
     def start(self) -> None:
-        self.process = subprocess.Popen(
-            ["redis-server", *self.args],
-            cwd=self.dir,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        with self.enter() if self.enter is not None else contextlib.nullcontext():
+            self.process = subprocess.Popen(
+                ["redis-server", *self.args],
+                cwd=self.dir,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         client = redis.Redis(host=self.host, port=self.port, socket_timeout=1)
         deadline = time.monotonic() + 20
         try:
@@ -94,13 +100,11 @@ class SentinelSet:
     data: list[Server] = field(default_factory=list)  # [0] starts as master
     sentinels: list[Server] = field(default_factory=list)
     master_name: str = MASTER_NAME
-    # The address every server binds and is reached at (a netns host's, for `make cluster`).
-    host: str = "127.0.0.1"
 
     @property
     def addresses(self) -> str:
         """HABLA_REDIS_SENTINELS for these Sentinels."""
-        return ",".join(f"{self.host}:{s.port}" for s in self.sentinels)
+        return ",".join(f"{s.host}:{s.port}" for s in self.sentinels)
 
     def master_port(self, timeout_s: float = 30) -> int:
         """The master's port once every running Sentinel names the same one. A Sentinel
@@ -112,7 +116,7 @@ class SentinelSet:
             for sentinel in self.sentinels:
                 if sentinel.process is None:
                     continue
-                client = redis.Redis(host=self.host, port=sentinel.port, socket_timeout=1)
+                client = redis.Redis(host=sentinel.host, port=sentinel.port, socket_timeout=1)
                 try:
                     address: Any = client.execute_command(  # type: ignore[no-untyped-call]
                         "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name
@@ -134,7 +138,8 @@ class SentinelSet:
 
     def failover(self) -> None:
         """SENTINEL FAILOVER: a replica is promoted and the old master demoted (planned)."""
-        client = redis.Redis(host=self.host, port=self.sentinels[0].port, socket_timeout=5)
+        first = self.sentinels[0]
+        client = redis.Redis(host=first.host, port=first.port, socket_timeout=5)
         try:
             client.execute_command("SENTINEL", "FAILOVER", self.master_name)  # type: ignore[no-untyped-call]
         finally:
@@ -153,7 +158,8 @@ class SentinelSet:
     def wait_replica_in_sync(self, port: int, timeout_s: float = 30) -> None:
         """Until the server on ``port`` is a replica whose link to its master is up (its
         full copy loaded): what an operator checks before a planned failover."""
-        client = redis.Redis(host=self.host, port=port, socket_timeout=1, decode_responses=True)
+        host = next(server.host for server in self.data if server.port == port)
+        client = redis.Redis(host=host, port=port, socket_timeout=1, decode_responses=True)
         deadline = time.monotonic() + timeout_s
         try:
             while time.monotonic() < deadline:
@@ -164,7 +170,7 @@ class SentinelSet:
                 time.sleep(0.1)
         finally:
             client.close()
-        raise RuntimeError(f"{self.host}:{port} did not become an in-sync replica within {timeout_s} s")
+        raise RuntimeError(f"{host}:{port} did not become an in-sync replica within {timeout_s} s")
 
     def close(self) -> None:
         for server in [*self.sentinels, *self.data]:
@@ -172,13 +178,13 @@ class SentinelSet:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def _data_args(port: int, replica_of: int | None, host: str = "127.0.0.1") -> list[str]:
+def _data_args(port: int, replica_of: tuple[str, int] | None, host: str = "127.0.0.1") -> list[str]:
     args = [
         *("--port", str(port), "--bind", host, "--save", "", "--appendonly", "no"),
         *("--dir", ".", "--logfile", "redis.log", "--daemonize", "no"),
     ]
     if replica_of is not None:
-        args += ["--replicaof", host, str(replica_of)]
+        args += ["--replicaof", replica_of[0], str(replica_of[1])]
     if host != "127.0.0.1":
         args += ["--protected-mode", "no"]  # see SENTINEL_CONF
     return args
@@ -193,41 +199,69 @@ logfile sentinel.log
 dir .
 # No password: off loopback (a `make cluster` host) only protected-mode no lets others in.
 protected-mode {protected}
-sentinel monitor {name} {host} {master_port} 2
+sentinel monitor {name} {master_host} {master_port} 2
 sentinel down-after-milliseconds {name} {down_after}
 sentinel failover-timeout {name} 5000
 sentinel parallel-syncs {name} 1
 """
 
 
-def start(replicas: int = 1, sentinels: int = 3, host: str = "127.0.0.1") -> SentinelSet:
+def start(
+    replicas: int = 1,
+    sentinels: int = 3,
+    host: str = "127.0.0.1",
+    data_hosts: Sequence[str] = (),
+    sentinel_hosts: Sequence[str] = (),
+    inside: Callable[[str], AbstractContextManager[object]] | None = None,
+) -> SentinelSet:
     """Start a master, `replicas` replicas and `sentinels` Sentinels (close() removes all),
-    all bound to ``host`` (loopback by default)."""
-    group = SentinelSet(Path(tempfile.mkdtemp(prefix="habla-sentinel-")), host=host)
+    all bound to ``host`` (loopback by default). ``data_hosts`` / ``sentinel_hosts``: one
+    address per server instead, each on a host of its own whose network ``inside(address)``
+    enters (`make cluster`: the master's host can die without taking a Sentinel with it)."""
+    group = SentinelSet(Path(tempfile.mkdtemp(prefix="habla-sentinel-")))
+    data_at = list(data_hosts) or [host] * (replicas + 1)
+    sentinel_at = list(sentinel_hosts) or [host] * sentinels
+    assert len(data_at) == replicas + 1 and len(sentinel_at) == sentinels
+    taken: set[int] = set()
+
+    def port_of_its_own() -> int:
+        # Distinct across the set even on different hosts: tests and tools name a server
+        # by its port (the Sentinels' GET-MASTER-ADDR-BY-NAME answer).
+        while (port := free_port()) in taken:
+            pass
+        taken.add(port)
+        return port
+
+    def enter(address: str) -> Callable[[], AbstractContextManager[object]] | None:
+        return None if inside is None else lambda: inside(address)
+
     try:
-        master_port = free_port()
+        master_port = port_of_its_own()
+        master_host = data_at[0]
         for i in range(replicas + 1):
-            port = master_port if i == 0 else free_port()
+            port = master_port if i == 0 else port_of_its_own()
             folder = group.dir / f"redis{i}"
             folder.mkdir()
-            args = _data_args(port, None if i == 0 else master_port, host)
-            server = Server(f"redis{i}", port, folder, args, host=host)
+            args = _data_args(port, None if i == 0 else (master_host, master_port), data_at[i])
+            server = Server(f"redis{i}", port, folder, args, host=data_at[i], enter=enter(data_at[i]))
             server.start()
             group.data.append(server)
         for i in range(sentinels):
-            port = free_port()
+            port = port_of_its_own()
             folder = group.dir / f"sentinel{i}"
             folder.mkdir()
             conf = SENTINEL_CONF.format(
                 port=port,
                 name=group.master_name,
+                master_host=master_host,
                 master_port=master_port,
                 down_after=DOWN_AFTER_MS,
-                host=host,
-                protected="yes" if host == "127.0.0.1" else "no",
+                host=sentinel_at[i],
+                protected="yes" if sentinel_at[i] == "127.0.0.1" else "no",
             )
             (folder / "sentinel.conf").write_text(conf)
-            server = Server(f"sentinel{i}", port, folder, [str(folder / "sentinel.conf"), "--sentinel"], host=host)
+            args = [str(folder / "sentinel.conf"), "--sentinel"]
+            server = Server(f"sentinel{i}", port, folder, args, host=sentinel_at[i], enter=enter(sentinel_at[i]))
             server.start()
             group.sentinels.append(server)
         _wait_replicas_known(group, replicas)
@@ -244,7 +278,7 @@ def _wait_replicas_known(group: SentinelSet, replicas: int, timeout_s: float = 3
     while time.monotonic() < deadline:
         ready = 0
         for sentinel in group.sentinels:
-            client = redis.Redis(host=group.host, port=sentinel.port, socket_timeout=1, decode_responses=True)
+            client = redis.Redis(host=sentinel.host, port=sentinel.port, socket_timeout=1, decode_responses=True)
             try:
                 state: Any = client.sentinel_master(group.master_name)
                 if (
