@@ -149,7 +149,13 @@ class Run:
     began: float = field(default_factory=time.monotonic)
     # (from, to) in time.monotonic(): operator lines sent then may bounce or go without
     # an answer (the gateway and broker tests say why); outside it, none may.
-    may_bounce: tuple[float, float] | None = None
+    may_bounce: list[tuple[float, float]] = field(default_factory=list)
+
+    def excused(self, operator: Operator, body: str) -> bool:
+        """Sent within a window where a bounce or no answer is expected, or followed by a
+        restart notice in that visitor's window (the operator was told to resend)."""
+        sent_at = operator.sent_at[body]
+        return any(a <= sent_at <= b for a, b in self.may_bounce) or operator.covered(body)
 
     def note(self, what: str) -> None:
         self.timeline.append((round(time.monotonic() - self.began, 1), what))
@@ -213,11 +219,8 @@ async def _under_load(hosts: Hosts, label: str, fault: Callable[[Run], Awaitable
         settle = asyncio.Event()
         tasks += [asyncio.create_task(v.receive_ws(settle)) for v in run.visitors]
 
-        def excused(sent_at: float) -> bool:
-            return run.may_bounce is not None and run.may_bounce[0] <= sent_at <= run.may_bounce[1]
-
         def done() -> bool:
-            return settled(run.visitors, run.operators, excused)
+            return settled(run.visitors, run.operators, run.excused)
 
         await until(done, SETTLE_S)
         run.note("settled" if done() else "settle time over")
@@ -253,10 +256,9 @@ async def _under_load(hosts: Hosts, label: str, fault: Callable[[Run], Awaitable
     assert not count.not_at_operator, examples
     assert not count.twice_at_operator, examples
     assert not count.changed_operator, examples
-    sent_at = {body: at for o in run.operators for body, at in o.sent_at.items()}
-    window = run.may_bounce or (0.0, 0.0)
+    owner_of = {body: o for o in run.operators for body in o.sent}
     unanswered = sorted(count.bounced | set(count.silent))
-    assert not [b for b in unanswered if not window[0] <= sent_at[b] <= window[1]], examples
+    assert not [b for b in unanswered if not run.excused(owner_of[b], b)], examples
     assert not count.not_shown, examples
     assert not count.shown_twice, examples
     assert not count.not_archived, examples
@@ -351,7 +353,7 @@ async def test_a_gateway_host_dies(hosts: Hosts) -> None:
         figures["takeover s (kill -> every moved lease held by the survivor)"] = round(taken_at - killed_at, 2)
         # The survivor connects the component just before it takes the lease; a line
         # the XMPP server routed before that is answered with an error.
-        run.may_bounce = (killed_at - 2.0, taken_at + 1.0)
+        run.may_bounce.append((killed_at - 2.0, taken_at + 1.0))
         run.note(f"{moved} held by {survivor}")
         # The first operator line for a visitor of a moved partition, sent after the kill,
         # that the survivor receipted: the partition serves again end to end.
@@ -367,8 +369,22 @@ async def test_a_gateway_host_dies(hosts: Hosts) -> None:
         figures["first receipted operator line on a moved partition, s after the kill"] = (
             round(min(back), 2) if back else None
         )
+        back_at = time.monotonic()
         await asyncio.to_thread(layout.revive, victim)
         run.note(f"{victim} started again")
+        # It may take a partition over again (fair share): a planned handover, during
+        # which an operator's line may be refused for a moment (services/im_gateway/
+        # serving.py); bounces then are counted with the takeover's.
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if victim in (await asyncio.to_thread(_owners, hosts)).values():
+                break
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(1.0)
+        owners_after = await asyncio.to_thread(_owners, hosts)
+        run.note(f"owners after it rejoined {owners_after}")
+        figures["owners after the killed host rejoined"] = owners_after
+        run.may_bounce.append((back_at, time.monotonic() + 1.0))
         watching = False
         await watcher
         figures["most partitions owned by the live gateways at once"] = most_owned
@@ -388,7 +404,7 @@ async def test_a_gateway_host_dies(hosts: Hosts) -> None:
         # as not delivered (nothing acknowledged is lost), but the goal is 0 bounced.
         pytest.xfail(
             f"{len(count.bounced)} operator line(s) bounced and {len(count.silent)} unanswered "
-            "during the takeover (XMPP server side)"
+            "during the takeover and the handover back (XMPP server side)"
         )
 
 
@@ -465,7 +481,7 @@ async def test_a_broker_host_dies(hosts: Hosts) -> None:
         figures["... until, s after the kill"] = round(gone_at - killed_at, 2)
         # Publishes of some operator lines are nacked for up to ~25 s after the kill (see
         # below); the gateway retries one for HABLA_GATEWAY_LINE_RETRY_S, then bounces it.
-        run.may_bounce = (killed_at - 2.0, killed_at + 30.0)
+        run.may_bounce.append((killed_at - 2.0, killed_at + 30.0))
         after = await asyncio.to_thread(_connections, hosts)
         run.note(f"connections per surviving broker host {after}")
         figures["connections per broker host before"] = before

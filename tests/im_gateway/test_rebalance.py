@@ -5,7 +5,7 @@ Real processes on a stack of their own (tests/chaos/stack.py): the frontend, 3 g
 processes, Prosody, RabbitMQ, Redis, MariaDB. One site per partition (8 sites, one
 visitor each, talking over the frontend's HTTP API as the widget does) and 2 strict
 operators (4 sites each) answering with receipts: the chaos test's load and line
-accounting (tests/chaos/test_nothing_lost.py).
+accounting (tests/chat_load.py).
 
 1. Two gateways: each ends up with 4 partitions.
 2. A third joins: partitions are handed over until each holds 2 or 3.
@@ -49,7 +49,8 @@ from libs.common.settings import Settings
 from libs.common.state.presence import SiteStatusReader
 from services.im_gateway.gateway import QUIESCE_S
 from tests.chaos.stack import Stack, running_stack
-from tests.chaos.test_nothing_lost import Operator, Visitor, _until
+from tests.chat_load import Operator, Visitor
+from tests.chat_load import until as _until
 from tests.im_gateway.isolated import site_online, wait_until
 from tests.im_gateway.operator_client import OperatorClient
 from tools import prosody
