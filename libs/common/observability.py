@@ -131,7 +131,7 @@ def observability_routes(checks: Mapping[str, Check]) -> list[Any]:
 
 
 def listen(
-    app: tornado.web.Application, host: str, port: int, settings: Settings, **options: Any
+    app: tornado.web.Application, host: str, port: int, settings: Settings, *, reuse_port: bool = False, **options: Any
 ) -> tornado.httpserver.HTTPServer:
     """Serve ``app``; behind HABLA_TRUSTED_PROXIES, the client address comes from them.
 
@@ -139,11 +139,12 @@ def listen(
     one our proxy appended. Without trusted proxies the header is ignored, so nobody
     picks the address a per-IP limit counts. (Trusting a proxy means the service is
     reachable only through it, as in docker-compose's network.) ``options`` go to the
-    HTTPServer (libs.common.web.http_server_options: slow-client timeouts, body size).
+    HTTPServer (libs.common.web.http_server_options: slow-client timeouts, body size);
+    ``reuse_port``: several processes listen on the same port (SO_REUSEPORT).
     """
     trusted = settings.trusted_proxy_list
     server = tornado.httpserver.HTTPServer(app, xheaders=bool(trusted), trusted_downstream=trusted or None, **options)
-    server.listen(port, address=host)
+    server.listen(port, address=host, reuse_port=reuse_port)
     return server
 
 

@@ -139,6 +139,9 @@ class Settings:
     frontend_port: int = field(default=8080, metadata={"env": "HABLA_FRONTEND_PORT"})
     # Names this instance's delivery queue; must be unique among running frontends.
     frontend_id: str = field(default_factory=_default_instance_id, metadata={"env": "HABLA_FRONTEND_ID"})
+    # Frontend processes on the port (one per core); >1 makes `python -m services.rpc_frontend`
+    # a supervisor of that many (services/rpc_frontend/processes.py).
+    frontend_processes: int = field(default=1, metadata={"env": "HABLA_FRONTEND_PROCESSES"})
     public_url: str = field(default="http://127.0.0.1:8080", metadata={"env": "HABLA_PUBLIC_URL"})
     # Signs visitor tokens and account cookies. The default is for development only.
     secret_key: str = field(default=DEFAULT_SECRET_KEY, metadata={"env": "HABLA_SECRET_KEY"})

@@ -12,6 +12,7 @@ from libs.common.messaging import Bus
 from libs.common.settings import Settings
 from libs.common.startup import settings_or_exit
 from libs.common.web import http_server_options
+from services.rpc_frontend import processes
 from services.rpc_frontend.app import make_app
 from services.rpc_frontend.context import Frontend
 from services.rpc_frontend.delivery import DeliveryConsumer
@@ -47,6 +48,8 @@ async def run(settings: Settings) -> None:
         settings.frontend_host,
         settings.frontend_port,
         settings,
+        # Processes of one supervisor share the port; the kernel spreads connections.
+        reuse_port=settings.frontend_processes > 1,
         **http_server_options(MAX_BODY_BYTES),
     )
     log.info(
@@ -89,6 +92,8 @@ def close_sockets(frontend: Frontend) -> None:
 def main() -> None:
     settings = settings_or_exit("rpc_frontend")
     logs.configure("rpc_frontend", settings)
+    if settings.frontend_processes > 1 and processes.worker_number() is None:
+        raise SystemExit(processes.supervise(settings))
     asyncio.run(run(settings))
 
 
