@@ -162,7 +162,10 @@ class Gateway:
         self._spawn(self._heartbeat(), "heartbeat")
         self._spawn(forceaway.watch(self.desk), "force-away")
         self._consumers.append(
-            await self.bus.consume(self.bindings.queues["visitor"], self.visitor_consumer.receive, manual=True)
+            # One barrier ping confirms many lines at once: their acks go out together.
+            await self.bus.consume(
+                self.bindings.queues["visitor"], self.visitor_consumer.receive, manual=True, batch_acks=True
+            )
         )
         self._consumers.append(
             await self.bus.consume(

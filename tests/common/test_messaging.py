@@ -244,3 +244,37 @@ async def test_consumer_killed_before_ack_loses_nothing(make_bus: MakeBus, setti
     await bus.consume(spec, handler)
     got = await asyncio.wait_for(received.get(), 10)
     assert got.struct == sent and got.redelivered
+
+
+async def test_batched_acks_settle_out_of_order_without_losing_or_repeating(make_bus: MakeBus) -> None:
+    """batch_acks: acks asked for together go out as one multiple ack plus single ones;
+    settled in any order (retries and dead letters among them), every message is
+    settled exactly once: the channel stays open and nothing comes back."""
+    bus = await make_bus("batched")
+    spec = _spec("batched")
+    received: list[Envelope] = []
+    sent = [_message(f"line {i}") for i in range(40)]
+    all_in = asyncio.Event()
+
+    async def handler(envelope: Envelope) -> None:
+        received.append(envelope)
+        if len(received) == len(sent):
+            all_in.set()
+
+    consumer = await bus.consume(spec, handler, manual=True, batch_acks=True, prefetch=100)
+    await bus.publish_all(topology.VISITOR, [("batched.message", m) for m in sent])
+    await asyncio.wait_for(all_in.wait(), 10)
+
+    # The newest half first (single acks: the oldest are still unsettled), one dead
+    # letter among the oldest, then the rest together (one multiple ack).
+    await asyncio.gather(*(e.ack() for e in received[20:]))
+    await received[3].dead_letter("test")
+    await asyncio.gather(*(e.ack() for i, e in enumerate(received[:20]) if i != 3))
+    assert not consumer.channel.is_closed  # an ack of an unknown tag would have closed it
+
+    await consumer.stop()  # anything left unacknowledged would return to the queue now
+    channel = await bus.connection.channel()
+    queue = await channel.declare_queue(spec.name, passive=True)
+    assert queue.declaration_result.message_count == 0
+    await channel.close()
+    assert [m.message_id for m in await _dead_letters(bus, spec, 1)] == [received[3].message_id]
