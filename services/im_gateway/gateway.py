@@ -276,16 +276,21 @@ class Gateway:
             if self.active:
                 await self.inbound.quiesce(QUIESCE_S)
         log.info("stopping: the XMPP stream")
+        # From here nothing new is written: component.stop() clears ``ready`` before its
+        # first await (our writes check it); what slixmpp had queued goes out before the
+        # stream's closing tag, which the server handles before it admits the next owner.
+        # (The close itself waits up to a second for the server's goodbye.)
+        stopped_writing = time.monotonic()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.component.stop(), STOP_STEP_S)
         if self._seated:  # before the release: a claimant never sees this process as owning it still
             domain = self.settings.xmpp_component_domain
-            metrics.OWNED_UNTIL.labels(domain).set(time.monotonic())
+            metrics.OWNED_UNTIL.labels(domain).set(stopped_writing)
             # The span in the log too: an audit trail of who could write when (the
             # handover tests read it once /metrics is gone with the process).
             log.info(
                 "stream closed: ownership ended",
-                extra={"domain": domain, "owned_since": self._owned_since, "owned_until": time.monotonic()},
+                extra={"domain": domain, "owned_since": self._owned_since, "owned_until": stopped_writing},
             )
             self.seats.held -= 1
             self._seated = False

@@ -221,11 +221,12 @@ class Rebalancer:
         self._hand_over = hand_over
         self._lock = Lease(redis, settings.redis_key("gw", "rebalance"), LOCK_TTL_MS)
         self.moves = 0  # partitions handed over by this process's rebalancing
+        self.stopped = False  # set by a graceful stop: no more beats or moves
 
     async def run(self) -> None:
         members_seen: list[str] | None = None
         since = time.monotonic()
-        while True:
+        while not self.stopped:
             try:
                 await self.members.beat()
                 members = await self.members.live()
@@ -234,7 +235,7 @@ class Rebalancer:
                     members_seen, since = members, time.monotonic()
                 elif time.monotonic() - since >= SETTLE_S:
                     moves = batch(members, await self._owners(), await self.members.pinned_members())
-                    if moves and moves[0].giver == self.members.me:
+                    if moves and moves[0].giver == self.members.me and not self.stopped:
                         await self._move(moves)
             except asyncio.CancelledError:
                 raise

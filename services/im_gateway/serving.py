@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 # A handing-over gateway's stop is bounded step by step (gateway.STOP_STEP_S each); the
 # move waits at most this long for it to let go.
 LET_GO_WITHIN_S = 20.0
+# A stopping process waits this long for its rebalancing tasks to end.
+STOP_HELPERS_S = 2.0
 
 
 def domains(settings: Settings) -> list[str]:
@@ -81,9 +83,7 @@ class Serving:
         try:
             await serving
         finally:
-            for task in helpers:
-                task.cancel()
-            await asyncio.gather(*helpers, return_exceptions=True)
+            await _cancel(helpers)
             if self.rebalancer is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self.rebalancer.members.leave(), 3)
@@ -120,9 +120,9 @@ class Serving:
         to see it, then halt. Bounded: whatever fails here, partitions are released
         anyway (and claimed by whoever looks first)."""
         await stop.wait()
-        for task in rebalancing:
-            task.cancel()
-        await asyncio.gather(*rebalancing, return_exceptions=True)
+        if self.rebalancer is not None:
+            self.rebalancer.stopped = True  # also if the cancellation below gets swallowed
+        await _cancel(rebalancing)
         try:
             if self.rebalancer is not None:
                 await asyncio.wait_for(self._promise_all(), STANDBY_RETRY_S + 3)
@@ -173,3 +173,12 @@ class Serving:
 
     def owned(self) -> list[str]:
         return [domain for domain, g in self.gateways.items() if g.active]
+
+
+async def _cancel(tasks: list[asyncio.Future[None]]) -> None:
+    """Cancel and wait, bounded: a cancellation that lands inside a Redis call can be
+    swallowed by the client, and a stopping process must not wait for it forever."""
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=STOP_HELPERS_S)
