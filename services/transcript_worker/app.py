@@ -103,6 +103,7 @@ class Worker:
                 self._tracked(consumer.consume, ack=not consumer.manual_ack),
                 manual=True,
                 prefetch=getattr(consumer, "prefetch", None),
+                batch_acks=getattr(consumer, "batch_acks", False),
             )
             self._subscriptions.append(subscription)
             log.info("consuming", extra={"consumer": name, "queue": consumer.spec.name})

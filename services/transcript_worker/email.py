@@ -71,6 +71,7 @@ class _Job:
 class EmailConsumer:
     spec = topology.EMAIL
     manual_ack = True
+    batch_acks = True
 
     def __init__(
         self, engine: sa.Engine, redis: aioredis.Redis, sites: SiteDirectory, mailer: Mailer, settings: Settings
@@ -198,15 +199,17 @@ class EmailConsumer:
         outcomes = await self._mailer.send_many([job.mail for job in sending if job.mail is not None])
         accepted = [job for job, outcome in zip(sending, outcomes, strict=True) if outcome is None]
         await self._record(accepted)
+        settling = []  # together: the acks of a batch leave as one multiple ack (batch_acks)
         for job, outcome in zip(sending, outcomes, strict=True):
             if outcome is None:
                 EMAILED.labels(job.kind).inc()
-                await _settle(job, "ack")
+                settling.append(_settle(job, "ack"))
             elif isinstance(outcome, MailRejected):
                 log.warning("email refused for good", extra={"key": job.key, "reason": str(outcome)})
-                await _settle(job, "dead", f"rejected: {outcome}")
+                settling.append(_settle(job, "dead", f"rejected: {outcome}"))
             else:  # MailUnavailable: the queue's backoff, then the dead-letter queue
-                await _settle(job, "retry", f"{outcome.__class__.__name__}: {outcome}", outcome)
+                settling.append(_settle(job, "retry", f"{outcome.__class__.__name__}: {outcome}", outcome))
+        await asyncio.gather(*settling)
 
     def _render(self, job: _Job, site: SiteConfig) -> OutgoingMail:
         if job.kind == "transcript":
