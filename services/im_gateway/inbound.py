@@ -33,6 +33,11 @@ BOUNCED = (
     "is unavailable). Please send it again in a moment."
 )
 
+DELAYED = (
+    "This line is saved in the chat but not yet confirmed: Habla's message broker is not answering. "
+    "It reaches the visitor as soon as the broker is back, with a delivery receipt then; no need to send it again."
+)
+
 HANDING_OVER = "This line did not reach the visitor: Habla is moving this chat to another server. Please send it again."
 
 CHAT_STATES = ("active", "composing", "paused", "inactive", "gone")
@@ -231,14 +236,15 @@ class Inbound:
         correction = msg.xml.find(f"{{{CORRECTION_NS}}}replace")  # XEP-0308
         replaces = correction.get("id") if correction is not None else None
 
-        def bounce(_reason: str) -> None:
-            # An error the client shows against that line: never a silent loss.
-            metrics.OPERATOR_LINES_BOUNCED.inc()
-            self._component.error(msg, "internal-server-error", BOUNCED, "wait")
+        def delayed(_reason: str) -> None:
+            # Logged, not yet published: an info line, not an error, so the operator
+            # does not resend a line the visitor will see (never a silent wait either).
+            metrics.OPERATOR_LINES_DELAYED.inc()
+            reply(DELAYED)
 
         refusal = await relay.operator_line(
             self._desk, sender, visitor_id, session, body, msg["id"], on_committed,
-            replaces=replaces or None, on_failed=bounce, deadline=deadline, context=context,
+            replaces=replaces or None, on_delayed=delayed, deadline=deadline, context=context,
         )  # fmt: skip
         if refusal:
             reply(refusal)

@@ -31,6 +31,10 @@ OPERATOR_LINES_BOUNCED = Counter(
     "habla_gateway_operator_lines_bounced_total",
     "Operator lines bounced with an XMPP error after HABLA_GATEWAY_LINE_RETRY_S (Redis or broker unavailable)",
 )
+OPERATOR_LINES_DELAYED = Counter(
+    "habla_gateway_operator_lines_delayed_total",
+    "Operator lines logged but not published within HABLA_GATEWAY_LINE_RETRY_S (operator told; published later)",
+)
 BARRIER_PINGS = Counter(
     "habla_gateway_barrier_pings_total", "Pings to the XMPP server confirming written stanzas", ["outcome"]
 )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
@@ -131,7 +132,7 @@ async def operator_line(
     stanza_id: str,
     on_committed: Callable[[], None] | None = None,
     replaces: str | None = None,
-    on_failed: Callable[[str], None] | None = None,
+    on_delayed: Callable[[str], None] | None = None,
     deadline: float | None = None,
     context: LineContext | None = None,
 ) -> str | None:
@@ -142,7 +143,9 @@ async def operator_line(
     background so the next line need not wait, and ``on_committed`` (the XEP-0184
     receipt) fires only once both are confirmed. If they cannot be confirmed by
     ``deadline`` (monotonic; default HABLA_GATEWAY_LINE_RETRY_S from now),
-    ``on_failed`` gets the reason instead: the operator is never left guessing.
+    ``on_delayed`` gets the reason, once, and the publishes go on until they are
+    confirmed: the line is already in the log the visitor reads, so a bounce would
+    make the operator send it again and the visitor see it twice.
 
     ``context``: the session's conversation and blocked flag as just read with the
     session (Routing.line_context, which also lifted the operator's force-away), so
@@ -240,10 +243,12 @@ async def operator_line(
         try:
             await persistently("publishing an operator line", publish, deadline)
         except LineNotRelayed as exc:
-            log.error("operator line bounced", extra={"operator": operator, "reason": str(exc)})
-            if on_failed is not None:
-                on_failed(str(exc))
-            return
+            log.error("operator line delayed", extra={"operator": operator, "reason": str(exc)})
+            if on_delayed is not None:
+                on_delayed(str(exc))
+            # No deadline now: the broker's outage is the only thing this waits for
+            # (the stop of the gateway cancels it; the line stays unreceipted then).
+            await persistently("publishing a delayed operator line", publish, math.inf)
         if on_committed is not None:
             on_committed()
 

@@ -2,8 +2,10 @@
 
 `rabbitmqctl close_all_connections` on the run's vhost: the gateway's publishes of
 operator lines (archive + the visitor's frontend, in the background) fail until its
-robust connection is back. Each line is retried and then delivered (receipt) or, past
-HABLA_GATEWAY_LINE_RETRY_S, bounced with an XMPP error: none is dropped in silence."""
+robust connection is back. Each line is retried and then delivered (receipt): none is
+dropped in silence. A line the log already holds is never bounced (the visitor reads the
+log, so an operator who resent it would be seen twice): past HABLA_GATEWAY_LINE_RETRY_S
+the operator is told it is delayed, and its receipt follows when the broker is back."""
 
 from __future__ import annotations
 
@@ -17,8 +19,10 @@ import uuid
 import pytest
 
 from libs.common import state
+from libs.common.state.conversations import ConversationLog
 from libs.common.state.presence import SiteStatusReader
 from libs.common.state.sessions import VisitorSessions
+from services.im_gateway.inbound import DELAYED
 from services.im_gateway.visitors import VisitorNames
 from tests.im_gateway.conftest import create_site
 from tests.im_gateway.isolated import isolated_gateway_env, site_online, wait_until
@@ -81,6 +85,71 @@ async def test_broker_connections_closed_every_operator_line_delivered_or_bounce
                 f"after the last line); gateway alive: {gateway.poll() is None}"
             )
             assert silent == []
+            assert gateway.poll() is None
+        finally:
+            env.terminate(gateway)
+            await operator.stop()
+            await redis.aclose()
+
+
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+@pytest.mark.slow
+async def test_broker_refusing_longer_than_the_retry_delays_logged_lines_never_bounces(
+    settings, engine, artifacts
+) -> None:
+    """The broker refuses the gateway for 8 s, four times HABLA_GATEWAY_LINE_RETRY_S:
+    every line written meanwhile is logged once, its operator told once it is delayed,
+    then receipted; no error reaches the operator."""
+    async with isolated_gateway_env(
+        settings, artifacts, presence_heartbeat_s=1, presence_ttl_s=30, gateway_line_retry_s=2
+    ) as env:
+        s = env.settings
+        vhost = urllib.parse.unquote(urllib.parse.urlsplit(s.amqp_url).path.lstrip("/"))
+        redis = state.connect(s)
+        user, password = f"op-{uuid.uuid4().hex[:6]}", uuid.uuid4().hex[:12]
+        await asyncio.to_thread(prosody.register, env.prosody, user, password)
+        site_id = await create_site(engine, [(f"{user}@{s.xmpp_domain}", "Kim")])
+        gateway = env.start_gateway("gateway")
+        operator = await OperatorClient(f"{user}@{s.xmpp_domain}", password, "127.0.0.1", s.xmpp_c2s_port).start()
+        conversation_id = uuid.uuid4().hex
+        try:
+            await wait_until(lambda: site_online(SiteStatusReader(redis, s), site_id), within=30)
+            sessions = VisitorSessions(redis, s)
+            visitor_id = sessions.new_visitor_id()
+            await sessions.save(
+                visitor_id, site_id, {"frontend_id": s.frontend_id, "conversation_id": conversation_id,
+                                      "page_url": "https://shop.example/", "page_title": "Home"},
+            )  # fmt: skip
+            visitor_jid = await VisitorNames(redis, s).jid_of(visitor_id)
+            operator.say(visitor_jid, "warm-up", stanza_id="warm-up", receipt=True)
+            await wait_until(lambda: "warm-up" in operator.receipts, 20)
+
+            limit = ["set_vhost_limits", "-p", vhost]
+            await asyncio.to_thread(_rabbitmqctl, *limit, '{"max-connections": 0}')
+            try:
+                await asyncio.to_thread(_rabbitmqctl, "close_all_connections", "-p", vhost, "test: broker refusing")
+                ids = [f"d{n}" for n in range(5)]
+                for stanza_id in ids:
+                    operator.say(visitor_jid, stanza_id, stanza_id=stanza_id, receipt=True)
+                    await asyncio.sleep(0.2)
+
+                def told() -> list[str]:
+                    return [r.body for r in operator.received if r.kind == "message" and DELAYED in r.body]
+
+                await wait_until(lambda: len(told()) == len(ids), 30)
+                assert not any(i in operator.receipts for i in ids)  # not confirmed while refused
+                await asyncio.sleep(8 - 1 - 2)
+            finally:
+                await asyncio.to_thread(_rabbitmqctl, *limit, '{"max-connections": -1}')
+            await wait_until(lambda: all(i in operator.receipts for i in ids), 60)
+            errors = [r.stanza_id for r in operator.received if r.kind == "message" and r.error]
+            bodies = [e.get("body") for e in await ConversationLog(redis, s).after(conversation_id, 0)]
+            print(f"\nbroker refused 8 s: {len(told())} delayed notices, {len(errors)} errors, log {bodies}")
+            assert errors == []
+            assert sorted(b for b in bodies if b in ids) == ids  # each once
             assert gateway.poll() is None
         finally:
             env.terminate(gateway)
