@@ -89,7 +89,9 @@ def fuzz_target(settings: Settings, engine: sa.Engine, artifacts: Path) -> Itera
     visitor = _post_json(f"{url}/api/sites/{site.id}/session", {"page": {"url": "http://127.0.0.1/fuzz"}})
     target = FuzzTarget(url, site.id, str(visitor["token"]), process, log)
     yield target
-    # Killed, not stopped: its graceful stop (draining connections the fuzzers left
-    # open, up to 2 x 5 s) is tested in tests/rpc_frontend and checks nothing here.
-    process.kill()
-    process.wait()
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
