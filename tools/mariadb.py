@@ -9,12 +9,13 @@ random password, allowed from the layout's subnet.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from tools import daemons
 
 
 @dataclass
@@ -48,12 +49,6 @@ class MariaDB:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def _listening(host: str, port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex((host, port)) == 0
-
-
 def start(host: str = "127.0.0.1", port: int = 3306, timeout_s: float = 60) -> MariaDB:
     server = MariaDB(Path(tempfile.mkdtemp(prefix="habla-mariadb-")), host, port)
     try:
@@ -71,7 +66,7 @@ def start(host: str = "127.0.0.1", port: int = 3306, timeout_s: float = 60) -> M
         )  # fmt: skip
         log.close()
         deadline = time.monotonic() + timeout_s
-        while not (_listening(host, port) and server.socket.exists()):
+        while not (daemons.listening(host, port) and server.socket.exists()):
             if server.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"mariadbd did not start; see {server.dir / 'mariadbd.log'}")
             time.sleep(0.1)

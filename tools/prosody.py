@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tools import daemons
+
 # Modules an operator's ordinary client needs, and no more. Left out on purpose:
 # "limits" (Debian's 10 kb/s per connection throttles tests and benchmarks), "tls"
 # (plaintext on loopback only), "s2s"/"dialback" (no federation in development).
@@ -200,11 +202,4 @@ def start(cfg: ProsodyConfig, timeout_s: float = 10.0) -> subprocess.Popen[bytes
     )
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+stop = daemons.stop
