@@ -10,8 +10,11 @@ Prosody that are removed at the end:
    sends N messages to it (client → component) and it sends N to the client
    (component → client): messages/s and one-way latency p50/p99;
 2. the gateway on the same domain of the same Prosody: N visitor lines published on
-   habla.visitor until they reach the operator's client (visitor → operator), and N
-   operator lines until they arrive on habla.deliver (operator → visitor);
+   habla.visitor until they reach the operator's client (visitor → operator), then N
+   more as a backlog (published while the gateway's consumer is cancelled, then
+   drained: the gateway's own pace, not this bench's publisher's), and N operator
+   lines until they arrive on habla.deliver (operator → visitor); for each, the CPU of
+   this process per line and the gateway's Redis commands and round trips per line;
 3. presence under churn: visitors clicking through pages while one operator follows
    some of them: presence stanzas per operator per second vs page views per second.
 
@@ -297,6 +300,28 @@ async def through_gateway(
     rows = [summary(f"gateway visitor -> operator, {label}", n, first, arrivals, sent)]
     cost("", n, cpu, redis_before, count)
 
+    # The same lines as a backlog: all published while the gateway's consumer is
+    # cancelled, then drained. What the phase above measures is capped by this bench's
+    # own publisher (a log append and a confirmed publish per line, in this process);
+    # this one is the gateway's own pace.
+    visitor_queue = gateway._consumers[0]  # the visitor queue's consumer (gateway.start)
+    await visitor_queue.cancel()
+    backlog = [f"{tag}b{i}" for i in range(n)]
+    for start in range(0, n, 50):
+        await asyncio.gather(
+            *(visitor_line(chats[i % conversations], b) for i, b in enumerate(backlog[start : start + 50], start))
+        )
+    mark = len(op.received)
+    cpu, redis_before = time.process_time(), count.now()
+    first = time.perf_counter()
+    sent = dict.fromkeys(backlog, first)
+    await visitor_queue.start()
+    await wait_until(lambda: len(op.received) - mark >= n, 120, "the backlog at the operator")
+    offset = time.perf_counter() - time.monotonic()
+    arrivals = {r.body: r.at + offset for r in op.received[mark:] if r.body in sent}
+    rows.append(summary(f"gateway visitor -> operator, backlog, {label}", n, first, arrivals, sent))
+    cost("", n, cpu, redis_before, count)
+
     sent = {}
     cpu, redis_before = time.process_time(), count.now()
     first = time.perf_counter()
@@ -447,10 +472,11 @@ async def main() -> None:
                 gw = await through_gateway(
                     settings, gateway, op, bus, site_id, args.messages, conversations, redis, count
                 )
-            gw_in, gw_out = gw[0], gw[1]
+            gw_in, gw_backlog, gw_out = gw[0], gw[1], gw[2]
             print(
                 f"  ratio to baseline ({conversations} conv.): visitor -> operator "
-                f"{gw_in['rate'] / base_out['rate']:.2f} (vs component -> client), operator -> visitor "
+                f"{gw_in['rate'] / base_out['rate']:.2f}, backlog {gw_backlog['rate'] / base_out['rate']:.2f} "
+                f"(vs component -> client), operator -> visitor "
                 f"{gw_out['rate'] / base_in['rate']:.2f} (vs client -> component)"
             )
         await churn(settings, gateway, op, bus, site_id, args.churn_seconds)
