@@ -30,7 +30,7 @@ from services.status_image.files import StatusFiles, nginx_etag
 from tests.redis_server import PrivateRedis
 from tests.status_image.conftest import StatusServer, top_colour
 from tests.status_image.test_hostile_input import MATH_DIGITS
-from tools import nginx
+from tools import daemons, nginx
 
 Start = Callable[..., Awaitable[StatusServer]]
 ROOT = Path(__file__).resolve().parents[2]
@@ -321,14 +321,13 @@ def _deploy_config(tmp_path: Path, port: int, files: Path, backend_port: int) ->
     return path
 
 
-def _run_checked(config: Path, prefix: Path) -> subprocess.Popen[bytes]:
+def _run_checked(config: Path, prefix: Path, port: int) -> subprocess.Popen[bytes]:
     binary = nginx.binary()
     assert binary is not None
     # As the image runs it: `daemon off` on the command line, not in the file.
     command = [binary, "-g", "daemon off;", "-e", str(prefix / "error.log"), "-p", str(prefix), "-c", str(config)]
-    check = subprocess.run([*command, "-t"], capture_output=True, text=True, timeout=30)
-    assert check.returncode == 0, check.stderr
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    # Returned once nginx listens: a fetch before that is refused, not a 404 to retry.
+    return daemons.start_checked("nginx", [*command, "-t"], command, lambda: daemons.listening("127.0.0.1", port), 10)
 
 
 def test_the_deploy_config_reads_the_disk_exactly_like_the_generated_one() -> None:
@@ -345,7 +344,7 @@ async def test_the_deploy_config_serves_files_and_falls_back(
     assert backend is not None
     port = nginx.free_port()
     config = _deploy_config(tmp_path, port, tmp_path / "files", backend)
-    process = _run_checked(config, tmp_path)
+    process = _run_checked(config, tmp_path, port)
     try:
         edge = StatusServer(f"http://127.0.0.1:{port}", tornado.cache, tornado.renderer)
         site_id = make_site()
