@@ -18,43 +18,45 @@ import redis.asyncio as aioredis
 
 from libs.common.settings import Settings
 
-# KEYS[1] = counter; ARGV[1] = window seconds, ARGV[2] = limit. Returns 0 when the hit
-# is allowed, else the seconds until the window ends (at least 1).
-_HIT = """
-local n = redis.call('INCR', KEYS[1])
-if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
-if n > tonumber(ARGV[2]) then
-  local ttl = redis.call('TTL', KEYS[1])
-  if ttl < 1 then
-    redis.call('EXPIRE', KEYS[1], ARGV[1])  -- a counter that lost its TTL must not block forever
-    ttl = tonumber(ARGV[1])
+# The fixed-window hit itself, as a Lua function that scripts guarding other work in
+# the same round trip (the frontend's page views and lines) put before their own code:
+# limit_hit(counter key, window seconds, limit) is 0 when the hit is allowed, else the
+# seconds until the window ends (at least 1).
+HIT_FUNCTION = """
+local function limit_hit(key, window, limit)
+  local n = redis.call('INCR', key)
+  if n == 1 then redis.call('EXPIRE', key, window) end
+  if n > limit then
+    local ttl = redis.call('TTL', key)
+    if ttl < 1 then
+      redis.call('EXPIRE', key, window)  -- a counter that lost its TTL must not block forever
+      ttl = window
+    end
+    return ttl
   end
-  return ttl
+  return 0
 end
-return 0
 """
+
+# KEYS[1] = counter; ARGV[1] = window seconds, ARGV[2] = limit.
+_HIT = HIT_FUNCTION + "return limit_hit(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]))\n"
 
 # KEYS[1] = counter to hit, as _HIT; KEYS[2] = a counter only looked at; ARGV[1], ARGV[2]
 # as _HIT, ARGV[3] = the looked-at counter's limit. One round trip for "count this
 # request, unless it is over its limit or the other counter is at its own". Returns
 # {0, 0} when allowed, {1, seconds} over the hit's limit, {2, seconds} other at its limit.
-_HIT_UNLESS = """
-local n = redis.call('INCR', KEYS[1])
-if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
-if n > tonumber(ARGV[2]) then
-  local ttl = redis.call('TTL', KEYS[1])
-  if ttl < 1 then
-    redis.call('EXPIRE', KEYS[1], ARGV[1])
-    ttl = tonumber(ARGV[1])
-  end
-  return {1, ttl}
-end
+_HIT_UNLESS = (
+    HIT_FUNCTION
+    + """
+local ttl = limit_hit(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]))
+if ttl > 0 then return {1, ttl} end
 local other = tonumber(redis.call('GET', KEYS[2]) or '0')
 if other >= tonumber(ARGV[3]) then
   return {2, math.max(redis.call('TTL', KEYS[2]), 1)}
 end
 return {0, 0}
 """
+)
 
 # KEYS[1] = counter. Gives one hit back, never below zero, keeping the window's TTL.
 _REFUND = """

@@ -23,7 +23,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from libs.common.ratelimit import RateLimited
+from libs.common.ratelimit import HIT_FUNCTION, RateLimited
 from libs.common.settings import Settings
 from libs.common.state.conversations import APPEND_SCRIPT, LOG_TTL_S
 from libs.common.state.replicas import ReplicaWait
@@ -38,23 +38,16 @@ from libs.common.state.replicas import ReplicaWait
 # created}: the log needs a floor (not appended, not marked); else {0, conversation,
 # created, seq, appended (0: a retry of a line already there), marked}.
 _SEND = (
-    """
+    HIT_FUNCTION
+    + """
 local function append_line(KEYS, ARGV)
 """
     + APPEND_SCRIPT
     + """
 end
 if tonumber(ARGV[1]) >= 0 then
-  local n = redis.call('INCR', KEYS[1])
-  if n == 1 then redis.call('EXPIRE', KEYS[1], 60) end
-  if n > tonumber(ARGV[1]) then
-    local ttl = redis.call('TTL', KEYS[1])
-    if ttl < 1 then
-      redis.call('EXPIRE', KEYS[1], 60)  -- a counter that lost its TTL must not block forever
-      ttl = 60
-    end
-    return {1, ttl}
-  end
+  local ttl = limit_hit(KEYS[1], 60, tonumber(ARGV[1]))
+  if ttl > 0 then return {1, ttl} end
 end
 if redis.call('EXISTS', KEYS[2]) == 0 then return {2} end
 local conversation = redis.call('HGET', KEYS[2], 'conversation_id')

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from libs.common.ratelimit import RateLimited
+from libs.common.ratelimit import HIT_FUNCTION, RateLimited
 from libs.common.settings import Settings
 
 # The session fields a page view's answer needs (VisitorChat.start's callers): only
@@ -32,20 +32,13 @@ ANSWERED = ("site_id", "conversation_id", "name", "email", "phone", "frontend_id
 # Returns {1, seconds}: over the page-view limit (nothing written); {2}: the session
 # belongs to another site (nothing written); {0, existed (0/1), the ANSWERED fields}.
 _VISIT = (
-    "local ANSWERED = {"
+    HIT_FUNCTION
+    + "local ANSWERED = {"
     + ", ".join(f"'{name}'" for name in ANSWERED)
     + """}
 if tonumber(ARGV[8]) >= 0 then
-  local n = redis.call('INCR', KEYS[4])
-  if n == 1 then redis.call('EXPIRE', KEYS[4], 60) end
-  if n > tonumber(ARGV[8]) then
-    local ttl = redis.call('TTL', KEYS[4])
-    if ttl < 1 then
-      redis.call('EXPIRE', KEYS[4], 60)  -- a counter that lost its TTL must not block forever
-      ttl = 60
-    end
-    return {1, ttl}
-  end
+  local ttl = limit_hit(KEYS[4], 60, tonumber(ARGV[8]))
+  if ttl > 0 then return {1, ttl} end
 end
 local existed = redis.call('EXISTS', KEYS[1])
 if existed == 1 and redis.call('HGET', KEYS[1], 'site_id') ~= ARGV[1] then
