@@ -95,6 +95,14 @@ class Visitor:
             await asyncio.sleep(0.5)
         raise AssertionError("no session")
 
+    async def load(self, stop: asyncio.Event, every_s: float) -> None:
+        """This visitor's steady share of the load: line after line until ``stop``."""
+        for n in itertools.count():
+            if stop.is_set():
+                return
+            await self.send(n)
+            await asyncio.sleep(every_s)
+
     async def send(self, n: int) -> None:
         line = VisitorLine(uuid.uuid4().hex, f"v{self.index}-{n}")
         self.lines.append(line)

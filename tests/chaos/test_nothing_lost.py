@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import subprocess
 import time
@@ -129,14 +128,7 @@ async def _chaos(stack: Stack, redis_server: PrivateRedis, broker: PrivateBroker
     stop = asyncio.Event()
     receivers = [asyncio.create_task(v.receive(stop)) for v in visitors]
 
-    async def visitor_load(visitor: Visitor) -> None:
-        for n in itertools.count():
-            if stop.is_set():
-                return
-            await visitor.send(n)
-            await asyncio.sleep(VISITOR_LINE_EVERY_S)
-
-    senders = [asyncio.create_task(visitor_load(v)) for v in visitors]
+    senders = [asyncio.create_task(v.load(stop, VISITOR_LINE_EVERY_S)) for v in visitors]
     talkers = [asyncio.create_task(o.talk(stop)) for o in operators]
     gateway_deaths: list[str] = []
     timeline: list[tuple[float, str]] = []

@@ -196,16 +196,9 @@ async def _under_load(hosts: Hosts, label: str, fault: Callable[[Run], Awaitable
         for visitor in run.visitors:
             await visitor.start()
 
-        async def visitor_load(visitor: Visitor) -> None:
-            for n in itertools.count():
-                if stop.is_set():
-                    return
-                await visitor.send(n)
-                await asyncio.sleep(VISITOR_LINE_EVERY_S)
-
         receivers = [asyncio.create_task(v.receive_ws(stop)) for v in run.visitors]
         tasks += receivers
-        tasks += [asyncio.create_task(visitor_load(v)) for v in run.visitors]
+        tasks += [asyncio.create_task(v.load(stop, VISITOR_LINE_EVERY_S)) for v in run.visitors]
         tasks += [asyncio.create_task(o.talk(stop)) for o in run.operators]
         run.began = time.monotonic()
         await asyncio.sleep(STEADY_S)

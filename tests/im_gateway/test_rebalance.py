@@ -290,14 +290,7 @@ async def _run(stack: Stack) -> None:
     stop = asyncio.Event()
     receivers = [asyncio.create_task(v.receive(stop)) for v in visitors]
 
-    async def visitor_load(visitor: Visitor) -> None:
-        for k in itertools.count():
-            if stop.is_set():
-                return
-            await visitor.send(k)
-            await asyncio.sleep(VISITOR_LINE_EVERY_S)
-
-    senders = [asyncio.create_task(visitor_load(v)) for v in visitors]
+    senders = [asyncio.create_task(v.load(stop, VISITOR_LINE_EVERY_S)) for v in visitors]
     talkers = [asyncio.create_task(o.talk(stop)) for o in operators]
     figures: dict[str, float] = {}
     victims: list[str] = []
