@@ -259,6 +259,15 @@ async def _under_load(hosts: Hosts, label: str, fault: Callable[[Run], Awaitable
     return run, count
 
 
+def _report(figures: dict[str, Any], count: Tally, known_gap: str) -> None:
+    """Print the run's figures; operator lines bounced in a known gap's window (the
+    accounting already failed any outside it) make the test an expected failure."""
+    figures["operator lines bounced"] = len(count.bounced)
+    print(json.dumps(figures, indent=1))
+    if count.bounced:
+        pytest.xfail(f"{len(count.bounced)} operator line(s) bounced {known_gap}")
+
+
 def _get(url: str) -> tuple[int, str, bytes]:
     try:
         with urllib.request.urlopen(url, timeout=5) as answer:
@@ -490,15 +499,11 @@ async def test_a_broker_host_dies(hosts: Hosts) -> None:
         run.note(f"{victim} started again")
 
     _, count = await _under_load(hosts, "broker host killed", fault)
-    figures["operator lines bounced"] = len(count.bounced)
-    print(json.dumps(figures, indent=1))
-    if count.bounced:
-        # Known gap (README, "When a host dies"): for 18-25 s after the kill the broker
-        # nacks the gateway's publishes of some operator lines (which queue, not found:
-        # the survivors list none of the dead node's queues as down); after
-        # HABLA_GATEWAY_LINE_RETRY_S the line bounces to the operator, though it is
-        # already in the conversation log the visitor reads.
-        pytest.xfail(f"{len(count.bounced)} operator line(s) bounced after the broker host died")
+    # Known gap (README, "When a host dies"): for 18-25 s after the kill the broker nacks
+    # the gateway's publishes of some operator lines (which queue, not found). A line
+    # already logged is now only delayed (its receipt follows); one that bounces here
+    # is a regression of that, or a line whose log append itself failed.
+    _report(figures, count, "after the broker host died")
 
 
 async def test_the_redis_master_host_dies(hosts: Hosts) -> None:
@@ -531,14 +536,11 @@ async def test_the_redis_master_host_dies(hosts: Hosts) -> None:
         run.may_bounce.append((killed_at - 2.0, time.monotonic() + 1.0))
 
     _, count = await _under_load(hosts, "Redis master host killed", fault)
-    figures["operator lines bounced"] = len(count.bounced)
-    print(json.dumps(figures, indent=1))
-    if count.bounced:
-        # Known gap (README, "When a host dies"): the promoted master has no replica
-        # until the dead one is back (18 s here), so every write waits for it; an
-        # operator line retried past HABLA_GATEWAY_LINE_RETRY_S bounces, though its
-        # append may be replicated (and shown to the visitor) afterwards.
-        pytest.xfail(f"{len(count.bounced)} operator line(s) bounced while the new master had no replica")
+    # Known gap (README, "When a host dies"): the promoted master has no replica until the
+    # dead one is back (18 s here), so every write waits for it; an operator line retried
+    # past HABLA_GATEWAY_LINE_RETRY_S bounces, though its append may be replicated (and
+    # shown to the visitor) afterwards.
+    _report(figures, count, "while the new master had no replica")
 
 
 async def test_a_frontend_host_dies(hosts: Hosts) -> None:
