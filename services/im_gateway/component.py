@@ -46,6 +46,9 @@ PING_NS = "urn:xmpp:ping"
 # XEP-0359: the message id travels as origin-id too, so a client that receives a line
 # twice (resent because the stream died before the barrier) shows it once.
 SID_NS = "urn:xmpp:sid:0"
+# mod_habla_hold (deploy/prosody-modules): a component handing its domain over asks the
+# server to hold what is routed to it from now on, for the next component stream.
+HOLD_NS = "urn:x-habla:component-hold:0"
 
 
 class GatewayComponent(ComponentXMPP):
