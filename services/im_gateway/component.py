@@ -21,7 +21,9 @@ from typing import Any
 
 from slixmpp import ComponentXMPP
 from slixmpp.exceptions import IqError, IqTimeout
-from slixmpp.stanza import Message, Presence
+from slixmpp.stanza import Iq, Message, Presence
+from slixmpp.xmlstream.handler import Callback
+from slixmpp.xmlstream.matcher import MatchXPath
 from slixmpp.xmlstream.tostring import tostring
 
 from libs.common import xmlsafe
@@ -39,6 +41,8 @@ BACKOFF_MAX_S = 30.0
 # A server answers a ping in about a millisecond (servers.md); one unanswered for this
 # long means a stream that is stuck, so the lines are sent again after a reconnect.
 CONFIRM_TIMEOUT_S = 10.0
+# A hold request (see ask_hold) unanswered for this long: the server has no hold.
+HOLD_TIMEOUT_S = 2.0
 
 CHATSTATES_NS = "http://jabber.org/protocol/chatstates"
 RECEIPTS_NS = "urn:xmpp:receipts"
@@ -83,6 +87,14 @@ class GatewayComponent(ComponentXMPP):
         self._confirmed = 0
         self._ping: asyncio.Future[None] | None = None
         self._ping_tasks: set[asyncio.Task[None]] = set()
+        # A hold request that comes back to us: the server routed it instead of holding.
+        self.register_handler(
+            Callback(
+                "habla hold request",
+                MatchXPath(f"{{{self.default_ns}}}iq/{{{HOLD_NS}}}hold"),
+                self._on_hold_request,  # type: ignore[arg-type]
+            )
+        )
         self.add_event_handler("session_start", self._on_session_start)
         self.add_event_handler("disconnected", self._on_disconnected)
         self.add_event_handler("connection_failed", self._on_connection_failed)
@@ -240,6 +252,38 @@ class GatewayComponent(ComponentXMPP):
                 answered.set_exception(XmppUnavailable("the XMPP stream was lost before the server confirmed"))
             if self._ping is answered:
                 self._ping = None
+
+    async def ask_hold(self) -> bool:
+        """Handing the domain over: ask the XMPP server to hold what it routes to the
+        domain from now on for the next component stream (Prosody with
+        mod_habla_hold, deploy/prosody-modules). True once it agreed: every stanza it
+        routed to us before has arrived (it answers in order), nothing more will, so
+        nothing needs refusing while we finish. False where the server has no hold
+        (ejabberd, a Prosody without the module: the request comes back to us and we
+        answer it feature-not-implemented, _on_hold_request), or the stream is down."""
+        if not self.ready.is_set():
+            return False
+        iq = self.make_iq_set(ito=self.boundjid.bare, ifrom=self.boundjid.bare)
+        iq.xml.append(iq.xml.makeelement(f"{{{HOLD_NS}}}hold", {}))
+        try:
+            await iq.send(timeout=HOLD_TIMEOUT_S)  # type: ignore[no-untyped-call]
+        except (IqError, IqTimeout):
+            return False
+        except Exception as exc:  # the stream broke under the send
+            log.warning("hold request failed: %s", exc)
+            return False
+        return True
+
+    def _on_hold_request(self, iq: Iq) -> None:
+        """Our own hold request, routed back to us (ejabberd, a Prosody without
+        mod_habla_hold), or anyone else's: we hold nothing. (slixmpp's own
+        feature-not-implemented answer does not come: the request's id matches the
+        waiter of our own request, so slixmpp counts it as handled.)"""
+        if iq["type"] in ("get", "set"):
+            reply = iq.reply()  # type: ignore[no-untyped-call]
+            reply["error"]["condition"] = "feature-not-implemented"
+            reply["error"]["type"] = "cancel"
+            reply.send()
 
     def abort_stream(self) -> None:
         """Drop a stuck stream; the disconnect handler reconnects."""

@@ -49,10 +49,11 @@ log = logging.getLogger(__name__)
 # Each step of a graceful stop gets this long: docker stops a container 10 s after
 # SIGTERM, and nothing is lost by giving up (RabbitMQ redelivers, leases expire).
 STOP_STEP_S = 3.0
-# Stopping: how long operators' new lines are refused (with an error) while those in hand
-# are finished and receipted. Short: lines still queued after it are stored once the
-# stream has closed (only their receipt is lost), and until the next owner is in the
-# XMPP server bounces them anyway.
+# Stopping: how long the lines in hand get to be finished and receipted before the
+# stream closes. Where the XMPP server holds the domain's stanzas for the next owner
+# (mod_habla_hold) nothing new arrives meanwhile; elsewhere new lines are refused with
+# an error (short: lines still queued after it are stored once the stream has closed,
+# only their receipt is lost, and until the next owner is in the server bounces them).
 QUIESCE_S = 1.0
 # A standby checks the lease (and, once it is vacant, tries the component connection)
 # this often: a takeover costs at most this after the dead holder's lease turns stale
@@ -118,7 +119,9 @@ class Gateway:
         self.inbound = Inbound(self.component, self.desk, self.roster, self.bot, self.rosters)
         self.visitor_consumer = VisitorConsumer(self.desk, self.component)
         self.conversation_consumer = ConversationConsumer(self.desk, self.component)
-        self.takeover_notice = TakeoverNotice(redis, settings, self.desk, self.component, self.lease.token)
+        self.takeover_notice = TakeoverNotice(
+            redis, settings, self.desk, self.component, self.lease.token, caught_up=self.inbound.caught_up
+        )
         self._tasks: list[asyncio.Task[Any]] = []
         self._consumers: list[Any] = []
         self.active = False
@@ -256,11 +259,14 @@ class Gateway:
 
         1. No new deliveries (basic.cancel); what was already delivered is written,
            confirmed by the ping barrier and acknowledged, so a handover resends nothing.
-        2. Operators' lines still arriving are answered with an error (never silence),
-           those already in hand are stored and receipted, and a last barrier ping makes
-           sure the server has every receipt and error before the stream closes.
-        3. The stream closes at once (the server bounces lines to the domain from then
-           on, until the next owner is in: keep that gap short), the ownership span ends.
+        2. The XMPP server is asked to hold what it routes to the domain from now on,
+           for the next owner (mod_habla_hold; where it cannot, operators' lines still
+           arriving are answered with an error, never silence); the lines already in
+           hand are stored and receipted, and a last barrier ping makes sure the server
+           has every receipt and error before the stream closes.
+        3. The stream closes at once (without the hold the server bounces lines to the
+           domain from then on, until the next owner is in: keep that gap short), the
+           ownership span ends.
         4. Lease released (promised to the receiver of a handover first), channels
            closed (anything left unacknowledged returns to the queue; before the
            release if anything is), then the rest: background tasks, publishing what
@@ -274,7 +280,12 @@ class Gateway:
                 self.visitor_consumer.settle(STOP_STEP_S), self.conversation_consumer.settle(STOP_STEP_S)
             )
             if self.active:
-                await self.inbound.quiesce(QUIESCE_S)
+                # Where the XMPP server holds the domain's stanzas for the next owner
+                # (mod_habla_hold), nothing new arrives from here on and no line needs
+                # refusing; elsewhere new lines get an error until the stream closes.
+                held = await self.component.ask_hold()
+                log.info("stopping: %s", "the XMPP server holds new stanzas" if held else "refusing new lines")
+                await self.inbound.quiesce(QUIESCE_S, refuse=not held)
         log.info("stopping: the XMPP stream")
         # From here nothing new is written: component.stop() clears ``ready`` before its
         # first await (our writes check it); what slixmpp had queued goes out before the

@@ -111,20 +111,29 @@ class Inbound:
             finally:
                 self._handling -= 1
 
-    async def quiesce(self, within: float) -> None:
-        """Graceful stop, stream still up: refuse new lines (with an error), finish
-        those in hand (stored, published, receipted), then one barrier ping so the
-        server has every receipt and error before the stream closes."""
-        self._refusing = True
+    async def quiesce(self, within: float, *, refuse: bool = True) -> None:
+        """Graceful stop, stream still up: finish the lines in hand (stored, published,
+        receipted), then one barrier ping so the server has every receipt and error
+        before the stream closes. New lines are refused (with an error) meanwhile,
+        unless the server holds them for the next owner (``refuse=False``: it agreed
+        to hold, GatewayComponent.ask_hold, so none can arrive any more)."""
+        self._refusing = refuse
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        await self.caught_up(within)
+        try:
+            await asyncio.wait_for(self._component.confirm(), max(0.1, deadline - loop.time()))
+        except (XmppUnavailable, TimeoutError):
+            log.warning("stopping: the last receipts may not have reached the server")
+
+    async def caught_up(self, within: float) -> None:
+        """Wait (at most ``within`` s) until every stanza taken in is handled and what
+        that started in the background (publishing, receipts) is done."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
         await self.drain(within)
         if self._desk.background:  # publishing and receipting run in the background
             await asyncio.wait(set(self._desk.background), timeout=max(0.01, deadline - loop.time()))
-        try:
-            await asyncio.wait_for(self._component.confirm(), max(0.1, deadline - loop.time()))
-        except (XmppUnavailable, TimeoutError):
-            log.warning("stopping: the last receipts may not have reached the server")
 
     async def drain(self, within: float) -> None:
         """Wait (at most ``within`` s) until every stanza taken in is handled."""

@@ -18,6 +18,13 @@ to send is kept in ``gw:restart-notice:<domain>`` (the takeover time, ms) until 
 reached the XMPP server (ping barrier), so an owner that dies before telling leaves
 it to the next one.
 
+The XMPP server holds lines sent while no gateway owned the domain (mod_habla_hold,
+deploy/prosody-modules) and hands them to the new owner right after its handshake, so
+those are stored and receipted like any other: the notice waits until the lines taken in
+before it are handled and their receipts written (``caught_up``), so when it arrives the
+only lines without a tick are those the dead gateway had read and not stored. (Where the
+server bounces instead, e.g. ejabberd, those lines show an error and no tick.)
+
 Limits: a line that *opened* a chat (operator-initiated, conversation not yet in Redis)
 has no open conversation to be told about; if Redis lost the owner key (restarted
 without its data) a death just after is not noticed.
@@ -28,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -59,6 +67,9 @@ return 0
 RETRY_S = 1.0
 # Notices written between two barrier pings: one ping per batch, not per operator.
 BATCH = 200
+# How long the notice waits for the lines taken in before it (held by the XMPP server
+# during the takeover) to be handled and receipted.
+CAUGHT_UP_S = 3.0
 
 
 # How the notice begins (after voice.PREFIX): what tests and log readers look for.
@@ -69,7 +80,7 @@ def notice_text(restarted_ms: int) -> str:
     at = time.strftime("%H:%M:%S", time.gmtime(restarted_ms / 1000))
     return (
         f"{LEAD}{at} UTC. Lines you sent in the last seconds before that "
-        "which show no delivery tick (receipt) were not received: please send them again."
+        "which still show no delivery tick (receipt) were not received: please send them again."
     )
 
 
@@ -102,10 +113,17 @@ class Succession:
 
 class TakeoverNotice:
     def __init__(
-        self, redis: aioredis.Redis, settings: Settings, desk: Desk, component: GatewayComponent, token: str
+        self,
+        redis: aioredis.Redis,
+        settings: Settings,
+        desk: Desk,
+        component: GatewayComponent,
+        token: str,
+        caught_up: Callable[[float], Awaitable[None]] | None = None,
     ) -> None:
         self._desk = desk
         self._component = component
+        self._caught_up = caught_up
         self.succession = Succession(redis, settings, token)
 
     async def run(self, sites: set[str]) -> None:
@@ -121,6 +139,10 @@ class TakeoverNotice:
                 await asyncio.sleep(RETRY_S)
         if pending is None:
             return
+        if self._caught_up is not None:
+            # Lines held by the server during the takeover arrived right after our
+            # handshake: receipted before the notice, they are not among those it names.
+            await self._caught_up(CAUGHT_UP_S)
         done: set[tuple[str, str]] = set()
         while True:
             await self._component.ready.wait()

@@ -28,9 +28,9 @@ import pytest
 from slixmpp import ComponentXMPP
 from slixmpp.exceptions import IqError
 
-from services.im_gateway.component import HOLD_NS
+from services.im_gateway.component import HOLD_NS, GatewayComponent
 from tests.im_gateway.operator_client import OperatorClient
-from tools import prosody
+from tools import ejabberd, prosody
 
 SECRET = "hold-test-secret"
 
@@ -206,3 +206,50 @@ async def test_a_component_handing_over_asks_for_the_hold_before_it_closes(folde
         receiver = await Component(cfg).connect()
         await until(lambda: receiver.bodies == ["during-1", "during-2"], 5, f"got {receiver.bodies}")
         assert errors(operator) == []
+
+
+@pytest.mark.parametrize("hold", [True, False], ids=["with-module", "without-module"])
+async def test_the_gateway_knows_whether_the_server_holds_for_it(folder: Path, hold: bool) -> None:
+    """GatewayComponent.ask_hold: granted by the module; without it (as on ejabberd) the
+    request comes back to the component itself, is answered feature-not-implemented, and
+    the gateway refuses new lines while it stops, as before."""
+    async with server(folder, hold=hold) as (cfg, _):
+        gateway = GatewayComponent(cfg.component_domain, SECRET, "127.0.0.1", cfg.component_port, server=cfg.domain)
+        gateway.connect()
+        try:
+            await asyncio.wait_for(gateway.ready.wait(), 10)
+            started = time.monotonic()
+            assert await gateway.ask_hold() is hold
+            assert time.monotonic() - started < 1.0, "answered, not timed out"
+        finally:
+            await gateway.stop()
+
+
+async def test_on_ejabberd_the_gateway_knows_there_is_no_hold(folder: Path) -> None:
+    """ejabberd has no such module: the request is refused quickly (no 2 s timeout added
+    to every handover), and the gateway keeps refusing new lines while it stops."""
+    if not ejabberd.available():
+        pytest.skip("ejabberd is not installed (scripts/setup.sh installs Debian's)")
+    cfg = ejabberd.EjabberdConfig(
+        dir=folder,
+        domain="hold.test",
+        component_domain="chat.hold.test",
+        component_secret=SECRET,
+        c2s_port=ejabberd.free_port(),
+        component_port=ejabberd.free_port(),
+        http_port=ejabberd.free_port(),
+        privileged=False,
+    )
+    process = await asyncio.to_thread(ejabberd.start, cfg)
+    try:
+        gateway = GatewayComponent(cfg.component_domain, SECRET, "127.0.0.1", cfg.component_port, server=cfg.domain)
+        gateway.connect()
+        try:
+            await asyncio.wait_for(gateway.ready.wait(), 10)
+            started = time.monotonic()
+            assert await gateway.ask_hold() is False
+            assert time.monotonic() - started < 1.0, "answered, not timed out"
+        finally:
+            await gateway.stop()
+    finally:
+        await asyncio.to_thread(ejabberd.stop, process, cfg)

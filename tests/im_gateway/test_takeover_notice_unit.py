@@ -30,7 +30,7 @@ async def test_a_notice_is_due_only_after_an_owner_that_did_not_stop_cleanly(set
 
 async def test_the_notice_names_the_time_in_utc() -> None:
     assert notice_text(0) == (
-        f"{LEAD}00:00:00 UTC. Lines you sent in the last seconds before that which show no delivery tick "
+        f"{LEAD}00:00:00 UTC. Lines you sent in the last seconds before that which still show no delivery tick "
         "(receipt) were not received: please send them again."
     )
 
