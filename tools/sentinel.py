@@ -54,10 +54,11 @@ class Server:
     # after a kill comes back on the same host.
     enter: Callable[[], AbstractContextManager[object]] | None = None
 
-    def start(self) -> None:
+    def start(self, extra: Sequence[str] = ()) -> None:
+        """Start it with its arguments, then ``extra`` (later ones win)."""
         with self.enter() if self.enter is not None else contextlib.nullcontext():
             self.process = subprocess.Popen(
-                ["redis-server", *self.args],
+                ["redis-server", *self.args, *extra],
                 cwd=self.dir,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -136,6 +137,24 @@ class SentinelSet:
         port = self.master_port()
         return next(server for server in self.data if server.port == port)
 
+    def restart(self, server: Server) -> None:
+        """A data server back after a crash, as a restart policy that asks the Sentinels
+        first would start it: a replica of the master they name (a master if they name
+        this one: it died before they failed over).
+
+        Started as it was (a master), it waits for the Sentinels to turn it into a
+        replica, and they take their time: a Sentinel reconfigures a replica that reports
+        itself a master only once that report is 8 s old (SENTINEL_PUBLISH_PERIOD * 4,
+        fixed in sentinel.c) and it learns the role from its INFO of the server, asked
+        every 10 s (SENTINEL_INFO_PERIOD): 8-18 s from the restart to their REPLICAOF
+        (11 s in a netns run, the replica in sync 18.8 s after the kill), all of it time
+        in which the promoted master has no replica and every chat line's `WAIT 1` fails
+        (libs/common/state/replicas.py). Asking first: in sync 0.2 s after the restart."""
+        master = self.master()
+        server.start(
+            ["--replicaof", "no", "one"] if master is server else ["--replicaof", master.host, str(master.port)]
+        )
+
     def failover(self) -> None:
         """SENTINEL FAILOVER: a replica is promoted and the old master demoted (planned)."""
         first = self.sentinels[0]
@@ -182,6 +201,10 @@ def _data_args(port: int, replica_of: tuple[str, int] | None, host: str = "127.0
     args = [
         *("--port", str(port), "--bind", host, "--save", "", "--appendonly", "no"),
         *("--dir", ".", "--logfile", "redis.log", "--daemonize", "no"),
+        # A replica asking for a full copy gets it at once: Redis 7's default waits 5 s
+        # for more replicas to share one diskless transfer (there is one), and while
+        # the replica waits the master has none, so every chat line's WAIT 1 fails.
+        *("--repl-diskless-sync-delay", "0"),
     ]
     if replica_of is not None:
         args += ["--replicaof", replica_of[0], str(replica_of[1])]

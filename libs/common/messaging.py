@@ -29,9 +29,12 @@ only says "rejected" and we want the reason, the attempt count and the source qu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import logging
+import math
 import sys
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -64,6 +67,15 @@ SOURCE_HEADER = "x-habla-source-queue"
 # in about a millisecond; 5 s rides out a busy disk but answers a widget (whose own
 # resend timer is 8 s) before it gives up on us.
 PUBLISH_TIMEOUT_S = 5.0
+# A nacked publish is retried on a fresh channel (Bus._renew_channel), at most once per
+# this many seconds. RabbitMQ 3.10's quorum-queue client keeps, per channel and queue,
+# the node it will first ask: the queue's leader as recorded when the channel first
+# published to it. A channel whose first publish to a quorum queue comes just after the
+# leader's node died, before the new leader is recorded (a fraction of a second after
+# the kill), asks the dead node every time and every publish to that queue is nacked,
+# until that node is back (18-25 s in the netns broker-kill test) or forever if it never
+# comes back; a new channel asks the new leader (tests/cluster/test_rabbit_failover.py).
+RENEW_CHANNEL_AFTER_NACK_S = 1.0
 # Largest message a consumer decodes. Our biggest honest message is a Transcript: a
 # long chat of 2,000 lines of 2,000 characters is ~16 MB in UTF-8 at worst; anything
 # larger is dead-lettered unread rather than decoded into memory.
@@ -137,6 +149,10 @@ class Bus:
         self._settings = settings
         self._exchanges: dict[str, AbstractExchange] = {}
         self._consumers: list[_Consumer] = []
+        self._renewing = asyncio.Lock()
+        self._renewed_at = -math.inf
+        self._retired: set[asyncio.Task[None]] = set()  # old channels closed a little later
+        self.channels_renewed = 0
 
     @classmethod
     async def connect(cls, settings: Settings, name: str) -> Bus:
@@ -152,6 +168,8 @@ class Bus:
     async def close(self) -> None:
         for consumer in self._consumers:
             await consumer.stop()
+        for task in self._retired:
+            task.cancel()
         await self.connection.close()
 
     async def ping(self) -> None:
@@ -282,18 +300,52 @@ class Bus:
                 raise result
 
     async def _confirmed(self, exchange: str, routing_key: str, message: aio_pika.Message, mandatory: bool) -> None:
+        channel = self._channel
         try:
             async with asyncio.timeout(PUBLISH_TIMEOUT_S):
                 target = await self._exchange(exchange)
                 await target.publish(message, routing_key=routing_key, mandatory=mandatory)
         except aiormq.exceptions.PublishError:
             raise  # returned as unroutable: a topology bug, not an outage
+        except aiormq.exceptions.DeliveryError as exc:
+            # A nack: the retry goes out on a fresh channel (see RENEW_CHANNEL_AFTER_NACK_S).
+            await self._renew_channel(channel)
+            raise BrokerUnavailable("RabbitMQ refused the publish (nack)") from exc
         except TimeoutError as exc:
             raise BrokerUnavailable(f"RabbitMQ did not confirm within {PUBLISH_TIMEOUT_S:g} s") from exc
         except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError, ConnectionError) as exc:
             # A nack, a closed channel or connection: the robust connection reconnects
             # in the background; the caller retries with the same message id.
             raise BrokerUnavailable(f"RabbitMQ unavailable: {exc.__class__.__name__}: {exc}") from exc
+
+    async def _renew_channel(self, nacked: AbstractChannel) -> None:
+        """Publish on a new channel from now on, unless ``nacked`` was replaced already or
+        the last renewal is under RENEW_CHANNEL_AFTER_NACK_S old. The old channel is
+        closed once the publishes still waiting on it have had their PUBLISH_TIMEOUT_S.
+        Its queues and exchanges are durable and declared, its bindings durable: the new
+        channel needs none of them declared again."""
+        async with self._renewing:
+            if self._channel is not nacked or time.monotonic() - self._renewed_at < RENEW_CHANNEL_AFTER_NACK_S:
+                return
+            try:
+                async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+                    fresh = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
+            except Exception as exc:  # the connection is down: its recovery restores the old one
+                log.warning("opening a new publishing channel failed", extra={"error": repr(exc)})
+                return
+            self._channel, self._exchanges = fresh, {}
+            self._renewed_at = time.monotonic()
+            self.channels_renewed += 1
+        log.warning("a publish was nacked: publishing on a new channel")
+
+        async def retire() -> None:
+            await asyncio.sleep(PUBLISH_TIMEOUT_S)
+            with contextlib.suppress(Exception):
+                await nacked.close()
+
+        task = asyncio.create_task(retire())
+        self._retired.add(task)
+        task.add_done_callback(self._retired.discard)
 
     async def publish_raw(
         self, exchange: str, routing_key: str, message: aio_pika.Message, *, mandatory: bool = False

@@ -14,8 +14,8 @@ import aio_pika
 import pytest
 import redis.exceptions
 
-from libs.common import codec, topology
-from libs.common.messaging import REASON_HEADER, SOURCE_HEADER, Bus, Envelope, Permanent
+from libs.common import codec, messaging, topology
+from libs.common.messaging import REASON_HEADER, SOURCE_HEADER, BrokerUnavailable, Bus, Envelope, Permanent
 from libs.common.settings import Settings
 from libs.common.topology import QueueSpec
 
@@ -80,6 +80,47 @@ async def test_unroutable_mandatory_publish_raises(make_bus: MakeBus) -> None:
     with pytest.raises(aio_pika.exceptions.DeliveryError):
         await bus.publish(topology.DELIVER, "no-such-frontend", _message())
     await bus.publish(topology.DELIVER, "no-such-frontend", _message(), mandatory=False)
+
+
+async def test_a_nacked_publish_is_retried_on_a_new_channel(make_bus: MakeBus, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RabbitMQ 3.10 nacks every publish of a channel to a quorum queue whose first
+    publish there came while the queue's leader node had just died (see
+    messaging.RENEW_CHANNEL_AFTER_NACK_S; tests/cluster/test_rabbit_failover.py shows it on a
+    cluster). Here a queue that refuses everything (max length 0, reject-publish) nacks."""
+    monkeypatch.setattr(messaging, "PUBLISH_TIMEOUT_S", 0.5)  # the old channel's grace
+    monkeypatch.setattr(messaging, "RENEW_CHANNEL_AFTER_NACK_S", 0.5)
+    bus = await make_bus("publisher")
+    key = f"full{uuid.uuid4().hex[:6]}.message"
+    side = await bus.connection.channel()
+    full = await side.declare_queue(
+        f"test.full.{uuid.uuid4().hex[:6]}", arguments={"x-max-length": 0, "x-overflow": "reject-publish"}
+    )
+    await full.bind(topology.VISITOR, key)
+    spec = _spec("afternack")
+    received: asyncio.Queue[Envelope] = asyncio.Queue()
+
+    async def handler(envelope: Envelope) -> None:
+        await received.put(envelope)
+
+    await bus.consume(spec, handler)
+    first = bus._channel
+    with pytest.raises(BrokerUnavailable, match="nack"):
+        await bus.publish(topology.VISITOR, key, _message())
+    assert bus.channels_renewed == 1 and bus._channel is not first
+    with pytest.raises(BrokerUnavailable, match="nack"):  # within the interval: the same channel
+        await bus.publish(topology.VISITOR, key, _message())
+    assert bus.channels_renewed == 1
+    sent = _message("on the new channel")
+    await bus.publish(topology.VISITOR, "afternack.message", sent)
+    assert (await asyncio.wait_for(received.get(), 5)).struct == sent
+    await asyncio.sleep(0.7)
+    assert first.is_closed  # once its publishes had their time
+    with pytest.raises(BrokerUnavailable, match="nack"):
+        await bus.publish(topology.VISITOR, key, _message())
+    assert bus.channels_renewed == 2
+    await bus.ping()
+    await full.delete()
+    await side.close()
 
 
 async def test_poison_message_is_dead_lettered_with_reason_and_consumer_goes_on(make_bus: MakeBus) -> None:
