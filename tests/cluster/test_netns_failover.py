@@ -366,8 +366,9 @@ async def test_a_gateway_host_dies(hosts: Hosts) -> None:
         taken_at = time.monotonic()
         figures["partitions moved"] = moved
         figures["takeover s (kill -> every moved lease held by the survivor)"] = round(taken_at - killed_at, 2)
-        # The survivor connects the component just before it takes the lease; a line
-        # the XMPP server routed before that is answered with an error.
+        # A line the dead gateway's socket had taken gets no answer (the restart notice
+        # covers it). Prosody holds the lines sent until the survivor's component is in
+        # (mod_habla_hold): none may bounce, here or anywhere (asserted below).
         run.may_bounce.append((killed_at - 2.0, taken_at + 1.0))
         run.note(f"{moved} held by {survivor}")
         # The first operator line for a visitor of a moved partition, sent after the kill,
@@ -388,8 +389,8 @@ async def test_a_gateway_host_dies(hosts: Hosts) -> None:
         await asyncio.to_thread(layout.revive, victim)
         run.note(f"{victim} started again")
         # It may take a partition over again (fair share): a planned handover, during
-        # which an operator's line may be refused for a moment (services/im_gateway/
-        # serving.py); bounces then are counted with the takeover's.
+        # which the giver asks Prosody to hold new lines for the receiver (a line in
+        # hand when the giver's stream closed is stored without its receipt).
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if victim in (await asyncio.to_thread(_owners, hosts)).values():
@@ -405,22 +406,25 @@ async def test_a_gateway_host_dies(hosts: Hosts) -> None:
         figures["most partitions owned by the live gateways at once"] = most_owned
         assert most_owned <= cluster.PARTITIONS
 
-    _, count = await _under_load(hosts, "gateway host killed", fault)
-    figures["operator lines bounced while the partition had no component"] = len(count.bounced)
-    figures["operator lines with neither receipt nor error (in flight at the kill)"] = len(count.silent)
+    run, count = await _under_load(hosts, "gateway host killed", fault)
+    owner_of = {body: o for o in run.operators for body in o.sent}
+    by_index = {v.index: v for v in run.visitors}
+    covered = [b for b in count.silent if owner_of[b].covered(b)]
+    shown = [b for b in count.silent if b not in covered and by_index[count.operator_sent[b]].shown[b]]
+    figures["operator lines bounced"] = len(count.bounced)
+    figures["operator lines with neither receipt nor error"] = len(count.silent)
+    figures["  of which covered by a restart notice (read by the dead gateway)"] = len(covered)
+    figures["  of which shown to the visitor (in hand when a giver's stream closed)"] = len(shown)
     print(json.dumps(figures, indent=1))
     # Generous: the printed figure is the measure (the goal is under 5 s).
     assert figures["takeover s (kill -> every moved lease held by the survivor)"] < 10
-    if count.bounced or count.silent:
-        # Known gap: between the dead gateway's stream closing and the survivor's
-        # component connection, Prosody answers a line to the partition's domain with
-        # <service-unavailable type="wait"/>; a line the dead gateway's socket had taken
-        # gets no answer at all (as in tests/chaos). The operator's client shows either
-        # as not delivered (nothing acknowledged is lost), but the goal is 0 bounced.
-        pytest.xfail(
-            f"{len(count.bounced)} operator line(s) bounced and {len(count.silent)} unanswered "
-            "during the takeover and the handover back (XMPP server side)"
-        )
+    # Between the dead gateway's stream closing and the survivor's, Prosody holds the
+    # lines to the partition's domain (mod_habla_hold) instead of answering
+    # "Component unavailable"; a handover back asks for the same hold.
+    assert not count.bounced, f"operator lines bounced: {sorted(count.bounced)[:10]}"
+    # A line the dead gateway's socket had taken gets no answer: the operator is told to
+    # resend it (restart notice); none may be left unexplained.
+    assert not sorted(set(count.silent) - set(covered) - set(shown)), count.examples()
 
 
 def _connections(hosts: Hosts) -> dict[str, int]:
