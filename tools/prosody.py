@@ -98,6 +98,8 @@ class ProsodyConfig:
     hold: bool = True
     # Its options (habla_hold_seconds, habla_hold_max_stanzas, ...), for tests.
     hold_options: tuple[tuple[str, int | float], ...] = ()
+    # More global modules (tests: "admin_shell", for `prosodyctl shell`).
+    extra_modules: tuple[str, ...] = ()
 
     @property
     def component_domains(self) -> list[str]:
@@ -121,7 +123,7 @@ def write_config(cfg: ProsodyConfig) -> Path:
     if cfg.tls:
         cert, key = _self_signed(cfg)
         tls = f'\n  ssl = {{ certificate = "{cert}"; key = "{key}" }}'
-    modules = [*MODULES, *(["tls"] if cfg.tls else [])]
+    modules = [*MODULES, *(["tls"] if cfg.tls else []), *cfg.extra_modules]
     privilege = ""
     component_modules = ['"habla_hold"'] if cfg.hold else []
     component_options = "".join(f"\n  {name} = {value}" for name, value in cfg.hold_options)

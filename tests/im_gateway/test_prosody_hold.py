@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import subprocess
 import tempfile
 import time
 import uuid
@@ -70,7 +71,7 @@ def folder() -> Iterator[Path]:
 
 @asynccontextmanager
 async def server(
-    folder: Path, *, hold: bool = True, **options: int | float
+    folder: Path, *, hold: bool = True, shell: bool = False, **options: int | float
 ) -> AsyncIterator[tuple[prosody.ProsodyConfig, list[OperatorClient]]]:
     """A Prosody (with or without the module, with its options) and two logged-in operators."""
     cfg = prosody.ProsodyConfig(
@@ -83,6 +84,7 @@ async def server(
         privileged=False,
         hold=hold,
         hold_options=tuple(options.items()),
+        extra_modules=("admin_shell",) if shell else (),
     )
     process = await asyncio.to_thread(prosody.start, cfg)
     operators: list[OperatorClient] = []
@@ -178,6 +180,25 @@ async def test_beyond_its_caps_the_hold_bounces_at_once_and_keeps_what_it_holds(
         assert component.bodies == ["a1", "a2", "a3", "b1", "b2"]
         await asyncio.sleep(0.3)
         assert len(errors(first)) == len(errors(second)) == 2
+
+
+async def test_unloading_the_module_bounces_what_it_holds(folder: Path) -> None:
+    async with server(folder, shell=True) as (cfg, (operator, _)):
+        (await Component(cfg).connect()).kill()
+        await asyncio.sleep(0.3)
+        say(operator, cfg, ["held-1", "held-2"])
+        await asyncio.sleep(0.5)
+        assert errors(operator) == []
+        unloaded = await asyncio.to_thread(
+            subprocess.run,
+            ["prosodyctl", "--config", str(cfg.config_file), "shell",
+             f"module:unload('habla_hold', '{cfg.component_domain}')"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert "unloaded from 1 host" in unloaded.stdout, unloaded.stdout + unloaded.stderr
+        # At once, not after the hold time (10 s).
+        await until(lambda: len(errors(operator)) == 2, 3, f"bounced on unload: {errors(operator)}")
+        assert errors(operator) == [("held-1", "remote-server-timeout"), ("held-2", "remote-server-timeout")]
 
 
 async def test_a_component_handing_over_asks_for_the_hold_before_it_closes(folder: Path) -> None:
