@@ -152,6 +152,14 @@ async def redis_commands(
     return found
 
 
+PHASES = ("saturated", "paced", "http", "redis", "baselines")
+
+
+def want(args: argparse.Namespace, *phases: str) -> bool:
+    """Whether any of ``phases`` is to run (--phases)."""
+    return any(phase in args.phases for phase in phases)
+
+
 async def run(args: argparse.Namespace, settings: Settings, demo: dict[str, str], report: Report) -> None:
     site_id = demo["HABLA_DEMO_SITE_ID"]
     api = f"{settings.public_url}/api/sites/{site_id}"
@@ -168,31 +176,35 @@ async def run(args: argparse.Namespace, settings: Settings, demo: dict[str, str]
             await v.connect(ws_url)
         await e2e_chat.pair(visitors, operators, 60)
         url = f"{api}/session"
-        returning = await e2e_chat.new_visitors(api, args.tokens)
+        returning = await e2e_chat.new_visitors(api, args.tokens) if want(args, "http", "redis") else []
         bodies = [e2e_http.returning_body(v.token) for v in returning]
-        report.redis_commands(await redis_commands(settings, url, bodies[0], visitors[0], suite.pids))
+        if want(args, "redis"):
+            report.redis_commands(await redis_commands(settings, url, bodies[0], visitors[0], suite.pids))
         await suite.measure_idle(IDLE_S)
         report.idle(suite.idle)
 
-        before = suite.snapshot()
-        to_operator = await e2e_chat.visitors_saturated(visitors, operators, args.lines)
-        report.phase("visitor -> operator", "chat lines", to_operator.count, suite.since(before))
-        before = suite.snapshot()
-        to_visitor = await e2e_chat.operators_saturated(visitors, len(visitors) * args.lines)
-        report.phase("operator -> visitor", "chat lines", to_visitor.count, suite.since(before))
-        report.saturated(to_operator, to_visitor)
+        if want(args, "saturated"):
+            before = suite.snapshot()
+            to_operator = await e2e_chat.visitors_saturated(visitors, operators, args.lines)
+            report.phase("visitor -> operator", "chat lines", to_operator.count, suite.since(before))
+            before = suite.snapshot()
+            to_visitor = await e2e_chat.operators_saturated(visitors, len(visitors) * args.lines)
+            report.phase("operator -> visitor", "chat lines", to_visitor.count, suite.since(before))
+            report.saturated(to_operator, to_visitor)
 
-        for rate in args.rates:
-            report.paced(rate, await e2e_chat.paced(visitors, operators, rate, args.paced_seconds))
+        if want(args, "paced"):
+            for rate in args.rates:
+                report.paced(rate, await e2e_chat.paced(visitors, operators, rate, args.paced_seconds))
 
-        # Page views: boots (no token) and returning views (the tokens made above).
-        before = suite.snapshot()
-        boots = await e2e_http.load(url, [e2e_http.BOOT_BODY], args.connections, args.http_seconds)
-        report.phase("widget boots", "page views", boots.requests, suite.since(before))
-        before = suite.snapshot()
-        views = await e2e_http.load(url, bodies, args.connections, args.http_seconds)
-        report.phase("returning views", "page views", views.requests, suite.since(before))
-        report.page_views(boots, views, args.connections, e2e_http.load_tool())
+        if want(args, "http"):
+            # Page views: boots (no token) and returning views (the tokens made above).
+            before = suite.snapshot()
+            boots = await e2e_http.load(url, [e2e_http.BOOT_BODY], args.connections, args.http_seconds)
+            report.phase("widget boots", "page views", boots.requests, suite.since(before))
+            before = suite.snapshot()
+            views = await e2e_http.load(url, bodies, args.connections, args.http_seconds)
+            report.phase("returning views", "page views", views.requests, suite.since(before))
+            report.page_views(boots, views, args.connections, e2e_http.load_tool())
     finally:
         for v in visitors:
             v.close()
@@ -200,22 +212,28 @@ async def run(args: argparse.Namespace, settings: Settings, demo: dict[str, str]
             await op.stop()
 
     # Baselines, after the suite's figures (so they do not share the phases' CPU).
-    report.publishes(await e2e_baselines.bare_publishes(settings, len(visitors), args.lines), len(visitors))
-    report.component(
-        await e2e_baselines.bare_component(settings, len(visitors) * args.lines, args.rates, args.paced_seconds)
-    )
-    answer = await e2e_http.session_answer(url)
-    with e2e_http.baselines(site_id, answer) as bare:
-        loads: dict[str, e2e_http.Load] = {}
-        for name, bare_url in (("bare tornado", bare.tornado_url), ("nginx", bare.nginx_url)):
-            if bare_url is None:
-                continue
-            cpu_before = e2e_procs.tree_cpu_seconds(bare.pids[name])
-            loads[name] = await e2e_http.load(bare_url, [e2e_http.BOOT_BODY], args.connections, args.http_seconds)
-            cpu = e2e_procs.tree_cpu_seconds(bare.pids[name]) - cpu_before
-            loads[name].cpu_us = cpu / max(1, loads[name].requests) * 1e6
-        tornado_load, nginx_load = loads["bare tornado"], loads.get("nginx")
-        report.http_baselines(tornado_load, nginx_load, len(answer))
+    if not want(args, "baselines"):
+        return
+    if want(args, "saturated"):
+        report.publishes(await e2e_baselines.bare_publishes(settings, len(visitors), args.lines), len(visitors))
+    if want(args, "saturated", "paced"):
+        rates = args.rates if want(args, "paced") else []
+        report.component(
+            await e2e_baselines.bare_component(settings, len(visitors) * args.lines, rates, args.paced_seconds)
+        )
+    if want(args, "http"):
+        answer = await e2e_http.session_answer(url)
+        with e2e_http.baselines(site_id, answer) as bare:
+            loads: dict[str, e2e_http.Load] = {}
+            for name, bare_url in (("bare tornado", bare.tornado_url), ("nginx", bare.nginx_url)):
+                if bare_url is None:
+                    continue
+                cpu_before = e2e_procs.tree_cpu_seconds(bare.pids[name])
+                loads[name] = await e2e_http.load(bare_url, [e2e_http.BOOT_BODY], args.connections, args.http_seconds)
+                cpu = e2e_procs.tree_cpu_seconds(bare.pids[name]) - cpu_before
+                loads[name].cpu_us = cpu / max(1, loads[name].requests) * 1e6
+            tornado_load, nginx_load = loads["bare tornado"], loads.get("nginx")
+            report.http_baselines(tornado_load, nginx_load, len(answer))
 
     if args.profile:
         from bench import e2e_profile
@@ -243,9 +261,18 @@ def main() -> int:
         metavar="SECONDS",
         help="profile the frontend under widget boots and visitor lines too",
     )
+    parser.add_argument(
+        "--phases",
+        type=lambda s: [p for p in s.split(",") if p],
+        default=list(PHASES),
+        help=f"which of {','.join(PHASES)} to run (default all); e.g. paced,baselines for the latency "
+        "figures alone (a minute)",
+    )
     parser.add_argument("--log-level", default="WARNING", help="the services' HABLA_LOG_LEVEL (default WARNING)")
     parser.add_argument("--bare-tornado", nargs=2, metavar=("PORT", "FILE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if unknown := set(args.phases) - set(PHASES):
+        parser.error(f"unknown phases {sorted(unknown)}; choose from {','.join(PHASES)}")
     if args.bare_tornado:
         e2e_http.serve_bare_tornado(int(args.bare_tornado[0]), Path(args.bare_tornado[1]))
         return 0

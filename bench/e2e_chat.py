@@ -18,7 +18,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import tornado.httpclient
@@ -71,6 +71,8 @@ class Visitor:
         self.operator: StrictOperator | None = None  # who the gateway routed the chat to
         self.ws: tornado.websocket.WebSocketClientConnection | None = None
         self.arrived: dict[str, float] = {}  # operator line body -> arrival
+        self.accepted: dict[str, float] = {}  # own line body -> arrival of its "sent"
+        self._bodies: dict[str, str] = {}  # message id -> body, until "sent"
         self._acks: dict[str, asyncio.Future[None]] = {}
         self._reader: asyncio.Task[None] | None = None
 
@@ -83,6 +85,8 @@ class Visitor:
         while (raw := await self.ws.read_message()) is not None:
             event = json.loads(raw)
             if event["type"] == "sent":
+                if (body := self._bodies.pop(event.get("message_id", ""), None)) is not None:
+                    self.accepted[body] = time.monotonic()
                 ack = self._acks.pop(event.get("message_id", ""), None)
                 if ack is not None and not ack.done():
                     ack.set_result(None)
@@ -99,6 +103,7 @@ class Visitor:
         ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if wait:
             self._acks[message_id] = ack
+        self._bodies[message_id] = body
         await self.ws.write_message(json.dumps({"type": "send", "message_id": message_id, "body": body}))
         if wait:
             await asyncio.wait_for(ack, 60)
@@ -155,6 +160,9 @@ class Lines:
     seconds: float  # first send -> last arrival
     latencies_ms: list[float]
     accepted_s: float = 0.0  # visitor -> operator: first send -> last "sent" from the frontend
+    sent_offsets_s: list[float] = field(default_factory=list)  # each line's send, from the first's
+    sent_ms: list[float] = field(default_factory=list)  # visitor -> operator: send -> "sent" frame
+    client_lag_ms: list[float] = field(default_factory=list)  # this process's event-loop lag, sampled
 
     @property
     def rate(self) -> float:
@@ -164,8 +172,36 @@ class Lines:
 def _lines(sent: dict[str, float], arrived: Callable[[str], float | None]) -> Lines:
     arrivals = {body: at for body in sent if (at := arrived(body)) is not None}
     latencies = [(arrivals[b] - sent[b]) * 1000 for b in arrivals]
-    span = max(arrivals.values()) - min(sent.values()) if arrivals else 0.0
-    return Lines(len(arrivals), span, latencies)
+    first = min(sent.values(), default=0.0)
+    span = max(arrivals.values()) - first if arrivals else 0.0
+    return Lines(len(arrivals), span, latencies, sent_offsets_s=[sent[b] - first for b in arrivals])
+
+
+class LoopLag:
+    """This process's event-loop lag while a phase runs (the bench client's own delays
+    are in every latency it measures): a task asks to wake every ``TICK_S`` and records
+    how late it woke, in ms."""
+
+    TICK_S = 0.002
+
+    def __init__(self) -> None:
+        self.lags_ms: list[float] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            asked = loop.time()
+            await asyncio.sleep(self.TICK_S)
+            self.lags_ms.append((loop.time() - asked - self.TICK_S) * 1000)
+
+    def __enter__(self) -> LoopLag:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
 
 
 def _at_operator(operators: list[StrictOperator]) -> Callable[[str], float | None]:
@@ -236,6 +272,7 @@ async def paced(visitors: list[Visitor], operators: list[StrictOperator], rate: 
     to_operator: dict[str, float] = {}
     to_visitor: dict[str, float] = {}
     pending: list[asyncio.Task[None]] = []
+    lag = LoopLag().__enter__()
     start = time.monotonic()
     for i in range(n):
         due = start + i / rate
@@ -254,7 +291,13 @@ async def paced(visitors: list[Visitor], operators: list[StrictOperator], rate: 
     at_op, at_v = _at_operator(operators), _at_visitor(visitors)
     await wait_until(lambda: all(at_op(b) is not None for b in to_operator), 60, "paced lines at the operators")
     await wait_until(lambda: all(at_v(b) is not None for b in to_visitor), 60, "paced lines at the visitors")
-    return [_lines(to_operator, at_op), _lines(to_visitor, at_v)]
+    lag.__exit__()
+    rows = [_lines(to_operator, at_op), _lines(to_visitor, at_v)]
+    accepted = {b: t for v in visitors for b, t in v.accepted.items() if b in to_operator}
+    rows[0].sent_ms = [(accepted[b] - to_operator[b]) * 1000 for b in accepted]
+    for row in rows:
+        row.client_lag_ms = lag.lags_ms
+    return rows
 
 
 def percentile(values: list[float], q: float) -> float:

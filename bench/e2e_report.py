@@ -28,6 +28,18 @@ def _latency_vs(ours: list[float], bare: list[float]) -> str:
     return f"{_latency(ours)}   bare component {_latency(bare)}   {_ratio(p50, b50)} / {_ratio(p99, b99)}"
 
 
+def _slowest(lines: Lines) -> str:
+    """The slowest 1% of lines: their latencies and when in the phase they were sent."""
+    worst = sorted(zip(lines.latencies_ms, lines.sent_offsets_s, strict=True), reverse=True)
+    worst = worst[: max(1, len(worst) // 100)]
+    return "[" + " ".join(f"{ms:.0f}ms@{at:.1f}s" for ms, at in worst) + "]"
+
+
+def _lag(lines: Lines) -> str:
+    lags = lines.client_lag_ms
+    return f"p99 {percentile(lags, 0.99):.1f} ms, max {max(lags or [0.0]):.1f} ms"
+
+
 class Report:
     def __init__(self, args: argparse.Namespace, at: datetime.datetime) -> None:
         self.args, self.at = args, at
@@ -102,60 +114,68 @@ class Report:
         self.profile_lines += ["", *lines]
 
     def summary(self) -> None:
-        assert self.lines is not None and self.http is not None and self.bare_http is not None
-        to_op, to_v = self.lines
         comp = self.component_rates
         out = ["", "figure                                         ours   baseline (same run)                 ratio"]
-        out.append(
-            f"lines/s visitor -> operator, saturated   {to_op.rate:9.0f}   bare component -> client "
-            f"{comp.component_to_client:8.0f}/s   {_ratio(to_op.rate, comp.component_to_client)}"
-        )
-        out.append(
-            f"lines/s operator -> visitor, saturated   {to_v.rate:9.0f}   bare client -> component "
-            f"{comp.client_to_component:8.0f}/s   {_ratio(to_v.rate, comp.client_to_component)}"
-        )
-        accepted = to_op.count / to_op.accepted_s if to_op.accepted_s else 0.0
-        out.append(
-            f"frontend accepted lines/s ('sent')       {accepted:9.0f}   bare confirmed publishes "
-            f"{self.publish_rate:8.0f}/s   {_ratio(accepted, self.publish_rate)}"
-        )
+        if self.lines is not None:
+            to_op, to_v = self.lines
+            out.append(
+                f"lines/s visitor -> operator, saturated   {to_op.rate:9.0f}   bare component -> client "
+                f"{comp.component_to_client:8.0f}/s   {_ratio(to_op.rate, comp.component_to_client)}"
+            )
+            out.append(
+                f"lines/s operator -> visitor, saturated   {to_v.rate:9.0f}   bare client -> component "
+                f"{comp.client_to_component:8.0f}/s   {_ratio(to_v.rate, comp.client_to_component)}"
+            )
+            accepted = to_op.count / to_op.accepted_s if to_op.accepted_s else 0.0
+            out.append(
+                f"frontend accepted lines/s ('sent')       {accepted:9.0f}   bare confirmed publishes "
+                f"{self.publish_rate:8.0f}/s   {_ratio(accepted, self.publish_rate)}"
+            )
         for rate, (v_to_o, o_to_v) in self.paced_rows:
             client_to_component, component_to_client = comp.paced.get(rate, ([], []))
             out.append(f"latency paced at {rate:g} lines/s each way (baseline: the same direction's bare component):")
             out.append(f"  visitor -> operator {_latency_vs(v_to_o.latencies_ms, component_to_client)}")
             out.append(f"  operator -> visitor {_latency_vs(o_to_v.latencies_ms, client_to_component)}")
-        boots, views = self.http
-        tornado_load, nginx_load = self.bare_http
-        for name, ours in (("widget boots/s", boots), ("returning page views/s", views)):
-            line = (
-                f"{name:<28} {ours.rate:8.0f}/s  p50 {ours.p50_ms:6.1f} ms  p99 {ours.p99_ms:6.1f} ms   "
-                f"bare Tornado {tornado_load.rate:7.0f}/s {_ratio(ours.rate, tornado_load.rate)}"
+            out.append(
+                f"    (visitor -> frontend's 'sent' {_latency(v_to_o.sent_ms)}; slowest 1% each way: "
+                f"{_slowest(v_to_o)}, {_slowest(o_to_v)}; bench client's event-loop lag {_lag(v_to_o)})"
             )
-            if nginx_load is not None:
-                line += f"; nginx {nginx_load.rate:7.0f}/s {_ratio(ours.rate, nginx_load.rate)}"
-            out.append(line + (f"  [{ours.errors}]" if ours.errors else ""))
-        if nginx_load is None:
-            out.append("nginx baseline skipped: nginx is not installed (apt-get install nginx-light)")
-        out.append(
-            f"  (page views: {self.tool}, {self.args.connections} connections, one request in flight each; baselines "
-            f"answer the same POST with the same {self.answer_bytes} bytes: bare Tornado p50 {tornado_load.p50_ms:.1f} "
-            f"ms" + (f", nginx p50 {nginx_load.p50_ms:.2f} ms)" if nginx_load else ")")
-        )
-        boots_cpu = next((p for p in self.phases if p.name == "widget boots"), None)
-        if boots_cpu is not None:
-            suite_us = sum(boots_cpu.per_million(n) for n in boots_cpu.cpu if n not in (BENCH, WRK))
-            line = (
-                f"CPU per widget boot: rpc_frontend {boots_cpu.per_million('rpc_frontend'):.0f} us, whole suite "
-                f"{suite_us:.0f} us; same request: bare Tornado {tornado_load.cpu_us:.0f} us"
+        if self.http is not None and self.bare_http is not None:
+            boots, views = self.http
+            tornado_load, nginx_load = self.bare_http
+            for name, ours in (("widget boots/s", boots), ("returning page views/s", views)):
+                line = (
+                    f"{name:<28} {ours.rate:8.0f}/s  p50 {ours.p50_ms:6.1f} ms  p99 {ours.p99_ms:6.1f} ms   "
+                    f"bare Tornado {tornado_load.rate:7.0f}/s {_ratio(ours.rate, tornado_load.rate)}"
+                )
+                if nginx_load is not None:
+                    line += f"; nginx {nginx_load.rate:7.0f}/s {_ratio(ours.rate, nginx_load.rate)}"
+                out.append(line + (f"  [{ours.errors}]" if ours.errors else ""))
+            if nginx_load is None:
+                out.append("nginx baseline skipped: nginx is not installed (apt-get install nginx-light)")
+            out.append(
+                f"  (page views: {self.tool}, {self.args.connections} connections, one request in flight each; "
+                f"baselines answer the same POST with the same {self.answer_bytes} bytes: bare Tornado p50 "
+                f"{tornado_load.p50_ms:.1f} ms" + (f", nginx p50 {nginx_load.p50_ms:.2f} ms)" if nginx_load else ")")
             )
-            if nginx_load is not None:
-                line += f", nginx {nginx_load.cpu_us:.0f} us"
-            out.append(line)
-        out.append("")
-        out.append("CPU seconds per 1 M units, per process (/proc/<pid>/stat before and after each phase, less the")
-        out.append("process's idle rate measured just before; shared servers also served other runs, so their figures")
-        out.append("are the noisiest; bench client and wrk are the load, not the suite)")
-        out += table(self.phases)
+            boots_cpu = next((p for p in self.phases if p.name == "widget boots"), None)
+            if boots_cpu is not None:
+                suite_us = sum(boots_cpu.per_million(n) for n in boots_cpu.cpu if n not in (BENCH, WRK))
+                line = (
+                    f"CPU per widget boot: rpc_frontend {boots_cpu.per_million('rpc_frontend'):.0f} us, whole suite "
+                    f"{suite_us:.0f} us; same request: bare Tornado {tornado_load.cpu_us:.0f} us"
+                )
+                if nginx_load is not None:
+                    line += f", nginx {nginx_load.cpu_us:.0f} us"
+                out.append(line)
+        if self.phases:
+            out.append("")
+            out.append("CPU seconds per 1 M units, per process (/proc/<pid>/stat before and after each phase, less the")
+            out.append(
+                "process's idle rate measured just before; shared servers also served other runs, so their figures"
+            )
+            out.append("are the noisiest; bench client and wrk are the load, not the suite)")
+            out += table(self.phases)
         boots_phase = next((p for p in self.phases if p.name == "widget boots"), None)
         if boots_phase is not None:
             per_thousand = boots_phase.per_million("rpc_frontend") / 1000
