@@ -10,7 +10,7 @@ import signal
 from libs.common import db, logs, observability, state
 from libs.common.messaging import Bus
 from libs.common.settings import EXIT_CONFIG, SettingsError
-from libs.common.startup import settings_or_exit
+from libs.common.startup import freeze_startup_objects, settings_or_exit
 from services.im_gateway.serving import Serving
 
 log = logging.getLogger("services.im_gateway")
@@ -32,6 +32,7 @@ async def main() -> None:
         settings.gateway_metrics_port,
         {"redis": redis.ping, "rabbitmq": bus.ping, "xmpp": gateway.check_xmpp},
     )
+    freeze_startup_objects()  # the collector's full passes skip what lives as long as the process
     log.info(
         "im_gateway starting",
         extra={"domains": ",".join(gateway.domains), "port": settings.xmpp_component_port},

@@ -10,7 +10,7 @@ import signal
 from libs.common import db, logs, observability, state, topology
 from libs.common.messaging import Bus
 from libs.common.settings import Settings
-from libs.common.startup import settings_or_exit
+from libs.common.startup import freeze_startup_objects, settings_or_exit
 from libs.common.web import http_server_options
 from services.rpc_frontend import processes
 from services.rpc_frontend.app import make_app
@@ -52,6 +52,7 @@ async def run(settings: Settings) -> None:
         reuse_port=settings.frontend_processes > 1,
         **http_server_options(MAX_BODY_BYTES),
     )
+    freeze_startup_objects()  # the collector's full passes skip what lives as long as the process
     log.info(
         "rpc_frontend listening",
         extra={"url": f"http://{settings.frontend_host}:{settings.frontend_port}", "frontend_id": settings.frontend_id},

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import signal
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 from libs.common import db, logs, observability, state
 from libs.common.settings import Settings
 from libs.common.sitedir import SiteDirectory
-from libs.common.startup import settings_or_exit
+from libs.common.startup import freeze_startup_objects, settings_or_exit
 from libs.common.state.presence import SiteStatusReader
 from libs.common.web import http_server_options
 from services.status_image.cache import SiteStatusCache
@@ -47,7 +46,7 @@ async def serve(settings: Settings) -> None:
     # Everything built so far lives as long as the process: move it out of the garbage
     # collector's sight, so the collections that per-request objects trigger do not
     # rescan the imported libraries (SQLAlchemy, Pillow, redis-py …) each time.
-    gc.freeze()
+    freeze_startup_objects()
     log.info("status image listening", extra={"url": f"http://{settings.status_host}:{settings.status_port}"})
 
     stop = asyncio.Event()

@@ -17,6 +17,7 @@ from libs.common import db, observability, state
 from libs.common.messaging import Bus, Envelope
 from libs.common.settings import Settings, SettingsError
 from libs.common.sitedir import SiteDirectory
+from libs.common.startup import freeze_startup_objects
 from libs.common.topology import QueueSpec
 from services.transcript_worker.archive import ArchiveConsumer
 from services.transcript_worker.closer import CloserConsumer
@@ -176,6 +177,7 @@ async def run(settings: Settings) -> None:
     worker = Worker.build(settings, bus, redis, engine)
     await worker.start()
     server = observability.serve(settings.ops_host, settings.worker_metrics_port, worker.checks())
+    freeze_startup_objects()  # the collector's full passes skip what lives as long as the process
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
