@@ -16,14 +16,17 @@ from slixmpp.stanza import Message, Presence
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
+from libs.common.state.conversations import chat_line
 from services.im_gateway import commands, metrics, relay
 from services.im_gateway.component import CHATSTATES_NS, RECEIPTS_NS, GatewayComponent, on
 from services.im_gateway.desk import Desk
 from services.im_gateway.disco import CORRECTION_NS
+from services.im_gateway.events import now_ms
 from services.im_gateway.lanes import Lanes
 from services.im_gateway.outbox import XmppUnavailable
 from services.im_gateway.roster import Roster
 from services.im_gateway.rosters import Rosters
+from services.im_gateway.routing import OperatorLine
 from services.im_gateway.sitebot import SiteBot
 
 log = logging.getLogger(__name__)
@@ -193,11 +196,22 @@ class Inbound:
             return
         visitor_id = await self._desk.names.visitor_of(local) if local else None
         parsed = commands.parse(body) if body else None
+        correction = msg.xml.find(f"{{{CORRECTION_NS}}}replace")  # XEP-0308
+        replaces = correction.get("id") if correction is not None else None
         # The session, its conversation and the blocked flag in one round trip; a line
-        # (not a command) lifts the writer's force-away there too (relay.operator_line).
+        # (not a command) lifts the writer's force-away there too, and is appended to
+        # the log there when its conversation is the writer's and answered already
+        # (relay.operator_line; a correction first looks up the line it corrects).
+        line = None
+        if body and not parsed and not replaces and len(body) <= self._desk.settings.max_message_chars:
+            line = OperatorLine(
+                relay.operator_message_id(sender, msg["id"]),
+                chat_line("operator", body, now_ms()),
+                {site: self._desk.operators.display_name(sender, site) for site in sites},
+            )
         context = (
             await self._desk.routing.line_context(
-                self._desk.sessions.key(visitor_id), visitor_id, sender if body and not parsed else None, sites
+                self._desk.sessions.key(visitor_id), visitor_id, sender if body and not parsed else None, sites, line
             )
             if visitor_id
             else None
@@ -241,9 +255,6 @@ class Inbound:
 
             def on_committed() -> None:
                 self._desk.outbox.receipt(visitor_jid, reply_to, stanza_id)
-
-        correction = msg.xml.find(f"{{{CORRECTION_NS}}}replace")  # XEP-0308
-        replaces = correction.get("id") if correction is not None else None
 
         def delayed(_reason: str) -> None:
             # Logged, not yet published: an info line, not an error, so the operator

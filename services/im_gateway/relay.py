@@ -67,6 +67,12 @@ async def persistently(what: str, work: Callable[[], Awaitable[T]], deadline: fl
 _STANZA_NS = uuid.UUID("6f6c6b1e-7a0e-4d4e-9b8f-68616261a001")
 
 
+def operator_message_id(operator: str, stanza_id: str | None) -> str:
+    """The log's message id of an operator's line: from (operator, stanza id), so a
+    resend is stored once; random for a client that sends no id."""
+    return uuid.uuid5(_STANZA_NS, f"{operator}/{stanza_id}").hex if stanza_id else uuid.uuid4().hex
+
+
 async def route_new(
     desk: Desk, conversation_id: str, site_id: str, visitor_id: str, exclude: Iterable[str] = ()
 ) -> Conversation:
@@ -149,7 +155,9 @@ async def operator_line(
 
     ``context``: the session's conversation and blocked flag as just read with the
     session (Routing.line_context, which also lifted the operator's force-away), so
-    they need no round trip of their own here.
+    they need no round trip of their own here; and the line itself if the context
+    appended it (``logged``: only for a conversation the operator has answered
+    already, the one case with nothing to decide before the append).
     """
     if deadline is None:
         deadline = time.monotonic() + desk.settings.gateway_line_retry_s
@@ -182,15 +190,23 @@ async def operator_line(
         for other in conversation.offered:
             if other != operator:
                 _info_quietly(desk, jid, other, f"{desk.operators.display_name(operator, site_id)} took this chat.")
-    name = desk.operators.display_name(operator, site_id)
-    message_id = uuid.uuid5(_STANZA_NS, f"{operator}/{stanza_id}").hex if stanza_id else uuid.uuid4().hex
-    corrected = await _corrected_line(desk, conversation_id, operator, replaces) if replaces else None
-    sent_at = now_ms()
-    appended = await desk.log.append(
-        conversation_id,
-        message_id,
-        chat_line("operator", body, sent_at, name, replaces=corrected),
-    )
+    logged = context.logged if context is not None and context.session is session else None
+    if logged is not None and not first and not replaces:
+        # Appended with the context (Routing.line_context): the same conversation, id,
+        # time and name as below, in the same round trip as the session.
+        name, message_id, sent_at, corrected = logged.operator_name, logged.message_id, logged.sent_at_ms, None
+        seq = logged.seq
+    else:
+        name = desk.operators.display_name(operator, site_id)
+        message_id = logged.message_id if logged is not None else operator_message_id(operator, stanza_id)
+        corrected = await _corrected_line(desk, conversation_id, operator, replaces) if replaces else None
+        sent_at = now_ms()
+        appended = await desk.log.append(
+            conversation_id,
+            message_id,
+            chat_line("operator", body, sent_at, name, replaces=corrected),
+        )
+        seq = appended.seq
     chat = codec.ChatMessage(
         message_id=message_id,
         conversation_id=conversation_id,
@@ -200,7 +216,7 @@ async def operator_line(
         operator_jid=operator,
         body=body,
         sent_at_ms=sent_at,
-        seq=appended.seq,
+        seq=seq,
         operator_name=name,
         replaces_message_id=corrected,
     )
@@ -263,7 +279,7 @@ async def _corrected_line(desk: Desk, conversation_id: str, operator: str, stanz
     id they name) edits the same line. None if the operator wrote no such line in
     this conversation: the correction is then shown as a line of its own.
     """
-    candidate = uuid.uuid5(_STANZA_NS, f"{operator}/{stanza_id}").hex  # only this operator's ids
+    candidate = operator_message_id(operator, stanza_id)  # only this operator's ids
     found = await desk.log.entry_of(conversation_id, candidate)
     if found is None:
         return None

@@ -12,29 +12,50 @@ State lives in Redis (so a restarted or standby gateway routes the same way):
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
 import redis.asyncio as aioredis
 
 from libs.common.settings import Settings
+from libs.common.state.conversations import APPEND_SCRIPT, LOG_TTL_S
+from libs.common.state.replicas import ReplicaWait
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-# An operator's line needs the visitor's session (which names the conversation) and
-# then the conversation: one round trip instead of two. The conversation and blocked
-# keys follow from the session, so they are built here from the prefixes in ARGV
-# (fine on one Redis or a Sentinel-watched master; a Redis Cluster would need them
-# declared). KEYS[1] the session, KEYS[2] the force-away hash; ARGV: conversation key
-# prefix, its TTL, blocked key prefix, visitor id, then the operator whose force-away a
-# line lifts ("" for none) and the sites they operate: lifted only if the visitor is on
-# one of them (a stranger's line changes nothing). Returns {session, conversation, blocked}.
-_LINE_CONTEXT = """
+# An operator's line needs the visitor's session (which names the conversation),
+# then the conversation, then the log append: one round trip instead of three. The
+# conversation, blocked and log keys follow from the session, so they are built here
+# from the prefixes in ARGV (fine on one Redis or a Sentinel-watched master; a Redis
+# Cluster would need them declared). KEYS[1] the session, KEYS[2] the force-away hash.
+# ARGV[1] conversation key prefix, ARGV[2] its TTL, ARGV[3] blocked key prefix,
+# ARGV[4] visitor id, ARGV[5] the operator writing a line ("" for none: a command, a
+# receipt, a chat state), ARGV[6] the conversation log's key prefix, ARGV[7] the line's
+# message id ("" = append nothing), ARGV[8] its log entry (JSON, without the operator's
+# name), ARGV[9] the log's TTL, then pairs of the writer's sites and their name there.
+# A line lifts the writer's force-away if the visitor is on one of those sites (a
+# stranger's line changes nothing), and is appended only where relay.operator_line
+# would append it without asking anything first: the visitor not blocked, the
+# conversation the writer's and already answered, the visitor on one of the writer's
+# sites. The append is the log's own script (conversations.APPEND_SCRIPT, as a Lua
+# function with the log's KEYS and ARGV): same numbering, same dedupe by message id,
+# and a log no running Redis vouches for appends nothing (it needs a floor from MySQL:
+# the caller appends the long way). Returns {session, conversation, blocked, seq,
+# appended}: seq 0 if nothing was tried, -1 if the log needs a floor; appended 0 for
+# a message id already in the log.
+_LINE_CONTEXT = (
+    """
+local function append_line(KEYS, ARGV)
+"""
+    + APPEND_SCRIPT
+    + """
+end
 local session = redis.call('HGETALL', KEYS[1])
 local site, conv = '', ''
 for i = 1, #session, 2 do
@@ -47,13 +68,55 @@ if conv ~= '' then
   redis.call('EXPIRE', ARGV[1] .. conv, ARGV[2])
 end
 if site ~= '' then blocked = redis.call('SISMEMBER', ARGV[3] .. site, ARGV[4]) end
+local name = nil
 if ARGV[5] ~= '' and site ~= '' then
-  for i = 6, #ARGV do
-    if ARGV[i] == site then redis.call('HDEL', KEYS[2], ARGV[5]) break end
+  for i = 10, #ARGV, 2 do
+    if ARGV[i] == site then
+      redis.call('HDEL', KEYS[2], ARGV[5])
+      name = ARGV[i + 1]
+      break
+    end
   end
 end
-return {session, data, blocked}
+local appended = {0, 0}
+if name and ARGV[7] ~= '' and blocked == 0 and #data > 0 then
+  local operator, answered = '', ''
+  for i = 1, #data, 2 do
+    if data[i] == 'operator' then operator = data[i + 1]
+    elseif data[i] == 'answered' then answered = data[i + 1] end
+  end
+  if operator == ARGV[5] and answered == '1' then
+    local entry = cjson.decode(ARGV[8])
+    entry['operator_name'] = name
+    entry['message_id'] = ARGV[7]
+    local base = ARGV[6] .. conv
+    appended = append_line(
+      {base .. ':lines', base .. ':ids', base .. ':meta'}, {ARGV[7], cjson.encode(entry), ARGV[9], -1, '[]'})
+  end
+end
+return {session, data, blocked, appended[1], appended[2]}
 """
+)
+
+
+@dataclass(frozen=True)
+class OperatorLine:
+    """An operator's line for ``Routing.line_context`` to append in its round trip."""
+
+    message_id: str
+    entry: dict[str, Any]  # conversations.chat_line(...), its operator_name set per site
+    names: Mapping[str, str]  # the writer's sites -> their display name there
+
+
+@dataclass(frozen=True)
+class Logged:
+    """What ``line_context`` did with an OperatorLine."""
+
+    message_id: str
+    sent_at_ms: int
+    operator_name: str
+    seq: int  # its number in the log
+    created: bool  # False: the message id was in the log already (a resend)
 
 
 def _pairs(flat: list[Any]) -> dict[str, str]:
@@ -68,6 +131,7 @@ class LineContext:
     session: dict[str, str] | None
     conversation: Conversation | None  # the session's conversation, if open
     blocked: bool
+    logged: Logged | None = None  # the line, if appended with the context (see _LINE_CONTEXT)
 
 
 @dataclass(frozen=True)
@@ -92,6 +156,9 @@ class Routing:
         # closer (transcript worker) always finds it to free the operator's slot.
         self._ttl_s = settings.conversation_idle_s * 2
         self._line_context = redis.register_script(_LINE_CONTEXT)
+        # HABLA_REDIS_WAIT_MS, as ConversationLog.append: a line appended with the
+        # context is acknowledged once a replica has it.
+        self._replicas = ReplicaWait(redis, settings.redis_wait_ms)
 
     def _key(self, *parts: str) -> str:
         return self._settings.redis_key("gw", *parts)
@@ -137,27 +204,53 @@ class Routing:
         return self._conversation(conversation_id, data), bool(blocked)
 
     async def line_context(
-        self, session_key: str, visitor_id: str, writer: str | None = None, writer_sites: Iterable[str] = ()
+        self,
+        session_key: str,
+        visitor_id: str,
+        writer: str | None = None,
+        writer_sites: Iterable[str] = (),
+        line: OperatorLine | None = None,
     ) -> LineContext:
         """The visitor's session (at ``session_key``), its conversation and whether the
         visitor is blocked, in one round trip, refreshing the conversation's TTL as
         ``for_line`` does. ``writer``: an operator writing a line, whose force-away
-        that lifts (``clear_away``) if the visitor is on one of ``writer_sites``."""
-        session, data, blocked = await self._line_context(
-            keys=[session_key, self._key("away")],
-            args=[
-                self._key("conv", ""),
-                self._ttl_s,
-                self._key("blocked", ""),
-                visitor_id,
-                writer or "",
-                *(writer_sites if writer else ()),
-            ],
-        )
+        that lifts (``clear_away``) if the visitor is on one of ``writer_sites``.
+        ``line`` (the writer's, with a name for each of ``writer_sites``): appended to
+        the conversation log in the same round trip when nothing needs deciding first
+        (the conversation is the writer's and answered, the visitor not blocked); the
+        answer's ``logged`` says so, else the caller appends it the usual way."""
+        sites = list(writer_sites) if writer else []
+        names = line.names if line is not None else {}
+        pairs = [item for site in sites for item in (site, names.get(site, ""))]
+        args: list[Any] = [
+            self._key("conv", ""),
+            self._ttl_s,
+            self._key("blocked", ""),
+            visitor_id,
+            writer or "",
+            self._settings.redis_key("conv", ""),  # ConversationLog's keys
+            line.message_id if line is not None and writer else "",
+            json.dumps(line.entry) if line is not None and writer else "{}",
+            LOG_TTL_S,
+            *pairs,
+        ]
+        async with self._replicas.connection() as client:
+            session, data, blocked, seq, created = await self._line_context(
+                keys=[session_key, self._key("away")], args=args, client=client
+            )
+            if int(seq) > 0:
+                # Also for a resend (created 0): the first attempt may not have reached a replica.
+                await self._replicas.confirm(client)
         fields = _pairs(session)
         conversation_id = fields.get("conversation_id", "")
         conversation = self._conversation(conversation_id, _pairs(data)) if conversation_id else None
-        return LineContext(fields or None, conversation, bool(blocked))
+        logged = None
+        if line is not None and int(seq) > 0:
+            site = fields.get("site_id", "")
+            logged = Logged(
+                line.message_id, int(line.entry["sent_at_ms"]), names.get(site, ""), int(seq), bool(int(created))
+            )
+        return LineContext(fields or None, conversation, bool(blocked), logged)
 
     async def load(self, operator: str) -> int:
         """Open conversations of an operator (stale members are dropped)."""

@@ -174,3 +174,57 @@ async def test_identified_and_left_visitors_are_shown_to_the_operator(make_site)
     else:
         left = await op.wait_for(lambda r: r.sender == visitor.jid and r.ptype == "unavailable")
         assert left.status == "Left the site"
+
+
+async def test_a_line_in_an_answered_chat_is_logged_in_the_same_round_trip_as_its_context(
+    make_site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the operator has answered, their next line is appended by Routing.line_context
+    (one round trip: session, conversation, blocked flag and the log append), not by a
+    separate ConversationLog.append; numbered, named, deduped and receipted as before."""
+    site: Site = await make_site(1)
+    op = site.operators[0]
+    visitor = await site.visitor()
+    await site.say(visitor, "hello")
+    await op.wait_for(lambda r: r.body == "hello")
+    op.say(visitor.jid, "first answer", stanza_id="ans-1", receipt=True)  # taking the chat: the usual append
+    await _receipted(op, "ans-1")
+    log = site.gateway.desk.log
+    appends: list[tuple[object, ...]] = []
+    append = log.append
+
+    async def counted(*args: object, **kwargs: object) -> object:
+        appends.append(args)
+        return await append(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(log, "append", counted)
+    op.say(visitor.jid, "second line", stanza_id="ans-2", receipt=True)
+    op.say(visitor.jid, "second line", stanza_id="ans-2", receipt=True)  # a resend: stored once
+    op.say(visitor.jid, "third line", stanza_id="ans-3", receipt=True)
+    await _receipted(op, "ans-2", "ans-3")
+    assert appends == []
+    entries = await ConversationLog(site.redis, site.settings).after(visitor.conversation_id, 0)
+    assert [(e["sender"], e["body"], e["seq"], e["operator_name"]) for e in entries] == [
+        ("visitor", "hello", 1, None),
+        ("operator", "first answer", 2, "Agent 0"),
+        ("operator", "second line", 3, "Agent 0"),
+        ("operator", "third line", 4, "Agent 0"),
+    ]
+    delivery = await site.deliveries.wait_for(lambda d: d.message is not None and d.message.body == "third line")
+    assert delivery.message.seq == 4 and delivery.message.operator_name == "Agent 0"
+    assert delivery.message.message_id == entries[3]["message_id"]
+    assert delivery.message.sent_at_ms == entries[3]["sent_at_ms"]
+    # Blocked: refused before anything is appended, in the same round trip too.
+    assert "is blocked" in await op.ask(visitor.jid, "!block")
+    op.say(visitor.jid, "after the block", stanza_id="ans-4", receipt=True)
+    await op.wait_for(lambda r: r.kind == "message" and r.body.endswith("This visitor is blocked."))
+    after = await ConversationLog(site.redis, site.settings).after(visitor.conversation_id, 4)
+    assert [e["body"] for e in after] == []
+
+
+async def _receipted(op: object, *stanza_ids: str) -> None:
+    for _ in range(200):
+        if set(stanza_ids) <= op.receipts:  # type: ignore[attr-defined]
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no receipt for {set(stanza_ids) - op.receipts}")  # type: ignore[attr-defined]
