@@ -86,6 +86,10 @@ class Sent:
     conversation_id: str
     seq: int
     duplicate: bool
+    # The log entry as readers get it (ConversationLog.after), when this send appended
+    # it and nothing else needs a read of the log: the sender's socket echoes it from
+    # here instead of reading it back. None for a retry or after a repair.
+    entry: dict[str, Any] | None = None
 
 
 def now_ms() -> int:
@@ -202,7 +206,7 @@ class VisitorChat:
                 await self.limits.hit("msg", visitor.visitor_id, limit, "messages")
             raise
         sent_at = now_ms()
-        entry = chat_line("visitor", body, sent_at)
+        entry = {**chat_line("visitor", body, sent_at), "message_id": message_id}
         page_url = visitor.session.get("page_url") or ""
         # Limit, ensure, append and the unconfirmed mark in one round trip (lines.py).
         written = await self.lines.write(
@@ -210,7 +214,7 @@ class VisitorChat:
             known_conversation=visitor.conversation_id,
             new_conversation=uuid.uuid4().hex,
             message_id=message_id,
-            entry_json=json.dumps({**entry, "message_id": message_id}),
+            entry_json=json.dumps(entry),
             mark_tail=Unconfirmed("", message_id, visitor.site_id, visitor.visitor_id, page_url).tail(),
             now=time.time(),
             limit=limit,
@@ -220,9 +224,10 @@ class VisitorChat:
         conversation_id = written.conversation_id
         in_flight = Unconfirmed(conversation_id, message_id, visitor.site_id, visitor.visitor_id, page_url)
         seq, created = written.seq, written.appended
+        echo = {**entry, "seq": seq} if created and not written.watched else None
         if not seq:  # the log needs a floor after a Redis restart: the log's own path
             appended = await self.log.append(conversation_id, message_id, entry, new_conversation=written.created)
-            seq, created = appended.seq, appended.created
+            seq, created, echo = appended.seq, appended.created, None
         if not written.marked:
             await self.unconfirmed.mark(in_flight)
         if not created:
@@ -254,7 +259,7 @@ class VisitorChat:
                 visitor_id=visitor.visitor_id, site_id=visitor.site_id, conversation_id=conversation_id, message=message
             )
             await self._bus.publish(topology.DELIVER, elsewhere, delivery, mandatory=False)
-        return Sent(conversation_id, seq, not created)
+        return Sent(conversation_id, seq, not created, echo)
 
     async def typing(self, visitor: Visitor, typing: Any) -> None:
         if not isinstance(typing, bool):

@@ -36,9 +36,9 @@ class Hub:
                 if not listeners:
                     del index[key]
 
-    def to_visitor(self, visitor_id: str, event: Event) -> int:
-        """Wake every connection of one visitor; returns how many there were."""
-        listeners = list(self._by_visitor.get(visitor_id, ()))
+    def to_visitor(self, visitor_id: str, event: Event, *, besides: Listener | None = None) -> int:
+        """Wake every connection of one visitor (but ``besides``); returns how many were woken."""
+        listeners = [listener for listener in self._by_visitor.get(visitor_id, ()) if listener is not besides]
         for listener in listeners:
             listener.wake(event)
         return len(listeners)

@@ -36,7 +36,8 @@ from libs.common.state.replicas import ReplicaWait
 # the mark's JSON after its conversation id.
 # Returns {1, seconds}: over the limit; {2}: the session is gone; {3, conversation,
 # created}: the log needs a floor (not appended, not marked); else {0, conversation,
-# created, seq, appended (0: a retry of a line already there), marked}.
+# created, seq, appended (0: a retry of a line already there), marked, watched (1: the
+# log was repaired a moment ago and readers still look for lines archived late)}.
 _SEND = (
     HIT_FUNCTION
     + """
@@ -72,7 +73,13 @@ if string.match(conversation, '^[%w_-]+$') then
   redis.call('ZADD', KEYS[3], ARGV[9], '{"conversation_id": "' .. conversation .. '"' .. ARGV[10])
   marked = 1
 end
-return {0, conversation, created, appended[1], appended[2], marked}
+-- Readers look for lines archived late for a while after a repair (ConversationLog.after):
+-- the sender's echo must then be read too, not answered from the line itself.
+local watched = 0
+if tonumber(redis.call('HGET', base .. ':meta', 'hole_until') or '0') > tonumber(redis.call('TIME')[1]) then
+  watched = 1
+end
+return {0, conversation, created, appended[1], appended[2], marked, watched}
 """
 )
 
@@ -84,6 +91,7 @@ class Written:
     seq: int  # 0 when the log needs a floor (nothing appended: see LineWriter.write)
     appended: bool  # False: the message id was in the log already (a retry)
     marked: bool  # the unconfirmed mark is in Redis
+    watched: bool = False  # readers of this log still look for lines archived late (a repair)
 
 
 class LineWriter:
@@ -135,4 +143,11 @@ class LineWriter:
             return None
         if status == 3:
             return Written(str(answer[1]), bool(int(answer[2])), 0, False, False)
-        return Written(str(answer[1]), bool(int(answer[2])), int(answer[3]), bool(int(answer[4])), bool(int(answer[5])))
+        return Written(
+            str(answer[1]),
+            bool(int(answer[2])),
+            int(answer[3]),
+            bool(int(answer[4])),
+            bool(int(answer[5])),
+            bool(int(answer[6])),
+        )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from typing import Any
 
@@ -196,3 +197,72 @@ async def test_socket_sends_get_the_same_bad_input_answers(start_frontend: Start
     await sock.conn.write_message("{not json")
     assert (await sock.until("error"))["status"] == 400
     sock.conn.close()
+
+
+async def test_a_visitors_own_line_is_echoed_from_the_line_itself_exactly_once(
+    fe: RunningFrontend, site_id: str, settings: Settings, redis_client: aioredis.Redis, monkeypatch: Any
+) -> None:
+    """The sender's socket gets its line back without reading the log when it is the
+    next entry the socket lacks; the entry is the one the log holds, byte for byte; a
+    second tab, an operator line in between, a repaired log and a reconnect still see
+    every entry exactly once."""
+    api = Api(fe.url, site_id)
+    visitor = await api.session()
+    vid, token = visitor["visitor_id"], visitor["token"]
+    first = await api.ok("POST", "/messages", {"token": token, "message_id": uuid.uuid4().hex, "body": "hello"})
+    cid = first["conversation_id"]
+    log = ConversationLog(redis_client, settings)
+    reads: list[int] = []
+    after = fe.frontend.chat.log.after
+
+    async def counted(conversation_id: str, after_seq: int, limit: int = 500) -> list[dict[str, Any]]:
+        reads.append(after_seq)
+        return await after(conversation_id, after_seq, limit)
+
+    monkeypatch.setattr(fe.frontend.chat.log, "after", counted)
+    tab = await Socket.open(fe, site_id, token, cid, 0)
+    await tab.until("synced")
+    other = await Socket.open(fe, site_id, token, cid, 0)
+    await other.until("synced")
+
+    async def say(body: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        await tab.send({"type": "send", "message_id": uuid.uuid4().hex, "body": body})
+        sent = await tab.until("sent")
+        entries = await tab.until("entries")
+        await other.until("entries")
+        return sent, entries["entries"]
+
+    odd = 'Größe 44? "quoted" </script> \\ \u2028 \U0001f600 \x01'
+    reads.clear()
+    sent, echoed = await say(odd)
+    assert reads == [1]  # the other tab's read; the sender's socket read nothing
+    assert echoed == await log.after(cid, sent["seq"] - 1, 1)  # exactly what the log holds
+    assert echoed[0]["body"] == odd and echoed[0]["seq"] == 2
+
+    # An operator's line the sender's socket has not read yet: its own line is read
+    # with it (the socket is behind), in order.
+    await operator_reply(fe.bus, settings, redis_client, site_id, vid, cid, "Sure.", "nobody-else")
+    sent, entries = await say("thanks")
+    assert [e["seq"] for e in entries] == [3, 4] and sent["seq"] == 4
+
+    # Right after a repair the log's readers look for lines archived late: read.
+    meta = settings.redis_key("conv", cid, "meta")
+    await redis_client.hset(meta, mapping={"hole": 4, "hole_until": int(time.time()) + 60})
+    reads.clear()
+    await say("during the watch")
+    assert len(reads) == 2  # both sockets read
+    await redis_client.hdel(meta, "hole", "hole_until")
+
+    tab.conn.close()
+    await api.ok("POST", "/messages", {"token": token, "message_id": uuid.uuid4().hex, "body": "from another page"})
+    back = await Socket.open(fe, site_id, token, cid, tab.seqs[-1])
+    await back.until("synced")
+    await back.send({"type": "send", "message_id": uuid.uuid4().hex, "body": "back again"})
+    await back.until("sent")
+    await back.until("entries")
+    assert tab.seqs + back.seqs == [1, 2, 3, 4, 5, 6, 7]  # nothing lost, nothing twice
+    while other.seqs[-1] < 7:
+        await other.until("entries")
+    assert other.seqs == [1, 2, 3, 4, 5, 6, 7]
+    other.conn.close()
+    back.conn.close()

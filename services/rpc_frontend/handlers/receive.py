@@ -23,7 +23,7 @@ import tornado.websocket
 from libs.common.ratelimit import RateLimited
 from libs.common.sitedir import UnknownSite
 from libs.common.web import RedactedLogs, set_allow_header
-from services.rpc_frontend.chat import OUTAGES, RETRY_AFTER_S, Invalid, SessionExpired, TooLarge, Visitor
+from services.rpc_frontend.chat import OUTAGES, RETRY_AFTER_S, Invalid, Sent, SessionExpired, TooLarge, Visitor
 from services.rpc_frontend.context import Frontend
 from services.rpc_frontend.handlers.api import status_json
 from services.rpc_frontend.handlers.base import (
@@ -272,7 +272,27 @@ class ReceiveSocket(RedactedLogs, tornado.websocket.WebSocketHandler):
             )
         LINES.labels("duplicate" if sent.duplicate else "new").inc()
         self._send({"type": "sent", "message_id": data.get("message_id"), "seq": sent.seq, "duplicate": sent.duplicate})
-        self.frontend.hub.to_visitor(visitor.visitor_id, {"type": "log", "conversation_id": sent.conversation_id})
+        woken = {"type": "log", "conversation_id": sent.conversation_id}
+        if self._echo(sent):
+            self.frontend.hub.to_visitor(visitor.visitor_id, woken, besides=self)  # other tabs read the log
+        else:
+            self.frontend.hub.to_visitor(visitor.visitor_id, woken)
+
+    def _echo(self, sent: Sent) -> bool:
+        """Send the visitor's own line back on this socket from the line itself, not from
+        a read of the log, when it is exactly the next entry this socket is missing: the
+        cursor is in the line's conversation, right before its seq, and no catch-up is
+        running or due (which could be about to send it). Else False: read as usual.
+        No await between the check and the cursor's move, so the catch-up, which only
+        moves the cursor forward, can never send the entry again."""
+        cursor = self.cursor
+        if sent.entry is None or self._dirty or (self._pump is not None and not self._pump.done()):
+            return False
+        if cursor.conversation_id != sent.conversation_id or cursor.after != sent.seq - 1:
+            return False
+        cursor.after = sent.seq
+        self._send({"type": "entries", "conversation_id": sent.conversation_id, "entries": [sent.entry]})
+        return True
 
     async def _refresh(self) -> None:
         assert self.visitor is not None
