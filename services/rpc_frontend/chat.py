@@ -26,7 +26,7 @@ from libs.common.state.sessions import VisitorSessions
 from services.rpc_frontend.departures import Departures
 from services.rpc_frontend.lines import LineWriter
 from services.rpc_frontend.unconfirmed import Unconfirmed, UnconfirmedLines
-from services.rpc_frontend.visits import OtherSite, Visits
+from services.rpc_frontend.visits import OtherSite, VisitRefresher, Visits
 
 # Client-generated ids: a UUID (32-36 chars) in practice; 8-64 of these characters
 # leave room for other clients without letting an id carry anything odd.
@@ -112,6 +112,7 @@ class VisitorChat:
         self.limits = RateLimiter(redis, settings)
         self.departures = Departures(redis, bus, settings)
         self.visits = Visits(redis, settings, self.departures.key)
+        self.refresher = VisitRefresher(redis, self.visits, settings.frontend_id)
 
     # --- sessions ----------------------------------------------------------------------
     async def visitor(self, token: str, site_id: str) -> Visitor | None:
@@ -171,7 +172,8 @@ class VisitorChat:
 
     async def attach(self, visitor: Visitor) -> None:
         """Record that this instance holds the visitor's connection now (deliveries come
-        here), and that the visit goes on: one round trip (the visit script, no page)."""
+        here), and that the visit goes on: one round trip (the visit script, no page).
+        An open socket's later refreshes go through ``refresher`` (batched)."""
         fields = {"frontend_id": self._settings.frontend_id}
         await self.visits.record(visitor.visitor_id, visitor.site_id, fields, page=False)
 

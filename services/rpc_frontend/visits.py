@@ -11,8 +11,10 @@ session hash and the site's visitor set), ``Departures`` (last seen) and
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -57,6 +59,12 @@ return {0, existed, redis.call('HMGET', KEYS[1], unpack(ANSWERED))}
 )
 
 
+log = logging.getLogger(__name__)
+
+# Refreshes sent in one pipeline at most (a few hundred bytes each).
+REFRESH_BATCH = 500
+
+
 class OtherSite(LookupError):
     """The visitor's session belongs to another site: start a new visitor here."""
 
@@ -73,20 +81,9 @@ class Visits:
         self._departures_key = departures_key
         self._visit = redis.register_script(_VISIT)
 
-    async def record(
-        self,
-        visitor_id: str,
-        site_id: str,
-        fields: Mapping[str, str],
-        *,
-        page: bool,
-        pageview_limit: int | None = None,
-    ) -> Visit:
-        """Create or refresh the session with ``fields`` (``pages`` + 1 if ``page``).
-
-        ``pageview_limit``: count a page view against the visitor's per-minute limit
-        first (RateLimited, nothing written, when over it). OtherSite if the visitor id
-        has a session on another site."""
+    def _keys_args(
+        self, visitor_id: str, site_id: str, fields: Mapping[str, str], page: bool, pageview_limit: int | None
+    ) -> tuple[list[str], list[str | int | float]]:
         now = time.time()
         keys = [
             self._settings.redis_key("visitor", visitor_id),  # VisitorSessions' key
@@ -106,6 +103,36 @@ class Visits:
         ]
         for name, value in fields.items():
             args += [name, value]
+        return keys, args
+
+    async def record_many(
+        self, redis: aioredis.Redis, visits: list[tuple[str, str]], fields: Mapping[str, str]
+    ) -> list[bool]:
+        """``record(visitor, site, fields, page=False)`` for each (visitor, site) of
+        ``visits``, in one pipeline: one pooled connection and one round trip for all.
+        True for each session refreshed (False: it belongs to another site now)."""
+        async with redis.pipeline(transaction=False) as pipe:
+            for visitor_id, site_id in visits:
+                keys, args = self._keys_args(visitor_id, site_id, fields, False, None)
+                await self._visit(keys=keys, args=args, client=pipe)
+            answers = await pipe.execute()
+        return [int(answer[0]) == 0 for answer in answers]
+
+    async def record(
+        self,
+        visitor_id: str,
+        site_id: str,
+        fields: Mapping[str, str],
+        *,
+        page: bool,
+        pageview_limit: int | None = None,
+    ) -> Visit:
+        """Create or refresh the session with ``fields`` (``pages`` + 1 if ``page``).
+
+        ``pageview_limit``: count a page view against the visitor's per-minute limit
+        first (RateLimited, nothing written, when over it). OtherSite if the visitor id
+        has a session on another site."""
+        keys, args = self._keys_args(visitor_id, site_id, fields, page, pageview_limit)
         answer = await self._visit(keys=keys, args=args)
         if int(answer[0]) == 1:
             raise RateLimited("page views", int(answer[1]))
@@ -113,3 +140,45 @@ class Visits:
             raise OtherSite(visitor_id)
         values = answer[2]
         return Visit(bool(int(answer[1])), {k: str(v) for k, v in zip(ANSWERED, values, strict=True) if v is not None})
+
+
+class VisitRefresher:
+    """The session refreshes of open sockets (their widgets' pings), batched.
+
+    Each socket refreshes its visit every 5-10 minutes. Sockets opened together (a
+    frontend restart's reconnects, a bench's ramp) came due together, and each refresh
+    took a pooled Redis connection at once: thousands within a ping interval exhausted
+    the pool and pings were answered 503. Here the refreshes asked for while one batch
+    is in flight wait for the next, and a batch is one pipeline: one connection and one
+    round trip for up to REFRESH_BATCH of them, whatever the wave."""
+
+    def __init__(self, redis: aioredis.Redis, visits: Visits, frontend_id: str) -> None:
+        self._redis = redis
+        self._visits = visits
+        self._fields = {"frontend_id": frontend_id}
+        self._queued: dict[str, tuple[str, list[Callable[[bool], None]]]] = {}
+        self._flushing: asyncio.Task[None] | None = None
+        self.batches = 0  # pipelines sent
+
+    def refresh(self, visitor_id: str, site_id: str, done: Callable[[bool], None]) -> None:
+        """Refresh the visit soon; ``done(True)`` once it is, ``done(False)`` if Redis
+        failed (the socket asks again at its next ping)."""
+        self._queued.setdefault(visitor_id, (site_id, []))[1].append(done)
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.create_task(self._flush())
+
+    async def _flush(self) -> None:
+        while self._queued:
+            batch = list(self._queued.items())[:REFRESH_BATCH]
+            for visitor_id, _ in batch:
+                del self._queued[visitor_id]
+            visits = [(visitor_id, site_id) for visitor_id, (site_id, _) in batch]
+            try:
+                results = await self._visits.record_many(self._redis, visits, self._fields)
+            except Exception as exc:  # Redis away: each socket asks again at its next ping
+                log.warning("session refreshes failed: %s", exc, extra={"sessions": len(batch)})
+                results = [False] * len(batch)
+            self.batches += 1
+            for (_, (_, callbacks)), ok in zip(batch, results, strict=True):
+                for done in callbacks:
+                    done(ok)

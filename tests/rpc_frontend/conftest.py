@@ -75,7 +75,10 @@ async def start_frontend(
     started: list[RunningFrontend] = []
 
     async def start(name: str = "a", **overrides: Any) -> RunningFrontend:
+        """``redis=`` a client of its own (default the tests' shared one); other keywords
+        override settings."""
         port = free_port()
+        redis: aioredis.Redis = overrides.pop("redis", redis_client)
         instance = dataclasses.replace(
             settings,
             frontend_id=f"{settings.frontend_id}-{name}-{uuid.uuid4().hex[:4]}",
@@ -88,7 +91,7 @@ async def start_frontend(
         )
         bus = await Bus.connect(instance, "rpc_frontend")
         await bus.declare_topology()
-        frontend = Frontend(instance, redis_client, bus, engine)
+        frontend = Frontend(instance, redis, bus, engine)
         await bus.consume(
             topology.frontend_delivery_queue(instance.frontend_id), DeliveryConsumer(frontend.hub).consume
         )

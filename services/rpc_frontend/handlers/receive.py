@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import random
 import time
 from typing import Any
@@ -45,7 +46,10 @@ log = logging.getLogger(__name__)
 # idle timeout of common proxies and load balancers; the jitter (as Zulip does) keeps
 # thousands of clients from re-polling in lockstep.
 LONGPOLL_MIN_S, LONGPOLL_MAX_S = 20.0, 25.0
-# Refresh the session's TTL (30 min) at most this often from a live WebSocket.
+# Refresh the session's TTL (30 min) from a live WebSocket once this long has passed,
+# times a random factor of 1 to 2 per refresh (at most a third of the TTL): sockets
+# opened together (a frontend restart's reconnects) spread their refreshes over five
+# minutes instead of all coming due within one ping interval.
 SESSION_REFRESH_S = 300
 # Close code for an unknown or expired token (4000-4999: private use, RFC 6455 7.4.2);
 # the widget renews its session and reconnects.
@@ -68,7 +72,7 @@ class ReceiveSocket(RedactedLogs, tornado.websocket.WebSocketHandler):
         self._dirty = False
         self._check_session = True  # look for a newer conversation on the next catch-up
         self._pump: asyncio.Task[None] | None = None
-        self._refreshed = 0.0
+        self._refresh_at = math.inf  # monotonic; inf: not open yet, or a refresh in flight
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
         site_id = args[0]
@@ -136,7 +140,7 @@ class ReceiveSocket(RedactedLogs, tornado.websocket.WebSocketHandler):
             log.warning("WebSocket closed with 1013: %s", exc)
             self.close(TRY_AGAIN_LATER, "temporarily unavailable; reconnect in a moment")
             return
-        self._refreshed = time.monotonic()
+        self._refreshed(True)
         self._send({"type": "status", **status_json(state.online, state.operators_available)})
         self.wake({"type": "log"})
         if self._pump is not None:
@@ -223,7 +227,7 @@ class ReceiveSocket(RedactedLogs, tornado.websocket.WebSocketHandler):
                 await limit_events(self.frontend, self.visitor.visitor_id)
                 await self.frontend.chat.typing(self.visitor, data.get("typing"))
             elif kind == "ping":
-                await self._refresh()
+                self._refresh()
                 self._send({"type": "pong"})
             else:
                 self._send({"type": "error", "status": 400, "error": "type must be send, typing or ping"})
@@ -294,11 +298,21 @@ class ReceiveSocket(RedactedLogs, tornado.websocket.WebSocketHandler):
         self._send({"type": "entries", "conversation_id": sent.conversation_id, "entries": [sent.entry]})
         return True
 
-    async def _refresh(self) -> None:
+    def _refresh(self) -> None:
+        """Refresh the session if due: batched with other sockets' (VisitRefresher), so
+        a wave of them takes one Redis connection, and never in the ping's way (the
+        pong goes at once; a refresh that fails is due again at the next ping)."""
         assert self.visitor is not None
-        if time.monotonic() - self._refreshed > SESSION_REFRESH_S:
-            self._refreshed = time.monotonic()
-            await self.frontend.chat.attach(self.visitor)
+        if time.monotonic() >= self._refresh_at:
+            self._refresh_at = math.inf
+            self.frontend.chat.refresher.refresh(self.visitor.visitor_id, self.visitor.site_id, self._refreshed)
+
+    def _refreshed(self, ok: bool) -> None:
+        if not ok:
+            self._refresh_at = time.monotonic()
+            return
+        ttl_s = self.frontend.settings.session_ttl_s
+        self._refresh_at = time.monotonic() + min(random.uniform(1.0, 2.0) * SESSION_REFRESH_S, ttl_s / 3)
 
 
 def _retrieve(future: asyncio.Future[None]) -> None:
