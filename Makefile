@@ -17,11 +17,16 @@ cluster: setup
 # The multi-node tests (3-node RabbitMQ, Sentinel failovers, netns hosts) take ~6 min
 # more than the 15 the suite may take: `make test-cluster` runs them.
 PYTEST_ARGS ?= -m "not cluster"
+# Three pytest-xdist workers: the tests mostly wait on servers and processes, so three
+# share 2 cores well (about half the serial wall time). Each worker is a test run of
+# its own (vhost, Redis prefix, database, Prosody); tests/conftest.py puts the slow
+# tests at the head of each worker's part. PYTEST_WORKERS= runs serially.
+PYTEST_WORKERS ?= -n 3 --dist worksteal
 
 test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy libs services tools tests bench
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 test-cluster: setup
 	$(PY) -m pytest -m cluster

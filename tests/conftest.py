@@ -1,15 +1,17 @@
 """Fixtures against the real local servers, isolated per test run.
 
-* RabbitMQ: a vhost of its own (habla-test-<run>), deleted at the end.
+* RabbitMQ: a vhost of its own (habla-pool-<run>-<n>, from a pool), deleted at the end.
 * Redis: a key prefix of its own (habla-test-<run>:), keys deleted at the end.
 * MariaDB: a database of its own (habla_test_<run>), migrated, dropped at the end.
 * Prosody: one per session on free ports with its own data folder (tools/prosody.py).
 
-Several runs (other worktrees, CI) can share the servers at once.
+Several runs (other worktrees, CI) can share the servers at once, and each pytest-xdist
+worker of ``make test`` is a run of its own.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -25,11 +27,52 @@ from libs.common.settings import Settings
 from tools import prosody, sandbox
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
+# Sandboxes per pool refill: a serial run makes about 13, each of 3 xdist workers 4-5.
+VHOST_BATCH = 5
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``make test`` runs ``-n 3 --dist worksteal``) the slow tests
+    go first, one share of them at the head of each worker's part of the run.
+
+    worksteal hands each worker a contiguous part of the collection and idle workers
+    steal from the tail of the others': a minute-long test collected last would run
+    alone at the end. Parts are cut as xdist's scheduler cuts them (n // workers from
+    the front, then the rest in equal parts); the slow tests are dealt round them
+    longest-looking first (their own timeout is the suite's only guess at a length).
+    The other tests keep their order, so each part runs whole modules and the
+    session fixtures' groups (e.g. the ejabberd tests) stay together. Without xdist
+    (PYTEST_XDIST_WORKER_COUNT unset) the order is pytest's own."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers < 2:
+        return
+
+    def timeout(item: pytest.Item) -> float:
+        marker = item.get_closest_marker("timeout")
+        return float(marker.args[0]) if marker and marker.args else 0.0
+
+    slow = sorted((item for item in items if item.get_closest_marker("slow")), key=timeout, reverse=True)
+    rest = [item for item in items if not item.get_closest_marker("slow")]
+    sizes, left = [], len(items)
+    for k in range(workers):
+        sizes.append(left // (workers - k))
+        left -= sizes[-1]
+    ordered: list[pytest.Item] = []
+    for k, size in enumerate(sizes):
+        head = slow[k::workers]
+        ordered += head + rest[: max(size - len(head), 0)]
+        rest = rest[max(size - len(head), 0) :]
+    items[:] = ordered + rest
 
 
 @pytest.fixture(scope="session")
 def settings() -> Iterator[Settings]:
-    """Settings pointing at this run's own vhost, Redis prefix and migrated database."""
+    """Settings pointing at this run's own vhost, Redis prefix and migrated database.
+
+    This run's sandboxes (this one, each isolated gateway's and stack's) take their
+    vhosts from a pool made a few per rabbitmqctl call, all deleted in one at the end."""
+    sandbox.pool_vhosts(VHOST_BATCH)
     box = sandbox.create(
         "test",
         # Short retry delays keep the retry tests fast; the mechanism is the same.
@@ -38,6 +81,7 @@ def settings() -> Iterator[Settings]:
     )
     yield box.settings
     sandbox.remove(box)
+    sandbox.unpool()
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ test's own thread without sharing its event loop, and a crash shows as a dead pr
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -70,7 +71,9 @@ def fuzz_target(settings: Settings, engine: sa.Engine, artifacts: Path) -> Itera
         visitor_pageviews_per_min=GENEROUS,
         log_level="INFO",
     )
-    log = artifacts / "fuzz-frontend.log"
+    # Each xdist worker that runs a fuzz test starts a frontend of its own: one log each.
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    log = artifacts / (f"fuzz-frontend-{worker}.log" if worker else "fuzz-frontend.log")
     env = instance.to_env()
     with log.open("wb") as out:
         process = subprocess.Popen(

@@ -28,6 +28,7 @@ EXCLUDED = "^/api/sites/\\{site_id\\}/ws$"
 
 
 # The fuzzer's own budget plus start-up and the report, over pytest's default 120 s.
+@pytest.mark.slow
 @pytest.mark.timeout(TIME_BUDGET_S + 180)
 def test_schemathesis_finds_nothing(fuzz_target: FuzzTarget, tmp_path: Path, artifacts: Path) -> None:
     config = tmp_path / "schemathesis.toml"

@@ -13,6 +13,7 @@ import asyncio
 import json
 from typing import Any
 
+import pytest
 import tornado.websocket
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -85,6 +86,7 @@ def _pongs(seen: list[dict[str, Any]]) -> int:
     return sum(event.get("type") == "pong" for event in seen)
 
 
+@pytest.mark.slow
 def test_generated_frames_never_break_the_socket(fuzz_target: FuzzTarget) -> None:
     url = fuzz_target.url.replace("http", "ws") + f"/api/sites/{fuzz_target.site_id}/ws?token={fuzz_target.token}"
     counts = {"frames": 0, "errors": 0}

@@ -218,7 +218,13 @@ async def test_idle_conversation_closes_by_itself_and_visitor_end_closes_at_once
 ) -> None:
     import dataclasses
 
-    settings = dataclasses.replace(worker_settings, conversation_idle_s=2)
+    # A Redis prefix of its own, so the idle sweeper's lease is this test's: a worker an
+    # earlier test SIGKILLed (test_processes.py) leaves the run's lease held for its ttl.
+    settings = dataclasses.replace(
+        worker_settings,
+        conversation_idle_s=2,
+        redis_prefix=f"{worker_settings.redis_prefix}idle-{uuid.uuid4().hex[:6]}:",
+    )
     bus = await make_bus("idle")
     idle = Chat(bus, redis_client, settings, site.site_id, "nobody")
     ended = Chat(bus, redis_client, settings, site.site_id, "nobody")

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -100,7 +101,12 @@ async def test_two_workers_close_and_email_every_conversation_exactly_once(
     make_bus,
     spawn: list[WorkerProcess],
 ) -> None:
-    settings = dataclasses.replace(worker_settings, conversation_idle_s=2)
+    # Its own Redis prefix, so the idle sweeper's lease is these workers' (see test_flow.py).
+    settings = dataclasses.replace(
+        worker_settings,
+        conversation_idle_s=2,
+        redis_prefix=f"{worker_settings.redis_prefix}two-{uuid.uuid4().hex[:6]}:",
+    )
     spawn.extend([WorkerProcess(settings, "a"), WorkerProcess(settings, "b")])
     for worker in spawn:
         await worker.wait_healthy()
