@@ -454,6 +454,19 @@ class _Consumer:
         # leave it unacknowledged until the channel closes, and a prefetch-full of
         # such messages stalls the consumer.
         try:
+            await self._settle(message)
+        except BrokerUnavailable as exc:
+            # Its retry or dead-letter copy was not confirmed (RabbitMQ slow or going
+            # away): give the message back, to be handled again, rather than hold it
+            # (the poison test saw a loaded broker confirm late and the worker stall).
+            log.warning("message requeued", extra={"queue": self.spec.name, "reason": str(exc)})
+            with contextlib.suppress(Exception):  # a closed channel requeues it anyway
+                await message.nack(requeue=True)
+            if self._acks is not None:  # after the nack: no multiple ack may cover it first
+                self._acks.forget(message)
+
+    async def _settle(self, message: AbstractIncomingMessage) -> None:
+        try:
             envelope = self._envelope(message)
         except _Poison as exc:
             log.warning("message dead-lettered unread", extra={"queue": self.spec.name, "reason": str(exc)})
@@ -563,6 +576,13 @@ class _AckBatch:
             self._channel, self._unsettled = message.channel, {}
         if message.delivery_tag is not None:
             self._unsettled[message.delivery_tag] = None
+
+    def forget(self, message: AbstractIncomingMessage) -> None:
+        """A delivery already nacked, with no ack asked for: no longer in the way of a
+        ``multiple`` ack for the deliveries behind it."""
+        tag = message.delivery_tag
+        if message.channel is self._channel and tag in self._unsettled and self._unsettled[tag] is None:
+            del self._unsettled[tag]
 
     async def ack(self, message: AbstractIncomingMessage) -> None:
         tag = message.delivery_tag

@@ -149,6 +149,45 @@ async def test_poison_message_is_dead_lettered_with_reason_and_consumer_goes_on(
     assert dead[0].body == b"\xff\xfe garbage"  # the original bytes, for a person to inspect
 
 
+async def test_a_dead_letter_the_broker_does_not_confirm_is_requeued_and_the_consumer_goes_on(
+    make_bus: MakeBus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More unconfirmed dead letters than the prefetch: each poison message is given
+    back and dead-lettered on its next delivery; the consumer never stalls."""
+    sender, bus = await make_bus("sender"), await make_bus("slow-confirms")
+    spec = _spec("unconfirmed")
+    handled: asyncio.Queue[str] = asyncio.Queue()
+    failures = 3
+    real_publish_raw = bus.publish_raw
+
+    async def slow_broker(*args: Any, **kwargs: Any) -> None:
+        nonlocal failures
+        if failures:
+            failures -= 1
+            raise BrokerUnavailable("RabbitMQ did not confirm within 5 s")
+        await real_publish_raw(*args, **kwargs)
+
+    monkeypatch.setattr(bus, "publish_raw", slow_broker)
+
+    async def handler(envelope: Envelope) -> None:
+        await handled.put(envelope.struct.body)
+
+    await bus.consume(spec, handler, prefetch=2)
+    for k in range(3):
+        await sender.publish_raw(
+            topology.VISITOR,
+            "unconfirmed.message",
+            aio_pika.Message(b"\xff garbage", type="ChatMessage", message_id=f"p{k}"),
+        )
+    await sender.publish(topology.VISITOR, "unconfirmed.message", _message("after the poison"))
+
+    assert await asyncio.wait_for(handled.get(), 10) == "after the poison"
+    dead = await _dead_letters(bus, spec, 3)
+    assert sorted(str(m.message_id) for m in dead) == ["p0", "p1", "p2"]
+    assert all(str((m.headers or {})[REASON_HEADER]).startswith("undecodable:") for m in dead)
+    assert failures == 0
+
+
 async def test_failing_handler_is_retried_with_backoff_then_dead_lettered(
     make_bus: MakeBus, settings: Settings
 ) -> None:
