@@ -78,13 +78,20 @@ class NodeRotatingConnection(RobustConnection):
         return url.with_password("******") if url.password else url
 
 
-async def connect(urls: list[str], **kwargs: Any) -> AbstractRobustConnection:
-    """A robust connection to the first node that answers, starting at a random one so
-    the services of a deployment spread over the nodes. One URL: aio-pika's own."""
+def node_index(connection: AbstractRobustConnection) -> int | None:
+    """Which of its URLs ``connection`` uses (None: a single-URL connection)."""
+    return connection._index if isinstance(connection, NodeRotatingConnection) else None
+
+
+async def connect(urls: list[str], *, start: int | None = None, **kwargs: Any) -> AbstractRobustConnection:
+    """A robust connection to the first node that answers, starting at ``start`` or a
+    random one so the services of a deployment spread over the nodes. One URL:
+    aio-pika's own."""
     if len(urls) == 1:
         single: AbstractRobustConnection = await aio_pika.connect_robust(urls[0], **kwargs)
         return single
-    start = random.randrange(len(urls))
+    if start is None:
+        start = random.randrange(len(urls))
     error: BaseException | None = None
     for offset in range(len(urls)):
         connection = NodeRotatingConnection(

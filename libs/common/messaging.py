@@ -36,9 +36,9 @@ import math
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import aio_pika
 import aiormq.exceptions
@@ -76,6 +76,23 @@ PUBLISH_TIMEOUT_S = 5.0
 # until that node is back (18-25 s in the netns broker-kill test) or forever if it never
 # comes back; a new channel asks the new leader (tests/cluster/test_rabbit_failover.py).
 RENEW_CHANNEL_AFTER_NACK_S = 1.0
+# Publishes go out on up to this many channels (see PUBLISH_SPILL_AT and Bus._pick).
+# aiormq serialises a channel's publishes with a lock and hands it on one event-loop
+# turn at a time, and aio-pika's publish holds it until the connection's writer has
+# drained the frame: one channel carries at most one publish every ~3.5 loop turns,
+# whatever the broker does. In a busy process under machine load (turns of 20+ ms) that
+# is ~15 publishes a second; more arriving than that wait in the lock's queue, and once
+# the wait reaches PUBLISH_TIMEOUT_S every publish times out (the one at the head has
+# waited its whole budget before it is written), for as long as the load lasts (a
+# gateway's "did not confirm within 5 s" for 1-2 minutes while other processes published
+# fine). Now written without waiting for the drain (the confirm is what we wait for), on
+# 4 channels of a connection of their own (Bus._publishing), the next one taken when
+# PUBLISH_SPILL_AT publishes are in flight on the ones before. 300 publishes at once from a
+# loop of >= 20 ms turns, consumed by the same process: 224 of 300 timed out before; 25-78
+# on 4 channels of the consumers' connection; none (all in ~2 s) on their own connection
+# (tests/common/test_publish_under_load.py).
+PUBLISH_CHANNELS = 4
+PUBLISH_SPILL_AT = 8
 # Largest message a consumer decodes. Our biggest honest message is a Transcript: a
 # long chat of 2,000 lines of 2,000 characters is ~16 MB in UTF-8 at worst; anything
 # larger is dead-lettered unread rather than decoded into memory.
@@ -141,16 +158,30 @@ Handler = Callable[[Envelope], Awaitable[None]]
 
 
 class Bus:
-    """One robust AMQP connection, a confirmed publishing channel, and consumers."""
+    """A robust AMQP connection for declarations and consumers, one of its own (to the
+    same node) for PUBLISH_CHANNELS confirmed publishing channels."""
 
-    def __init__(self, connection: AbstractRobustConnection, channel: AbstractChannel, settings: Settings) -> None:
+    def __init__(
+        self,
+        connection: AbstractRobustConnection,
+        channel: AbstractChannel,
+        settings: Settings,
+        publishers: Sequence[AbstractChannel] = (),
+        publishing: AbstractRobustConnection | None = None,
+    ) -> None:
         self.connection = connection
+        # The publishers' own connection (see PUBLISH_CHANNELS): confirms are read by one
+        # reader per connection, which hands each channel at most 10 frames a loop turn;
+        # on the consumers' connection they waited behind the deliveries.
+        self._publishing = publishing or connection
         self._channel = channel
         self._settings = settings
         self._exchanges: dict[str, AbstractExchange] = {}
         self._consumers: list[_Consumer] = []
+        # Publishing channels (see PUBLISH_CHANNELS); ``channel`` carries declarations,
+        # bindings and publishes made before connect's publishers are added.
+        self._publishers = [_Publisher(channel) for channel in publishers or (channel,)]
         self._renewing = asyncio.Lock()
-        self._renewed_at = -math.inf
         self._retired: set[asyncio.Task[None]] = set()  # old channels closed a little later
         self.channels_renewed = 0
 
@@ -163,21 +194,35 @@ class Bus:
         )
         # on_return_raises: an unroutable mandatory publish fails loudly instead of vanishing.
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        return cls(connection, channel, settings)
+        publishing = await amqp_cluster.connect(
+            settings.amqp_urls,
+            start=amqp_cluster.node_index(connection),  # the same node
+            client_properties={"connection_name": f"habla.{name}.{settings.frontend_id}.publish"},
+        )
+        try:
+            publishers = [await _publishing_channel(publishing) for _ in range(PUBLISH_CHANNELS)]
+        except BaseException:
+            await publishing.close()
+            await connection.close()
+            raise
+        return cls(connection, channel, settings, publishers, publishing)
 
     async def close(self) -> None:
         for consumer in self._consumers:
             await consumer.stop()
         for task in self._retired:
             task.cancel()
+        if self._publishing is not self.connection:
+            await self._publishing.close()
         await self.connection.close()
 
     async def ping(self) -> None:
         """Health check: the connection is open and its publishing channel restored
         (after a reconnect the channels come back a moment after the connection)."""
-        if self.connection.is_closed or not self.connection.connected.is_set():
-            raise ConnectionError("not connected to RabbitMQ")
-        if self._channel.is_closed:
+        for connection in (self.connection, self._publishing):
+            if connection.is_closed or not connection.connected.is_set():
+                raise ConnectionError("not connected to RabbitMQ")
+        if self._channel.is_closed or any(p.channel.is_closed for p in self._publishers):
             raise ConnectionError("RabbitMQ channel not restored yet")
 
     # --- topology ----------------------------------------------------------------------
@@ -268,6 +313,18 @@ class Bus:
         mandatory=True turns "no queue is bound for this key" into an error instead of
         a silent drop; pass False where nobody listening is normal (a departed frontend).
         """
+        return await self._publish(exchange, routing_key, struct, message_id, mandatory, headers, self._pick())
+
+    async def _publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        struct: Any,
+        message_id: str | None,
+        mandatory: bool,
+        headers: dict[str, Any] | None,
+        publisher: _Publisher,
+    ) -> str:
         message_id = message_id or _struct_id(struct)
         message = aio_pika.Message(
             codec.encode(struct),
@@ -278,7 +335,7 @@ class Bus:
             timestamp=datetime.datetime.now(datetime.UTC),
             headers=headers or {},
         )
-        await self._confirmed(exchange, routing_key, message, mandatory)
+        await self._confirmed(exchange, routing_key, message, mandatory, publisher)
         PUBLISHED.labels(exchange, message.type).inc()
         return message_id
 
@@ -290,61 +347,106 @@ class Bus:
         if len(messages) == 1:
             await self.publish(exchange, *messages[0])
             return
-        # gather starts the publishes in order, and the channel writes them in the order
+        # gather starts the publishes in order, and one channel writes them in the order
         # they ask (aiormq's channel lock is first come, first served).
+        publisher = self._pick()
         results = await asyncio.gather(
-            *(self.publish(exchange, key, struct) for key, struct in messages), return_exceptions=True
+            *(self._publish(exchange, key, struct, None, True, None, publisher) for key, struct in messages),
+            return_exceptions=True,
         )
         for result in results:
             if isinstance(result, BaseException):
                 raise result
 
-    async def _confirmed(self, exchange: str, routing_key: str, message: aio_pika.Message, mandatory: bool) -> None:
-        channel = self._channel
+    def _pick(self) -> _Publisher:
+        # The first channel until it has PUBLISH_SPILL_AT in flight: publishes started
+        # one after another go out on one channel, in that order, as they always did,
+        # unless a burst would queue them behind its lock.
+        for publisher in self._publishers:
+            if publisher.in_flight < PUBLISH_SPILL_AT:
+                return publisher
+        return min(self._publishers, key=lambda p: p.in_flight)
+
+    async def _confirmed(
+        self,
+        exchange: str,
+        routing_key: str,
+        message: aio_pika.Message,
+        mandatory: bool,
+        publisher: _Publisher | None = None,
+    ) -> None:
+        publisher = publisher or self._pick()
+        channel = publisher.channel
+        publisher.in_flight += 1
         try:
             async with asyncio.timeout(PUBLISH_TIMEOUT_S):
-                target = await self._exchange(exchange)
-                await target.publish(message, routing_key=routing_key, mandatory=mandatory)
+                await self._exchange(exchange)  # declared once, on the declaring channel
+                if channel.is_closed:
+                    raise aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
+                underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
+                # wait=False: the channel's lock is not held until the writer drained the
+                # frame (see PUBLISH_CHANNELS); the broker's confirm is still awaited.
+                await underlay.basic_publish(
+                    message.body,
+                    exchange=exchange,
+                    routing_key=routing_key,
+                    properties=message.properties,
+                    mandatory=mandatory,
+                    wait=False,
+                )
         except aiormq.exceptions.PublishError:
             raise  # returned as unroutable: a topology bug, not an outage
         except aiormq.exceptions.DeliveryError as exc:
             # A nack: the retry goes out on a fresh channel (see RENEW_CHANNEL_AFTER_NACK_S).
-            await self._renew_channel(channel)
+            await self._renew_channel(publisher, channel, "nacked")
             raise BrokerUnavailable("RabbitMQ refused the publish (nack)") from exc
         except TimeoutError as exc:
+            # Whatever held this channel up (a confirm the broker never sent, a lock left
+            # behind), the next publishes of this slot go out on a fresh one; renewed in
+            # the background, so the caller hears of the timeout now.
+            self._in_background(self._renew_channel(publisher, channel, "not confirmed in time"))
             raise BrokerUnavailable(f"RabbitMQ did not confirm within {PUBLISH_TIMEOUT_S:g} s") from exc
         except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError, ConnectionError) as exc:
-            # A nack, a closed channel or connection: the robust connection reconnects
+            # A closed channel or connection: the robust connection reconnects
             # in the background; the caller retries with the same message id.
             raise BrokerUnavailable(f"RabbitMQ unavailable: {exc.__class__.__name__}: {exc}") from exc
+        finally:
+            publisher.in_flight -= 1
 
-    async def _renew_channel(self, nacked: AbstractChannel) -> None:
-        """Publish on a new channel from now on, unless ``nacked`` was replaced already or
-        the last renewal is under RENEW_CHANNEL_AFTER_NACK_S old. The old channel is
-        closed once the publishes still waiting on it have had their PUBLISH_TIMEOUT_S.
-        Its queues and exchanges are durable and declared, its bindings durable: the new
-        channel needs none of them declared again."""
+    async def _renew_channel(self, publisher: _Publisher, failed: AbstractChannel, why: str) -> None:
+        """Publish on a new channel in ``publisher``'s place from now on, unless ``failed``
+        was replaced already or the slot's last renewal is under RENEW_CHANNEL_AFTER_NACK_S
+        old. The old channel is closed once the publishes still waiting on it have had
+        their PUBLISH_TIMEOUT_S. Exchanges, queues and bindings are durable and declared
+        on the declaring channel: a new channel needs none of them declared again."""
         async with self._renewing:
-            if self._channel is not nacked or time.monotonic() - self._renewed_at < RENEW_CHANNEL_AFTER_NACK_S:
+            if (
+                publisher.channel is not failed
+                or time.monotonic() - publisher.renewed_at < RENEW_CHANNEL_AFTER_NACK_S
+                or self._publishing.is_closed
+                or not self._publishing.connected.is_set()  # its recovery restores the old one
+            ):
                 return
             try:
                 async with asyncio.timeout(PUBLISH_TIMEOUT_S):
-                    fresh = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
+                    fresh = await _publishing_channel(self._publishing)
             except Exception as exc:  # the connection is down: its recovery restores the old one
                 log.warning("opening a new publishing channel failed", extra={"error": repr(exc)})
                 return
-            self._channel, self._exchanges = fresh, {}
-            self._renewed_at = time.monotonic()
+            publisher.channel, publisher.renewed_at = fresh, time.monotonic()
             self.channels_renewed += 1
-        log.warning("a publish was nacked: publishing on a new channel")
+        log.warning("a publish was %s: publishing on a new channel", why)
 
         async def retire() -> None:
             await asyncio.sleep(PUBLISH_TIMEOUT_S)
             with contextlib.suppress(Exception):
-                await nacked.close()
+                await failed.close()
 
-        task = asyncio.create_task(retire())
-        self._retired.add(task)
+        self._in_background(retire())
+
+    def _in_background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._retired.add(task)  # referenced until done (the loop keeps tasks weakly)
         task.add_done_callback(self._retired.discard)
 
     async def publish_raw(
@@ -388,6 +490,22 @@ class Bus:
         await consumer.start()
         self._consumers.append(consumer)
         return consumer
+
+
+async def _publishing_channel(connection: AbstractRobustConnection) -> AbstractChannel:
+    # on_return_raises: an unroutable mandatory publish fails loudly instead of vanishing.
+    return await connection.channel(publisher_confirms=True, on_return_raises=True)
+
+
+class _Publisher:
+    """One of the Bus's publishing channels (replaced after a nack or a timeout)."""
+
+    __slots__ = ("channel", "in_flight", "renewed_at")
+
+    def __init__(self, channel: AbstractChannel) -> None:
+        self.channel = channel
+        self.in_flight = 0
+        self.renewed_at = -math.inf
 
 
 def _struct_id(struct: Any) -> str:

@@ -103,10 +103,10 @@ async def test_a_nacked_publish_is_retried_on_a_new_channel(make_bus: MakeBus, m
         await received.put(envelope)
 
     await bus.consume(spec, handler)
-    first = bus._channel
+    first = bus._publishers[0].channel  # one publish at a time: always the first slot
     with pytest.raises(BrokerUnavailable, match="nack"):
         await bus.publish(topology.VISITOR, key, _message())
-    assert bus.channels_renewed == 1 and bus._channel is not first
+    assert bus.channels_renewed == 1 and bus._publishers[0].channel is not first
     with pytest.raises(BrokerUnavailable, match="nack"):  # within the interval: the same channel
         await bus.publish(topology.VISITOR, key, _message())
     assert bus.channels_renewed == 1
