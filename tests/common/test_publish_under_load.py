@@ -43,8 +43,9 @@ async def _busy_loop(tasks: int = 10, block_s: float = 0.002) -> AsyncIterator[N
 
 
 async def test_a_burst_from_a_busy_loop_is_confirmed_in_time(make_bus: MakeBus) -> None:
-    """300 publishes at once from a loop whose turns take >= 20 ms: every one confirmed
-    within PUBLISH_TIMEOUT_S (before: 54-70 of 300, the rest "did not confirm within 5 s")."""
+    """200 publishes at once from a loop whose turns take >= 20 ms: every one confirmed
+    within PUBLISH_TIMEOUT_S, in 1.8 s at load 7 (before: 137 of 200 "did not confirm
+    within 5 s")."""
     bus = await make_bus("busy")
     spec = _spec("busy")
     received: set[str] = set()
@@ -52,19 +53,20 @@ async def test_a_burst_from_a_busy_loop_is_confirmed_in_time(make_bus: MakeBus) 
 
     async def handler(envelope: Envelope) -> None:
         received.add(envelope.message_id)
-        if len(received) == 300:
+        if len(received) == 200:
             everything.set()
 
     await bus.consume(spec, handler)  # in the same process, as the gateway does
-    sent = [_message(f"line {i}") for i in range(300)]
+    sent = [_message(f"line {i}") for i in range(200)]
     async with _busy_loop():
         started = time.monotonic()
         results = await asyncio.gather(
             *(bus.publish(topology.VISITOR, "busy.message", m) for m in sent), return_exceptions=True
         )
         took = time.monotonic() - started
+    print(f"200 publishes from a busy loop: {took:.2f} s")
     failed = [r for r in results if isinstance(r, BaseException)]
-    assert not failed, f"{len(failed)} of 300 failed in {took:.1f} s, e.g. {failed[0]!r}"
+    assert not failed, f"{len(failed)} of 200 failed in {took:.1f} s, e.g. {failed[0]!r}"
     assert took < messaging.PUBLISH_TIMEOUT_S
     await asyncio.wait_for(everything.wait(), 10)
     assert received == {m.message_id for m in sent}
@@ -103,8 +105,8 @@ async def test_cancelled_and_timed_out_publishes_leave_the_channels_working(
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
 
     async with _busy_loop():
-        for _ in range(4):
-            monkeypatch.setattr(messaging, "PUBLISH_TIMEOUT_S", 0.3)
+        for timeout_s in (0.02, 1.0, 0.02, 1.0):  # rounds that time out, rounds nacked in time
+            monkeypatch.setattr(messaging, "PUBLISH_TIMEOUT_S", timeout_s)
             await asyncio.gather(*(one() for _ in range(150)))
     monkeypatch.setattr(messaging, "PUBLISH_TIMEOUT_S", 5.0)
     assert outcomes.get("cancelled", 0) > 100, outcomes
