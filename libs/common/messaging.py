@@ -573,19 +573,6 @@ class _Consumer:
         # leave it unacknowledged until the channel closes, and a prefetch-full of
         # such messages stalls the consumer.
         try:
-            await self._settle(message)
-        except BrokerUnavailable as exc:
-            # Its retry or dead-letter copy was not confirmed (RabbitMQ slow or going
-            # away): give the message back, to be handled again, rather than hold it
-            # (the poison test saw a loaded broker confirm late and the worker stall).
-            log.warning("message requeued", extra={"queue": self.spec.name, "reason": str(exc)})
-            with contextlib.suppress(Exception):  # a closed channel requeues it anyway
-                await message.nack(requeue=True)
-            if self._acks is not None:  # after the nack: no multiple ack may cover it first
-                self._acks.forget(message)
-
-    async def _settle(self, message: AbstractIncomingMessage) -> None:
-        try:
             envelope = self._envelope(message)
         except _Poison as exc:
             log.warning("message dead-lettered unread", extra={"queue": self.spec.name, "reason": str(exc)})
@@ -651,16 +638,38 @@ class _Consumer:
                 REASON_HEADER: reason[:1000],
             },
         )
-        await self.bus.publish_raw("", self.spec.retry_queue(delays[attempt]), copy)
+        try:
+            await self.bus.publish_raw("", self.spec.retry_queue(delays[attempt]), copy)
+        except BrokerUnavailable as exc:
+            await self._give_back(message, exc)
+            return
         await self.ack(message)
         CONSUMED.labels(self.spec.name, "retry").inc()
 
     async def dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
         copy = _copy(message, {REASON_HEADER: reason[:1000], SOURCE_HEADER: self.spec.name})
         # mandatory: a dead letter nobody would keep must fail loudly, not vanish.
-        await self.bus.publish_raw(topology.DEAD, self.spec.name, copy, mandatory=True)
+        try:
+            await self.bus.publish_raw(topology.DEAD, self.spec.name, copy, mandatory=True)
+        except BrokerUnavailable as exc:
+            await self._give_back(message, exc)
+            return
         await self.ack(message)
         CONSUMED.labels(self.spec.name, "dead").inc()
+
+    async def _give_back(self, message: AbstractIncomingMessage, exc: BrokerUnavailable) -> None:
+        """The retry or dead-letter copy was not confirmed (RabbitMQ slow or going away):
+        requeue the message, to be handled again, rather than hold it unacknowledged (a
+        prefetch-full of those stalls the consumer: the poison test saw a loaded broker
+        confirm late and the worker stop). Here, not in _on_message, so the settling of
+        consumers that settle their own messages (envelope.retry / dead_letter) is
+        covered too. RabbitMQ's delivery limit still bounds the redeliveries."""
+        log.warning("message requeued", extra={"queue": self.spec.name, "reason": str(exc)})
+        with contextlib.suppress(Exception):  # a closed channel requeues it anyway
+            await message.nack(requeue=True)
+        if self._acks is not None:  # after the nack: no multiple ack may cover it first
+            self._acks.forget(message)
+        CONSUMED.labels(self.spec.name, "requeued").inc()
 
 
 def is_outage(error: BaseException | None) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import sys
 import time
@@ -185,6 +186,43 @@ async def test_a_dead_letter_the_broker_does_not_confirm_is_requeued_and_the_con
     dead = await _dead_letters(bus, spec, 3)
     assert sorted(str(m.message_id) for m in dead) == ["p0", "p1", "p2"]
     assert all(str((m.headers or {})[REASON_HEADER]).startswith("undecodable:") for m in dead)
+    assert failures == 0
+
+
+async def test_a_self_settling_consumers_unconfirmed_dead_letter_is_requeued(
+    make_bus: MakeBus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A manual consumer that settles in a task of its own and only logs a failure (as
+    the email consumer does): an unconfirmed dead letter is requeued, not left unacked."""
+    sender, bus = await make_bus("sender"), await make_bus("self-settling")
+    spec = _spec("selfsettle")
+    failures = 2
+    real_publish_raw = bus.publish_raw
+
+    async def slow_broker(*args: Any, **kwargs: Any) -> None:
+        nonlocal failures
+        if failures:
+            failures -= 1
+            raise BrokerUnavailable("RabbitMQ did not confirm within 5 s")
+        await real_publish_raw(*args, **kwargs)
+
+    monkeypatch.setattr(bus, "publish_raw", slow_broker)
+    settling: set[asyncio.Task[None]] = set()
+
+    async def settle(envelope: Envelope) -> None:
+        with contextlib.suppress(Exception):  # "the broker will redeliver it"
+            await envelope.dead_letter("rejected: no such site")
+
+    async def handler(envelope: Envelope) -> None:
+        task = asyncio.create_task(settle(envelope))
+        settling.add(task)
+        task.add_done_callback(settling.discard)
+
+    await bus.consume(spec, handler, manual=True, prefetch=2)
+    for k in range(2):
+        await sender.publish(topology.VISITOR, "selfsettle.message", _message(f"line {k}"))
+    dead = await _dead_letters(bus, spec, 2)
+    assert sorted(codec.decode("ChatMessage", m.body).body for m in dead) == ["line 0", "line 1"]
     assert failures == 0
 
 
