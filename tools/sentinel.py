@@ -155,12 +155,25 @@ class SentinelSet:
             ["--replicaof", "no", "one"] if master is server else ["--replicaof", master.host, str(master.port)]
         )
 
-    def failover(self) -> None:
-        """SENTINEL FAILOVER: a replica is promoted and the old master demoted (planned)."""
+    def failover(self, timeout_s: float = 30) -> None:
+        """SENTINEL FAILOVER: a replica is promoted and the old master demoted (planned).
+
+        Retried while the Sentinel answers NOGOODSLAVE: it promotes only a replica it has
+        seen as one in an INFO reply of the last few seconds (asked every 10 s, once a
+        second during a failover), so a replica that is in sync by its own INFO can still
+        be unknown to it for a while after a restart (seen in a cluster run at load 9)."""
         first = self.sentinels[0]
         client = redis.Redis(host=first.host, port=first.port, socket_timeout=5)
+        deadline = time.monotonic() + timeout_s
         try:
-            client.execute_command("SENTINEL", "FAILOVER", self.master_name)  # type: ignore[no-untyped-call]
+            while True:
+                try:
+                    client.execute_command("SENTINEL", "FAILOVER", self.master_name)  # type: ignore[no-untyped-call]
+                    return
+                except redis.exceptions.ResponseError as exc:
+                    if not str(exc).startswith("NOGOODSLAVE") or time.monotonic() > deadline:
+                        raise
+                time.sleep(0.5)
         finally:
             client.close()
 
@@ -184,12 +197,36 @@ class SentinelSet:
             while time.monotonic() < deadline:
                 with contextlib.suppress(redis.RedisError):
                     info: Any = client.info("replication")
-                    if info.get("role") == "slave" and info.get("master_link_status") == "up":
+                    if (
+                        info.get("role") == "slave"
+                        and info.get("master_link_status") == "up"
+                        and self._sentinels_see_in_sync(port)
+                    ):
                         return
                 time.sleep(0.1)
         finally:
             client.close()
         raise RuntimeError(f"{host}:{port} did not become an in-sync replica within {timeout_s} s")
+
+    def _sentinels_see_in_sync(self, port: int) -> bool:
+        """Does every Sentinel's own view (from its last INFO of the server, asked every
+        10 s) list ``port`` as a replica with its link up? SENTINEL FAILOVER promotes
+        only such a replica; the server's INFO can say so seconds earlier."""
+        for sentinel in self.sentinels:
+            client = redis.Redis(host=sentinel.host, port=sentinel.port, socket_timeout=1, decode_responses=True)
+            try:
+                replicas: Any = client.execute_command("SENTINEL", "REPLICAS", self.master_name)  # type: ignore[no-untyped-call]
+            except redis.RedisError:
+                return False
+            finally:
+                client.close()
+            seen = [dict(zip(r[::2], r[1::2], strict=False)) if isinstance(r, list) else r for r in replicas]
+            if not any(
+                int(r.get("port", 0)) == port and r.get("flags") == "slave" and r.get("master-link-status") == "ok"
+                for r in seen
+            ):
+                return False
+        return True
 
     def close(self) -> None:
         for server in [*self.sentinels, *self.data]:
