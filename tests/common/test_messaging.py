@@ -41,6 +41,27 @@ def _message(text: str = "hello") -> Any:
     )
 
 
+class _Unconfirmed:
+    """The bus's first ``left`` raw publishes (its retries and dead letters) fail as an
+    unconfirmed publish would; the rest go to the broker."""
+
+    def __init__(self, bus: Bus, left: int) -> None:
+        self.left = left
+        self._publish_raw = bus.publish_raw
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> None:
+        if self.left:
+            self.left -= 1
+            raise BrokerUnavailable("RabbitMQ did not confirm within 5 s")
+        await self._publish_raw(*args, **kwargs)
+
+
+def _unconfirmed(bus: Bus, monkeypatch: pytest.MonkeyPatch, times: int) -> _Unconfirmed:
+    refusing = _Unconfirmed(bus, times)
+    monkeypatch.setattr(bus, "publish_raw", refusing)
+    return refusing
+
+
 async def _dead_letters(
     bus: Bus, spec: QueueSpec, count: int, wait_s: float = 10
 ) -> list[aio_pika.abc.AbstractIncomingMessage]:
@@ -158,17 +179,7 @@ async def test_a_dead_letter_the_broker_does_not_confirm_is_requeued_and_the_con
     sender, bus = await make_bus("sender"), await make_bus("slow-confirms")
     spec = _spec("unconfirmed")
     handled: asyncio.Queue[str] = asyncio.Queue()
-    failures = 3
-    real_publish_raw = bus.publish_raw
-
-    async def slow_broker(*args: Any, **kwargs: Any) -> None:
-        nonlocal failures
-        if failures:
-            failures -= 1
-            raise BrokerUnavailable("RabbitMQ did not confirm within 5 s")
-        await real_publish_raw(*args, **kwargs)
-
-    monkeypatch.setattr(bus, "publish_raw", slow_broker)
+    failures = _unconfirmed(bus, monkeypatch, 3)
 
     async def handler(envelope: Envelope) -> None:
         await handled.put(envelope.struct.body)
@@ -186,7 +197,7 @@ async def test_a_dead_letter_the_broker_does_not_confirm_is_requeued_and_the_con
     dead = await _dead_letters(bus, spec, 3)
     assert sorted(str(m.message_id) for m in dead) == ["p0", "p1", "p2"]
     assert all(str((m.headers or {})[REASON_HEADER]).startswith("undecodable:") for m in dead)
-    assert failures == 0
+    assert failures.left == 0
 
 
 async def test_a_self_settling_consumers_unconfirmed_dead_letter_is_requeued(
@@ -196,17 +207,7 @@ async def test_a_self_settling_consumers_unconfirmed_dead_letter_is_requeued(
     the email consumer does): an unconfirmed dead letter is requeued, not left unacked."""
     sender, bus = await make_bus("sender"), await make_bus("self-settling")
     spec = _spec("selfsettle")
-    failures = 2
-    real_publish_raw = bus.publish_raw
-
-    async def slow_broker(*args: Any, **kwargs: Any) -> None:
-        nonlocal failures
-        if failures:
-            failures -= 1
-            raise BrokerUnavailable("RabbitMQ did not confirm within 5 s")
-        await real_publish_raw(*args, **kwargs)
-
-    monkeypatch.setattr(bus, "publish_raw", slow_broker)
+    failures = _unconfirmed(bus, monkeypatch, 2)
     settling: set[asyncio.Task[None]] = set()
 
     async def settle(envelope: Envelope) -> None:
@@ -223,7 +224,7 @@ async def test_a_self_settling_consumers_unconfirmed_dead_letter_is_requeued(
         await sender.publish(topology.VISITOR, "selfsettle.message", _message(f"line {k}"))
     dead = await _dead_letters(bus, spec, 2)
     assert sorted(codec.decode("ChatMessage", m.body).body for m in dead) == ["line 0", "line 1"]
-    assert failures == 0
+    assert failures.left == 0
 
 
 async def test_failing_handler_is_retried_with_backoff_then_dead_lettered(
