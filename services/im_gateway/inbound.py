@@ -296,11 +296,16 @@ class Inbound:
         where we may write it, and a probe or request is told why it stays offline.
         """
         jid = str(pres["to"].bare)
-        self._rosters.forget_stale(operator, jid)
+        # "Visit ended" goes out before the roster removal is written (the removal waits
+        # for the pushes' next flush): a client that has the contact removed first drops
+        # the presence as a stranger's. An operator's resource coming online sends its
+        # available presence to the contact before the server's probe arrives, so that
+        # is answered too; otherwise its removal could overtake the probe's answer.
         if kind == "subscribe":
             self._desk.outbox.presence(jid, operator, kind="unsubscribed")
-        if kind in ("subscribe", "probe"):
+        if kind in ("", "subscribe", "probe"):
             self._desk.outbox.presence(jid, operator, kind="unavailable", status=VISIT_ENDED)
+        self._rosters.forget_stale(operator, jid)
 
     # --- presence -------------------------------------------------------------------
     async def presence(self, pres: Presence) -> None:
