@@ -54,7 +54,7 @@ from tools.prosody import free_port  # noqa: E402
 # protect a real deployment from that would be all it measures.
 UNLIMITED = 1_000_000_000
 # Each unit of work repeated under Redis MONITOR; the figure is the mean.
-REDIS_COUNT_TIMES = 5
+REDIS_COUNT_TIMES = 20
 # How long the suite's CPU is sampled with no load of ours (subtracted from each phase).
 IDLE_S = 3.0
 

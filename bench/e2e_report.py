@@ -184,7 +184,7 @@ class Report:
             out += [
                 "",
                 "Redis commands per unit of work, whole suite (MONITOR, this run's prefix only;",
-                "mean of 5, less the suite's own background commands in as long a window), then",
+                "mean of 20, less the suite's own background commands (their rate over 6 s or more)), then",
                 "round trips (what clients sent and waited for: a script or a MULTI…EXEC is one),",
                 "all processes' and the frontend's own",
             ]
