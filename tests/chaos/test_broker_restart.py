@@ -6,17 +6,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-import uuid
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
-from libs.common import codec, topology
+from libs.common import topology
 from libs.common.messaging import Bus, Envelope
 from libs.common.settings import Settings
 from libs.common.topology import QueueSpec
 from tests.chaos.broker import PrivateBroker
+from tests.factories import chat_message
 
 pytestmark = pytest.mark.slow
 
@@ -27,19 +26,6 @@ def broker() -> Iterator[PrivateBroker]:
     node.start()
     yield node
     node.remove()
-
-
-def _message(n: int) -> Any:
-    return codec.ChatMessage(
-        message_id=f"msg-{n}-{uuid.uuid4().hex[:6]}",
-        conversation_id="c",
-        site_id="4324-24618-10-8812",
-        visitor_id="v",
-        sender=codec.SenderKind.VISITOR,
-        body=f"line {n}",
-        sent_at_ms=int(time.time() * 1000),
-        seq=n,
-    )
 
 
 async def _wait_connected(bus: Bus, timeout_s: float = 60) -> None:
@@ -67,7 +53,7 @@ async def test_confirmed_messages_survive_a_killed_broker(broker: PrivateBroker,
     await asyncio.to_thread(broker.stop)
     await asyncio.to_thread(broker.start)
     await _wait_connected(bus)
-    sent = [_message(n) for n in range(1, 201)]
+    sent = [chat_message(f"line {n}", seq=n) for n in range(1, 201)]
     for message in sent:
         await bus.publish(topology.VISITOR, "4324-24618-10-8812.message", message)
 
@@ -77,7 +63,7 @@ async def test_confirmed_messages_survive_a_killed_broker(broker: PrivateBroker,
     await _wait_connected(bus)
 
     # The same Bus publishes again once its robust connection is back.
-    after = _message(201)
+    after = chat_message("line 201", seq=201)
     for _ in range(50):
         try:
             await asyncio.wait_for(bus.publish(topology.VISITOR, "4324-24618-10-8812.message", after), 5)

@@ -15,35 +15,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 from typing import Any
 
 import pytest
 
-from libs.common import codec, topology
+from libs.common import topology
 from libs.common.amqp_cluster import NodeRotatingConnection
 from libs.common.messaging import BrokerUnavailable, Bus, Envelope
 from libs.common.settings import Settings
 from libs.common.topology import QueueSpec
+from tests.factories import chat_message
 from tools.rabbit_cluster import Cluster, Node
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(400)]
 
 VHOST = "habla-cluster-test"
 SPEC = QueueSpec("cluster.archive", ((topology.VISITOR, "*.message"),), accepts=frozenset({"ChatMessage"}))
-
-
-def _message(n: int) -> Any:
-    return codec.ChatMessage(
-        message_id=f"line-{n}-{uuid.uuid4().hex[:6]}",
-        conversation_id="c",
-        site_id="4324-24618-10-8812",
-        visitor_id="v",
-        sender=codec.SenderKind.VISITOR,
-        body=f"line {n}",
-        sent_at_ms=int(time.time() * 1000),
-        seq=n,
-    )
 
 
 def _node_of(bus: Bus, cluster: Cluster) -> Node:
@@ -75,7 +62,7 @@ class Load:
         n = 0
         while self.running:
             n += 1
-            message = _message(n)
+            message = chat_message(f"line {n}", seq=n)
             while True:  # the caller's retry: same id until confirmed
                 try:
                     await self.bus.publish(topology.VISITOR, "s.message", message)

@@ -21,15 +21,14 @@ import asyncio
 import os
 import signal
 import time
-import uuid
-from typing import Any
 
 import pytest
 
-from libs.common import codec, topology
+from libs.common import topology
 from libs.common.messaging import BrokerUnavailable, Bus
 from libs.common.settings import Settings
 from libs.common.topology import QueueSpec
+from tests.factories import chat_message
 from tools.rabbit_cluster import Cluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(400)]
@@ -38,23 +37,10 @@ VHOST = "habla-leader-gone"
 SPEC = QueueSpec("leader.gone", ((topology.VISITOR, "*.message"),), accepts=frozenset({"ChatMessage"}))
 
 
-def _message() -> Any:
-    return codec.ChatMessage(
-        message_id=uuid.uuid4().hex,
-        conversation_id="c",
-        site_id="4324-24618-10-8812",
-        visitor_id="v",
-        sender=codec.SenderKind.VISITOR,
-        body="a line",
-        sent_at_ms=int(time.time() * 1000),
-        seq=1,
-    )
-
-
 async def _publish(bus: Bus, timeout_s: float) -> tuple[float | None, int]:
     """Publish one message as every caller does (same id again after a failure, 0.2 s
     apart) until confirmed: (seconds it took or None, failed attempts)."""
-    message, began, failures = _message(), time.monotonic(), 0
+    message, began, failures = chat_message("a line"), time.monotonic(), 0
     while time.monotonic() < began + timeout_s:
         try:
             await bus.publish(topology.VISITOR, "s.message", message)

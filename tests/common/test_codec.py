@@ -1,28 +1,13 @@
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from libs.common import codec
-
-
-def _message(**overrides: object) -> Any:
-    fields: dict[str, object] = dict(
-        message_id="m",
-        conversation_id="c",
-        site_id="4324-24618-10-8812",
-        visitor_id="v",
-        sender=codec.SenderKind.VISITOR,
-        body="hi",
-        sent_at_ms=1,
-        seq=1,
-    )
-    return codec.ChatMessage(**(fields | overrides))
+from tests.factories import chat_message
 
 
 def test_every_struct_round_trips_through_the_registry() -> None:
-    msg = _message()
+    msg = chat_message("hi", message_id="m", sent_at_ms=1)
     assert codec.decode("ChatMessage", codec.encode(msg)) == msg
     assert set(codec.REGISTRY) >= {
         "ChatMessage",

@@ -19,6 +19,7 @@ from libs.common import codec, messaging, topology
 from libs.common.messaging import REASON_HEADER, SOURCE_HEADER, BrokerUnavailable, Bus, Envelope, Permanent
 from libs.common.settings import Settings
 from libs.common.topology import QueueSpec
+from tests.factories import chat_message
 
 MakeBus = Callable[[str], Awaitable[Bus]]
 
@@ -26,19 +27,6 @@ MakeBus = Callable[[str], Awaitable[Bus]]
 def _spec(name: str) -> QueueSpec:
     # A queue per test, bound to a routing key only this test uses.
     return QueueSpec(f"test.{name}.{uuid.uuid4().hex[:6]}", ((topology.VISITOR, f"{name}.message"),))
-
-
-def _message(text: str = "hello") -> Any:
-    return codec.ChatMessage(
-        message_id=uuid.uuid4().hex,
-        conversation_id="c",
-        site_id="4324-24618-10-8812",
-        visitor_id="v",
-        sender=codec.SenderKind.VISITOR,
-        body=text,
-        sent_at_ms=int(time.time() * 1000),
-        seq=1,
-    )
 
 
 class _Unconfirmed:
@@ -89,7 +77,7 @@ async def test_struct_published_with_confirm_is_consumed(make_bus: MakeBus) -> N
         await received.put(envelope)
 
     await bus.consume(spec, handler)
-    sent = _message("round trip")
+    sent = chat_message("round trip")
     message_id = await bus.publish(topology.VISITOR, "roundtrip.message", sent)
     got = await asyncio.wait_for(received.get(), 5)
     assert got.struct == sent
@@ -100,8 +88,8 @@ async def test_struct_published_with_confirm_is_consumed(make_bus: MakeBus) -> N
 async def test_unroutable_mandatory_publish_raises(make_bus: MakeBus) -> None:
     bus = await make_bus("publisher")
     with pytest.raises(aio_pika.exceptions.DeliveryError):
-        await bus.publish(topology.DELIVER, "no-such-frontend", _message())
-    await bus.publish(topology.DELIVER, "no-such-frontend", _message(), mandatory=False)
+        await bus.publish(topology.DELIVER, "no-such-frontend", chat_message())
+    await bus.publish(topology.DELIVER, "no-such-frontend", chat_message(), mandatory=False)
 
 
 async def test_a_nacked_publish_is_retried_on_a_new_channel(make_bus: MakeBus, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -127,18 +115,18 @@ async def test_a_nacked_publish_is_retried_on_a_new_channel(make_bus: MakeBus, m
     await bus.consume(spec, handler)
     first = bus._publishers[0].channel  # one publish at a time: always the first slot
     with pytest.raises(BrokerUnavailable, match="nack"):
-        await bus.publish(topology.VISITOR, key, _message())
+        await bus.publish(topology.VISITOR, key, chat_message())
     assert bus.channels_renewed == 1 and bus._publishers[0].channel is not first
     with pytest.raises(BrokerUnavailable, match="nack"):  # within the interval: the same channel
-        await bus.publish(topology.VISITOR, key, _message())
+        await bus.publish(topology.VISITOR, key, chat_message())
     assert bus.channels_renewed == 1
-    sent = _message("on the new channel")
+    sent = chat_message("on the new channel")
     await bus.publish(topology.VISITOR, "afternack.message", sent)
     assert (await asyncio.wait_for(received.get(), 5)).struct == sent
     await asyncio.sleep(0.7)
     assert first.is_closed  # once its publishes had their time
     with pytest.raises(BrokerUnavailable, match="nack"):
-        await bus.publish(topology.VISITOR, key, _message())
+        await bus.publish(topology.VISITOR, key, chat_message())
     assert bus.channels_renewed == 2
     await bus.ping()
     await full.delete()
@@ -158,7 +146,7 @@ async def test_poison_message_is_dead_lettered_with_reason_and_consumer_goes_on(
         await bus.publish_raw(
             topology.VISITOR, "poison.message", aio_pika.Message(body, type=type_name, message_id="p")
         )
-    await bus.publish(topology.VISITOR, "poison.message", _message("after the poison"))
+    await bus.publish(topology.VISITOR, "poison.message", chat_message("after the poison"))
 
     assert await asyncio.wait_for(handled.get(), 5) == "after the poison"
     dead = await _dead_letters(bus, spec, 3)
@@ -191,7 +179,7 @@ async def test_a_dead_letter_the_broker_does_not_confirm_is_requeued_and_the_con
             "unconfirmed.message",
             aio_pika.Message(b"\xff garbage", type="ChatMessage", message_id=f"p{k}"),
         )
-    await sender.publish(topology.VISITOR, "unconfirmed.message", _message("after the poison"))
+    await sender.publish(topology.VISITOR, "unconfirmed.message", chat_message("after the poison"))
 
     assert await asyncio.wait_for(handled.get(), 10) == "after the poison"
     dead = await _dead_letters(bus, spec, 3)
@@ -221,7 +209,7 @@ async def test_a_self_settling_consumers_unconfirmed_dead_letter_is_requeued(
 
     await bus.consume(spec, handler, manual=True, prefetch=2)
     for k in range(2):
-        await sender.publish(topology.VISITOR, "selfsettle.message", _message(f"line {k}"))
+        await sender.publish(topology.VISITOR, "selfsettle.message", chat_message(f"line {k}"))
     dead = await _dead_letters(bus, spec, 2)
     assert sorted(codec.decode("ChatMessage", m.body).body for m in dead) == ["line 0", "line 1"]
     assert failures.left == 0
@@ -239,7 +227,7 @@ async def test_failing_handler_is_retried_with_backoff_then_dead_lettered(
         raise RuntimeError("database unavailable")
 
     await bus.consume(spec, handler)
-    await bus.publish(topology.VISITOR, "retry.message", _message())
+    await bus.publish(topology.VISITOR, "retry.message", chat_message())
     dead = await _dead_letters(bus, spec, 1)
 
     delays = settings.retry_delays_ms  # (100, 200) in tests
@@ -262,7 +250,7 @@ async def test_handler_that_recovers_on_retry_is_acked_once(make_bus: MakeBus) -
         await done.put(envelope.attempt)
 
     await bus.consume(spec, handler)
-    await bus.publish(topology.VISITOR, "recover.message", _message())
+    await bus.publish(topology.VISITOR, "recover.message", chat_message())
     assert await asyncio.wait_for(done.get(), 5) == 1
     assert await _dead_letters(bus, spec, 1, wait_s=0.5) == []
 
@@ -294,7 +282,7 @@ async def test_an_outage_longer_than_every_retry_delay_is_waited_out(make_bus: M
             await envelope.ack()
 
     await bus.consume(spec, handler, manual=manual)
-    await bus.publish(topology.VISITOR, "outage.message", _message())
+    await bus.publish(topology.VISITOR, "outage.message", chat_message())
     assert await asyncio.wait_for(done.get(), 20) == failures + 1
     assert await _dead_letters(bus, spec, 1, wait_s=0.5) == []
 
@@ -310,7 +298,7 @@ async def test_permanent_failure_is_dead_lettered_at_once(make_bus: MakeBus) -> 
         raise Permanent("unknown site 0000-00000-00-0000")
 
     await bus.consume(spec, handler)
-    await bus.publish(topology.VISITOR, "permanent.message", _message())
+    await bus.publish(topology.VISITOR, "permanent.message", chat_message())
     dead = await _dead_letters(bus, spec, 1)
     assert calls == 1
     assert str((dead[0].headers or {})[REASON_HEADER]) == "rejected: unknown site 0000-00000-00-0000"
@@ -340,7 +328,7 @@ async def test_consumer_killed_before_ack_loses_nothing(make_bus: MakeBus, setti
     bus = await make_bus("survivor")
     spec = _spec("crash")
     await bus.declare_queue(spec)
-    sent = _message("survives a crash")
+    sent = chat_message("survives a crash")
     await bus.publish(topology.VISITOR, "crash.message", sent)
 
     child = await asyncio.create_subprocess_exec(
@@ -372,7 +360,7 @@ async def test_batched_acks_settle_out_of_order_without_losing_or_repeating(make
     bus = await make_bus("batched")
     spec = _spec("batched")
     received: list[Envelope] = []
-    sent = [_message(f"line {i}") for i in range(40)]
+    sent = [chat_message(f"line {i}") for i in range(40)]
     all_in = asyncio.Event()
 
     async def handler(envelope: Envelope) -> None:

@@ -21,7 +21,8 @@ import pytest
 
 from libs.common import messaging, topology
 from libs.common.messaging import BrokerUnavailable, Envelope
-from tests.common.test_messaging import MakeBus, _message, _spec
+from tests.common.test_messaging import MakeBus, _spec
+from tests.factories import chat_message
 
 
 @contextlib.asynccontextmanager
@@ -57,7 +58,7 @@ async def test_a_burst_from_a_busy_loop_is_confirmed_in_time(make_bus: MakeBus) 
             everything.set()
 
     await bus.consume(spec, handler)  # in the same process, as the gateway does
-    sent = [_message(f"line {i}") for i in range(200)]
+    sent = [chat_message(f"line {i}") for i in range(200)]
     async with _busy_loop():
         started = time.monotonic()
         results = await asyncio.gather(
@@ -94,7 +95,7 @@ async def test_cancelled_and_timed_out_publishes_leave_the_channels_working(
         key = rnd.choice(["cancelled.message", "refused.message", "nobody.message"])
         try:
             async with asyncio.timeout(rnd.choice([None, 0.001, 0.005, 0.02, 0.1])):
-                await bus.publish(topology.VISITOR, key, _message())
+                await bus.publish(topology.VISITOR, key, chat_message())
             outcome = "confirmed"
         except TimeoutError:
             outcome = "cancelled"
@@ -113,11 +114,11 @@ async def test_cancelled_and_timed_out_publishes_leave_the_channels_working(
     assert outcomes.get("timed out", 0) > 0 and outcomes.get("nacked", 0) > 0, outcomes
     for _ in range(5):
         started = time.monotonic()
-        await bus.publish(topology.VISITOR, "cancelled.message", _message())
+        await bus.publish(topology.VISITOR, "cancelled.message", chat_message())
         assert time.monotonic() - started < 1
     assert bus.channels_renewed > 0
     await asyncio.sleep(5.5)  # the replaced channels are closed after their grace
     await bus.ping()
-    await bus.publish_all(topology.VISITOR, [("cancelled.message", _message()) for _ in range(20)])
+    await bus.publish_all(topology.VISITOR, [("cancelled.message", chat_message()) for _ in range(20)])
     await full.delete()
     await side.close()
