@@ -1,16 +1,32 @@
 """Transcript worker throughput against the real local servers, in an isolated corner
 (own RabbitMQ vhost, Redis prefix, MariaDB database; all removed afterwards).
 
-Prints, each measured in the same run:
-* bare aio-pika consume-and-ack of the same ChatMessages (the ceiling for any consumer);
-* archive: messages archived per second (in MySQL, acknowledged) and MySQL statements
-  per message (counted with SQLAlchemy's before_cursor_execute event), and the ratio
-  to the bare loop;
-* email: transcripts rendered and emailed per second to a local SMTP sink
-  (tools/smtp_sink in its own process), and the ratio to the bare loop over the same
-  Transcript messages.
+The worker runs as deployed: ``python -m services.transcript_worker`` processes with
+``HABLA_WORKER_CONSUMERS`` set, so their CPU (from /proc) is theirs alone and nothing
+the bench does (publishing, polling, counting mails) runs on their event loop. Each
+round prints, measured in the same run:
 
-Usage: .venv/bin/python bench/bench_worker.py [--messages 5000] [--transcripts 300]
+* bare aio-pika consume-and-ack of the same ChatMessages (the ceiling for any
+  consumer), then the archive (one worker process, ``HABLA_WORKER_CONSUMERS=archive``):
+  messages archived per second (rows in MySQL), the ratio to the bare loop, and the
+  worker's CPU per message;
+* email: transcripts rendered and emailed per second to the SMTP sink by 1 (and 2, …)
+  worker processes (``HABLA_WORKER_CONSUMERS=email``; they compete for the queue), and
+  their CPU per transcript.
+
+The sink is Postfix's ``smtp-sink`` (C; Debian package postfix, which scripts/setup.sh
+installs without configuring or starting Postfix itself) when it is installed, else
+tools/smtp_sink (aiosmtpd, Python: slower than 300 mails/s on a busy machine, so then
+the sink, not the worker, is what is measured). Bare aiosmtplib sending the same mails,
+rendered beforehand, to the same sink is printed as the ceiling.
+
+``--before DIR`` (a copy of older code, e.g. ``git archive main | tar -x -C DIR``) runs
+every round for both codes, alternating before, after, after, before, so a change is
+compared under the same load. Last, the latency from an operator's "end" to the
+transcript at the SMTP server (this tree's code, one worker in the bench process).
+
+Usage: .venv/bin/python bench/bench_worker.py [--messages 5000] [--transcripts 1000]
+       [--email-processes 1,2] [--sink auto|postfix|python] [--before DIR]
 """
 
 from __future__ import annotations
@@ -19,8 +35,9 @@ import argparse
 import asyncio
 import dataclasses
 import os
-import resource
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -32,7 +49,6 @@ from typing import Any
 import aio_pika
 import aiosmtplib
 import sqlalchemy as sa
-from prometheus_client import REGISTRY
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -54,6 +70,10 @@ from tools import prosody, sandbox  # noqa: E402
 PUBLISH_CONCURRENCY = 100
 # Lines per benchmark transcript: a typical support chat.
 LINES_PER_TRANSCRIPT = 20
+# Postfix's test server (Debian package postfix); see the module docstring.
+POSTFIX_SINK = "/usr/sbin/smtp-sink"
+# How often the archive's progress is read from MySQL (by the bench, not the worker).
+POLL_S = 0.01
 
 
 async def _publish_all(bus: Bus, exchange: str, items: list[tuple[str, Any]]) -> None:
@@ -119,9 +139,9 @@ def _transcripts(site_id: str, count: int) -> list[tuple[str, Any]]:
 
 
 async def _bare_consume(settings: Settings, items: list[tuple[str, Any]]) -> float:
-    """Messages per second for a plain aio-pika consume-and-ack loop (no decoding) on a
-    quorum queue like the work queues, filled through the default exchange so no work
-    queue sees these copies."""
+    """Messages per second, first ack to last, for a plain aio-pika consume-and-ack loop
+    (no decoding) on a quorum queue like the work queues, filled through the default
+    exchange so no work queue sees these copies."""
     bus = await Bus.connect(settings, "bench-bare")
     channel = await bus.connection.channel()
     await channel.set_qos(prefetch_count=settings.amqp_prefetch)
@@ -130,131 +150,280 @@ async def _bare_consume(settings: Settings, items: list[tuple[str, Any]]) -> flo
     await _publish_all(bus, "", [(name, struct) for _, struct in items])
     done = asyncio.Event()
     count = 0
+    first = 0.0
 
     async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        nonlocal count
+        nonlocal count, first
         await message.ack()
         count += 1
+        if count == 1:
+            first = time.perf_counter()
         if count == len(items):
             done.set()
 
-    started = time.perf_counter()
     tag = await queue.consume(on_message)
     await done.wait()
-    elapsed = time.perf_counter() - started
+    elapsed = time.perf_counter() - first
     await queue.cancel(tag)
     await queue.delete(if_unused=False, if_empty=False)
     await channel.close()
     await bus.close()
-    return len(items) / elapsed
+    return (len(items) - 1) / elapsed
+
+
+class _WorkerProcess:
+    """``python -m services.transcript_worker`` from the code in ``tree``."""
+
+    def __init__(self, tree: Path | str, settings: Settings, consumers: str, log_dir: Path) -> None:
+        self.settings = dataclasses.replace(
+            settings, worker_consumers=consumers, worker_metrics_port=prosody.free_port()
+        )
+        self._log = (log_dir / f"worker-{consumers}-{uuid.uuid4().hex[:6]}.log").open("wb")
+        # The tree is the working directory, so `services` and `libs` are its own
+        # (the current directory comes first on sys.path, before the editable install).
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "services.transcript_worker"],
+            cwd=tree,
+            env=self.settings.to_env(),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def cpu_seconds(self) -> float:
+        return e2e_procs.cpu_seconds(self.process.pid)
+
+    def check(self) -> None:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"worker exited with {self.process.returncode}; see {self._log.name}")
+
+    async def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.to_thread(self.process.wait, 30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                await asyncio.to_thread(self.process.wait)
+        self._log.close()
+
+
+class _Sink:
+    """An SMTP sink in its own process, counting the mails it accepted: Postfix's
+    smtp-sink (its -c counters, ``mesg=N``, rewritten in place with CR) or
+    tools/smtp_sink (one "saved" line per mail)."""
+
+    def __init__(self, kind: str, port: int, mail_dir: Path) -> None:
+        self.kind, self.port, self.mail_dir = kind, port, mail_dir
+        self.total = 0
+        self._offset = 0
+        self._changed = asyncio.Event()
+        self.process: asyncio.subprocess.Process | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def name(self) -> str:
+        return "Postfix smtp-sink (C)" if self.kind == "postfix" else "tools/smtp_sink (aiosmtpd, Python)"
+
+    async def start(self) -> None:
+        if self.kind == "postfix":
+            # As root smtp-sink insists on dropping privileges once it has its socket.
+            user = ["-u", "nobody"] if os.geteuid() == 0 else []
+            self.process = await asyncio.create_subprocess_exec(
+                POSTFIX_SINK, "-c", *user, f"127.0.0.1:{self.port}", "256", stdout=subprocess.PIPE
+            )
+        else:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "tools.smtp_sink",
+                cwd=ROOT,
+                env={**os.environ, "HABLA_SMTP_PORT": str(self.port), "HABLA_STATE_DIR": str(self.mail_dir)},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+            )
+        self._task = asyncio.create_task(self._read())
+        for _ in range(200):
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                writer.close()
+                return
+            except OSError:
+                await asyncio.sleep(0.05)
+        raise RuntimeError(f"{self.name} did not listen on port {self.port}")
+
+    async def _read(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        counters = re.compile(rb"mesg=(\d+)")
+        while chunk := await self.process.stdout.read(65536):
+            if self.kind == "postfix":
+                found = counters.findall(chunk)
+                if found:
+                    self.total = int(found[-1])
+            else:
+                self.total += chunk.count(b"smtp_sink: saved")
+            self._changed.set()
+
+    @property
+    def count(self) -> int:
+        return self.total - self._offset
+
+    def reset(self) -> None:
+        self._offset = self.total
+
+    def cpu_seconds(self) -> float:
+        return e2e_procs.cpu_seconds(self.process.pid) if self.process else 0.0
+
+    async def wait_change(self) -> None:
+        self._changed.clear()
+        await self._changed.wait()
+
+    async def stop(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.terminate()
+            await self.process.wait()
+        if self._task is not None:
+            await self._task
+
+
+@dataclasses.dataclass
+class _Rate:
+    per_s: float
+    cpu_ms: float  # worker CPU per unit, over the same window
+
+
+async def _archive_round(
+    tree: Path | str,
+    settings: Settings,
+    publisher: Bus,
+    poll_engine: sa.Engine,
+    site_id: str,
+    count: int,
+    log_dir: Path,
+) -> _Rate:
+    chat = _chat_messages(site_id, count, conversations=max(count // 20, 1))
+    await _publish_all(publisher, topology.VISITOR, chat)
+
+    def stored() -> int:
+        with poll_engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(messages)).scalar_one())
+
+    before = stored()
+    worker = _WorkerProcess(tree, settings, "archive", log_dir)
+    try:
+        # Steady rate: from the first committed batch to the last (start-up excluded).
+        while (first := stored()) == before:
+            worker.check()
+            await asyncio.sleep(POLL_S)
+        started, cpu = time.perf_counter(), worker.cpu_seconds()
+        while (now := stored()) < before + count:
+            worker.check()
+            await asyncio.sleep(POLL_S)
+        elapsed, cpu = time.perf_counter() - started, worker.cpu_seconds() - cpu
+    finally:
+        await worker.stop()
+    return _Rate((now - first) / elapsed, cpu / (now - first) * 1000)
+
+
+async def _email_round(
+    tree: Path | str,
+    settings: Settings,
+    publisher: Bus,
+    sink: _Sink,
+    site_id: str,
+    count: int,
+    procs: int,
+    log_dir: Path,
+) -> _Rate:
+    await _publish_all(publisher, topology.TRANSCRIPTS, _transcripts(site_id, count))
+    sink.reset()
+    workers = [_WorkerProcess(tree, settings, "email", log_dir) for _ in range(procs)]
+    try:
+        while sink.count == 0:
+            for worker in workers:
+                worker.check()
+            await asyncio.wait_for(sink.wait_change(), 60)
+        first, started = sink.count, time.perf_counter()
+        cpu = sum(w.cpu_seconds() for w in workers)
+        while sink.count < count:
+            await asyncio.wait_for(sink.wait_change(), 60)
+        done = sink.count
+        elapsed, cpu = time.perf_counter() - started, sum(w.cpu_seconds() for w in workers) - cpu
+    finally:
+        await asyncio.gather(*(w.stop() for w in workers))
+    return _Rate((done - first) / elapsed, cpu / (done - first) * 1000)
 
 
 async def _bench(args: argparse.Namespace, settings: Settings) -> None:
     engine = db.engine(settings)
-    statements = 0
-
-    @sa.event.listens_for(engine, "before_cursor_execute")
-    def _count(*_: Any) -> None:
-        nonlocal statements
-        statements += 1
-
     with engine.begin() as conn:
         account = site_store.account_for_email(conn, "bench@bench.example")
         site_id = site_store.create_site(conn, account, "Bench shop", transcript_emails=["owner@bench.example"]).id
-    # Progress polls go through an engine of their own, so the counter sees only the worker.
     poll_engine = db.engine(settings)
     redis = state.connect(settings)
     publisher = await Bus.connect(settings, "bench-publisher")
     await publisher.declare_topology()
+    log_dir = Path(tempfile.mkdtemp(prefix="habla-bench-worker-"))
+    kind = args.sink
+    if kind == "auto":
+        kind = "postfix" if os.access(POSTFIX_SINK, os.X_OK) else "python"
+    sink = _Sink(kind, prosody.free_port(), log_dir)
+    await sink.start()
+    settings = dataclasses.replace(settings, smtp_port=sink.port)
+    codes = [("after", ROOT)]
+    if args.before:
+        before = ("before", args.before)
+        codes = [before, ("after", ROOT), ("after", ROOT), before]
+    procs = [int(p) for p in args.email_processes.split(",") if p.strip()]
+    print(f"sink: {sink.name}; load average at start {_load()}", flush=True)
 
-    # --- archive ---------------------------------------------------------------------
-    chat = _chat_messages(site_id, args.messages, conversations=max(args.messages // 20, 1))
-    bare_archive = await _bare_consume(settings, chat)
-    chat = _chat_messages(site_id, args.messages, conversations=max(args.messages // 20, 1))
-    await _publish_all(publisher, topology.VISITOR, chat)
-    archive_settings = dataclasses.replace(settings, worker_consumers="archive")
-    worker_bus = await Bus.connect(archive_settings, "bench-archive")
-    worker = Worker.build(archive_settings, worker_bus, redis, engine)
-    statements = 0
-    archived_before = _archived()
-    await worker.start()  # declares the topology again (a dozen round trips), then consumes
-    started = time.perf_counter()
-    # Progress from the worker's own counter (incremented at each ack, after the
-    # commit): a MySQL poll from this event loop would block the worker it measures.
-    while True:
-        if _archived() - archived_before >= args.messages:
-            break
-        await asyncio.sleep(0.02)
-    archive_elapsed = time.perf_counter() - started
-    archive_statements = statements
-    await worker.stop()
-    with poll_engine.connect() as conn:
-        stored = conn.execute(sa.select(sa.func.count()).select_from(messages)).scalar_one()
-    assert stored >= args.messages, f"{stored} messages archived of {args.messages} acknowledged"
-
-    # --- email -----------------------------------------------------------------------
-    mail_dir = Path(tempfile.mkdtemp(prefix="habla-bench-mail-"))
-    smtp_port = prosody.free_port()
-    sink = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tools.smtp_sink",
-        cwd=ROOT,
-        env={**os.environ, "HABLA_SMTP_PORT": str(smtp_port), "HABLA_STATE_DIR": str(mail_dir)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
-    saved = _SinkCounter(sink)
-    await saved.listening.wait()
-    transcripts = _transcripts(site_id, args.transcripts)
-    bare_email = await _bare_consume(settings, transcripts)
-    email_settings = dataclasses.replace(settings, worker_consumers="email", smtp_port=smtp_port)
+    # The sink's ceiling: bare aiosmtplib, the same mails rendered beforehand, over the
+    # connections of one worker process and of the most processes measured.
     site = await SiteDirectory(redis, engine, settings).get(site_id)
-    bare_smtp = await _bare_smtp(email_settings, site, transcripts, saved)
-    await _publish_all(publisher, topology.TRANSCRIPTS, _transcripts(site_id, args.transcripts))
-    worker_bus = await Bus.connect(email_settings, "bench-email")
-    worker = Worker.build(email_settings, worker_bus, redis, engine)
-    saved.reset()
-    cpu_before = _own_cpu_seconds(), e2e_procs.cpu_seconds(sink.pid)
-    await worker.start()
-    emailed_per_s = await saved.rate(args.transcripts)
-    worker_cpu = _own_cpu_seconds() - cpu_before[0]
-    sink_cpu = e2e_procs.cpu_seconds(sink.pid) - cpu_before[1]
-    await worker.stop()
+    ceilings = {}
+    for connections in sorted({POOL_SIZE, POOL_SIZE * max(procs)}):
+        rendered = _transcripts(site_id, args.transcripts)
+        ceilings[connections] = await _bare_smtp(settings, site, rendered, sink, connections)
+        print(f"bare aiosmtplib, {connections} connections: {ceilings[connections]:8.1f} mails/s", flush=True)
+
+    rows = []
+    for label, tree in codes:
+        bare = await _bare_consume(settings, _chat_messages(site_id, args.messages, max(args.messages // 20, 1)))
+        archive = await _archive_round(tree, settings, publisher, poll_engine, site_id, args.messages, log_dir)
+        emails = [
+            await _email_round(tree, settings, publisher, sink, site_id, args.transcripts, n, log_dir) for n in procs
+        ]
+        rows.append((label, bare, archive, emails, _load()))
+        mails = "  ".join(f"{n} proc {e.per_s:6.1f}/s {e.cpu_ms:5.2f} ms" for n, e in zip(procs, emails, strict=True))
+        print(
+            f"{label:6s}  bare consume {bare:6.0f}/s  archive {archive.per_s:6.0f}/s ({archive.per_s / bare:.2f}x, "
+            f"{archive.cpu_ms * 1000:4.0f} us CPU/msg)  emailed: {mails}  load {_load()}",
+            flush=True,
+        )
 
     # --- end to end: "end" published -> transcript email at the SMTP server ----------
-    for path in (mail_dir / "mail").glob("*.eml"):
-        path.unlink()  # the latency phase below looks for its one mail among these
-    latencies = await _close_to_email(settings, engine, redis, publisher, site_id, smtp_port, mail_dir, args.chats)
-    sink.terminate()
-    await sink.wait()
-    shutil.rmtree(mail_dir, ignore_errors=True)
+    latencies = await _close_to_email(settings, engine, redis, publisher, site_id, sink, args.chats)
+    await sink.stop()
+    shutil.rmtree(log_dir, ignore_errors=True)
     await publisher.close()
     await redis.aclose()
     engine.dispose()
     poll_engine.dispose()
 
-    archived_per_s = args.messages / archive_elapsed
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"bare aio-pika consume+ack (ChatMessage):  {bare_archive:10.0f} msg/s")
-    print(
-        f"archive (MySQL, batched, acked):          {archived_per_s:10.0f} msg/s   "
-        f"ratio to bare {archived_per_s / bare_archive:.2f}"
-    )
-    print(
-        f"MySQL statements per archived message:    {archive_statements / args.messages:10.4f}"
-        f"   ({archive_statements} statements for {args.messages} messages)"
-    )
-    print(f"bare aio-pika consume+ack (Transcript):   {bare_email:10.0f} msg/s")
-    print(f"bare aiosmtplib, same mails pre-rendered:  {bare_smtp:8.1f} /s      ({POOL_SIZE} connections to the sink)")
-    print(
-        f"transcripts rendered + emailed (SMTP sink): {emailed_per_s:8.1f} /s      "
-        f"ratio to bare consume {emailed_per_s / bare_email:.3f}, to bare SMTP {emailed_per_s / bare_smtp:.2f}"
-    )
-    print(
-        f"CPU per transcript emailed:                 worker {worker_cpu / args.transcripts * 1000:.2f} ms, "
-        f"SMTP sink {sink_cpu / args.transcripts * 1000:.2f} ms"
-    )
+    print()
+    print(f"sink: {sink.name}; {args.messages} ChatMessages; {args.transcripts} Transcripts", end="")
+    print(f" of {LINES_PER_TRANSCRIPT} lines")
+    for connections, rate in ceilings.items():
+        print(f"bare aiosmtplib to the sink ({connections} connections): {rate:8.1f} mails/s")
+    header = f"{'code':6s} {'bare consume':>12s} {'archive':>9s} {'ratio':>6s} {'CPU/msg':>8s}"
+    for n in procs:
+        header += f"  {'emailed, ' + str(n) + ' proc':>17s} {'CPU/mail':>8s}"
+    print(header + "  load average")
+    for label, bare, archive, emails, load in rows:
+        ratio = archive.per_s / bare
+        line = f"{label:6s} {bare:10.0f}/s {archive.per_s:7.0f}/s {ratio:5.2f}x {archive.cpu_ms * 1000:5.0f} us"
+        for e in emails:
+            line += f"  {e.per_s:15.1f}/s {e.cpu_ms:5.2f} ms"
+        print(line + f"  {load}")
     latencies.sort()
     p50 = latencies[len(latencies) // 2]
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
@@ -262,8 +431,11 @@ async def _bench(args: argparse.Namespace, settings: Settings) -> None:
         f"operator 'end' -> transcript email at SMTP: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms "
         f"({len(latencies)} chats of 4 lines, one at a time, all consumers in one worker)"
     )
-    print(f"peak RSS of the benchmark process:        {rss_mb:10.0f} MB")
-    print("load average (1, 5, 15 min):               " + ", ".join(f"{x:.1f}" for x in os.getloadavg()))
+    print(f"load average (1, 5, 15 min) at the end: {_load()}")
+
+
+def _load() -> str:
+    return ", ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 async def _close_to_email(
@@ -272,16 +444,15 @@ async def _close_to_email(
     redis: Any,
     publisher: Bus,
     site_id: str,
-    smtp_port: int,
-    mail_dir: Path,
+    sink: _Sink,
     chats: int,
 ) -> list[float]:
-    """Seconds from publishing an operator's "end" to the transcript email being saved
-    by the sink, per chat (each chat's lines published and archived first)."""
-    full = dataclasses.replace(settings, smtp_port=smtp_port, archive_batch_ms=settings.archive_batch_ms)
-    worker = Worker.build(full, await Bus.connect(full, "bench-e2e"), redis, engine)
+    """Seconds from publishing an operator's "end" to the sink accepting the transcript
+    email, per chat (each chat's lines published and archived first; one chat at a
+    time, so the sink's next mail is this chat's)."""
+    worker = Worker.build(settings, await Bus.connect(settings, "bench-e2e"), redis, engine)
     await worker.start()
-    log = ConversationLog(redis, full)
+    log = ConversationLog(redis, settings)
     latencies = []
     for _ in range(chats):
         conversation_id, visitor_id = uuid.uuid4().hex, uuid.uuid4().hex[:16]
@@ -315,60 +486,24 @@ async def _close_to_email(
             action="end",
             at_ms=int(time.time() * 1000),
         )
+        sink.reset()
         started = time.perf_counter()
         await publisher.publish(topology.OPERATOR, f"{site_id}.action", end)
-        while True:
-            if any(conversation_id in p.read_text(errors="replace") for p in (mail_dir / "mail").glob("*.eml")):
-                break
-            await asyncio.sleep(0.005)
+        while sink.count == 0:
+            await asyncio.wait_for(sink.wait_change(), 30)
         latencies.append(time.perf_counter() - started)
-        for path in (mail_dir / "mail").glob("*.eml"):
-            path.unlink()
     await worker.stop()
     return latencies
 
 
-class _SinkCounter:
-    """Counts the mails tools/smtp_sink saves, from its one line per mail on stdout."""
-
-    def __init__(self, sink: asyncio.subprocess.Process) -> None:
-        self.count = 0
-        self.listening = asyncio.Event()
-        self._changed = asyncio.Event()
-        self._task = asyncio.create_task(self._read(sink))
-
-    async def _read(self, sink: asyncio.subprocess.Process) -> None:
-        assert sink.stdout is not None
-        async for line in sink.stdout:
-            if line.startswith(b"smtp_sink: saved"):
-                self.count += 1
-                self._changed.set()
-            elif line.startswith(b"smtp_sink: listening"):
-                self.listening.set()
-
-    def reset(self) -> None:
-        self.count = 0
-
-    async def rate(self, expected: int) -> float:
-        """Mails per second from the first saved mail to the ``expected``-th (start-up
-        of the sender excluded: it is the steady rate that matters)."""
-        while self.count == 0:
-            await self._wait()
-        first, started = self.count, time.perf_counter()
-        while self.count < expected:
-            await self._wait()
-        return (self.count - first) / (time.perf_counter() - started)
-
-    async def _wait(self) -> None:
-        self._changed.clear()
-        await self._changed.wait()
-
-
-async def _bare_smtp(settings: Settings, site: Any, items: list[tuple[str, Any]], saved: _SinkCounter) -> float:
-    """Mails per second for plain aiosmtplib sends of the same transcripts, rendered
-    beforehand, over POOL_SIZE connections of several mails each (the sink's ceiling)."""
+async def _bare_smtp(
+    settings: Settings, site: Any, items: list[tuple[str, Any]], sink: _Sink, connections: int
+) -> float:
+    """Mails per second, first to last, for plain aiosmtplib sends of the same
+    transcripts, rendered beforehand, over ``connections`` connections of several
+    mails each (the sink's ceiling for this client library)."""
     mails = [rendering.transcript_email(struct, site, settings.mail_from) for _, struct in items]
-    saved.reset()
+    sink.reset()
 
     async def connection(share: list[Any]) -> None:
         client = aiosmtplib.SMTP(hostname=settings.smtp_host, port=settings.smtp_port)
@@ -377,29 +512,28 @@ async def _bare_smtp(settings: Settings, site: Any, items: list[tuple[str, Any]]
             await client.sendmail(mail.sender, mail.recipients, mail.data)
         await client.quit()
 
-    sending = asyncio.gather(*(connection(mails[k::POOL_SIZE]) for k in range(POOL_SIZE)))
-    rate = await saved.rate(len(mails))
+    sending = asyncio.gather(*(connection(mails[k::connections]) for k in range(connections)))
+    while sink.count == 0:
+        await sink.wait_change()
+    first, started = sink.count, time.perf_counter()
+    while sink.count < len(mails):
+        await sink.wait_change()
+    rate = (sink.count - first) / (time.perf_counter() - started)
     await sending
     return rate
 
 
-def _archived() -> float:
-    return REGISTRY.get_sample_value("habla_worker_archived_total") or 0.0
-
-
-def _own_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    # 5000 messages: enough batches (25 of 200) for a steady rate, under a minute here.
+    # 5000 messages: enough batches (25 of 200) for a steady rate, seconds per round.
     parser.add_argument("--messages", type=int, default=5000)
     # 1000 transcripts: a few seconds of steady sending at the target of 300/s.
     parser.add_argument("--transcripts", type=int, default=1000)
     # 30 chats, one at a time: enough for a p50; the p99 of 30 is the slowest one or two.
     parser.add_argument("--chats", type=int, default=30)
+    parser.add_argument("--email-processes", default="1,2", help="email worker processes per round, e.g. 1,2")
+    parser.add_argument("--sink", choices=("auto", "postfix", "python"), default="auto")
+    parser.add_argument("--before", help="a copy of older code: rounds alternate before, after, after, before")
     args = parser.parse_args()
 
     # A sandbox of its own (vhost, Redis prefix, database with a random tag): the
