@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import Awaitable, Callable
 
+import pytest
 import redis.asyncio as aioredis
 import sqlalchemy as sa
 
@@ -14,6 +16,7 @@ from libs.common.db import sites
 from libs.common.settings import Settings
 from libs.common.sitedir import MISSING_TTL_S, SiteConfig, SiteDirectory
 from libs.common.state.presence import OperatorPresence, SiteStatusReader, site_status_channel, site_status_key
+from services.status_image import cache as cache_module
 from services.status_image import metrics
 from services.status_image.cache import IDLE_EVICT_S, SiteStatusCache
 from services.status_image.render import ImageRenderer
@@ -22,24 +25,44 @@ from tools.prosody import free_port
 
 Start = Callable[..., Awaitable[StatusServer]]
 
-# The issue's promise: a status change shows within a second.
-WITHIN_S = 1.0
+# A deadline for what a test waits on, not a promise of speed (bench/ measures how soon
+# a change shows): generous, so a loaded machine does not fail a test that works.
+DEADLINE_S = 30.0
+# Longer than any test: a loop that sleeps this long does not run during the test.
+NEVER_S = 3600.0
 
 
-async def _wait_for(server: StatusServer, site_id: str, online: bool, within: float = WITHIN_S) -> float:
-    """Poll the image until it shows ``online``; returns how long that took."""
-    started = time.monotonic()
+async def _wait_for(server: StatusServer, site_id: str, online: bool) -> None:
+    """Poll the image until it shows ``online``."""
+    deadline = time.monotonic() + DEADLINE_S
     while await server.is_online(site_id) != online:
-        assert time.monotonic() - started < within, f"image still not {'online' if online else 'offline'}"
+        assert time.monotonic() < deadline, f"image still not {'online' if online else 'offline'}"
         await asyncio.sleep(0.02)
-    return time.monotonic() - started
 
 
-async def test_image_and_json_flip_within_a_second_when_operators_come_and_go(
-    start_server: Start, make_site: Callable[[], str], settings: Settings, redis_client: aioredis.Redis
+async def _subscribed(redis: aioredis.Redis, channel: str) -> None:
+    """Wait until the server listens on ``channel``: an announcement made before its
+    SUBSCRIBE would be missed, and only the refresh (switched off here) would catch it."""
+    deadline = time.monotonic() + DEADLINE_S
+    while (await redis.pubsub_numsub(channel))[0][1] < 1:
+        assert time.monotonic() < deadline, f"nobody subscribed to {channel}"
+        await asyncio.sleep(0.02)
+
+
+async def test_image_and_json_flip_on_the_announcement_when_operators_come_and_go(
+    start_server: Start,
+    make_site: Callable[[], str],
+    settings: Settings,
+    redis_client: aioredis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Operators coming and going are announced (pub/sub) and the image follows the
+    announcement: the periodic refresh, which would also notice, does not run here."""
+    monkeypatch.setattr(cache_module, "REFRESH_INTERVAL_S", NEVER_S)
     server = await start_server(settings)
     site_id = make_site()
+    await _subscribed(redis_client, site_status_channel(settings))
+    pushed = metrics.NOTIFICATIONS.labels("status")._value.get()
     presence = OperatorPresence(redis_client, settings)
     assert not await server.is_online(site_id)
     assert json.loads((await server.fetch(f"/status/{site_id}.json")).body) == {
@@ -50,19 +73,19 @@ async def test_image_and_json_flip_within_a_second_when_operators_come_and_go(
     await presence.set_available([site_id], "ana@localhost", "laptop", True)
     await _wait_for(server, site_id, online=True)
     await presence.set_available([site_id], "bo@localhost", "phone", True)
-    for _ in range(50):
-        body = json.loads((await server.fetch(f"/status/{site_id}.json")).body)
-        if body["operators_available"] == 2:
-            break
+    deadline = time.monotonic() + DEADLINE_S
+    while (body := json.loads((await server.fetch(f"/status/{site_id}.json")).body))["operators_available"] != 2:
+        assert time.monotonic() < deadline, body
         await asyncio.sleep(0.02)
     assert body == {"online": True, "operators_available": 2}
 
     await presence.set_available([site_id], "ana@localhost", "laptop", False)
     await presence.set_available([site_id], "bo@localhost", "phone", False)
     await _wait_for(server, site_id, online=False)
+    assert metrics.NOTIFICATIONS.labels("status")._value.get() - pushed >= 4
 
 
-async def test_missed_notifications_and_expired_status_are_noticed_within_a_second(
+async def test_missed_notifications_and_expired_status_are_noticed_by_the_refresh(
     start_server: Start, make_site: Callable[[], str], settings: Settings, redis_client: aioredis.Redis
 ) -> None:
     """The gateway's status key can change without an announcement (it expires when the
@@ -79,25 +102,34 @@ async def test_missed_notifications_and_expired_status_are_noticed_within_a_seco
     assert metrics.REFRESH_CHANGES._value.get() - corrections >= 2
 
 
-async def test_a_saved_theme_shows_at_once(
+async def test_a_saved_theme_shows_on_its_invalidation(
     start_server: Start,
     make_site: Callable[[], str],
     settings: Settings,
     engine: sa.Engine,
     redis_client: aioredis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """The console's invalidation (SiteDirectory.invalidate: drop the Redis copy, announce)
+    makes the server reload the look: the slow config refresh, the only other way a
+    new theme could show, never comes due here."""
+    monkeypatch.setattr(cache_module, "CONFIG_REFRESH_S", math.inf)
     server = await start_server(settings)
     site_id = make_site()
+    directory = SiteDirectory(redis_client, engine, settings)
     before = await server.fetch(f"/status/{site_id}/image.png")
     assert top_colour(before.body) == "#8a8a8a"
+    await _subscribed(redis_client, directory.channel)
+    announced = metrics.NOTIFICATIONS.labels("config")._value.get()
     with engine.begin() as conn:
         theme = {"colours": {"offline_image": "#123456"}, "texts": {"offline_image_text": "Back at 9"}}
         conn.execute(sa.update(sites).where(sites.c.id == site_id).values(theme=theme))
-    await SiteDirectory(redis_client, engine, settings).invalidate(site_id)  # what the console does
-    started = time.monotonic()
+    await directory.invalidate(site_id)  # what the console does
+    deadline = time.monotonic() + DEADLINE_S
     while top_colour((after := await server.fetch(f"/status/{site_id}/image.png")).body) != "#123456":
-        assert time.monotonic() - started < WITHIN_S, "the new theme did not show"
+        assert time.monotonic() < deadline, "the new theme did not show"
         await asyncio.sleep(0.02)
+    assert metrics.NOTIFICATIONS.labels("config")._value.get() - announced >= 1
     assert after.headers["Etag"] != before.headers["Etag"]
 
 
