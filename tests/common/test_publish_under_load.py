@@ -44,9 +44,9 @@ async def _busy_loop(tasks: int = 10, block_s: float = 0.002) -> AsyncIterator[N
 
 
 async def test_a_burst_from_a_busy_loop_is_confirmed_in_time(make_bus: MakeBus) -> None:
-    """200 publishes at once from a loop whose turns take >= 20 ms: every one confirmed
-    within PUBLISH_TIMEOUT_S, in 1.8 s at load 7 (before: 137 of 200 "did not confirm
-    within 5 s")."""
+    """200 publishes at once from a loop whose turns take >= 20 ms: every one confirmed,
+    none "did not confirm within PUBLISH_TIMEOUT_S" (before: 137 of 200 did; now the
+    burst takes 1.8 s at load 7, printed, not asserted: benchmarks measure)."""
     bus = await make_bus("busy")
     spec = _spec("busy")
     received: set[str] = set()
@@ -67,9 +67,10 @@ async def test_a_burst_from_a_busy_loop_is_confirmed_in_time(make_bus: MakeBus) 
         took = time.monotonic() - started
     print(f"200 publishes from a busy loop: {took:.2f} s")
     failed = [r for r in results if isinstance(r, BaseException)]
+    # Each publish has its own PUBLISH_TIMEOUT_S: a burst stuck behind one channel's
+    # lock fails here, as it failed in the gateway.
     assert not failed, f"{len(failed)} of 200 failed in {took:.1f} s, e.g. {failed[0]!r}"
-    assert took < messaging.PUBLISH_TIMEOUT_S
-    await asyncio.wait_for(everything.wait(), 10)
+    await asyncio.wait_for(everything.wait(), 30)
     assert received == {m.message_id for m in sent}
 
 
@@ -78,7 +79,8 @@ async def test_cancelled_and_timed_out_publishes_leave_the_channels_working(
 ) -> None:
     """Publishes cancelled at every point (waiting for the lock, being written, awaiting the
     confirm) and timed out, nacked and returned ones among them, from a busy loop: the next
-    publish is confirmed at once, and a slot whose publish timed out got a new channel."""
+    publishes are confirmed (none left waiting behind a lock or confirm that never comes),
+    and a slot whose publish timed out got a new channel."""
     bus = await make_bus("cancelled")
     spec = _spec("cancelled")
     await bus.consume(spec, lambda envelope: asyncio.sleep(0))
@@ -112,10 +114,8 @@ async def test_cancelled_and_timed_out_publishes_leave_the_channels_working(
     monkeypatch.setattr(messaging, "PUBLISH_TIMEOUT_S", 5.0)
     assert outcomes.get("cancelled", 0) > 100, outcomes
     assert outcomes.get("timed out", 0) > 0 and outcomes.get("nacked", 0) > 0, outcomes
-    for _ in range(5):
-        started = time.monotonic()
+    for _ in range(5):  # each on the first channel: a broken one times out (BrokerUnavailable)
         await bus.publish(topology.VISITOR, "cancelled.message", chat_message())
-        assert time.monotonic() - started < 1
     assert bus.channels_renewed > 0
     await asyncio.sleep(5.5)  # the replaced channels are closed after their grace
     await bus.ping()
