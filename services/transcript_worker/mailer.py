@@ -102,7 +102,7 @@ class Mailer:
         Any failure closes the connection it happened on and propagates."""
         if client is not None and client.is_connected:
             try:
-                await client.sendmail(mail.sender, mail.recipients, mail.data)
+                await _transaction(client, mail)
                 return client
             except aiosmtplib.SMTPServerDisconnected:
                 # Closed by the server (idle timeout, restart): one fresh attempt below.
@@ -114,7 +114,7 @@ class Mailer:
                 raise
         fresh = await self._connect()
         try:
-            await fresh.sendmail(mail.sender, mail.recipients, mail.data)
+            await _transaction(fresh, mail)
         except BaseException:
             _discard(fresh)
             raise
@@ -132,6 +132,15 @@ class Mailer:
             timeout=s.smtp_timeout_s,
         )
         await client.connect()
+        try:
+            if client.is_ehlo_or_helo_needed:  # not done by a STARTTLS or login
+                try:
+                    await client.ehlo()
+                except aiosmtplib.SMTPHeloError:
+                    await client.helo()
+        except BaseException:
+            _discard(client)
+            raise
         return client
 
     async def close(self) -> None:
@@ -140,6 +149,28 @@ class Mailer:
             client = self._idle.pop()
             with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
                 await client.quit()
+
+
+async def _transaction(client: aiosmtplib.SMTP, mail: OutgoingMail) -> None:
+    """One mail on a greeted connection: MAIL, RCPT for each recipient, DATA. What
+    ``sendmail`` does (accepted if any recipient is; SMTPRecipientsRefused if none
+    is), without the work our mails never need, a tenth of the SMTP client's time: it
+    parses every address twice more (rendering.recipients checked them, and ``mail`` /
+    ``rcpt`` still quote and check each for injection) and rewrites the whole
+    message's line ends once more to size it (``mime.compose`` writes CRLF only, so
+    the SIZE is the length). No RSET after a refusal: a connection that saw any error
+    is never reused."""
+    options = [f"SIZE={len(mail.data)}"] if client.supports_extension("size") else []
+    await client.mail(mail.sender, options=options)
+    refused = []
+    for recipient in mail.recipients:
+        try:
+            await client.rcpt(recipient)
+        except aiosmtplib.SMTPRecipientRefused as exc:
+            refused.append(exc)
+    if len(refused) == len(mail.recipients):
+        raise aiosmtplib.SMTPRecipientsRefused(refused)
+    await client.data(mail.data)
 
 
 def _discard(client: aiosmtplib.SMTP) -> None:
