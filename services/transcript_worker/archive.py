@@ -45,6 +45,7 @@ class ArchiveConsumer:
         # one, consuming would stall for every commit).
         self.prefetch = 2 * settings.archive_batch_size
         self._known_sites: dict[str, float] = {}
+        self._lookups: dict[str, asyncio.Future[str | None]] = {}
         self.batcher: Batcher[Envelope] = Batcher(
             self._flush,
             max_size=settings.archive_batch_size,
@@ -66,17 +67,31 @@ class ArchiveConsumer:
         self.batcher.add(envelope)
 
     async def _check_site(self, site_id: str) -> None:
-        now = time.monotonic()
-        if self._known_sites.get(site_id, 0) > now:
+        if self._known_sites.get(site_id, 0) > time.monotonic():
             return
+        # One lookup per site at a time: the deliveries a fresh worker (or an expired
+        # entry) receives at once would otherwise each ask Redis, up to a prefetch
+        # window's worth (a fresh worker's first 5,000 lines asked 428 times).
+        lookup = self._lookups.get(site_id)
+        if lookup is None:
+            lookup = self._lookups[site_id] = asyncio.ensure_future(self._look_up(site_id))
+            lookup.add_done_callback(lambda _: self._lookups.pop(site_id, None))
+        # Shielded: a handler cancelled while waiting leaves the others' lookup running.
+        unknown = await asyncio.shield(lookup)
+        if unknown is not None:
+            raise Permanent(unknown)
+
+    async def _look_up(self, site_id: str) -> str | None:
+        """None if the site may be archived, else why not (an unknown site)."""
         try:
             await self._sites.get(site_id)
         except UnknownSite as exc:
-            raise Permanent(str(exc)) from exc
+            return str(exc)
         except Exception:  # Redis trouble: the foreign key still refuses unknown sites
             log.warning("site check skipped: site directory unavailable", extra={"site": site_id})
-            return
-        self._known_sites[site_id] = now + KNOWN_SITE_TTL_S
+            return None
+        self._known_sites[site_id] = time.monotonic() + KNOWN_SITE_TTL_S
+        return None
 
     async def _flush(self, envelopes: list[Envelope]) -> None:
         batch = archive_store.Batch()
