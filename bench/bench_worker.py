@@ -36,6 +36,7 @@ import asyncio
 import dataclasses
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -55,7 +56,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench import e2e_procs  # noqa: E402
 from libs.common import codec, db, state, topology  # noqa: E402
-from libs.common.db import messages, site_store  # noqa: E402
+from libs.common.db import messages, page_views, site_store  # noqa: E402
 from libs.common.messaging import Bus  # noqa: E402
 from libs.common.settings import Settings  # noqa: E402
 from libs.common.sitedir import SiteDirectory  # noqa: E402
@@ -138,9 +139,10 @@ def _transcripts(site_id: str, count: int) -> list[tuple[str, Any]]:
     return items
 
 
-async def _bare_consume(settings: Settings, items: list[tuple[str, Any]]) -> float:
-    """Messages per second, first ack to last, for a plain aio-pika consume-and-ack loop
-    (no decoding) on a quorum queue like the work queues, filled through the default
+async def _bare_consume(settings: Settings, items: list[tuple[str, Any]]) -> _Rate:
+    """Messages per second, first ack to last, and the bench process's CPU per message
+    meanwhile (it does nothing else), for a plain aio-pika consume-and-ack loop (no
+    decoding) on a quorum queue like the work queues, filled through the default
     exchange so no work queue sees these copies."""
     bus = await Bus.connect(settings, "bench-bare")
     channel = await bus.connection.channel()
@@ -150,25 +152,30 @@ async def _bare_consume(settings: Settings, items: list[tuple[str, Any]]) -> flo
     await _publish_all(bus, "", [(name, struct) for _, struct in items])
     done = asyncio.Event()
     count = 0
-    first = 0.0
+    first = cpu = 0.0
 
     async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        nonlocal count, first
+        nonlocal count, first, cpu
         await message.ack()
         count += 1
         if count == 1:
-            first = time.perf_counter()
+            first, cpu = time.perf_counter(), _own_cpu_seconds()
         if count == len(items):
             done.set()
 
     tag = await queue.consume(on_message)
     await done.wait()
-    elapsed = time.perf_counter() - first
+    elapsed, cpu = time.perf_counter() - first, _own_cpu_seconds() - cpu
     await queue.cancel(tag)
     await queue.delete(if_unused=False, if_empty=False)
     await channel.close()
     await bus.close()
-    return (len(items) - 1) / elapsed
+    return _Rate((len(items) - 1) / elapsed, cpu / (len(items) - 1) * 1000)
+
+
+def _own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 class _WorkerProcess:
@@ -291,36 +298,63 @@ class _Rate:
     cpu_ms: float  # worker CPU per unit, over the same window
 
 
-async def _archive_round(
+def _page_views(site_id: str, count: int) -> list[tuple[str, Any]]:
+    """What a widget boot publishes for a new visitor: VisitorEvent ARRIVED, then the
+    PageView (rpc_frontend's ChatService.visit)."""
+    now = int(time.time() * 1000)
+    items: list[tuple[str, Any]] = []
+    for n in range(count):
+        visitor = uuid.uuid4().hex[:16]
+        event = codec.VisitorEvent(visitor_id=visitor, site_id=site_id, kind=codec.VisitorEventKind.ARRIVED, at_ms=now)
+        view = codec.PageView(
+            visitor_id=visitor,
+            site_id=site_id,
+            url=f"https://bench.example/products/{n}",
+            title="Products",
+            referrer="https://search.example/?q=shoes",
+            viewed_at_ms=now,
+            user_agent="Mozilla/5.0 (X11; Linux x86_64) bench",
+        )
+        items += [(f"{site_id}.event", event), (f"{site_id}.pageview", view)]
+    return items
+
+
+async def _consume_round(
     tree: Path | str,
     settings: Settings,
     publisher: Bus,
     poll_engine: sa.Engine,
-    site_id: str,
-    count: int,
+    items: list[tuple[str, Any]],
+    table: sa.Table,
+    consumers: str,
     log_dir: Path,
+    procs: int = 1,
 ) -> _Rate:
-    chat = _chat_messages(site_id, count, conversations=max(count // 20, 1))
-    await _publish_all(publisher, topology.VISITOR, chat)
+    """Rows of ``table`` stored per second by ``procs`` workers running ``consumers``, once
+    ``items`` wait in the queues (from the first committed batch to the last: start-up
+    excluded), and the worker's CPU per row over the same window."""
+    expected = sum(1 for _, struct in items if table is messages or type(struct).__name__ == "PageView")
+    await _publish_all(publisher, topology.VISITOR, items)
 
     def stored() -> int:
         with poll_engine.connect() as conn:
-            return int(conn.execute(sa.select(sa.func.count()).select_from(messages)).scalar_one())
+            return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
 
     before = stored()
-    worker = _WorkerProcess(tree, settings, "archive", log_dir)
+    workers = [_WorkerProcess(tree, settings, consumers, log_dir) for _ in range(procs)]
     try:
-        # Steady rate: from the first committed batch to the last (start-up excluded).
         while (first := stored()) == before:
-            worker.check()
+            for worker in workers:
+                worker.check()
             await asyncio.sleep(POLL_S)
-        started, cpu = time.perf_counter(), worker.cpu_seconds()
-        while (now := stored()) < before + count:
-            worker.check()
+        started, cpu = time.perf_counter(), sum(w.cpu_seconds() for w in workers)
+        while (now := stored()) < before + expected:
+            for worker in workers:
+                worker.check()
             await asyncio.sleep(POLL_S)
-        elapsed, cpu = time.perf_counter() - started, worker.cpu_seconds() - cpu
+        elapsed, cpu = time.perf_counter() - started, sum(w.cpu_seconds() for w in workers) - cpu
     finally:
-        await worker.stop()
+        await asyncio.gather(*(w.stop() for w in workers))
     return _Rate((now - first) / elapsed, cpu / (now - first) * 1000)
 
 
@@ -388,17 +422,27 @@ async def _bench(args: argparse.Namespace, settings: Settings) -> None:
     rows = []
     for label, tree in codes:
         bare = await _bare_consume(settings, _chat_messages(site_id, args.messages, max(args.messages // 20, 1)))
-        archive = await _archive_round(tree, settings, publisher, poll_engine, site_id, args.messages, log_dir)
+        chat = _chat_messages(site_id, args.messages, max(args.messages // 20, 1))
+        archive = await _consume_round(tree, settings, publisher, poll_engine, chat, messages, "archive", log_dir)
+        if args.archive_processes > 1:
+            chat = _chat_messages(site_id, args.messages, max(args.messages // 20, 1))
+            archive_n = await _consume_round(
+                tree, settings, publisher, poll_engine, chat, messages, "archive", log_dir, args.archive_processes
+            )
+            print(
+                f"{label:6s}  archive, {args.archive_processes} processes: {archive_n.per_s:6.0f}/s "
+                f"({archive_n.per_s / bare.per_s:.2f}x bare, {archive_n.cpu_ms * 1000:3.0f} us CPU/msg)",
+                flush=True,
+            )
+        views = _page_views(site_id, args.page_views)
+        viewed = await _consume_round(
+            tree, settings, publisher, poll_engine, views, page_views, "archive,closer", log_dir
+        )
         emails = [
             await _email_round(tree, settings, publisher, sink, site_id, args.transcripts, n, log_dir) for n in procs
         ]
-        rows.append((label, bare, archive, emails, _load()))
-        mails = "  ".join(f"{n} proc {e.per_s:6.1f}/s {e.cpu_ms:5.2f} ms" for n, e in zip(procs, emails, strict=True))
-        print(
-            f"{label:6s}  bare consume {bare:6.0f}/s  archive {archive.per_s:6.0f}/s ({archive.per_s / bare:.2f}x, "
-            f"{archive.cpu_ms * 1000:4.0f} us CPU/msg)  emailed: {mails}  load {_load()}",
-            flush=True,
-        )
+        rows.append((label, bare, archive, viewed, emails, _load()))
+        print(_row(label, bare, archive, viewed, emails, _load()), flush=True)
 
     # --- end to end: "end" published -> transcript email at the SMTP server ----------
     latencies = await _close_to_email(settings, engine, redis, publisher, site_id, sink, args.chats)
@@ -414,16 +458,13 @@ async def _bench(args: argparse.Namespace, settings: Settings) -> None:
     print(f" of {LINES_PER_TRANSCRIPT} lines")
     for connections, rate in ceilings.items():
         print(f"bare aiosmtplib to the sink ({connections} connections): {rate:8.1f} mails/s")
-    header = f"{'code':6s} {'bare consume':>12s} {'archive':>9s} {'ratio':>6s} {'CPU/msg':>8s}"
+    header = f"{'code':6s} {'bare consume':>12s} {'CPU/msg':>7s} {'archive':>9s} {'ratio':>5s} {'CPU/msg':>7s}"
+    header += f" {'page views':>10s} {'CPU/view':>8s}"
     for n in procs:
         header += f"  {'emailed, ' + str(n) + ' proc':>17s} {'CPU/mail':>8s}"
     print(header + "  load average")
-    for label, bare, archive, emails, load in rows:
-        ratio = archive.per_s / bare
-        line = f"{label:6s} {bare:10.0f}/s {archive.per_s:7.0f}/s {ratio:5.2f}x {archive.cpu_ms * 1000:5.0f} us"
-        for e in emails:
-            line += f"  {e.per_s:15.1f}/s {e.cpu_ms:5.2f} ms"
-        print(line + f"  {load}")
+    for row in rows:
+        print(_row(*row))
     latencies.sort()
     p50 = latencies[len(latencies) // 2]
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
@@ -432,6 +473,15 @@ async def _bench(args: argparse.Namespace, settings: Settings) -> None:
         f"({len(latencies)} chats of 4 lines, one at a time, all consumers in one worker)"
     )
     print(f"load average (1, 5, 15 min) at the end: {_load()}")
+
+
+def _row(label: str, bare: _Rate, archive: _Rate, viewed: _Rate, emails: list[_Rate], load: str) -> str:
+    line = f"{label:6s} {bare.per_s:10.0f}/s {bare.cpu_ms * 1000:4.0f} us {archive.per_s:7.0f}/s"
+    line += f" {archive.per_s / bare.per_s:4.2f}x {archive.cpu_ms * 1000:4.0f} us"
+    line += f" {viewed.per_s:8.0f}/s {viewed.cpu_ms * 1000:5.0f} us"
+    for e in emails:
+        line += f"  {e.per_s:15.1f}/s {e.cpu_ms:5.2f} ms"
+    return line + f"  {load}"
 
 
 def _load() -> str:
@@ -529,6 +579,9 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=5000)
     # 1000 transcripts: a few seconds of steady sending at the target of 300/s.
     parser.add_argument("--transcripts", type=int, default=1000)
+    parser.add_argument("--archive-processes", type=int, default=1, help="also time the archive in N processes")
+    # Page views (each a VisitorEvent ARRIVED and a PageView, as a widget boot publishes).
+    parser.add_argument("--page-views", type=int, default=2000)
     # 30 chats, one at a time: enough for a p50; the p99 of 30 is the slowest one or two.
     parser.add_argument("--chats", type=int, default=30)
     parser.add_argument("--email-processes", default="1,2", help="email worker processes per round, e.g. 1,2")
