@@ -57,6 +57,18 @@ UNLIMITED = 1_000_000_000
 REDIS_COUNT_TIMES = 20
 # How long the suite's CPU is sampled with no load of ours (subtracted from each phase).
 IDLE_S = 3.0
+# Returning page views/s the default --tokens leave room for without any visitor going
+# over HABLA_VISITOR_PAGEVIEWS_PER_MIN (bare Tornado's rate on this machine): 100
+# tokens at 30 a minute were refused (429) after 3,000 views, and wrk counted refusals.
+VIEWS_PER_S_ROOM = 6_000
+
+
+def tokens_needed(settings: Settings, seconds: float) -> int:
+    """Returning visitors to cycle through so that none is over its page-view limit:
+    each already counted its boot, and the first REDIS_COUNT_TIMES views more."""
+    per_token = settings.visitor_pageviews_per_min - 1 - REDIS_COUNT_TIMES - 1
+    window_s = min(seconds, 60.0)  # the limit's window is a fixed minute
+    return max(1, -(-round(VIEWS_PER_S_ROOM * window_s) // max(1, per_token)))
 
 
 def stack_settings(box: sandbox.Sandbox, state_dir: Path, log_level: str) -> Settings:
@@ -177,7 +189,8 @@ async def run(args: argparse.Namespace, settings: Settings, demo: dict[str, str]
             await v.connect(ws_url)
         await e2e_chat.pair(visitors, operators, 60)
         url = f"{api}/session"
-        returning = await e2e_chat.new_visitors(api, args.tokens) if want(args, "http", "redis") else []
+        tokens = args.tokens or tokens_needed(settings, args.http_seconds)
+        returning = await e2e_chat.new_visitors(api, tokens) if want(args, "http", "redis") else []
         bodies = [e2e_http.returning_body(v.token) for v in returning]
         if want(args, "redis"):
             report.redis_commands(await redis_commands(settings, url, bodies[0], visitors[0], suite.pids))
@@ -258,7 +271,12 @@ def main() -> int:
     parser.add_argument("--paced-seconds", type=float, default=5.0, help="duration of each paced rate")
     parser.add_argument("--http-seconds", type=float, default=5.0, help="duration of each page-view load")
     parser.add_argument("--connections", type=int, default=20, help="page-view requests at once (default 20)")
-    parser.add_argument("--tokens", type=int, default=100, help="returning visitors cycled through")
+    parser.add_argument(
+        "--tokens",
+        type=int,
+        default=0,
+        help="returning visitors cycled through (default: enough that none goes over its page-view limit)",
+    )
     parser.add_argument(
         "--profile",
         type=float,

@@ -16,18 +16,33 @@ then prints:
 * MySQL statements the frontend issued during the run (its own counter; must be 0).
 
     .venv/bin/python bench/bench_frontend.py --visitors 200 --messages 10
+
+``--compare TREE,TREE`` measures instead the frontend's CPU per widget boot, per
+returning page view and per accepted line, with wrk for the page views (20 connections)
+and WebSocket visitors for the lines, once per tree in turn (a checkout of another
+commit: its ``services.rpc_frontend`` and ``libs`` run, on the same sandbox), rounds
+alternating (A B B A …), so that before and after see the same machine. CPU comes
+from /proc/<pid>/stat of the frontend process; the bare confirmed publishes of the same
+round are the lines' baseline. ``--profile DIR`` runs each frontend under pyinstrument
+(``python -m pyinstrument --load=DIR/<tree>-<n>.pyisession`` shows one).
+
+    .venv/bin/python bench/bench_frontend.py --compare /tmp/before,/tmp/after --rounds 2
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import statistics
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +52,9 @@ import tornado.websocket
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.e2e_chat import new_visitors  # noqa: E402
+from bench.e2e_http import BOOT_BODY, Load, load, returning_body  # noqa: E402
+from bench.e2e_procs import cpu_seconds  # noqa: E402
 from libs.common import (  # noqa: E402
     codec,
     db,
@@ -282,6 +300,191 @@ async def bench(
         await redis.aclose()
 
 
+# --- --compare: CPU per unit of one frontend process, trees alternating ------------------
+
+# Page views the tokens leave room for: no returning visitor goes over the default
+# HABLA_VISITOR_PAGEVIEWS_PER_MIN (30) in a load, so every view is an accepted one.
+VIEWS_PER_TOKEN = 25
+VIEWS_PER_S_ROOM = 6_000
+
+
+def not_run() -> Load:
+    return Load(0, 0.0, 0.0, 0.0, "")
+
+
+@dataclass
+class Round:
+    tree: str
+    boots: Load = dataclasses.field(default_factory=not_run)
+    boot_cpu_us: float = 0.0
+    views: Load = dataclasses.field(default_factory=not_run)
+    view_cpu_us: float = 0.0
+    lines_per_s: float = 0.0
+    line_cpu_us: float = 0.0
+    publishes_per_s: float = 0.0
+
+    def line_ratio(self) -> float:
+        return self.lines_per_s / self.publishes_per_s if self.publishes_per_s else 0.0
+
+
+@asynccontextmanager
+async def frontend_of(tree: Path, settings: Settings, profile: Path | None) -> AsyncIterator[tuple[str, int]]:
+    """``python -m services.rpc_frontend`` of ``tree`` (its code, on our sandbox); yields
+    (base URL, pid). ``profile``: under pyinstrument, its session written there when it stops."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    own = dataclasses.replace(
+        settings,
+        frontend_port=port,
+        frontend_id=f"bench-{uuid.uuid4().hex[:6]}",
+        public_url=base,
+        log_level="WARNING",
+        visitor_messages_per_min=1_000_000,  # one IP and a few visitors as fast as they can
+        ip_requests_per_min=100_000_000,
+    )
+    profiler = ["-m", "pyinstrument", "-r", "pyisession", "-o", str(profile)] if profile else []
+    command = [sys.executable, *profiler, "-m"]
+    server = await asyncio.create_subprocess_exec(*command, "services.rpc_frontend", cwd=tree, env=own.to_env())
+    try:
+        client = tornado.httpclient.AsyncHTTPClient()
+        for _ in range(200):
+            try:
+                await client.fetch(f"{base}/healthz")
+                break
+            except Exception:
+                if server.returncode is not None:
+                    raise RuntimeError(f"the frontend of {tree} exited ({server.returncode})") from None
+                await asyncio.sleep(0.1)
+        yield base, server.pid
+    finally:
+        server.terminate()
+        await asyncio.wait_for(server.wait(), 30)
+
+
+async def measure_round(
+    tree: Path, settings: Settings, site_id: str, args: argparse.Namespace, profile: Path | None
+) -> Round:
+    done = Round(str(tree))
+    async with frontend_of(tree, settings, profile) as (base, pid):
+        api = f"{base}/api/sites/{site_id}"
+        url = f"{api}/session"
+        client = tornado.httpclient.AsyncHTTPClient(max_clients=50)
+        await client.fetch(f"{api}/status")  # the site cache fills
+        await load(url, [BOOT_BODY], args.connections, 1.0)  # warm-up (not counted)
+
+        async def cpu_per(run: Awaitable[Load]) -> tuple[Load, float]:
+            before = cpu_seconds(pid)
+            answered = await run
+            return answered, (cpu_seconds(pid) - before) / max(1, answered.requests) * 1e6
+
+        if "boots" in args.phases:
+            done.boots, done.boot_cpu_us = await cpu_per(load(url, [BOOT_BODY], args.connections, args.seconds))
+        if "views" in args.phases:
+            tokens = -(-VIEWS_PER_S_ROOM * round(args.seconds) // VIEWS_PER_TOKEN)
+            bodies = [returning_body(visitor.token) for visitor in await new_visitors(api, tokens)]
+            done.views, done.view_cpu_us = await cpu_per(load(url, bodies, args.connections, args.seconds))
+        if "lines" in args.phases:
+            done.lines_per_s, done.line_cpu_us = await lines_of(api, pid, args.visitors, args.messages)
+    if "lines" in args.phases:
+        bus = await Bus.connect(settings, "bench")
+        try:
+            done.publishes_per_s = await bare_publishes(bus, site_id, args.visitors, args.messages)
+        finally:
+            await bus.close()
+    return done
+
+
+async def lines_of(api: str, pid: int, visitors_n: int, each: int) -> tuple[float, float]:
+    """Visitors on WebSockets, each waiting for "sent" before its next line: lines/s and
+    the frontend's CPU per line (us)."""
+    visitors = [Visitor(v.token, v.visitor_id) for v in await new_visitors(api, visitors_n)]
+    ws_api = api.replace("http", "ws", 1)
+    for visitor in visitors:
+        visitor.ws = await tornado.websocket.websocket_connect(f"{ws_api}/ws?token={visitor.token}")
+        visitor.reader = asyncio.create_task(visitor.read())
+    try:
+        await asyncio.gather(*(send_lines(v, 2) for v in visitors))  # first lines claim conversations
+        before = cpu_seconds(pid)
+        started = time.perf_counter()
+        await asyncio.gather(*(send_lines(v, each) for v in visitors))
+        elapsed = time.perf_counter() - started
+        return visitors_n * each / elapsed, (cpu_seconds(pid) - before) / (visitors_n * each) * 1e6
+    finally:
+        for visitor in visitors:
+            assert visitor.ws is not None
+            visitor.ws.close()
+
+
+async def send_lines(visitor: Visitor, n: int) -> None:
+    assert visitor.ws is not None
+    for i in range(n):
+        message_id = uuid.uuid4().hex
+        sent = visitor.expect(message_id)
+        await visitor.ws.write_message(json.dumps({"type": "send", "message_id": message_id, "body": f"line {i}"}))
+        await asyncio.wait_for(sent, 30)
+        visitor.expect(message_id)  # swallow the log echo of our own line
+
+
+async def bare_publishes(bus: Bus, site_id: str, tasks: int, each: int) -> float:
+    """The same number of confirmed publishes, bare, from as many tasks: publishes/s."""
+    sample = codec.ChatMessage(
+        message_id="x",
+        conversation_id="c",
+        site_id=site_id,
+        visitor_id="v",
+        sender=codec.SenderKind.VISITOR,
+        body="line",
+        sent_at_ms=1,
+        seq=1,
+    )
+
+    async def publish_all() -> None:
+        for _ in range(each):
+            await bus.publish(topology.VISITOR, f"{site_id}.message", sample, message_id=uuid.uuid4().hex)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(publish_all() for _ in range(tasks)))
+    return tasks * each / (time.perf_counter() - started)
+
+
+def compare(settings: Settings, site_id: str, args: argparse.Namespace) -> None:
+    trees = [Path(t).resolve() for t in args.compare.split(",") if t]
+    order = [tree for r in range(args.rounds) for tree in (trees if r % 2 == 0 else trees[::-1])]
+    print(f"rpc_frontend, one process, trees alternating: {' '.join(t.name for t in order)}", flush=True)
+    print(f"  load average at start {' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
+    rounds: list[Round] = []
+    for n, tree in enumerate(order):
+        profile = Path(args.profile) / f"{tree.name}-{n}.pyisession" if args.profile else None
+        done = asyncio.run(measure_round(tree, settings, site_id, args, profile))
+        rounds.append(done)
+        load_avg = " ".join(f"{x:.1f}" for x in os.getloadavg())
+        refused = "".join(f"  [{x.errors}]" for x in (done.boots, done.views) if x.errors)
+        if profile:
+            from bench.e2e_profile import where_time_goes
+
+            print("\n".join(where_time_goes(profile)))
+        print(
+            f"  {tree.name:<10} boots {done.boots.rate:6.0f}/s {done.boot_cpu_us:6.0f} us | "
+            f"returning views {done.views.rate:6.0f}/s {done.view_cpu_us:6.0f} us | "
+            f"lines {done.lines_per_s:5.0f}/s {done.line_cpu_us:6.0f} us, bare publishes "
+            f"{done.publishes_per_s:5.0f}/s ({done.line_ratio():.2f}x) | load {load_avg}" + refused,
+            flush=True,
+        )
+    print("  medians (CPU per unit is the frontend process's own, from /proc):")
+    for tree in trees:
+        mine = [r for r in rounds if r.tree == str(tree)]
+
+        def med(value: Callable[[Round], float], mine: list[Round] = mine) -> float:
+            return statistics.median(value(r) for r in mine)
+
+        print(
+            f"  {tree.name:<10} boots {med(lambda r: r.boots.rate):6.0f}/s {med(lambda r: r.boot_cpu_us):6.0f} us | "
+            f"returning views {med(lambda r: r.views.rate):6.0f}/s {med(lambda r: r.view_cpu_us):6.0f} us | "
+            f"lines {med(lambda r: r.lines_per_s):5.0f}/s {med(lambda r: r.line_cpu_us):6.0f} us "
+            f"({med(Round.line_ratio):.2f}x bare publishes)"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--visitors", type=int, default=200)
@@ -289,6 +492,17 @@ def main() -> None:
     parser.add_argument("--replies", type=int, default=5)
     parser.add_argument("--latency-samples", type=int, default=300)
     parser.add_argument("--latency-rate", type=float, default=50, help="paced replies per second")
+    parser.add_argument("--compare", metavar="TREE,TREE", help="CPU per boot, view and line of each tree, alternating")
+    parser.add_argument("--rounds", type=int, default=2, help="--compare: rounds (each runs every tree once)")
+    parser.add_argument("--seconds", type=float, default=5.0, help="--compare: seconds of each page-view load")
+    parser.add_argument("--connections", type=int, default=20, help="--compare: page views at once")
+    parser.add_argument("--profile", metavar="DIR", help="--compare: pyinstrument sessions in DIR")
+    parser.add_argument(
+        "--phases",
+        type=lambda text: text.split(","),
+        default=["boots", "views", "lines"],
+        help="--compare: which of boots,views,lines (default all)",
+    )
     args = parser.parse_args()
     with sandbox.sandboxed("bench-frontend") as settings:
         engine = db.engine(settings)
@@ -296,6 +510,9 @@ def main() -> None:
             account = site_store.account_for_email(conn, "bench@habla.localhost")
             site_id = site_store.create_site(conn, account, "Bench").id
         engine.dispose()
+        if args.compare:
+            compare(settings, site_id, args)
+            return
         asyncio.run(
             bench(
                 settings,
