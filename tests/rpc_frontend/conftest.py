@@ -62,6 +62,7 @@ class RunningFrontend:
             with contextlib.suppress(asyncio.CancelledError):
                 await follower
         await self.bus.close()
+        await self.frontend.aclose()
 
 
 StartFrontend = Callable[..., Awaitable[RunningFrontend]]
