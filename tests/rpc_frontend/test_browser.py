@@ -32,6 +32,8 @@ from tools.prosody import free_port
 pytestmark = pytest.mark.browser
 
 FRAME = 'iframe[title="Live chat"]'
+# A deadline for a page's load event, not a promise of speed: generous for a loaded machine.
+LOAD_DEADLINE_MS = 30_000
 # Operator-supplied strings that would run script if ever treated as HTML.
 XSS_BODY = '<img src=x onerror="window.top.hacked=1"><script>window.top.hacked=2</script> & "quotes"'
 XSS_NAME = "<b onmouseover=alert(1)>Alice</b>"
@@ -96,9 +98,7 @@ async def test_demo_page_chat_end_to_end(
     )
     await set_online(redis_client, settings, site_id, True)
 
-    started = time.monotonic()
-    await page.goto(f"{fe.url}/demo?site={site_id}", wait_until="load")
-    assert time.monotonic() - started < 10
+    await page.goto(f"{fe.url}/demo?site={site_id}", wait_until="load", timeout=LOAD_DEADLINE_MS)
     frame = page.frame_locator(FRAME)
     tab = frame.locator(".hb-tab")
     await tab.wait_for()
@@ -193,15 +193,14 @@ async def test_a_stalled_server_does_not_delay_the_host_pages_load(page: Any, ho
         f"{snippets.embed_snippet(stalled, '1234-12345-12-1234')}</head><body><h1>Shoes</h1></body></html>"
     )
     try:
-        started = time.monotonic()
-        await page.goto(host_site.url("stalled"), wait_until="load", timeout=10_000)
-        took = time.monotonic() - started
-        for _ in range(50):  # the loader really was requested, and is still hanging
-            if held:
-                break
+        # The server never answers /embed.js: a snippet whose script the page's load
+        # waited for would never let it fire, and goto would time out.
+        await page.goto(host_site.url("stalled"), wait_until="load", timeout=LOAD_DEADLINE_MS)
+        assert await page.evaluate("document.readyState") == "complete"
+        deadline = time.monotonic() + LOAD_DEADLINE_MS / 1000
+        while not held:  # the loader really was requested (and is held unanswered)
+            assert time.monotonic() < deadline, "the snippet never asked for /embed.js"
             await asyncio.sleep(0.1)
-        assert held, "the snippet never asked for /embed.js"
-        assert took < 5, f"load took {took:.1f} s"
         assert await page.evaluate("typeof window.habla") == "function"  # calls still queue
         await page.evaluate("habla('api.box.expand')")
         assert await page.evaluate("window.habla.q.length") == 1
