@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis.asyncio as aioredis
 
 from libs.common.settings import Settings
@@ -42,3 +44,11 @@ class Follows:
 
     async def followers(self, visitor_id: str) -> set[str]:
         return {str(op) for op in await self._redis.smembers(self._followers_key(visitor_id))}
+
+    def queue_followers(self, pipe: Any, visitor_id: str) -> None:
+        """``followers`` as a command on ``pipe`` (its answer: the set)."""
+        pipe.smembers(self._followers_key(visitor_id))
+
+    def queue_following(self, pipe: Any, operator: str, site_id: str) -> None:
+        """``following`` as a command on ``pipe`` (its answer: the set)."""
+        pipe.smembers(self._following_key(operator, site_id))

@@ -378,11 +378,19 @@ async def operator_received(
 
 
 async def page_view(desk: Desk, view: Any) -> None:
-    """A page view becomes a (coalesced) presence update for whoever watches the visitor."""
-    await desk.pages.add(view.visitor_id, view.url, view.title or "", view.viewed_at_ms)
+    """A page view becomes a (coalesced) presence update for whoever watches the visitor.
+
+    The page's record, the visitor's followers and the conversation go in one pipelined
+    round trip (they were three, one after another: every page view pays it)."""
     desk.dirty_sites.add(view.site_id)
-    conversation = await desk.routing.get(view.conversation_id or "")
-    watchers = await desk.follows.followers(view.visitor_id)
+    async with desk.routing.pipeline() as pipe:
+        added = desk.pages.queue_add(pipe, view.visitor_id, view.url, view.title or "", view.viewed_at_ms)
+        desk.follows.queue_followers(pipe, view.visitor_id)
+        if view.conversation_id:
+            desk.routing.queue_get(pipe, view.conversation_id)
+        answers = await pipe.execute()
+    watchers = {str(op) for op in answers[added]}
+    conversation = desk.routing.from_get(view.conversation_id, answers[added + 1]) if view.conversation_id else None
     if conversation:
         watchers.update(conversation.recipients)
     if not watchers:
@@ -394,17 +402,21 @@ async def page_view(desk: Desk, view: Any) -> None:
 
 
 async def visitor_event(desk: Desk, event: Any) -> None:
-    """Typing, identified, ended chat, arrived, left."""
+    """Typing, identified, ended chat, arrived, left.
+
+    The visitor's JID (a name claimed on first use: a round trip for a new visitor) is
+    looked up only where a stanza goes out: an arrival sends none."""
     kind = event.kind
     desk.dirty_sites.add(event.site_id)
     conversation = await desk.routing.get(event.conversation_id or "")
-    jid = await desk.names.jid_of(event.visitor_id)
+    recipients = conversation.recipients if conversation else ()
     if kind in (codec.VisitorEventKind.TYPING, codec.VisitorEventKind.STOPPED_TYPING):
         state = "composing" if kind == codec.VisitorEventKind.TYPING else "paused"
-        for operator in conversation.recipients if conversation else ():
+        for operator in recipients:
             with contextlib.suppress(XmppUnavailable):  # typing is momentary: not worth a redelivery
-                desk.outbox.chat_state(jid, operator, state)
+                desk.outbox.chat_state(await desk.names.jid_of(event.visitor_id), operator, state)
     elif kind == codec.VisitorEventKind.ENDED_CHAT and conversation:
+        jid = await desk.names.jid_of(event.visitor_id)
         await desk.routing.close(conversation.conversation_id)
         await desk.hide_visitor(conversation)
         for operator in conversation.recipients:
@@ -412,15 +424,18 @@ async def visitor_event(desk: Desk, event: Any) -> None:
                 desk.outbox.chat_state(jid, operator, "gone")  # XEP-0085: the visitor left the chat
             desk.info(jid, operator, "The visitor ended the chat; the transcript goes to the site owner.")
     elif kind == codec.VisitorEventKind.IDENTIFIED and conversation:
+        jid = await desk.names.jid_of(event.visitor_id)
         known = ", ".join(one_line(v) for v in (event.name, event.email, event.phone) if v)
         for operator in conversation.recipients:
             desk.info(jid, operator, f"The visitor introduced themselves: {known}")
     elif kind == codec.VisitorEventKind.LEFT:
         # Out of !who, the bot's count and operators' rosters (services.im_gateway.rosters).
         await desk.sessions.left(event.site_id, event.visitor_id)
-        watchers = await desk.follows.followers(event.visitor_id)
-        for operator in watchers | set(conversation.recipients if conversation else ()):
-            desk.coalescer.update(operator, jid, kind="unavailable", status="Left the site")
+        watchers = await desk.follows.followers(event.visitor_id) | set(recipients)
+        if watchers:
+            jid = await desk.names.jid_of(event.visitor_id)
+            for operator in watchers:
+                desk.coalescer.update(operator, jid, kind="unavailable", status="Left the site")
 
 
 def _info_quietly(desk: Desk, sender: str, operator: str, text: str) -> None:

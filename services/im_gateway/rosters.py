@@ -39,6 +39,7 @@ from services.im_gateway.privilege import Privileges
 from services.im_gateway.roster import Roster
 from services.im_gateway.roster_pushes import Item, RosterPushes
 from services.im_gateway.sitebot import SiteBot
+from services.im_gateway.visitors import page_status
 
 log = logging.getLogger(__name__)
 
@@ -126,24 +127,33 @@ class Rosters:
         return Item(self._desk.bot_jid(site_id), f"{xmlsafe.one_line(name)} (Habla)", group_name(name), site_id)
 
     async def wanted_visitors(self, site_id: str) -> dict[str, set[str]]:
-        """operator -> visitor ids their roster should hold for ``site_id``."""
+        """operator -> visitor ids their roster should hold for ``site_id``.
+
+        A few round trips whatever the number of visitors and operators (this runs for
+        every dirty site each presence interval): the open conversations (two), every
+        operator's follows (one), the newest visitors (one), and whether the visitors
+        kept for a chat or a follow are still on a visit (one, all of them at once)."""
         desk = self._desk
-        operators = desk.operators.operators_of(site_id)
+        operators = list(desk.operators.operators_of(site_id))
         must: dict[str, set[str]] = {op: set() for op in operators}
         for conversation in await desk.routing.open_conversations(site_id):
             for operator in conversation.recipients:
                 if operator in must:
                     must[operator].add(conversation.visitor_id)
-        for operator in operators:
-            must[operator] |= await desk.follows.following(operator, site_id)
+        if operators:
+            async with desk.routing.pipeline() as pipe:
+                for operator in operators:
+                    desk.follows.queue_following(pipe, operator, site_id)
+                follows = await pipe.execute()
+            for operator, found in zip(operators, follows, strict=True):
+                must[operator] |= {str(v) for v in found}
         recent = await desk.sessions.on_site(site_id, limit=self._cap) if self._cap else []
         # A visitor kept for a chat or a follow must still be on a visit.
-        alive: dict[str, bool] = {v: True for v in recent}
-        for visitor_id in {v for vs in must.values() for v in vs} - set(alive):
-            alive[visitor_id] = await desk.sessions.is_on_site(site_id, visitor_id)
+        kept = {v for vs in must.values() for v in vs} - set(recent)
+        alive = set(recent) | await desk.sessions.still_on_site(site_id, kept)
         wanted: dict[str, set[str]] = {}
         for operator, visitors in must.items():
-            keep = {v for v in visitors if alive.get(v)}
+            keep = visitors & alive
             for visitor_id in recent:  # newest first
                 if len(keep) >= self._cap:
                     break
@@ -152,40 +162,53 @@ class Rosters:
         return wanted
 
     async def refresh_site(self, site_id: str) -> None:
-        """Bring every operator's roster in line with the site's visitors now."""
+        """Bring every operator's roster in line with the site's visitors now.
+
+        The JIDs of every wanted visitor come in one round trip (names not yet claimed
+        are claimed together), and the names of the contacts to add in one more. A
+        contact whose addition is still waiting (the push ceiling) keeps the item it
+        was queued with: it was looked up again at every refresh before."""
         if not self._synced.is_set():
             return  # sync_all() seeds what rosters hold first
         wanted = await self.wanted_visitors(site_id)
         group = group_name(await self._site_name(site_id))
+        bot = self._desk.bot_jid(site_id)
+        jids = await self._desk.names.jids_of(v for vs in wanted.values() for v in vs)
+        additions: list[tuple[str, str, str]] = []  # (operator, jid, visitor id) to add
         for operator, visitor_ids in wanted.items():
             if not self._privileges.can_write(operator):
                 await self._ask_subscriptions(operator, site_id, visitor_ids)
                 continue
             held = {jid for jid, site in self.held.get(operator, {}).items() if site == site_id}
-            bot = self._desk.bot_jid(site_id)
             if bot not in held and not self.pushes.busy(operator, bot):
                 # Self-healing: whatever took the bot out (a site that flickered out of
                 # this gateway's partition, a write lost with a stream), it goes back.
                 self.pushes.want(operator, bot, await self._bot_item(site_id))
-            want_jids: dict[str, str] = {}
-            for visitor_id in visitor_ids:
-                want_jids[await self._desk.names.jid_of(visitor_id)] = visitor_id
+            want_jids = {jids[visitor_id]: visitor_id for visitor_id in visitor_ids}
+            pending = self.pushes.pending_additions(operator, site_id)
             for jid, visitor_id in want_jids.items():
                 if jid not in held:
-                    name = await self._visitor_name(visitor_id, jid)
-                    self.pushes.want(operator, jid, Item(jid, name, group, site_id))
+                    if jid not in pending:
+                        additions.append((operator, jid, visitor_id))
                 else:
                     self.pushes.cancel(operator, jid)  # an earlier removal no longer applies
             for jid in held - set(want_jids) - {bot}:
                 self.pushes.want(operator, jid, None)
-            for jid in self.pushes.pending_additions(operator, site_id) - set(want_jids) - {bot}:
+            for jid in pending - set(want_jids) - {bot}:
                 self.pushes.cancel(operator, jid)  # left before it was ever added
+        if additions:
+            names = await self._visitor_names({(jid, visitor_id) for _, jid, visitor_id in additions})
+            for operator, jid, _visitor_id in additions:
+                self.pushes.want(operator, jid, Item(jid, names[jid], group, site_id))
 
-    async def _visitor_name(self, visitor_id: str, jid: str) -> str:
-        session = await self._desk.sessions.get(visitor_id) or {}
-        friendly = jid.split("@", 1)[0]
-        given = xmlsafe.one_line(session.get("name", "")).strip()[:60]
-        return f"{friendly} ({given})" if given else friendly
+    async def _visitor_names(self, contacts: set[tuple[str, str]]) -> dict[str, str]:
+        """jid -> the roster name of each (jid, visitor id): every session in one round trip."""
+        ordered = sorted(contacts)
+        async with self._desk.routing.pipeline() as pipe:
+            for _jid, visitor_id in ordered:
+                pipe.hgetall(self._desk.sessions.key(visitor_id))
+            sessions = await pipe.execute()
+        return {jid: _roster_name(jid, session or {}) for (jid, _), session in zip(ordered, sessions, strict=True)}
 
     async def _ask_subscriptions(self, operator: str, site_id: str, visitor_ids: set[str]) -> None:
         """Fallback: chatting and followed visitors ask once for the operator's approval.
@@ -343,12 +366,21 @@ class Rosters:
         visitor_id = await desk.names.visitor_of(jid)
         if visitor_id is None:
             return
-        session = await desk.sessions.get(visitor_id) or {}
+        # The session and the latest page in one round trip (desk.visitor_status read
+        # them one after the other), then the session's conversation.
+        async with desk.routing.pipeline() as pipe:
+            pipe.hgetall(desk.sessions.key(visitor_id))
+            desk.pages.queue_latest(pipe, visitor_id)
+            found, raw_page = await pipe.execute()
+        session: dict[str, str] = found or {}
+        page = desk.pages.from_latest(raw_page)
+        if page is not None:
+            status = page_status(page.url, page.title)
+        else:
+            status = page_status(session.get("page_url", ""), session.get("page_title", ""))
         conversation = await desk.routing.get(session.get("conversation_id", ""))
         chatting = conversation is not None and operator in conversation.recipients
-        desk.coalescer.update(
-            operator, jid, show="chat" if chatting else None, status=await desk.visitor_status(visitor_id)
-        )
+        desk.coalescer.update(operator, jid, show="chat" if chatting else None, status=status)
         desk.remember_shown(operator, visitor_id)
 
     # --- contacts the gateway no longer knows ----------------------------------------
@@ -386,6 +418,13 @@ class Rosters:
                 "site operators changed",
                 extra={"site": change.site_id, "added": ",".join(change.added), "removed": ",".join(change.removed)},
             )
+
+
+def _roster_name(jid: str, session: dict[str, str]) -> str:
+    """The visitor's friendly name, and the name they gave if any: "amber-otter-412 (Ann)"."""
+    friendly = jid.split("@", 1)[0]
+    given = xmlsafe.one_line(session.get("name", "")).strip()[:60]
+    return f"{friendly} ({given})" if given else friendly
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:

@@ -169,6 +169,13 @@ class Routing:
         data = cast(dict[str, str], await self._redis.hgetall(self._key("conv", conversation_id)))
         return self._conversation(conversation_id, data)
 
+    def queue_get(self, pipe: Any, conversation_id: str) -> None:
+        """``get`` as a command on ``pipe``; ``from_get`` reads its answer."""
+        pipe.hgetall(self._key("conv", conversation_id))
+
+    def from_get(self, conversation_id: str, answer: Any) -> Conversation | None:
+        return self._conversation(conversation_id, cast(dict[str, str], answer))
+
     @staticmethod
     def _conversation(conversation_id: str, data: dict[str, str]) -> Conversation | None:
         if not data:

@@ -38,7 +38,7 @@ class SiteBot:
         return summary if self._desk.roster_managed(operator) else f"{summary} — {NO_PRIVILEGE_HINT}"
 
     async def summary(self, site_id: str) -> str:
-        visitors = len(await self._desk.sessions.on_site(site_id))
+        visitors = await self._desk.sessions.count_on_site(site_id)  # counted in Redis, not listed
         return summary_text(visitors, await self._desk.routing.chatting(site_id))
 
     def present_to(self, operator: str, site_id: str) -> None:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +44,39 @@ NAME_CACHE_SIZE = 50_000
 PAGES_KEPT = 50
 
 _NAME_RE = re.compile(r"[a-z]+-[a-z]+-[0-9]+")  # fullmatch; ASCII digits only
+# Candidates tried before giving up: 20 collisions in a row would mean ~all names taken.
+NAME_ATTEMPTS = 20
+
+# Visitors' names, claimed on first use, in one round trip for any number of visitors
+# (a name took up to three: the visitor's name, the claim of a candidate, the name's
+# record). KEYS: each visitor's name key; ARGV[1] the name keys' prefix, ARGV[2] the
+# TTL, ARGV[3] n, the candidates per visitor; then per visitor its id and its n
+# candidates in order (VisitorNames.candidate). For each, the first candidate free or
+# already this visitor's is claimed, as before. Returns the names in KEYS' order (false
+# for a visitor whose every candidate is another visitor's). One script call, not a
+# pipeline of calls: redis-py asks SCRIPT EXISTS before every pipeline holding one.
+_CLAIM_NAMES = """
+local n = tonumber(ARGV[3])
+local names = {}
+for k = 1, #KEYS do
+  local base = 4 + (k - 1) * (n + 1)
+  local visitor = ARGV[base]
+  local name = redis.call('GET', KEYS[k])
+  if not name then
+    name = false
+    for i = base + 1, base + n do
+      local key = ARGV[1] .. ARGV[i]
+      if redis.call('SET', key, visitor, 'NX', 'EX', ARGV[2]) or redis.call('GET', key) == visitor then
+        redis.call('SET', KEYS[k], ARGV[i], 'EX', ARGV[2])
+        name = ARGV[i]
+        break
+      end
+    end
+  end
+  names[k] = name
+end
+return names
+"""
 
 
 @dataclass(frozen=True)
@@ -67,6 +101,7 @@ class VisitorNames:
         self.domain = settings.xmpp_component_domain
         self._cache: dict[str, str] = {}  # visitor id -> name
         self._ids: dict[str, str] = {}  # name -> visitor id
+        self._claim = redis.register_script(_CLAIM_NAMES)
 
     def _name_key(self, visitor_id: str) -> str:
         return self._settings.redis_key("gw", "vname", visitor_id)
@@ -81,21 +116,33 @@ class VisitorNames:
         return f"{ADJECTIVES[digest[0] % len(ADJECTIVES)]}-{ANIMALS[digest[1] % len(ANIMALS)]}-{number}"
 
     async def name_of(self, visitor_id: str) -> str:
-        """The visitor's friendly name, claimed on first use."""
+        """The visitor's friendly name, claimed on first use (one round trip, then cached)."""
         cached = self._cache.get(visitor_id)
         if cached:
             return cached
-        known = await self._redis.get(self._name_key(visitor_id))
-        if known:
-            return self._remember(visitor_id, str(known))
-        for attempt in range(20):  # 20 collisions in a row would mean ~all names taken
-            name = self.candidate(visitor_id, attempt)
-            if await self._redis.set(self._id_key(name), visitor_id, nx=True, ex=NAME_TTL_S) or (
-                await self._redis.get(self._id_key(name)) == visitor_id
-            ):
-                await self._redis.set(self._name_key(visitor_id), name, ex=NAME_TTL_S)
-                return self._remember(visitor_id, name)
-        raise RuntimeError(f"no free friendly name for visitor {visitor_id}")
+        return (await self.names_of([visitor_id]))[visitor_id]
+
+    async def names_of(self, visitor_ids: Iterable[str]) -> dict[str, str]:
+        """``name_of`` for several visitors: those not cached in one round trip together."""
+        found: dict[str, str] = {}
+        missing: list[str] = []
+        for visitor_id in dict.fromkeys(visitor_ids):
+            cached = self._cache.get(visitor_id)
+            if cached:
+                found[visitor_id] = cached
+            else:
+                missing.append(visitor_id)
+        if not missing:
+            return found
+        args: list[Any] = [self._id_key(""), NAME_TTL_S, NAME_ATTEMPTS]
+        for visitor_id in missing:
+            args += [visitor_id, *(self.candidate(visitor_id, attempt) for attempt in range(NAME_ATTEMPTS))]
+        claimed = await self._claim(keys=[self._name_key(v) for v in missing], args=args)
+        for visitor_id, name in zip(missing, claimed, strict=True):
+            if not name:
+                raise RuntimeError(f"no free friendly name for visitor {visitor_id}")
+            found[visitor_id] = self._remember(visitor_id, name.decode() if isinstance(name, bytes) else str(name))
+        return found
 
     def _remember(self, visitor_id: str, name: str) -> str:
         if len(self._cache) >= NAME_CACHE_SIZE:
@@ -107,6 +154,10 @@ class VisitorNames:
 
     async def jid_of(self, visitor_id: str) -> str:
         return f"{await self.name_of(visitor_id)}@{self.domain}"
+
+    async def jids_of(self, visitor_ids: Iterable[str]) -> dict[str, str]:
+        """visitor id -> JID, the names not cached claimed in one round trip."""
+        return {v: f"{name}@{self.domain}" for v, name in (await self.names_of(visitor_ids)).items()}
 
     async def visitor_of(self, name: str) -> str | None:
         """The visitor id behind a friendly name (or a visitor JID's local part)."""
@@ -133,15 +184,27 @@ class VisitorPages:
         return self._settings.redis_key("gw", "pages", visitor_id)
 
     async def add(self, visitor_id: str, url: str, title: str, at_ms: int | None = None) -> None:
-        entry: dict[str, Any] = {"url": url, "title": title, "at_ms": at_ms or int(time.time() * 1000)}
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.lpush(self._key(visitor_id), json.dumps(entry))
-            pipe.ltrim(self._key(visitor_id), 0, PAGES_KEPT - 1)
-            pipe.expire(self._key(visitor_id), self._settings.session_ttl_s)
+            self.queue_add(pipe, visitor_id, url, title, at_ms)
             await pipe.execute()
 
+    def queue_add(self, pipe: Any, visitor_id: str, url: str, title: str, at_ms: int | None = None) -> int:
+        """``add`` as commands on ``pipe`` (with other reads of a page view); returns how many."""
+        entry: dict[str, Any] = {"url": url, "title": title, "at_ms": at_ms or int(time.time() * 1000)}
+        pipe.lpush(self._key(visitor_id), json.dumps(entry))
+        pipe.ltrim(self._key(visitor_id), 0, PAGES_KEPT - 1)
+        pipe.expire(self._key(visitor_id), self._settings.session_ttl_s)
+        return 3
+
     async def latest(self, visitor_id: str) -> Page | None:
-        raw = await self._redis.lindex(self._key(visitor_id), 0)
+        return self.from_latest(await self._redis.lindex(self._key(visitor_id), 0))
+
+    def queue_latest(self, pipe: Any, visitor_id: str) -> None:
+        """``latest`` as a command on ``pipe``; ``from_latest`` reads its answer."""
+        pipe.lindex(self._key(visitor_id), 0)
+
+    @staticmethod
+    def from_latest(raw: Any) -> Page | None:
         return Page(**json.loads(raw)) if raw else None
 
     async def recent(self, visitor_id: str) -> list[Page]:

@@ -11,7 +11,7 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
 import redis.asyncio as aioredis
@@ -88,6 +88,21 @@ class VisitorSessions:
     async def left(self, site_id: str, visitor_id: str) -> None:
         """The visit is over (VisitorEvent LEFT): no longer among the site's visitors."""
         await self._redis.zrem(self._site_key(site_id), visitor_id)
+
+    async def count_on_site(self, site_id: str) -> int:
+        """How many visitors ``on_site`` lists, counted by Redis (ZCOUNT): the list itself
+        is not sent back (thousands of ids for a busy site, every site bot refresh)."""
+        cutoff = time.time() - self._settings.session_ttl_s
+        return int(await self._redis.zcount(self._site_key(site_id), cutoff, "+inf"))
+
+    async def still_on_site(self, site_id: str, visitor_ids: Iterable[str]) -> set[str]:
+        """Those of ``visitor_ids`` that ``is_on_site``, in one round trip (ZMSCORE)."""
+        wanted = list(dict.fromkeys(visitor_ids))
+        if not wanted:
+            return set()
+        cutoff = time.time() - self._settings.session_ttl_s
+        scores = await self._redis.zmscore(self._site_key(site_id), wanted)
+        return {v for v, score in zip(wanted, scores, strict=True) if score is not None and float(score) >= cutoff}
 
     async def is_on_site(self, site_id: str, visitor_id: str) -> bool:
         score = await self._redis.zscore(self._site_key(site_id), visitor_id)
