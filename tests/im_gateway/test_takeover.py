@@ -3,8 +3,10 @@
 Two gateway processes for one component domain: the XMPP server admits one component
 connection, so one serves and the other stands by (its /healthz: 503 "standby: …").
 The active one is SIGKILLed; the standby, trying the connection every second, takes
-over well before the lease's TTL (15 s here) would have let it: a visitor line sent
-right after the kill reaches the operator. The measured gap is printed."""
+over while the dead one's lease still runs: a visitor line sent right after the kill
+reaches the operator. The lease's TTL is set far beyond the test's deadlines, so a
+standby that waited for it to expire fails the test; the measured gap is printed (not
+asserted: benchmarks measure)."""
 
 from __future__ import annotations
 
@@ -28,6 +30,11 @@ from tests.im_gateway.isolated import Isolated, isolated_gateway_env, site_onlin
 from tests.im_gateway.operator_client import OperatorClient
 from tools import prosody
 
+# What the test waits for before it fails (generous for a loaded machine), and a lease
+# TTL far beyond it: a takeover that waited for the TTL never makes the deadline.
+DEADLINE_S = 60.0
+LEASE_OUTLASTS_TEST_S = 600
+
 
 def _health(port: int) -> tuple[int, dict[str, object]]:
     try:
@@ -40,9 +47,9 @@ def _health(port: int) -> tuple[int, dict[str, object]]:
 
 
 @pytest.mark.slow
-async def test_standby_takes_over_within_seconds_of_the_active_gateway_dying(settings, engine, artifacts) -> None:
+async def test_standby_takes_over_before_the_dead_gateways_lease_expires(settings, engine, artifacts) -> None:
     async with isolated_gateway_env(
-        settings, artifacts, presence_heartbeat_s=1, presence_ttl_s=10, gateway_lease_ttl_s=15
+        settings, artifacts, presence_heartbeat_s=1, presence_ttl_s=10, gateway_lease_ttl_s=LEASE_OUTLASTS_TEST_S
     ) as env:
         s = env.settings
         other = Isolated(
@@ -82,16 +89,16 @@ async def test_standby_takes_over_within_seconds_of_the_active_gateway_dying(set
             env.kill(first)
             killed = time.monotonic()
             await visitor_says("after")
-            await operator.wait_for(lambda r: r.body == "after", within=30)
+            # The dead gateway's lease has minutes to run: only a takeover before its expiry
+            # (the holder stopped renewing: DomainLease.vacant) gets the line through.
+            await operator.wait_for(lambda r: r.body == "after", within=DEADLINE_S)
             line_after = time.monotonic() - killed
-            await wait_until(lambda: _health(other.settings.gateway_metrics_port)[0] == 200, 30)
+            await wait_until(lambda: _health(other.settings.gateway_metrics_port)[0] == 200, DEADLINE_S)
             healthy_after = time.monotonic() - killed
             print(
                 f"\ntakeover: the visitor line sent at the SIGKILL reached the operator after {line_after:.2f} s; "
                 f"the standby's /healthz said 200 after {healthy_after:.2f} s (lease TTL {s.gateway_lease_ttl_s} s)"
             )
-            # Generous: the point is "not the lease TTL"; the figure above is the measure.
-            assert line_after < s.gateway_lease_ttl_s
         finally:
             for process in (first, second):
                 env.terminate(process)
