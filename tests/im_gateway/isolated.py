@@ -67,10 +67,12 @@ class Isolated:
 
     @staticmethod
     def terminate(process: subprocess.Popen[bytes]) -> int:
+        """SIGTERM, and the exit status; -9 if it had to be killed after a generous
+        deadline (a graceful stop takes a few seconds; a loaded machine, more)."""
         if process.poll() is None:
             process.terminate()
             try:
-                return process.wait(30)
+                return process.wait(60)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()

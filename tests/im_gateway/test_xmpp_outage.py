@@ -45,7 +45,7 @@ async def test_gateway_reconnects_after_prosody_restart_and_delivers_held_lines(
                 await visitor_line(log, bus, site_id, visitor_id, conversation_id, body)
 
             await visitor_says("before the outage")
-            await operator.wait_for(lambda r: r.body == "before the outage")
+            await operator.wait_for(lambda r: r.body == "before the outage", within=30)
             health = f"http://127.0.0.1:{s.gateway_metrics_port}"
             code, body = await _get(f"{health}/healthz")
             assert code == 200 and '"xmpp": "ok"' in body
@@ -54,7 +54,7 @@ async def test_gateway_reconnects_after_prosody_restart_and_delivers_held_lines(
 
             await asyncio.to_thread(env.stop_prosody)
             await visitor_says("during the outage")  # held unacknowledged by the gateway
-            await wait_until(lambda: _offline(status, site_id), within=s.presence_ttl_s + 10)
+            await wait_until(lambda: _offline(status, site_id), within=s.presence_ttl_s + 30)
             code, body = await _get(f"{health}/healthz")
             assert code == 503 and "xmpp" in body and "reconnecting" in body
             await asyncio.sleep(1.0)
@@ -64,7 +64,7 @@ async def test_gateway_reconnects_after_prosody_restart_and_delivers_held_lines(
             await wait_until(lambda: site_online(status, site_id), within=30)
             await operator.wait_for(lambda r: r.body == "during the outage", within=30)
             await visitor_says("after the outage")
-            await operator.wait_for(lambda r: r.body == "after the outage", within=15)
+            await operator.wait_for(lambda r: r.body == "after the outage", within=30)
             bodies = collections.Counter(r.body for r in operator.received if r.kind == "message" and r.body)
             assert bodies["during the outage"] == 1 and bodies["after the outage"] == 1
             # SIGTERM: a graceful stop, exit status 0, the lease released for a standby.
@@ -82,7 +82,7 @@ async def test_gateway_reconnects_after_prosody_restart_and_delivers_held_lines(
 async def _get(url: str) -> tuple[int, str]:
     def fetch() -> tuple[int, str]:
         try:
-            with urllib.request.urlopen(url, timeout=5) as response:
+            with urllib.request.urlopen(url, timeout=30) as response:
                 return response.status, response.read().decode()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()
