@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -452,6 +453,9 @@ def compare(settings: Settings, site_id: str, args: argparse.Namespace) -> None:
     order = [tree for r in range(args.rounds) for tree in (trees if r % 2 == 0 else trees[::-1])]
     print(f"rpc_frontend, one process, trees alternating: {' '.join(t.name for t in order)}", flush=True)
     print(f"  load average at start {' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
+    if args.interleave:
+        asyncio.run(interleaved(trees, settings, site_id, args))
+        return
     rounds: list[Round] = []
     for n, tree in enumerate(order):
         profile = Path(args.profile) / f"{tree.name}-{n}.pyisession" if args.profile else None
@@ -485,6 +489,47 @@ def compare(settings: Settings, site_id: str, args: argparse.Namespace) -> None:
         )
 
 
+async def interleaved(trees: list[Path], settings: Settings, site_id: str, args: argparse.Namespace) -> None:
+    """Every tree's frontend running at once, each page-view load cut into ``--interleave``
+    slices of about a second, trees taking turns slice by slice (A B B A …): the machine's
+    load, which moves within seconds here, falls on every tree alike."""
+    async with contextlib.AsyncExitStack() as stack:
+        running = [await stack.enter_async_context(frontend_of(tree, settings, None)) for tree in trees]
+        slice_s = max(1.0, args.seconds / args.interleave)
+        tokens = -(-VIEWS_PER_S_ROOM * round(min(60.0, slice_s * args.interleave)) // VIEWS_PER_TOKEN)
+        urls, returning = [], []
+        for base, _ in running:
+            api = f"{base}/api/sites/{site_id}"
+            await tornado.httpclient.AsyncHTTPClient().fetch(f"{api}/status")  # the site cache fills
+            await load(f"{api}/session", [BOOT_BODY], args.connections, 1.0)  # warm-up (not counted)
+            urls.append(f"{api}/session")
+            returning.append([returning_body(v.token) for v in await new_visitors(api, tokens)])
+        for phase in ("boots", "views"):
+            if phase not in args.phases:
+                continue
+            answered = [0] * len(trees)
+            cpu = [0.0] * len(trees)
+            elapsed = [0.0] * len(trees)
+            refused = [0] * len(trees)
+            for k in range(args.interleave):
+                for i in range(len(trees)) if k % 2 == 0 else reversed(range(len(trees))):
+                    bodies = [BOOT_BODY] if phase == "boots" else returning[i]
+                    before, started = cpu_seconds(running[i][1]), time.perf_counter()
+                    done = await load(urls[i], bodies, args.connections, slice_s)
+                    cpu[i] += cpu_seconds(running[i][1]) - before
+                    elapsed[i] += time.perf_counter() - started
+                    answered[i] += done.requests
+                    refused[i] += done.refused
+            load_avg = " ".join(f"{x:.1f}" for x in os.getloadavg())
+            for i, tree in enumerate(trees):
+                print(
+                    f"  {tree.name:<12} {phase:<5} {answered[i] / max(elapsed[i], 1e-9):6.0f}/s accepted, "
+                    f"{cpu[i] / max(1, answered[i]) * 1e6:6.0f} us CPU each ({answered[i]} in {args.interleave} "
+                    f"slices{f', {refused[i]} refused' if refused[i] else ''}) | load {load_avg}",
+                    flush=True,
+                )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--visitors", type=int, default=200)
@@ -497,6 +542,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="--compare: seconds of each page-view load")
     parser.add_argument("--connections", type=int, default=20, help="--compare: page views at once")
     parser.add_argument("--profile", metavar="DIR", help="--compare: pyinstrument sessions in DIR")
+    parser.add_argument(
+        "--interleave",
+        type=int,
+        default=0,
+        metavar="SLICES",
+        help="--compare: all trees at once, each page-view load in SLICES turns (boots, views only)",
+    )
     parser.add_argument(
         "--phases",
         type=lambda text: text.split(","),
