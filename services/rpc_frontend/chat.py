@@ -26,7 +26,7 @@ from libs.common.state.sessions import VisitorSessions
 from services.rpc_frontend.departures import Departures
 from services.rpc_frontend.lines import LineWriter
 from services.rpc_frontend.unconfirmed import Unconfirmed, UnconfirmedLines
-from services.rpc_frontend.visits import OtherSite, VisitRefresher, Visits
+from services.rpc_frontend.visits import IpLimit, OtherSite, VisitRefresher, Visits
 
 # Client-generated ids: a UUID (32-36 chars) in practice; 8-64 of these characters
 # leave room for other clients without letting an id carry anything odd.
@@ -126,13 +126,21 @@ class VisitorChat:
         return Visitor(visitor_id, site_id, session)
 
     async def start(
-        self, site_id: str, token: str, page: dict[str, Any], user_agent: str, *, pageview_limit: int | None = None
+        self,
+        site_id: str,
+        token: str,
+        page: dict[str, Any],
+        user_agent: str,
+        *,
+        pageview_limit: int | None = None,
+        ip_limit: IpLimit | None = None,
     ) -> tuple[str, Visitor]:
         """Start or resume a visit and record the page view. Returns (token, visitor).
 
         ``pageview_limit``: count the view against a returning visitor's per-minute
-        limit (RateLimited when over it). One Redis round trip (``visits``), then the
-        VisitorEvent ARRIVED (a new visit) and the PageView confirmed together."""
+        limit (RateLimited when over it); ``ip_limit``: the request's per-IP limits
+        (``Visits.record``). One Redis round trip (``visits``), then the VisitorEvent
+        ARRIVED (a new visit) and the PageView confirmed together."""
         returning = self.sessions.visitor_of(token) if token else None
         url, title, referrer = (
             clip(page.get("url"), MAX_URL_CHARS),
@@ -145,8 +153,10 @@ class VisitorChat:
         limit = pageview_limit if returning and url else None
         visitor_id = returning or self.sessions.new_visitor_id()
         try:
-            visit = await self.visits.record(visitor_id, site_id, fields, page=bool(url), pageview_limit=limit)
-        except OtherSite:  # a token of another site: a new visitor here
+            visit = await self.visits.record(
+                visitor_id, site_id, fields, page=bool(url), pageview_limit=limit, ip_limit=ip_limit
+            )
+        except OtherSite:  # a token of another site: a new visitor here (the IP was counted)
             visitor_id = self.sessions.new_visitor_id()
             visit = await self.visits.record(visitor_id, site_id, fields, page=bool(url))
         visitor = Visitor(visitor_id, site_id, visit.session)
@@ -168,7 +178,8 @@ class VisitorChat:
         # Both confirms in flight at once (one round trip to the broker, not two); the
         # answer still waits for both.
         await self._bus.publish_all(topology.VISITOR, messages)
-        return self.sessions.token_for(visitor_id), visitor
+        # A returning visitor's token is already the one token_for would make.
+        return token if visitor_id == returning else self.sessions.token_for(visitor_id), visitor
 
     async def attach(self, visitor: Visitor) -> None:
         """Record that this instance holds the visitor's connection now (deliveries come

@@ -70,6 +70,13 @@ class SiteCache:
             self._keep(self._configs, site_id, time.monotonic() + CONFIG_MAX_AGE_S, config)
         return config
 
+    def held_config(self, site_id: str) -> SiteConfig | None:
+        """The copy ``config`` would answer from memory now, else None (no Redis read)."""
+        held = self._configs.get(site_id)
+        if held is not None and held[0] > time.monotonic():
+            return held[1]
+        return None
+
     def theme(self, config: SiteConfig) -> dict[str, dict[str, str]]:
         """The config's theme merged over the defaults (``theme.validate``, a tenth of a
         millisecond for a full theme), worked out once per config object."""

@@ -1,12 +1,13 @@
 """A page view's Redis work in one round trip: the session, the site's visitor set,
-the departures index and, for a returning visitor, the page-view limit.
+the departures index and, for a returning visitor, the page-view limit; for a page
+view whose site the frontend knows from memory, the per-IP request limit too.
 
 A widget boot used to await five Redis round trips one after another for this (read
 the session, write it in a MULTI, ZADD the departures index, read the session back,
 and the page-view counter); one Lua script does the same writes, atomically, and
 answers with the session as it now is. The keys are those of ``VisitorSessions`` (the
 session hash and the site's visitor set), ``Departures`` (last seen) and
-``RateLimiter`` (the counter); the script names them all in KEYS.
+``RateLimiter`` (the counters); the script names them all in KEYS.
 """
 
 from __future__ import annotations
@@ -27,10 +28,14 @@ from libs.common.settings import Settings
 ANSWERED = ("site_id", "conversation_id", "name", "email", "phone", "frontend_id")
 
 # KEYS[1] = session hash, KEYS[2] = the site's visitor set, KEYS[3] = departures'
-# last-seen set, KEYS[4] = page-view counter; ARGV[1] = site id, ARGV[2] = now (ms),
+# last-seen set, KEYS[4] = page-view counter, KEYS[5] = the IP's request counter,
+# KEYS[6] = the IP's unknown-site counter; ARGV[1] = site id, ARGV[2] = now (ms),
 # ARGV[3] = now (s, the sets' score), ARGV[4] = session TTL (s), ARGV[5] = visitor id,
 # ARGV[6] = departures member, ARGV[7] = pages to add (0 or 1), ARGV[8] = page-view
-# limit per minute (-1: not counted), then field, value, … for the session.
+# limit per minute (-1: not counted), ARGV[9] = the IP's requests per minute (-1: not
+# counted here), ARGV[10] = the IP's unknown sites per minute, then field, value, … for
+# the session. The IP's counters are RateLimiter.hit_unless's (admit_ip): the hit counts,
+# then {3, seconds} over it, {4, seconds} the unknown-site counter at its limit.
 # Returns {1, seconds}: over the page-view limit (nothing written); {2}: the session
 # belongs to another site (nothing written); {0, existed (0/1), the ANSWERED fields}.
 _VISIT = (
@@ -38,6 +43,13 @@ _VISIT = (
     + "local ANSWERED = {"
     + ", ".join(f"'{name}'" for name in ANSWERED)
     + """}
+if tonumber(ARGV[9]) >= 0 then
+  local ttl = limit_hit(KEYS[5], 60, tonumber(ARGV[9]))
+  if ttl > 0 then return {3, ttl} end
+  if tonumber(redis.call('GET', KEYS[6]) or '0') >= tonumber(ARGV[10]) then
+    return {4, math.max(redis.call('TTL', KEYS[6]), 1)}
+  end
+end
 if tonumber(ARGV[8]) >= 0 then
   local ttl = limit_hit(KEYS[4], 60, tonumber(ARGV[8]))
   if ttl > 0 then return {1, ttl} end
@@ -46,7 +58,7 @@ local existed = redis.call('EXISTS', KEYS[1])
 if existed == 1 and redis.call('HGET', KEYS[1], 'site_id') ~= ARGV[1] then
   return {2}
 end
-redis.call('HSET', KEYS[1], 'site_id', ARGV[1], 'last_seen', ARGV[2], unpack(ARGV, 9))
+redis.call('HSET', KEYS[1], 'site_id', ARGV[1], 'last_seen', ARGV[2], unpack(ARGV, 11))
 redis.call('HSETNX', KEYS[1], 'started_at', ARGV[2])
 redis.call('HINCRBY', KEYS[1], 'pages', ARGV[7])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
@@ -65,8 +77,22 @@ log = logging.getLogger(__name__)
 REFRESH_BATCH = 500
 
 
+# RateLimited.what of the per-IP refusals (as admit_ip's).
+IP_REQUESTS = "requests"
+IP_UNKNOWN_SITES = "unknown sites"
+
+
 class OtherSite(LookupError):
     """The visitor's session belongs to another site: start a new visitor here."""
+
+
+@dataclass(frozen=True)
+class IpLimit:
+    """The request's per-IP limits, counted in the visit's own round trip."""
+
+    ip: str
+    requests_per_min: int
+    unknown_sites_per_min: int
 
 
 @dataclass(frozen=True)
@@ -82,14 +108,23 @@ class Visits:
         self._visit = redis.register_script(_VISIT)
 
     def _keys_args(
-        self, visitor_id: str, site_id: str, fields: Mapping[str, str], page: bool, pageview_limit: int | None
+        self,
+        visitor_id: str,
+        site_id: str,
+        fields: Mapping[str, str],
+        page: bool,
+        pageview_limit: int | None,
+        ip_limit: IpLimit | None = None,
     ) -> tuple[list[str], list[str | int | float]]:
         now = time.time()
+        ip = ip_limit.ip if ip_limit is not None else "-"
         keys = [
             self._settings.redis_key("visitor", visitor_id),  # VisitorSessions' key
             self._settings.redis_key("site", site_id, "visitors"),  # … and its site set
             self._departures_key,
             self._settings.redis_key("rl", "pv", visitor_id),  # RateLimiter's "pv" bucket
+            self._settings.redis_key("rl", "ip", ip),  # … its "ip" and "ip-unknown-site" ones
+            self._settings.redis_key("rl", "ip-unknown-site", ip),
         ]
         args: list[str | int | float] = [
             site_id,
@@ -100,6 +135,8 @@ class Visits:
             f"{site_id}|{visitor_id}",
             1 if page else 0,
             -1 if pageview_limit is None else pageview_limit,
+            -1 if ip_limit is None else ip_limit.requests_per_min,
+            -1 if ip_limit is None else ip_limit.unknown_sites_per_min,
         ]
         for name, value in fields.items():
             args += [name, value]
@@ -126,18 +163,24 @@ class Visits:
         *,
         page: bool,
         pageview_limit: int | None = None,
+        ip_limit: IpLimit | None = None,
     ) -> Visit:
         """Create or refresh the session with ``fields`` (``pages`` + 1 if ``page``).
 
+        ``ip_limit``: count the request against its IP's limits first, as admit_ip does
+        (RateLimited IP_REQUESTS or IP_UNKNOWN_SITES, nothing else written, when refused).
         ``pageview_limit``: count a page view against the visitor's per-minute limit
-        first (RateLimited, nothing written, when over it). OtherSite if the visitor id
-        has a session on another site."""
-        keys, args = self._keys_args(visitor_id, site_id, fields, page, pageview_limit)
+        (RateLimited, nothing written, when over it). OtherSite if the visitor id has a
+        session on another site."""
+        keys, args = self._keys_args(visitor_id, site_id, fields, page, pageview_limit, ip_limit)
         answer = await self._visit(keys=keys, args=args)
-        if int(answer[0]) == 1:
+        status = int(answer[0])
+        if status == 1:
             raise RateLimited("page views", int(answer[1]))
-        if int(answer[0]) == 2:
+        if status == 2:
             raise OtherSite(visitor_id)
+        if status in (3, 4):
+            raise RateLimited(IP_REQUESTS if status == 3 else IP_UNKNOWN_SITES, int(answer[1]))
         values = answer[2]
         return Visit(bool(int(answer[1])), {k: str(v) for k, v in zip(ANSWERED, values, strict=True) if v is not None})
 

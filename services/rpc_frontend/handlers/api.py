@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.rpc_frontend.handlers.base import ApiError, ApiHandler
+from services.rpc_frontend.handlers.base import ApiError, ApiHandler, admit_ip
 from services.rpc_frontend.metrics import LINES
 from services.rpc_frontend.stream import catch_up, cursor_from_query
 
@@ -34,10 +34,24 @@ class SessionHandler(ApiHandler):
     """POST {token?, page: {url, title, referrer}}: start or resume a visit; records the page view."""
 
     async def post(self, site_id: str) -> None:
-        site = await self.load_site(site_id)
-        body = self.json_body()
-        page = _page(body)
-        token = _optional_text(body, "token")
+        # A site known from memory needs no Redis before the visit's own round trip, and
+        # the per-IP limit is counted in it (the IP first, as load_site would). Every
+        # answer given before it counts the IP first too, so a request is counted once
+        # and a 429 still comes before any other refusal.
+        site = self.held_site(site_id)
+        ip_limit = None if site is None else self.ip_limit()
+        if site is None:
+            site = await self.load_site(site_id)
+        try:
+            if ip_limit is not None:
+                self._allow_origin()
+            body = self.json_body()
+            page = _page(body)
+            token = _optional_text(body, "token")
+        except ApiError:
+            if ip_limit is not None:
+                await admit_ip(self.frontend, ip_limit.ip)
+            raise
         # A returning visitor's view counts against their page-view limit (in the same
         # Redis round trip as the session); a new visitor is held by the per-IP limit.
         token, visitor = await self._guard(
@@ -47,6 +61,7 @@ class SessionHandler(ApiHandler):
                 page,
                 self.request.headers.get("User-Agent", ""),
                 pageview_limit=self.frontend.settings.visitor_pageviews_per_min,
+                ip_limit=ip_limit,
             )
         )
         state = await self.frontend.sitecache.state(site_id)

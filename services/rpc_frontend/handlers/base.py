@@ -17,6 +17,7 @@ from services.rpc_frontend.chat import OUTAGES, RETRY_AFTER_S, Invalid, SessionE
 from services.rpc_frontend.context import Frontend
 from services.rpc_frontend.inputs import json_object
 from services.rpc_frontend.origins import origin_allowed
+from services.rpc_frontend.visits import IP_UNKNOWN_SITES, IpLimit
 
 # Typing and identity events a visitor may send per line allowed: a start and a stop
 # per line, plus slack for someone who types, deletes and types again.
@@ -103,7 +104,7 @@ class ApiHandler(RedactedLogs):
         except TooLarge as exc:
             raise ApiError(413, str(exc)) from None
         except RateLimited as exc:
-            raise ApiError(429, str(exc), exc.retry_after_s) from None
+            raise limit_refusal(exc) from None
         except SessionExpired as exc:
             raise ApiError(401, str(exc)) from None
 
@@ -116,7 +117,7 @@ class ApiHandler(RedactedLogs):
         """The site, if it exists and this browser origin may use it (sets CORS headers)."""
         # Any page may read *why* it was refused (404/403 say nothing secret), so a site
         # owner sees the reason in the browser console; nothing else is served to it.
-        origin = self.cors_origin = self.request.headers.get("Origin")
+        self.cors_origin = self.request.headers.get("Origin")
         # Limits first, before any lookup: a flood costs one Redis call per request.
         # Errors carry CORS headers (write_error), so the widget reads a 429's Retry-After.
         await admit_ip(self.frontend, self.request.remote_ip or "-")
@@ -125,10 +126,32 @@ class ApiHandler(RedactedLogs):
         except UnknownSite as exc:
             await count_unknown_site(self.frontend, self.request.remote_ip or "-")
             raise ApiError(404, str(exc)) from None
-        if not origin_allowed(origin, self.request.host, self.site.allowed_domains):
-            raise ApiError(403, f"origin {origin} may not use site {site_id}: add its domain in the site's settings")
-        self._set_cors_headers()
+        self._allow_origin()
         return self.site
+
+    def held_site(self, site_id: str) -> SiteConfig | None:
+        """The site from the frontend's memory, origin checked, without counting the IP
+        (no Redis at all); None when memory has no copy (then ``load_site``). The caller
+        counts the IP in its own round trip (``ip_limit``), or with ``admit_ip`` before
+        any other answer."""
+        held = self.frontend.sitecache.held_config(site_id)
+        if held is None:
+            return None
+        self.cors_origin = self.request.headers.get("Origin")
+        self.site = held
+        return held
+
+    def ip_limit(self) -> IpLimit:
+        settings = self.frontend.settings
+        return IpLimit(self.request.remote_ip or "-", settings.ip_requests_per_min, settings.ip_unknown_sites_per_min)
+
+    def _allow_origin(self) -> None:
+        origin = self.cors_origin
+        if not origin_allowed(origin, self.request.host, self.site.allowed_domains):
+            raise ApiError(
+                403, f"origin {origin} may not use site {self.site.site_id}: add its domain in the site's settings"
+            )
+        self._set_cors_headers()
 
     cors_origin: str | None = None
 
@@ -169,7 +192,15 @@ class ApiHandler(RedactedLogs):
 
 
 # --- limits shared by the HTTP handlers and the WebSocket ----------------------------------
-UNKNOWN_SITES = "unknown sites"
+UNKNOWN_SITES = IP_UNKNOWN_SITES
+
+
+def limit_refusal(exc: RateLimited) -> ApiError:
+    """The 429 for a refusal; an IP asking for unknown sites is told to check the id."""
+    if exc.what == UNKNOWN_SITES:
+        wait = exc.retry_after_s
+        return ApiError(429, f"too many requests for unknown site ids: wait {wait} s and check the id", wait)
+    return ApiError(429, str(exc), exc.retry_after_s)
 
 
 async def admit_ip(frontend: Frontend, ip: str) -> None:
@@ -187,12 +218,7 @@ async def admit_ip(frontend: Frontend, ip: str) -> None:
             other_what=UNKNOWN_SITES,
         )
     except RateLimited as exc:
-        if exc.what == UNKNOWN_SITES:
-            wait = exc.retry_after_s
-            raise ApiError(
-                429, f"too many requests for unknown site ids: wait {wait} s and check the id", wait
-            ) from None
-        raise ApiError(429, str(exc), exc.retry_after_s) from None
+        raise limit_refusal(exc) from None
 
 
 async def count_unknown_site(frontend: Frontend, ip: str) -> None:
