@@ -74,6 +74,9 @@ ENV = {
     "HABLA_PRESENCE_HEARTBEAT_S": "2",
     "HABLA_PRESENCE_TTL_S": "6",
     "HABLA_TRANSCRIPT_WAIT_S": "5",
+    # Far beyond the takeover's 60 s deadline: a survivor that waited for the dead
+    # gateway's leases to expire (instead of claiming them orphaned) fails that test.
+    "HABLA_GATEWAY_LEASE_TTL_S": "600",
 }
 
 
@@ -416,8 +419,9 @@ async def test_a_gateway_host_dies(hosts: Hosts) -> None:
     figures["  of which covered by a restart notice (read by the dead gateway)"] = len(covered)
     figures["  of which shown to the visitor (in hand when a giver's stream closed)"] = len(shown)
     print(json.dumps(figures, indent=1))
-    # Generous: the printed figure is the measure (the goal is under 5 s).
-    assert figures["takeover s (kill -> every moved lease held by the survivor)"] < 10
+    # The takeover figure is printed, not asserted (benchmarks measure; the goal is under
+    # 5 s): that it happened within the 60 s deadline while the leases had 600 s to run
+    # is the behaviour.
     # Between the dead gateway's stream closing and the survivor's, Prosody holds the
     # lines to the partition's domain (mod_habla_hold) instead of answering
     # "Component unavailable"; a handover back asks for the same hold.
