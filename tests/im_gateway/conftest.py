@@ -35,7 +35,7 @@ from libs.common.state.presence import SiteStatusReader
 from libs.common.state.sessions import VisitorSessions
 from libs.common.topology import QueueSpec
 from services.im_gateway.gateway import Gateway
-from tests.im_gateway.operator_client import OperatorClient
+from tests.im_gateway.operator_client import DEADLINE_S, OperatorClient
 from tools import ejabberd, prosody
 
 _counter = itertools.count(1)
@@ -139,7 +139,7 @@ class Deliveries:
     async def handler(self, envelope: Envelope) -> None:
         self.items.append(envelope.struct)
 
-    async def wait_for(self, predicate: Callable[[Any], bool], within: float = 10.0) -> Any:
+    async def wait_for(self, predicate: Callable[[Any], bool], within: float = DEADLINE_S) -> Any:
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
             for item in self.items:
@@ -249,7 +249,7 @@ class Site:
     async def online(self) -> bool:
         return (await SiteStatusReader(self.redis, self.settings).get(self.site_id)).online
 
-    async def wait_online(self, expected: bool = True, within: float = 10.0) -> None:
+    async def wait_online(self, expected: bool = True, within: float = DEADLINE_S) -> None:
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
             if await self.online() == expected:
@@ -269,7 +269,7 @@ async def connect_operator(
     return await client.start(show)
 
 
-async def contact(client: OperatorClient, jid: str, within: float = 15.0, gateway: Gateway | None = None) -> str:
+async def contact(client: OperatorClient, jid: str, within: float = DEADLINE_S, gateway: Gateway | None = None) -> str:
     """Wait until ``jid`` (a site bot or visitor) is the operator's contact; returns how.
 
     "privilege": the gateway wrote the roster (XEP-0356), no prompt. "prompt": the
@@ -300,7 +300,7 @@ async def contact(client: OperatorClient, jid: str, within: float = 15.0, gatewa
     raise TimeoutError(f"{bot} never reached {client.jid}'s roster (nor asked to){state}")
 
 
-async def gone_from_roster(client: OperatorClient, jid: str, within: float = 15.0) -> None:
+async def gone_from_roster(client: OperatorClient, jid: str, within: float = DEADLINE_S) -> None:
     await client.wait_roster(lambda: client.roster_item(jid) is None, within=within)
 
 

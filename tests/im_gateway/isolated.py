@@ -25,6 +25,7 @@ from libs.common.messaging import Bus
 from libs.common.settings import Settings
 from libs.common.state.conversations import ConversationLog, chat_line
 from libs.common.state.presence import SiteStatusReader
+from tests.im_gateway.operator_client import DEADLINE_S
 from tools import prosody, sandbox
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -108,7 +109,7 @@ async def isolated_gateway_env(base: Settings, artifacts: Path, **overrides: obj
         await asyncio.to_thread(sandbox.remove, dataclasses.replace(box, settings=settings))
 
 
-async def wait_until(predicate, within: float = 15.0, every: float = 0.05) -> None:
+async def wait_until(predicate, within: float = DEADLINE_S, every: float = 0.05) -> None:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         result = predicate()

@@ -19,6 +19,11 @@ from typing import Any
 
 from slixmpp import ClientXMPP
 
+# How long the gateway tests' helpers wait for something before they fail: a deadline
+# for an event, not a promise of speed, generous so a loaded machine (five test runs on
+# two cores) does not fail a test that works. Only a failing test waits it out.
+DEADLINE_S = 30.0
+
 
 @dataclass
 class Received:
@@ -107,7 +112,7 @@ class OperatorClient:
         item = roster[jid]
         return {"name": item["name"], "groups": list(item["groups"]), "subscription": item["subscription"]}
 
-    async def wait_roster(self, predicate: Callable[[], bool], within: float = 10.0) -> None:
+    async def wait_roster(self, predicate: Callable[[], bool], within: float = DEADLINE_S) -> None:
         deadline = time.monotonic() + within
         while not predicate():
             remaining = deadline - time.monotonic()
@@ -144,7 +149,7 @@ class OperatorClient:
             )
         )
 
-    async def wait_for(self, predicate: Callable[[Received], bool], within: float = 10.0) -> Received:
+    async def wait_for(self, predicate: Callable[[Received], bool], within: float = DEADLINE_S) -> Received:
         """The first received stanza matching ``predicate`` (already there or arriving)."""
         deadline = time.monotonic() + within
         seen = 0
@@ -171,7 +176,7 @@ class OperatorClient:
             msg.xml.append(msg.xml.makeelement("{urn:xmpp:receipts}request", {}))
         msg.send()
 
-    async def ask(self, to: str, body: str, within: float = 10.0) -> str:
+    async def ask(self, to: str, body: str, within: float = DEADLINE_S) -> str:
         """Send a command and return the reply from ``to``."""
         mark = len(self.received)
         self.say(to, body)
