@@ -1,19 +1,22 @@
 """A redis-server of a test's own, on a free port: stopped, killed, restarted, and
 restarted from an older snapshot (what a Redis with ``appendonly no`` does after a
 crash). The shared Redis on 6379 is never touched. Used by the chaos, gateway and
-status-image outage tests."""
+status-image outage tests. Also ``one_more_subscriber``, for tests of pub/sub listeners."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import shutil
 import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import redis
+import redis.asyncio as aioredis
 
 from tools.prosody import free_port
 
@@ -91,3 +94,21 @@ class PrivateRedis:
     def close(self) -> None:
         self.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def one_more_subscriber(client: aioredis.Redis, channel: str, deadline_s: float = 30.0) -> AsyncIterator[None]:
+    """Around starting a pub/sub listener: returns once ``channel`` has one subscriber
+    more than before (PUBSUB NUMSUB), so an announcement made next cannot beat the
+    listener's SUBSCRIBE (a fixed sleep can, on a loaded machine). Other listeners of
+    the run (session fixtures) may share the channel: hence "one more", not "one"."""
+
+    async def count() -> int:
+        return int((await client.pubsub_numsub(channel))[0][1])
+
+    before = await count()
+    yield
+    deadline = time.monotonic() + deadline_s
+    while await count() <= before:
+        assert time.monotonic() < deadline, f"no new subscriber to {channel} within {deadline_s} s"
+        await asyncio.sleep(0.02)

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from libs.common.db import site_store
 from libs.common.settings import Settings
 from libs.common.sitedir import SiteDirectory, UnknownSite
+from tests.redis_server import one_more_subscriber
 
 
 async def test_site_config_is_cached_and_invalidated(
@@ -34,14 +35,14 @@ async def test_site_config_is_cached_and_invalidated(
         async for site_id in directory.changes():
             await changes.put(site_id)
 
-    listener = asyncio.create_task(listen())
-    await asyncio.sleep(0.1)
+    async with one_more_subscriber(redis_client, directory.channel):
+        listener = asyncio.create_task(listen())
     try:
         with engine.begin() as conn:
             site_store.add_operator(conn, site.id, "bo@localhost", "Bo")
         assert len((await directory.get(site.id)).operators) == 1  # still the cached copy
         await directory.invalidate(site.id)
-        assert await asyncio.wait_for(changes.get(), 2) == site.id
+        assert await asyncio.wait_for(changes.get(), 30) == site.id
         assert len((await directory.get(site.id)).operators) == 2
     finally:
         listener.cancel()

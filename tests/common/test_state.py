@@ -9,8 +9,9 @@ import redis.asyncio as aioredis
 
 from libs.common.settings import Settings
 from libs.common.state.conversations import ConversationLog
-from libs.common.state.presence import OperatorPresence, SiteStatusReader
+from libs.common.state.presence import OperatorPresence, SiteStatusReader, site_status_channel
 from libs.common.state.sessions import VisitorSessions
+from tests.redis_server import one_more_subscriber
 
 SITE = "4324-24618-10-8812"
 
@@ -86,8 +87,8 @@ async def test_site_goes_online_with_an_operator_and_offline_when_presence_expir
             if change.site_id == site:
                 await changes.put((change.site_id, change.online, change.operators_available))
 
-    listener = asyncio.create_task(listen())
-    await asyncio.sleep(0.1)  # subscribed before the first change
+    async with one_more_subscriber(redis_client, site_status_channel(short)):  # before the first change
+        listener = asyncio.create_task(listen())
     try:
         assert not (await reader.get(site)).online
         await presence.set_available([site], "ana@localhost", "laptop", True)
@@ -102,7 +103,7 @@ async def test_site_goes_online_with_an_operator_and_offline_when_presence_expir
         await asyncio.sleep(1.2)
         assert not (await reader.get(site)).online
         assert await presence.recompute(site) == 0
-        seen = [await asyncio.wait_for(changes.get(), 2) for _ in range(4)]
+        seen = [await asyncio.wait_for(changes.get(), 30) for _ in range(4)]
         assert seen == [(site, True, 1), (site, True, 2), (site, True, 1), (site, False, 0)]
     finally:
         listener.cancel()

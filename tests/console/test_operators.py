@@ -17,6 +17,7 @@ from libs.common.settings import Settings
 from libs.common.sitedir import SiteDirectory
 from libs.common.state.presence import OperatorPresence
 from tests.console.conftest import Client, RunningConsole, field_error, running_console, text
+from tests.redis_server import one_more_subscriber
 
 
 async def test_add_operators_see_who_is_available_and_remove_one(
@@ -30,16 +31,16 @@ async def test_add_operators_see_who_is_available_and_remove_one(
         async for changed in directory.changes():
             await changes.put(changed)
 
-    listener = asyncio.create_task(listen())
-    await asyncio.sleep(0.1)
+    async with one_more_subscriber(console_server.console.redis, directory.channel):
+        listener = asyncio.create_task(listen())
     try:
         response = await client.post(
             f"/account/sites/{site_id}/operators", {"jid": " Alice@Example.org ", "display_name": "Alice"}
         )
         assert response.code == 302
-        assert await asyncio.wait_for(changes.get(), 2) == site_id
+        assert await asyncio.wait_for(changes.get(), 30) == site_id
         assert (await client.post(f"/account/sites/{site_id}/operators", {"jid": "bob@example.org"})).code == 302
-        assert await asyncio.wait_for(changes.get(), 2) == site_id
+        assert await asyncio.wait_for(changes.get(), 30) == site_id
         assert (await directory.get(site_id)).operators == [("alice@example.org", "Alice"), ("bob@example.org", "bob")]
 
         # The gateway records Alice as available: the page says so.
@@ -58,7 +59,7 @@ async def test_add_operators_see_who_is_available_and_remove_one(
         # Removing Bob: gone from MySQL and (after the signal) from the site directory.
         response = await client.post(f"/account/sites/{site_id}/operators/remove", {"jid": "bob@example.org"})
         assert response.code == 302 and "removed=bob@example.org" in response.headers["Location"]
-        assert await asyncio.wait_for(changes.get(), 2) == site_id
+        assert await asyncio.wait_for(changes.get(), 30) == site_id
         assert (await directory.get(site_id)).operators == [("alice@example.org", "Alice")]
     finally:
         listener.cancel()

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from libs.common.db import site_store
 from libs.common.sitedir import SiteDirectory
 from tests.console.conftest import Client, RunningConsole, field_error, text
+from tests.redis_server import one_more_subscriber
 
 
 async def test_create_a_second_site_and_list_both(client: Client, engine: sa.Engine) -> None:
@@ -45,8 +46,8 @@ async def test_settings_are_saved_and_the_site_directory_follows(
         async for changed in directory.changes():
             await changes.put(changed)
 
-    listener = asyncio.create_task(listen())
-    await asyncio.sleep(0.1)
+    async with one_more_subscriber(console_server.console.redis, directory.channel):
+        listener = asyncio.create_task(listen())
     try:
         response = await client.post(
             f"/account/sites/{site_id}",
@@ -58,7 +59,7 @@ async def test_settings_are_saved_and_the_site_directory_follows(
         )
         # No mail server here: the confirmation links are not sent ("&unsent=1" says so).
         assert response.code == 302 and response.headers["Location"].startswith(f"/account/sites/{site_id}?saved=1")
-        assert await asyncio.wait_for(changes.get(), 2) == site_id
+        assert await asyncio.wait_for(changes.get(), 30) == site_id
     finally:
         listener.cancel()
     config = await directory.get(site_id)

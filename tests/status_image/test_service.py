@@ -20,6 +20,7 @@ from services.status_image import cache as cache_module
 from services.status_image import metrics
 from services.status_image.cache import IDLE_EVICT_S, SiteStatusCache
 from services.status_image.render import ImageRenderer
+from tests.redis_server import one_more_subscriber
 from tests.status_image.conftest import StatusServer, top_colour
 from tools.prosody import free_port
 
@@ -40,15 +41,6 @@ async def _wait_for(server: StatusServer, site_id: str, online: bool) -> None:
         await asyncio.sleep(0.02)
 
 
-async def _subscribed(redis: aioredis.Redis, channel: str) -> None:
-    """Wait until the server listens on ``channel``: an announcement made before its
-    SUBSCRIBE would be missed, and only the refresh (switched off here) would catch it."""
-    deadline = time.monotonic() + DEADLINE_S
-    while (await redis.pubsub_numsub(channel))[0][1] < 1:
-        assert time.monotonic() < deadline, f"nobody subscribed to {channel}"
-        await asyncio.sleep(0.02)
-
-
 async def test_image_and_json_flip_on_the_announcement_when_operators_come_and_go(
     start_server: Start,
     make_site: Callable[[], str],
@@ -59,9 +51,10 @@ async def test_image_and_json_flip_on_the_announcement_when_operators_come_and_g
     """Operators coming and going are announced (pub/sub) and the image follows the
     announcement: the periodic refresh, which would also notice, does not run here."""
     monkeypatch.setattr(cache_module, "REFRESH_INTERVAL_S", NEVER_S)
-    server = await start_server(settings)
+    # Subscribed before the first change: a missed announcement has no refresh to catch it.
+    async with one_more_subscriber(redis_client, site_status_channel(settings)):
+        server = await start_server(settings)
     site_id = make_site()
-    await _subscribed(redis_client, site_status_channel(settings))
     pushed = metrics.NOTIFICATIONS.labels("status")._value.get()
     presence = OperatorPresence(redis_client, settings)
     assert not await server.is_online(site_id)
@@ -114,12 +107,12 @@ async def test_a_saved_theme_shows_on_its_invalidation(
     makes the server reload the look: the slow config refresh, the only other way a
     new theme could show, never comes due here."""
     monkeypatch.setattr(cache_module, "CONFIG_REFRESH_S", math.inf)
-    server = await start_server(settings)
-    site_id = make_site()
     directory = SiteDirectory(redis_client, engine, settings)
+    async with one_more_subscriber(redis_client, directory.channel):
+        server = await start_server(settings)
+    site_id = make_site()
     before = await server.fetch(f"/status/{site_id}/image.png")
     assert top_colour(before.body) == "#8a8a8a"
-    await _subscribed(redis_client, directory.channel)
     announced = metrics.NOTIFICATIONS.labels("config")._value.get()
     with engine.begin() as conn:
         theme = {"colours": {"offline_image": "#123456"}, "texts": {"offline_image_text": "Back at 9"}}
