@@ -1,6 +1,6 @@
 """im_gateway throughput and latency, against a bare slixmpp echo component on the same Prosody.
 
-Run: .venv/bin/python bench/bench_gateway.py [--messages 1000] [--churn-seconds 10] [--profile]
+Run: .venv/bin/python bench/bench_gateway.py [--messages 1000] [--pageviews 1000] [--churn-seconds 10] [--profile]
 
 Everything runs in one process and one event loop (Prosody, RabbitMQ, Redis and
 MariaDB are the real local servers), in an isolated vhost, Redis prefix, database and
@@ -15,7 +15,13 @@ Prosody that are removed at the end:
    drained: the gateway's own pace, not this bench's publisher's), and N operator
    lines until they arrive on habla.deliver (operator → visitor); for each, the CPU of
    this process per line and the gateway's Redis commands and round trips per line;
-3. presence under churn: visitors clicking through pages while one operator follows
+3. page views as a backlog drained (published while the gateway's consumer is
+   cancelled, then consumed: the gateway's own pace and CPU, without the publisher's):
+   widget boots (a new visitor: its session saved as the frontend does, then the
+   VisitorEvent ARRIVED and the PageView it publishes) and returning visitors' page
+   views; page views/s, CPU per page view and the gateway's Redis commands and round
+   trips per page view, the site refresh it sets off (bot summary, rosters) included;
+4. presence under churn: visitors clicking through pages while one operator follows
    some of them: presence stanzas per operator per second vs page views per second.
 
 --profile runs the gateway phases under pyinstrument (sessions kept in
@@ -359,6 +365,68 @@ async def through_gateway(
     return rows
 
 
+async def page_views(
+    settings: Settings, gateway: Gateway, bus: Bus, site_id: str, n: int, own_redis: Any, count: RedisCount
+) -> None:
+    """N widget boots, then N page views of the visitors they made, each as a backlog
+    the gateway drains; done when every message's delivered mark is in Redis (the
+    gateway marks a message once handled and confirmed, then acknowledges it)."""
+    sessions = VisitorSessions(own_redis, settings)
+    visitor_queue = gateway._consumers[0]  # the visitor queue's consumer (gateway.start)
+    visitors = [sessions.new_visitor_id() for _ in range(n)]
+
+    async def drain(name: str, publishes: list[tuple[str, Any]], units: int) -> None:
+        await visitor_queue.cancel()
+        ids = [uuid.uuid4().hex for _ in publishes]
+        messages = [(key, struct, message_id) for (key, struct), message_id in zip(publishes, ids, strict=True)]
+        for start in range(0, len(messages), 50):
+            await asyncio.gather(
+                *(
+                    bus.publish(topology.VISITOR, key, struct, message_id=message_id)
+                    for key, struct, message_id in messages[start : start + 50]
+                )
+            )
+        waiting = [settings.redis_key("gw", "sent", message_id) for message_id in ids]
+        cpu, redis_before = time.process_time(), count.now()
+        first = time.perf_counter()
+        await visitor_queue.start()
+        deadline = time.monotonic() + 120
+        while waiting:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(waiting)} {name} messages not handled after 120 s")
+            await asyncio.sleep(0.05)
+            # The 50 oldest still unmarked only: checking all (thousands) each time cost
+            # this process, whose CPU is the figure, more than a page view does.
+            async with own_redis.pipeline(transaction=False) as pipe:
+                for key in waiting[:50]:
+                    pipe.exists(key)
+                found = await pipe.execute()
+            waiting = [key for key, marked in zip(waiting[:50], found, strict=True) if not marked] + waiting[50:]
+        elapsed = time.perf_counter() - first
+        print(f"  gateway {name}, backlog: {units} in {elapsed:.2f} s, {units / elapsed:.0f}/s")
+        cpu_ms = (time.process_time() - cpu) / units * 1000
+        commands, round_trips = (now - before for now, before in zip(count.now(), redis_before, strict=True))
+        print(
+            f"  {'':<48} CPU {cpu_ms:.2f} ms/page view (whole process); gateway Redis "
+            f"{commands / units:.1f} commands, {round_trips / units:.1f} round trips per page view"
+        )
+
+    def view(visitor_id: str, url: str) -> tuple[str, Any]:
+        return f"{site_id}.pageview", codec.PageView(
+            visitor_id=visitor_id, site_id=site_id, url=url, title="Bench", viewed_at_ms=int(time.time() * 1000)
+        )
+
+    boots: list[tuple[str, Any]] = []
+    for visitor_id in visitors:
+        await sessions.save(visitor_id, site_id, {"frontend_id": settings.frontend_id, "page_url": "https://b/"})
+        arrived = codec.VisitorEvent(
+            visitor_id=visitor_id, site_id=site_id, kind=codec.VisitorEventKind.ARRIVED, at_ms=int(time.time() * 1000)
+        )
+        boots += [(f"{site_id}.event", arrived), view(visitor_id, "https://b.example/")]
+    await drain("widget boots (ARRIVED + PageView)", boots, n)
+    await drain("returning page views", [view(v, "https://b.example/next") for v in visitors], n)
+
+
 async def churn(
     settings: Settings, gateway: Gateway, op: OperatorClient, bus: Bus, site_id: str, seconds: float
 ) -> None:
@@ -439,6 +507,7 @@ def profiled(enabled: bool, name: str) -> Iterator[None]:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=1000)
+    parser.add_argument("--pageviews", type=int, default=1000, help="widget boots, then as many page views")
     parser.add_argument("--churn-seconds", type=float, default=10.0)
     parser.add_argument("--profile", action="store_true", help="pyinstrument profiles of the gateway phases")
     args = parser.parse_args()
@@ -479,6 +548,8 @@ async def main() -> None:
                 f"(vs component -> client), operator -> visitor "
                 f"{gw_out['rate'] / base_in['rate']:.2f} (vs client -> component)"
             )
+        with profiled(args.profile, "pageviews"):
+            await page_views(settings, gateway, bus, site_id, args.pageviews, redis, count)
         await churn(settings, gateway, op, bus, site_id, args.churn_seconds)
         await op.stop()
     finally:

@@ -47,6 +47,10 @@ class Delivered:
     def _key(self, message_id: str) -> str:
         return self._settings.redis_key("gw", "sent", message_id)
 
+    def key(self, message_id: str) -> str:
+        """The mark's key (for a script that checks it with other keys)."""
+        return self._key(message_id)
+
     async def seen(self, message_id: str) -> bool:
         return bool(await self._redis.exists(self._key(message_id)))
 

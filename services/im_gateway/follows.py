@@ -45,6 +45,10 @@ class Follows:
     async def followers(self, visitor_id: str) -> set[str]:
         return {str(op) for op in await self._redis.smembers(self._followers_key(visitor_id))}
 
+    def followers_key(self, visitor_id: str) -> str:
+        """The visitor's followers' set (for a script that reads it with other keys)."""
+        return self._followers_key(visitor_id)
+
     def queue_followers(self, pipe: Any, visitor_id: str) -> None:
         """``followers`` as a command on ``pipe`` (its answer: the set)."""
         pipe.smembers(self._followers_key(visitor_id))

@@ -377,20 +377,36 @@ async def operator_received(
     )
 
 
-async def page_view(desk: Desk, view: Any) -> None:
+def queue_page_view(desk: Desk, pipe: Any, view: Any, message_id: str) -> None:
+    """``page_view``'s Redis work as one command on the batch's pipeline (the consumer's
+    prefetch, services.im_gateway.consumers): the page recorded and the followers and the
+    conversation read, unless the message is marked delivered; its answer is what
+    ``page_view`` takes as ``early``."""
+    reads = [f"s:{desk.follows.followers_key(view.visitor_id)}"]
+    if view.conversation_id:
+        reads.append(f"h:{desk.routing.conversation_key(view.conversation_id)}")
+    desk.pages.queue_add_unless(
+        pipe, desk.delivered.key(message_id), view.visitor_id, view.url, view.title or "", view.viewed_at_ms, reads
+    )
+
+
+async def page_view(desk: Desk, view: Any, early: list[Any] | None = None) -> None:
     """A page view becomes a (coalesced) presence update for whoever watches the visitor.
 
-    The page's record, the visitor's followers and the conversation go in one pipelined
-    round trip (they were three, one after another: every page view pays it)."""
+    ``early``: ``queue_page_view``'s answer, if the consumer's prefetch did the Redis
+    work already (with the batch's other reads: no round trip of its own). Else the
+    page's record, the visitor's followers and the conversation go in one pipelined
+    round trip (they were three, one after another)."""
     desk.dirty_sites.add(view.site_id)
-    async with desk.routing.pipeline() as pipe:
-        added = desk.pages.queue_add(pipe, view.visitor_id, view.url, view.title or "", view.viewed_at_ms)
-        desk.follows.queue_followers(pipe, view.visitor_id)
-        if view.conversation_id:
-            desk.routing.queue_get(pipe, view.conversation_id)
-        answers = await pipe.execute()
-    watchers = {str(op) for op in answers[added]}
-    conversation = desk.routing.from_get(view.conversation_id, answers[added + 1]) if view.conversation_id else None
+    if early is None:
+        async with desk.routing.pipeline() as pipe:
+            added = desk.pages.queue_add(pipe, view.visitor_id, view.url, view.title or "", view.viewed_at_ms)
+            desk.follows.queue_followers(pipe, view.visitor_id)
+            if view.conversation_id:
+                desk.routing.queue_get(pipe, view.conversation_id)
+            early = (await pipe.execute())[added:]
+    watchers = {str(op) for op in early[0]}
+    conversation = desk.routing.from_get(view.conversation_id, early[1]) if view.conversation_id else None
     if conversation:
         watchers.update(conversation.recipients)
     if not watchers:

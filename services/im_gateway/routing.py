@@ -169,11 +169,18 @@ class Routing:
         data = cast(dict[str, str], await self._redis.hgetall(self._key("conv", conversation_id)))
         return self._conversation(conversation_id, data)
 
+    def conversation_key(self, conversation_id: str) -> str:
+        """The conversation's hash (for a script that reads it with other keys)."""
+        return self._key("conv", conversation_id)
+
     def queue_get(self, pipe: Any, conversation_id: str) -> None:
         """``get`` as a command on ``pipe``; ``from_get`` reads its answer."""
         pipe.hgetall(self._key("conv", conversation_id))
 
     def from_get(self, conversation_id: str, answer: Any) -> Conversation | None:
+        """A conversation from its HGETALL: a dict, or a script's flat list of pairs."""
+        if isinstance(answer, list):
+            answer = _pairs(answer)
         return self._conversation(conversation_id, cast(dict[str, str], answer))
 
     @staticmethod

@@ -79,6 +79,24 @@ return names
 """
 
 
+# A page view's work in one command, skipped if its message is marked delivered (a
+# redelivery of a message handled already). KEYS[1] the mark, KEYS[2] the visitor's
+# pages, then keys to read; ARGV[1] the page's entry, ARGV[2] the last index kept,
+# ARGV[3] the pages' TTL, ARGV[4] one letter per key to read: s (SMEMBERS), h (HGETALL).
+_ADD_UNLESS = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+redis.call('LPUSH', KEYS[2], ARGV[1])
+redis.call('LTRIM', KEYS[2], 0, ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+local found = {}
+for i = 1, #ARGV[4] do
+  if string.sub(ARGV[4], i, i) == 's' then found[i] = redis.call('SMEMBERS', KEYS[2 + i])
+  else found[i] = redis.call('HGETALL', KEYS[2 + i]) end
+end
+return found
+"""
+
+
 @dataclass(frozen=True)
 class Page:
     url: str
@@ -187,6 +205,28 @@ class VisitorPages:
         async with self._redis.pipeline(transaction=False) as pipe:
             self.queue_add(pipe, visitor_id, url, title, at_ms)
             await pipe.execute()
+
+    def queue_add_unless(
+        self, pipe: Any, mark_key: str, visitor_id: str, url: str, title: str, at_ms: int | None, reads: list[str]
+    ) -> None:
+        """``add`` unless ``mark_key`` exists (the message's delivered mark), then
+        ``reads``' answers (SMEMBERS of a set key, or HGETALL of a hash key: "s:" or "h:"
+        then the key), as one command on ``pipe`` (EVAL: redis-py precedes a pipeline
+        holding EVALSHA with SCRIPT EXISTS, a round trip of its own). Its answer: None if
+        the mark exists, else the reads' answers, in order."""
+        entry: dict[str, Any] = {"url": url, "title": title, "at_ms": at_ms or int(time.time() * 1000)}
+        keys = [mark_key, self._key(visitor_id), *(read[2:] for read in reads)]
+        kinds = "".join(read[0] for read in reads)
+        pipe.execute_command(
+            "EVAL",
+            _ADD_UNLESS,
+            len(keys),
+            *keys,
+            json.dumps(entry),
+            PAGES_KEPT - 1,
+            self._settings.session_ttl_s,
+            kinds,
+        )
 
     def queue_add(self, pipe: Any, visitor_id: str, url: str, title: str, at_ms: int | None = None) -> int:
         """``add`` as commands on ``pipe`` (with other reads of a page view); returns how many."""

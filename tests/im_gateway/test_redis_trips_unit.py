@@ -9,10 +9,12 @@ checked alongside, against the one-command-at-a-time reads these replaced.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
@@ -24,6 +26,8 @@ from libs.common.settings import Settings
 from libs.common.state.sessions import VisitorSessions
 from services.im_gateway import relay
 from services.im_gateway.coalescer import PresenceCoalescer
+from services.im_gateway.consumers.visitor import VisitorConsumer
+from services.im_gateway.dedupe import Delivered
 from services.im_gateway.desk import Desk
 from services.im_gateway.follows import Follows
 from services.im_gateway.operators import OperatorDirectory
@@ -303,3 +307,46 @@ async def test_a_new_roster_contact_is_shown_its_page_in_one_or_two_round_trips(
     )
     assert (shown[jids[chatter]].show, shown[jids[chatter]].status) == ("chat", "Cart — https://shop.example/cart")
     assert (alice, chatter) in desk.shown
+
+
+async def test_a_batchs_page_views_are_recorded_with_its_reads_unless_delivered(
+    counted: aioredis.Redis, settings: Settings
+) -> None:
+    """The visitor consumer's prefetch: the delivered marks, the conversations and each
+    page view's work (record the page, read followers and the chat) in one round trip;
+    a page view already marked delivered records nothing and counts as seen."""
+    site, alice, bob = new_site(), op("alice"), op("bob")
+    desk = dataclasses.replace(
+        make_desk(counted, settings, {site: {alice: "Alice", bob: "Bob"}}), delivered=Delivered(counted, settings)
+    )
+    visitor, conversation = uuid.uuid4().hex[:16], uuid.uuid4().hex
+    await desk.routing.assign(conversation, site, visitor, alice)
+    await desk.follows.follow(bob, visitor, site)
+    jid = await desk.names.jid_of(visitor)
+
+    def envelope(struct: Any) -> Any:
+        return SimpleNamespace(type_name=type(struct).__name__, struct=struct, message_id=uuid.uuid4().hex)
+
+    line = envelope(
+        codec.ChatMessage(
+            message_id="m", conversation_id=conversation, site_id=site, visitor_id=visitor, body="hi", sender=1
+        )
+    )
+    fresh = envelope(
+        codec.PageView(visitor_id=visitor, site_id=site, conversation_id=conversation, url="https://x/new", title="N")
+    )
+    again = envelope(codec.PageView(visitor_id=visitor, site_id=site, url="https://x/again", title=""))
+    arrived = envelope(codec.VisitorEvent(visitor_id=visitor, site_id=site, kind=codec.VisitorEventKind.ARRIVED))
+    for marked in (again, arrived):
+        await counted.set(desk.delivered.key(marked.message_id), "1")
+    consumer = VisitorConsumer(desk, cast(Any, SimpleNamespace(ready=asyncio.Event())))
+    n, prefetched = await trips(consumer._prefetch([line, fresh, again, arrived]))
+    assert n == 1 and prefetched is not None
+    assert prefetched.seen == {line.message_id: False, again.message_id: True, arrived.message_id: True}
+    assert prefetched.routes[conversation][0] is not None and prefetched.routes[conversation][0].operator == alice
+    assert [p.url for p in await desk.pages.recent(visitor)] == ["https://x/new"]  # not the delivered one
+    # The handler takes it from there without a round trip of its own.
+    n, _ = await trips(relay.page_view(desk, fresh.struct, prefetched.early[fresh.message_id]))
+    assert n == 0
+    assert pending(desk, alice)[jid].show == "chat" and pending(desk, alice)[jid].status == "N — https://x/new"
+    assert pending(desk, bob)[jid].status == "N — https://x/new"

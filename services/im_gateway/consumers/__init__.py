@@ -48,6 +48,7 @@ class Written:
 
     envelope: Envelope
     ticket: tuple[int, int]
+    early: Any = None  # what the prefetch did for it early (``queue_early``), if anything
     rewritten: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -61,6 +62,9 @@ class Prefetched:
 
     seen: dict[str, bool]  # message id -> already delivered (services.im_gateway.dedupe)
     routes: Routes
+    # Message id -> the answer of what ``queue_early`` queued for it (its Redis work,
+    # done with the batch's reads), handed to ``consume``.
+    early: dict[str, Any] = field(default_factory=dict)
 
 
 def _lane_key(envelope: Envelope) -> str:
@@ -135,10 +139,13 @@ class SerialConsumer:
         if self._waiting.get(key) is batch:
             del self._waiting[key]  # later arrivals start the next batch
         prefetched = await self._prefetch(batch)
+        early = prefetched.early if prefetched is not None else {}
         for envelope in batch:
             if prefetched is not None and not self._ready.is_set():
-                prefetched = None  # the stream went down: read afresh once it is back
-            await self._settle(envelope, prefetched)
+                # The stream went down: read afresh once it is back. What the prefetch
+                # did early stays: it is done in Redis (doing it again would repeat it).
+                prefetched = None
+            await self._settle(envelope, prefetched, early.get(envelope.message_id))
 
     async def _prefetch(self, batch: list[Envelope]) -> Prefetched | None:
         """The batch's delivered marks and conversations (``lookups``), in one round
@@ -147,23 +154,48 @@ class SerialConsumer:
         lookups = list(dict.fromkeys(w for w in wanted if w[0]))  # each conversation once, in order
         try:
             async with self.desk.routing.pipeline() as pipe:
-                for envelope in batch:
-                    self.desk.delivered.queue_seen(pipe, envelope.message_id)
+                recorded = [self.queue_early(pipe, envelope) for envelope in batch]
+                for envelope, queued in zip(batch, recorded, strict=True):
+                    if not queued:
+                        self.desk.delivered.queue_seen(pipe, envelope.message_id)
                 for conversation_id, site_id, visitor_id in lookups:
                     self.desk.routing.queue_for_line(pipe, conversation_id, site_id, visitor_id)
                 results = await pipe.execute()
         except Exception:
             log.warning("prefetching a batch failed; each message reads its own", exc_info=True)
             return None
-        seen = {e.message_id: bool(found) for e, found in zip(batch, results, strict=False)}
-        routes, rest = {}, results[len(batch) :]
+        seen: dict[str, bool] = {}
+        early: dict[str, Any] = {}
+        answers = iter(results)
+        for envelope, queued in zip(batch, recorded, strict=True):
+            if queued:  # the early answers first, in batch order (see above)
+                answer = next(answers)
+                if answer is None:
+                    seen[envelope.message_id] = True  # marked delivered: nothing was done
+                else:
+                    early[envelope.message_id] = answer
+        for envelope, queued in zip(batch, recorded, strict=True):
+            if not queued:
+                seen[envelope.message_id] = bool(next(answers))
+        rest = list(answers)
+        routes = {}
         for i, (conversation_id, _, _) in enumerate(lookups):
             routes[conversation_id] = self.desk.routing.from_for_line(conversation_id, rest[3 * i : 3 * i + 3])
-        return Prefetched(seen, routes)
+        return Prefetched(seen, routes, early)
 
     def lookups(self, type_name: str, struct: Any) -> tuple[str, str, str]:
         """(conversation, site, visitor) whose routing a message needs, ("", "", "") for none."""
         return "", "", ""
+
+    def queue_early(self, pipe: Any, envelope: Envelope) -> bool:
+        """For a message whose Redis work needs nothing decided first: queue one command
+        on ``pipe`` that, unless the message is marked delivered, does that work and reads
+        what the handler needs (answering None if it is marked: the message is then
+        acknowledged as seen). True if queued. The answer goes to ``consume`` as
+        ``early``; the rest is as for any message: stanzas written, the barrier, the
+        mark, the ack. A message handled again (a retry, a redelivery before its mark)
+        does its work again, as it did when the handler did it."""
+        return False
 
     async def close(self) -> None:
         await self._lanes.close()
@@ -172,7 +204,7 @@ class SerialConsumer:
         if self._confirming:
             await asyncio.wait(set(self._confirming), timeout=1.0)
 
-    async def _settle(self, envelope: Envelope, prefetched: Prefetched | None = None) -> None:
+    async def _settle(self, envelope: Envelope, prefetched: Prefetched | None = None, early: Any = None) -> None:
         """In the visitor's lane: write the message's stanzas, then move on to the
         next one while a task of its own waits for the server's confirmation (the
         barrier) and acknowledges. A visitor's lines are thus written back to back,
@@ -182,14 +214,17 @@ class SerialConsumer:
             await self._ready.wait()
             try:
                 await self._rewrite_lost(key)
-                seen = prefetched.seen.get(envelope.message_id) if prefetched else None
-                if seen is None:
-                    seen = await self.desk.delivered.seen(envelope.message_id)
-                if seen:
-                    await envelope.ack()
-                    return
+                if early is None:  # (else the prefetch found it unmarked: not seen)
+                    seen = prefetched.seen.get(envelope.message_id) if prefetched else None
+                    if seen is None:
+                        seen = await self.desk.delivered.seen(envelope.message_id)
+                    if seen:
+                        await envelope.ack()
+                        return
                 await self.desk.delivered.ready()
-                await self.consume(envelope.type_name, envelope.struct, prefetched.routes if prefetched else None)
+                await self.consume(
+                    envelope.type_name, envelope.struct, prefetched.routes if prefetched else None, early
+                )
             except XmppUnavailable:
                 prefetched = None  # stale by the time the stream is back
                 await asyncio.sleep(STREAM_WAIT_S)
@@ -201,7 +236,7 @@ class SerialConsumer:
                 log.exception("message handling failed", extra={"id": envelope.message_id})
                 await envelope.retry(f"{exc.__class__.__name__}: {exc}")
                 return
-            written = Written(envelope, self._stream.ticket())
+            written = Written(envelope, self._stream.ticket(), early)
             self._unconfirmed.setdefault(key, []).append(written)
             task = asyncio.create_task(self._confirm(key, written))
             self._confirming.add(task)
@@ -215,7 +250,7 @@ class SerialConsumer:
         current = self._stream.ticket()[0]
         for written in list(self._unconfirmed.get(key, ())):
             if written.ticket[0] != current:
-                await self.consume(written.envelope.type_name, written.envelope.struct)
+                await self.consume(written.envelope.type_name, written.envelope.struct, early=written.early)
                 written.ticket = self._stream.ticket()
                 written.rewritten.set()
 
@@ -255,6 +290,7 @@ class SerialConsumer:
             except XmppUnavailable:
                 await asyncio.sleep(STREAM_WAIT_S)
 
-    async def consume(self, type_name: str, struct: Any, routes: Routes | None = None) -> None:
-        """Handle one message; ``routes``: conversations as read for its batch (``lookups``)."""
+    async def consume(self, type_name: str, struct: Any, routes: Routes | None = None, early: Any = None) -> None:
+        """Handle one message; ``routes``: conversations as read for its batch (``lookups``);
+        ``early``: the answer of what ``queue_early`` queued for it, if it was."""
         raise NotImplementedError

@@ -9,7 +9,7 @@ from services.im_gateway.consumers import Routes, SerialConsumer, Unhandled
 
 
 class ConversationConsumer(SerialConsumer):
-    async def consume(self, type_name: str, struct: Any, routes: Routes | None = None) -> None:
+    async def consume(self, type_name: str, struct: Any, routes: Routes | None = None, early: Any = None) -> None:
         if type_name != "ConversationClosed":
             raise Unhandled(f"im_gateway.conversation does not handle {type_name}")
         conversation = await self.desk.routing.close(struct.conversation_id)
