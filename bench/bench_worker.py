@@ -402,51 +402,54 @@ async def _bench(args: argparse.Namespace, settings: Settings) -> None:
         kind = "postfix" if os.access(POSTFIX_SINK, os.X_OK) else "python"
     sink = _Sink(kind, prosody.free_port(), log_dir)
     await sink.start()
-    settings = dataclasses.replace(settings, smtp_port=sink.port)
-    codes = [("after", ROOT)]
-    if args.before:
-        before = ("before", args.before)
-        codes = [before, ("after", ROOT), ("after", ROOT), before]
-    procs = [int(p) for p in args.email_processes.split(",") if p.strip()]
-    print(f"sink: {sink.name}; load average at start {_load()}", flush=True)
+    try:
+        settings = dataclasses.replace(settings, smtp_port=sink.port)
+        codes = [("after", ROOT)]
+        if args.before:
+            before = ("before", args.before)
+            codes = [before, ("after", ROOT), ("after", ROOT), before]
+        procs = [int(p) for p in args.email_processes.split(",") if p.strip()]
+        print(f"sink: {sink.name}; load average at start {_load()}", flush=True)
 
-    # The sink's ceiling: bare aiosmtplib, the same mails rendered beforehand, over the
-    # connections of one worker process and of the most processes measured.
-    site = await SiteDirectory(redis, engine, settings).get(site_id)
-    ceilings = {}
-    for connections in sorted({POOL_SIZE, POOL_SIZE * max(procs)}):
-        rendered = _transcripts(site_id, args.transcripts)
-        ceilings[connections] = await _bare_smtp(settings, site, rendered, sink, connections)
-        print(f"bare aiosmtplib, {connections} connections: {ceilings[connections]:8.1f} mails/s", flush=True)
+        # The sink's ceiling: bare aiosmtplib, the same mails rendered beforehand, over the
+        # connections of one worker process and of the most processes measured.
+        site = await SiteDirectory(redis, engine, settings).get(site_id)
+        ceilings = {}
+        for connections in sorted({POOL_SIZE, POOL_SIZE * max(procs)}):
+            rendered = _transcripts(site_id, args.transcripts)
+            ceilings[connections] = await _bare_smtp(settings, site, rendered, sink, connections)
+            print(f"bare aiosmtplib, {connections} connections: {ceilings[connections]:8.1f} mails/s", flush=True)
 
-    rows = []
-    for label, tree in codes:
-        bare = await _bare_consume(settings, _chat_messages(site_id, args.messages, max(args.messages // 20, 1)))
-        chat = _chat_messages(site_id, args.messages, max(args.messages // 20, 1))
-        archive = await _consume_round(tree, settings, publisher, poll_engine, chat, messages, "archive", log_dir)
-        if args.archive_processes > 1:
+        rows = []
+        for label, tree in codes:
+            bare = await _bare_consume(settings, _chat_messages(site_id, args.messages, max(args.messages // 20, 1)))
             chat = _chat_messages(site_id, args.messages, max(args.messages // 20, 1))
-            archive_n = await _consume_round(
-                tree, settings, publisher, poll_engine, chat, messages, "archive", log_dir, args.archive_processes
+            archive = await _consume_round(tree, settings, publisher, poll_engine, chat, messages, "archive", log_dir)
+            if args.archive_processes > 1:
+                chat = _chat_messages(site_id, args.messages, max(args.messages // 20, 1))
+                archive_n = await _consume_round(
+                    tree, settings, publisher, poll_engine, chat, messages, "archive", log_dir, args.archive_processes
+                )
+                print(
+                    f"{label:6s}  archive, {args.archive_processes} processes: {archive_n.per_s:6.0f}/s "
+                    f"({archive_n.per_s / bare.per_s:.2f}x bare, {archive_n.cpu_ms * 1000:3.0f} us CPU/msg)",
+                    flush=True,
+                )
+            views = _page_views(site_id, args.page_views)
+            viewed = await _consume_round(
+                tree, settings, publisher, poll_engine, views, page_views, "archive,closer", log_dir
             )
-            print(
-                f"{label:6s}  archive, {args.archive_processes} processes: {archive_n.per_s:6.0f}/s "
-                f"({archive_n.per_s / bare.per_s:.2f}x bare, {archive_n.cpu_ms * 1000:3.0f} us CPU/msg)",
-                flush=True,
-            )
-        views = _page_views(site_id, args.page_views)
-        viewed = await _consume_round(
-            tree, settings, publisher, poll_engine, views, page_views, "archive,closer", log_dir
-        )
-        emails = [
-            await _email_round(tree, settings, publisher, sink, site_id, args.transcripts, n, log_dir) for n in procs
-        ]
-        rows.append((label, bare, archive, viewed, emails, _load()))
-        print(_row(label, bare, archive, viewed, emails, _load()), flush=True)
+            emails = []
+            for n in procs:
+                mailed = await _email_round(tree, settings, publisher, sink, site_id, args.transcripts, n, log_dir)
+                emails.append(mailed)
+            rows.append((label, bare, archive, viewed, emails, _load()))
+            print(_row(label, bare, archive, viewed, emails, _load()), flush=True)
 
-    # --- end to end: "end" published -> transcript email at the SMTP server ----------
-    latencies = await _close_to_email(settings, engine, redis, publisher, site_id, sink, args.chats)
-    await sink.stop()
+        # --- end to end: "end" published -> transcript email at the SMTP server ----------
+        latencies = await _close_to_email(settings, engine, redis, publisher, site_id, sink, args.chats)
+    finally:
+        await sink.stop()  # also when a round fails: never leave the sink running
     shutil.rmtree(log_dir, ignore_errors=True)
     await publisher.close()
     await redis.aclose()
@@ -588,6 +591,10 @@ def main() -> None:
     parser.add_argument("--sink", choices=("auto", "postfix", "python"), default="auto")
     parser.add_argument("--before", help="a copy of older code: rounds alternate before, after, after, before")
     args = parser.parse_args()
+    # A steady rate is timed from the first committed batch (HABLA_ARCHIVE_BATCH_SIZE,
+    # 200) to the last: fewer than a few batches leave nothing to time.
+    if args.messages < 1000 or args.page_views < 500:
+        parser.error("--messages must be at least 1000 and --page-views at least 500 (several batches)")
 
     # A sandbox of its own (vhost, Redis prefix, database with a random tag): the
     # servers are shared with test runs, so a fixed name could be someone else's.
