@@ -79,7 +79,7 @@ async def test_struct_published_with_confirm_is_consumed(make_bus: MakeBus) -> N
     await bus.consume(spec, handler)
     sent = chat_message("round trip")
     message_id = await bus.publish(topology.VISITOR, "roundtrip.message", sent)
-    got = await asyncio.wait_for(received.get(), 5)
+    got = await asyncio.wait_for(received.get(), 30)
     assert got.struct == sent
     assert (got.type_name, got.message_id, got.routing_key) == ("ChatMessage", sent.message_id, "roundtrip.message")
     assert message_id == sent.message_id
@@ -122,7 +122,7 @@ async def test_a_nacked_publish_is_retried_on_a_new_channel(make_bus: MakeBus, m
     assert bus.channels_renewed == 1
     sent = chat_message("on the new channel")
     await bus.publish(topology.VISITOR, "afternack.message", sent)
-    assert (await asyncio.wait_for(received.get(), 5)).struct == sent
+    assert (await asyncio.wait_for(received.get(), 30)).struct == sent
     await asyncio.sleep(0.7)
     assert first.is_closed  # once its publishes had their time
     with pytest.raises(BrokerUnavailable, match="nack"):
@@ -148,7 +148,7 @@ async def test_poison_message_is_dead_lettered_with_reason_and_consumer_goes_on(
         )
     await bus.publish(topology.VISITOR, "poison.message", chat_message("after the poison"))
 
-    assert await asyncio.wait_for(handled.get(), 5) == "after the poison"
+    assert await asyncio.wait_for(handled.get(), 30) == "after the poison"
     dead = await _dead_letters(bus, spec, 3)
     reasons = [str((m.headers or {})[REASON_HEADER]) for m in dead]
     assert len(dead) == 3
@@ -181,7 +181,7 @@ async def test_a_dead_letter_the_broker_does_not_confirm_is_requeued_and_the_con
         )
     await sender.publish(topology.VISITOR, "unconfirmed.message", chat_message("after the poison"))
 
-    assert await asyncio.wait_for(handled.get(), 10) == "after the poison"
+    assert await asyncio.wait_for(handled.get(), 30) == "after the poison"
     dead = await _dead_letters(bus, spec, 3)
     assert sorted(str(m.message_id) for m in dead) == ["p0", "p1", "p2"]
     assert all(str((m.headers or {})[REASON_HEADER]).startswith("undecodable:") for m in dead)
@@ -251,7 +251,7 @@ async def test_handler_that_recovers_on_retry_is_acked_once(make_bus: MakeBus) -
 
     await bus.consume(spec, handler)
     await bus.publish(topology.VISITOR, "recover.message", chat_message())
-    assert await asyncio.wait_for(done.get(), 5) == 1
+    assert await asyncio.wait_for(done.get(), 30) == 1
     assert await _dead_letters(bus, spec, 1, wait_s=0.5) == []
 
 
@@ -283,7 +283,7 @@ async def test_an_outage_longer_than_every_retry_delay_is_waited_out(make_bus: M
 
     await bus.consume(spec, handler, manual=manual)
     await bus.publish(topology.VISITOR, "outage.message", chat_message())
-    assert await asyncio.wait_for(done.get(), 20) == failures + 1
+    assert await asyncio.wait_for(done.get(), 30) == failures + 1
     assert await _dead_letters(bus, spec, 1, wait_s=0.5) == []
 
 
@@ -349,7 +349,7 @@ async def test_consumer_killed_before_ack_loses_nothing(make_bus: MakeBus, setti
         await received.put(envelope)
 
     await bus.consume(spec, handler)
-    got = await asyncio.wait_for(received.get(), 10)
+    got = await asyncio.wait_for(received.get(), 30)
     assert got.struct == sent and got.redelivered
 
 
@@ -370,7 +370,7 @@ async def test_batched_acks_settle_out_of_order_without_losing_or_repeating(make
 
     consumer = await bus.consume(spec, handler, manual=True, batch_acks=True, prefetch=100)
     await bus.publish_all(topology.VISITOR, [("batched.message", m) for m in sent])
-    await asyncio.wait_for(all_in.wait(), 10)
+    await asyncio.wait_for(all_in.wait(), 30)
 
     # The newest half first (single acks: the oldest are still unsettled), one dead
     # letter among the oldest, then the rest together (one multiple ack).

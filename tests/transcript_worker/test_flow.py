@@ -132,7 +132,7 @@ async def test_conversation_is_archived_closed_by_end_published_and_emailed_once
     assert session is not None and "conversation_id" not in session
     log = await ConversationLog(redis_client, worker_settings).after(cid, 0)
     assert log[-1]["kind"] == "system" and log[-1]["body"] == "The chat has ended." and log[-1]["seq"] == 4
-    delivery = await asyncio.wait_for(deliveries.get(), 5)
+    delivery = await asyncio.wait_for(deliveries.get(), 30)
     assert delivery.struct.action.action == "ended" and delivery.struct.conversation_id == cid
 
     # The Transcript a downstream consumer receives.
