@@ -461,7 +461,11 @@ async def _bench(args: argparse.Namespace, settings: Settings) -> None:
     print(f" of {LINES_PER_TRANSCRIPT} lines")
     for connections, rate in ceilings.items():
         print(f"bare aiosmtplib to the sink ({connections} connections): {rate:8.1f} mails/s")
+    # "CPU ratio": bare consume's CPU per message over the archive's, the ratio the two
+    # rates tend to when both are bound by their own process's CPU; the rates' own ratio
+    # also moves with whatever else the machine runs (RabbitMQ's share of the cores).
     header = f"{'code':6s} {'bare consume':>12s} {'CPU/msg':>7s} {'archive':>9s} {'ratio':>5s} {'CPU/msg':>7s}"
+    header += f" {'CPU ratio':>9s}"
     header += f" {'page views':>10s} {'CPU/view':>8s}"
     for n in procs:
         header += f"  {'emailed, ' + str(n) + ' proc':>17s} {'CPU/mail':>8s}"
@@ -480,7 +484,7 @@ async def _bench(args: argparse.Namespace, settings: Settings) -> None:
 
 def _row(label: str, bare: _Rate, archive: _Rate, viewed: _Rate, emails: list[_Rate], load: str) -> str:
     line = f"{label:6s} {bare.per_s:10.0f}/s {bare.cpu_ms * 1000:4.0f} us {archive.per_s:7.0f}/s"
-    line += f" {archive.per_s / bare.per_s:4.2f}x {archive.cpu_ms * 1000:4.0f} us"
+    line += f" {archive.per_s / bare.per_s:4.2f}x {archive.cpu_ms * 1000:4.0f} us {bare.cpu_ms / archive.cpu_ms:8.2f}x"
     line += f" {viewed.per_s:8.0f}/s {viewed.cpu_ms * 1000:5.0f} us"
     for e in emails:
         line += f"  {e.per_s:15.1f}/s {e.cpu_ms:5.2f} ms"
