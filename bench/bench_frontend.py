@@ -528,6 +528,56 @@ async def interleaved(trees: list[Path], settings: Settings, site_id: str, args:
                     f"slices{f', {refused[i]} refused' if refused[i] else ''}) | load {load_avg}",
                     flush=True,
                 )
+        if "lines" in args.phases:
+            await interleaved_lines(trees, running, settings, site_id, args)
+
+
+async def interleaved_lines(
+    trees: list[Path], running: list[tuple[str, int]], settings: Settings, site_id: str, args: argparse.Namespace
+) -> None:
+    """Accepted lines (``--visitors`` on WebSockets, ``--messages`` each per slice, each
+    waiting for "sent") of each tree, and as many bare confirmed publishes from as many
+    tasks, slice by slice in turn: the ratio's two sides see the same machine."""
+    everyone: list[list[Visitor]] = []
+    for base, _ in running:
+        api = f"{base}/api/sites/{site_id}"
+        visitors = [Visitor(v.token, v.visitor_id) for v in await new_visitors(api, args.visitors)]
+        for visitor in visitors:
+            visitor.ws = await tornado.websocket.websocket_connect(
+                f"{api.replace('http', 'ws', 1)}/ws?token={visitor.token}"
+            )
+            visitor.reader = asyncio.create_task(visitor.read())
+        await asyncio.gather(*(send_lines(v, 2) for v in visitors))  # first lines claim conversations
+        everyone.append(visitors)
+    bus = await Bus.connect(settings, "bench")
+    lines, cpu, elapsed = [0] * len(trees), [0.0] * len(trees), [0.0] * len(trees)
+    published, publish_s = 0, 0.0
+    try:
+        for k in range(args.interleave):
+            for i in range(len(trees)) if k % 2 == 0 else reversed(range(len(trees))):
+                before, started = cpu_seconds(running[i][1]), time.perf_counter()
+                await asyncio.gather(*(send_lines(v, args.messages) for v in everyone[i]))
+                elapsed[i] += time.perf_counter() - started
+                cpu[i] += cpu_seconds(running[i][1]) - before
+                lines[i] += len(everyone[i]) * args.messages
+            started = time.perf_counter()
+            await bare_publishes(bus, site_id, args.visitors, args.messages)
+            publish_s += time.perf_counter() - started
+            published += args.visitors * args.messages
+    finally:
+        await bus.close()
+        for visitor in (v for visitors in everyone for v in visitors):
+            assert visitor.ws is not None
+            visitor.ws.close()
+    bare = published / publish_s
+    load_avg = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    for i, tree in enumerate(trees):
+        rate = lines[i] / elapsed[i]
+        print(
+            f"  {tree.name:<12} lines {rate:6.0f}/s accepted, {cpu[i] / lines[i] * 1e6:6.0f} us CPU each; bare "
+            f"confirmed publishes {bare:6.0f}/s ({rate / bare:.2f}x) | load {load_avg}",
+            flush=True,
+        )
 
 
 def main() -> None:
@@ -547,7 +597,7 @@ def main() -> None:
         type=int,
         default=0,
         metavar="SLICES",
-        help="--compare: all trees at once, each page-view load in SLICES turns (boots, views only)",
+        help="--compare: all trees at once, each load in SLICES turns (lines: --messages each turn)",
     )
     parser.add_argument(
         "--phases",
