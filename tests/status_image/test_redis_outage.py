@@ -19,8 +19,9 @@ from services.status_image import metrics
 from tests.redis_server import PrivateRedis
 from tests.status_image.conftest import StatusServer
 
-# Generous: the refresh runs every 0.5 s, a reconnect may add a retry or two.
-NOTICE_S = 5.0
+# A deadline, not a speed check: the refresh runs every 0.5 s and a reconnect may add a
+# retry or two, but a loaded machine stretches both (bench/ measures how soon).
+NOTICE_S = 30.0
 
 
 async def _until(check: Callable[[], Awaitable[bool]], within: float, what: str) -> None:
