@@ -11,6 +11,7 @@ from libs.common.state.conversations import ConversationLog
 from libs.common.state.presence import OperatorPresence
 from libs.common.state.sessions import VisitorSessions
 from tests.im_gateway.conftest import Site, gone_from_roster
+from tests.im_gateway.operator_client import DEADLINE_S
 
 
 # Operator presence and probes come from the server.
@@ -38,7 +39,7 @@ async def test_presence_expires_without_heartbeat(make_site, gateway_settings) -
     presence = OperatorPresence(site.redis, gateway_settings)
     await presence.set_available([site.site_id], "ghost@localhost", "laptop", True)
     assert await site.online()
-    await site.wait_online(False, within=gateway_settings.presence_ttl_s + 5)
+    await site.wait_online(False, within=gateway_settings.presence_ttl_s + DEADLINE_S)
 
 
 async def test_least_busy_assignment_is_sticky(make_site) -> None:
@@ -71,7 +72,7 @@ async def test_unanswered_chat_forces_the_operator_away_and_goes_to_another(make
     slow_jid = await _who_got(site, "anyone there?")
     slow = next(op for op in site.operators if op.jid == slow_jid)
     other = next(op for op in site.operators if op.jid != slow_jid)
-    within = gateway_settings.gateway_answer_timeout_s + 5
+    within = gateway_settings.gateway_answer_timeout_s + DEADLINE_S
     notice = await slow.wait_for(lambda r: r.kind == "message" and "without an answer" in r.body, within)
     assert notice.body.startswith("[Habla] ") and other.jid in notice.body
     handed = await other.wait_for(lambda r: r.kind == "message" and "this chat is yours now" in r.body, within)
