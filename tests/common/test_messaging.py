@@ -98,7 +98,9 @@ async def test_a_nacked_publish_is_retried_on_a_new_channel(make_bus: MakeBus, m
     messaging.RENEW_CHANNEL_AFTER_NACK_S; tests/cluster/test_rabbit_failover.py shows it on a
     cluster). Here a queue that refuses everything (max length 0, reject-publish) nacks."""
     monkeypatch.setattr(messaging, "PUBLISH_TIMEOUT_S", 0.5)  # the old channel's grace
-    monkeypatch.setattr(messaging, "RENEW_CHANNEL_AFTER_NACK_S", 0.5)
+    # The renewal interval is switched between "long past" and "not yet", rather than
+    # raced with sleeps: a loaded machine's slow nack round trip outlasted a 0.5 s one.
+    monkeypatch.setattr(messaging, "RENEW_CHANNEL_AFTER_NACK_S", 0.0)
     bus = await make_bus("publisher")
     key = f"full{uuid.uuid4().hex[:6]}.message"
     side = await bus.connection.channel()
@@ -117,14 +119,18 @@ async def test_a_nacked_publish_is_retried_on_a_new_channel(make_bus: MakeBus, m
     with pytest.raises(BrokerUnavailable, match="nack"):
         await bus.publish(topology.VISITOR, key, chat_message())
     assert bus.channels_renewed == 1 and bus._publishers[0].channel is not first
+    monkeypatch.setattr(messaging, "RENEW_CHANNEL_AFTER_NACK_S", 3600.0)
     with pytest.raises(BrokerUnavailable, match="nack"):  # within the interval: the same channel
         await bus.publish(topology.VISITOR, key, chat_message())
     assert bus.channels_renewed == 1
     sent = chat_message("on the new channel")
     await bus.publish(topology.VISITOR, "afternack.message", sent)
     assert (await asyncio.wait_for(received.get(), 30)).struct == sent
-    await asyncio.sleep(0.7)
-    assert first.is_closed  # once its publishes had their time
+    deadline = time.monotonic() + 30
+    while not first.is_closed:  # once its publishes had their time (PUBLISH_TIMEOUT_S)
+        assert time.monotonic() < deadline, "the replaced channel was never closed"
+        await asyncio.sleep(0.05)
+    monkeypatch.setattr(messaging, "RENEW_CHANNEL_AFTER_NACK_S", 0.0)  # the interval is over
     with pytest.raises(BrokerUnavailable, match="nack"):
         await bus.publish(topology.VISITOR, key, chat_message())
     assert bus.channels_renewed == 2
