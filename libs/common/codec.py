@@ -16,6 +16,10 @@ Decoding has two paths with one verdict:
   fields, trailing bytes, invalid UTF-8 it replaced with U+FFFD, a UUID field it skips)
   goes to the reference, whose verdict is the answer. So both paths accept and refuse
   the same bodies by construction, and honest messages take the fast one.
+
+Encoding likewise: the C writer's bytes are kept when the C reader gives back an equal
+struct (every value of the IDL's type: then thriftpy2 writes the same bytes); otherwise
+thriftpy2 writes them, or raises as it always did.
 """
 
 from __future__ import annotations
@@ -99,6 +103,10 @@ def encode(struct: TPayload) -> bytes:
     missing = missing_required(struct)
     if missing:
         raise ValueError(f"{name} lacks required field(s) {', '.join(missing)}")
+    if FAST:
+        body = _encode_fast(struct)
+        if body is not None:
+            return body
     return bytes(serialize(struct, _PROTOCOL))
 
 
@@ -311,6 +319,8 @@ def _apache_spec(cls: type[TPayload]) -> tuple[Any, ...]:
     """thriftpy2's {id: (ttype, name, [type arg,] required)} as Apache's spec: a tuple
     indexed by field id of (id, ttype, name, type args, default)."""
     spec = cls.thrift_spec
+    if list(spec) != sorted(spec):  # thriftpy2 writes in this order, Apache by field id
+        raise KeyError(cls)
     out: list[Any] = [None] * (max(spec, default=0) + 1)
     for fid, field in spec.items():
         out[fid] = (fid, field[0], field[1], _apache_args(field[0], field[2] if len(field) > 3 else None), None)
@@ -342,3 +352,21 @@ def _decode_fast(cls: type[TPayload], body: bytes) -> Any | None:
     except Exception:  # refused (EOFError, TypeError, OverflowError, TProtocolException …)
         return None
     return struct if again == body else None
+
+
+def _encode_fast(struct: TPayload) -> bytes | None:
+    """The C writer's bytes, or None (then thriftpy2 writes, or raises). They are kept
+    only if the C reader gives back an equal struct: every value then had the type the
+    IDL says (a tuple for a list, bytes for a string, 2 for a bool come back different),
+    and for such structs both writers put out the same bytes, field by field in id order."""
+    cls = type(struct)
+    spec = _fast_spec(cls)
+    if spec is None or _fastbinary is None:
+        return None
+    try:
+        body: bytes = _fastbinary.encode_compact(struct, spec)
+        back = cls()
+        _fastbinary.decode_compact(back, _FastInput(body), spec)
+    except Exception:  # OverflowError, TypeError, UnicodeEncodeError …: thriftpy2 decides
+        return None
+    return body if back == struct else None

@@ -225,3 +225,74 @@ def test_unknown_fields_and_trailing_bytes_are_judged_alike() -> None:
         _both("ChatMessage", head + extra + tail)
     assert _both("ChatMessage", head + extras[0] + tail) != "refused"
     assert _both("ChatMessage", head + tail + b"trailing") != "refused"
+
+
+# --- encoding -------------------------------------------------------------------------
+
+
+def _encoded(struct: Any, *, fast: bool) -> Any:
+    codec.FAST = fast
+    try:
+        return codec.encode(struct)
+    except Exception as exc:
+        return type(exc)
+    finally:
+        codec.FAST = codec.HAVE_C
+
+
+def _encoded_both(struct: Any) -> Any:
+    fast, reference = _encoded(struct, fast=True), _encoded(struct, fast=False)
+    assert fast == reference, struct
+    return fast
+
+
+def test_random_structs_encode_to_the_same_bytes_on_both_paths() -> None:
+    for name, struct, body in _samples(seed=7, per_type=60):
+        assert _encoded_both(struct) == body, name
+        if codec.HAVE_C:
+            assert codec._encode_fast(struct) == body, name  # and the C writer did it
+
+
+class _Text(str):
+    pass
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("seq", True),  # an int field holding a bool
+        ("seq", 2**63),  # out of i64
+        ("seq", -(2**63) - 1),
+        ("seq", 1.0),
+        ("seq", "1"),
+        ("sender", 2**31),  # out of i32
+        ("internal", 2),  # a bool field holding an int
+        ("internal", 1),
+        ("internal", "yes"),
+        ("body", b"bytes"),  # a string field holding bytes
+        ("body", "\ud800 lone surrogate"),
+        ("body", _Text("a str subclass")),
+        ("body", 5),
+    ],
+)
+def test_odd_values_are_encoded_or_refused_alike(field: str, value: Any) -> None:
+    head, tail = _chat()
+    struct = codec.decode("ChatMessage", head + tail)
+    setattr(struct, field, value)
+    _encoded_both(struct)
+
+
+def test_odd_containers_and_nesting_are_encoded_or_refused_alike() -> None:
+    presence = codec.OperatorPresence(operator_jid="o", availability=1, at_ms=1, site_ids=["a"])
+    for site_ids in (("a", "b"), ["a", None], ["a", b"b"], "ab", iter(["a"]), {"a"}):
+        presence.site_ids = site_ids
+        _encoded_both(presence)
+    head, tail = _chat()
+    line = codec.decode("ChatMessage", head + tail)
+    delivery = codec.VisitorDelivery(visitor_id="v", site_id="s", message=line)
+    assert _encoded_both(delivery) == codec.encode(delivery)
+    delivery.message = codec.OperatorAction(action_id="a")  # the wrong struct in a struct field
+    _encoded_both(delivery)
+    line.extra = "not in the IDL"
+    delivery.message = line
+    _encoded_both(delivery)
