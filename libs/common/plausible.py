@@ -84,8 +84,9 @@ def check(struct: Any) -> None:
     The rule is by field name, so a new field is covered as soon as it follows the
     naming of the IDL: ``*seq`` are sequence numbers, ``*_ms`` timestamps, other
     integers counts; enum fields must hold one of the enum's values. Strings must be
-    text: thriftpy2 hands back *bytes* for invalid UTF-8 (a lone surrogate, say), which
-    MySQL then refuses (a batch retried forever) and XML cannot carry."""
+    text: plain thriftpy2 hands back *bytes* for invalid UTF-8 (a lone surrogate, say),
+    which MySQL then refuses (a batch retried forever) and XML cannot carry; codec.decode
+    now refuses such bodies itself, and this stays for structs built any other way."""
     _check(struct, type(struct).__name__, depth=0)
 
 
