@@ -57,6 +57,7 @@ from libs.common.settings import Settings
 from libs.common.state.conversations import ConversationLog
 from libs.common.state.presence import SiteStatusReader
 from libs.common.state.sessions import VisitorSessions
+from libs.common.state.shared import SharedConnection
 from services.im_gateway.gateway import Gateway
 from tests.im_gateway.conftest import connect_operator, create_site
 from tests.im_gateway.operator_client import OperatorClient
@@ -174,8 +175,10 @@ async def baseline(settings: Settings, op: OperatorClient, n: int) -> list[dict[
 
 class RedisCount:
     """The gateway's Redis commands and round trips (writes to a socket), counted in
-    process: every command its pooled client packs and every packed write, plus the
-    marks its own marking connection (services.im_gateway.dedupe) sends. The bench's
+    process: every command its client packs and every write, on its pool's connections
+    and on its shared connection (state.shared: one write carries the commands of one
+    event-loop pass), plus the marks its own marking connection
+    (services.im_gateway.dedupe) sends. The bench's
     publisher has a client of its own, so what stands in for the frontend is not
     counted; the gateway's background work (lease, heartbeat, site bot) is, and over a
     phase of 1,000 lines it is a few percent."""
@@ -188,9 +191,10 @@ class RedisCount:
         cls: Any = redis_connection.AbstractConnection
         pack, send = cls.pack_command, cls.send_packed_command
         counter = self
+        shared: Any = gateway.redis if isinstance(gateway.redis, SharedConnection) else None
 
         def counted_pack(conn: Any, *args: Any) -> Any:
-            if conn in in_use:
+            if conn in in_use or (shared is not None and conn is shared._conn):
                 counter.commands += 1
             return pack(conn, *args)
 
@@ -200,6 +204,15 @@ class RedisCount:
             return await send(conn, *args, **kwargs)
 
         cls.pack_command, cls.send_packed_command = counted_pack, counted_send
+        if shared is not None:
+            shared_write = shared._write
+
+            def counted_write(conn: Any) -> None:
+                if shared._out and conn is shared._conn:
+                    counter.round_trips += 1
+                shared_write(conn)
+
+            shared._write = counted_write
         marks = gateway.desk.delivered
         mark_send = marks._send
 

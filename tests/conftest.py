@@ -18,12 +18,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
-import redis.asyncio as aioredis
 import sqlalchemy as sa
 
 from libs.common import db, state
 from libs.common.messaging import Bus
 from libs.common.settings import Settings
+from libs.common.state.shared import SharedConnection
 from tools import prosody, sandbox
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -92,7 +92,7 @@ def engine(settings: Settings) -> Iterator[sa.Engine]:
 
 
 @pytest.fixture(scope="session")
-async def redis_client(settings: Settings) -> AsyncIterator[aioredis.Redis]:
+async def redis_client(settings: Settings) -> AsyncIterator[SharedConnection]:
     client = state.connect(settings)
     yield client
     keys = [key async for key in client.scan_iter(match=f"{settings.redis_prefix}*", count=1000)]

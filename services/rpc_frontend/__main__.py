@@ -76,7 +76,6 @@ async def run(settings: Settings) -> None:
             await follower
     await frontend.chat.unconfirmed.flush()  # or the sweep publishes them again
     await bus.close()
-    await frontend.aclose()
     await redis.aclose()
     engine.dispose()
 

@@ -19,7 +19,7 @@ def make_app(frontend: Frontend) -> tornado.web.Application:
     page_deps: dict[str, object] = {"frontend": frontend, "assets": assets}
 
     async def redis_ok() -> None:
-        await frontend.shared.ping()  # the connection requests use
+        await frontend.redis.ping()  # the connection requests use
 
     routes: list[tuple[str, type[tornado.web.RequestHandler], dict[str, object]]] = [
         (

@@ -23,8 +23,10 @@ import gc
 import itertools
 import time
 import uuid
+from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from libs.common import sitedir, state
@@ -161,3 +163,41 @@ async def test_raw_connections_and_the_cli_find_the_master(sentinels: SentinelSe
     await asyncio.to_thread(sitedir.invalidate_sync, settings, "4324-24618-10-8812")
     assert await redis.exists(key) == 0
     await redis.aclose()
+
+
+async def test_shared_connection_on_a_demoted_master_moves_to_the_new_one(sentinels: SentinelSet) -> None:
+    """state.connect's shared connection (state.shared) opened on a server that is a
+    replica by the time it writes, as happens when the Sentinels still named the old
+    master: the READONLY answer drops it (redis-py's SentinelManagedConnection raises
+    ConnectionError from the read) and the write is sent once more on a fresh connection,
+    which asks the Sentinels again and reaches the master. The caller sees no error."""
+    settings = Settings.from_env(
+        {},
+        redis_sentinels=sentinels.addresses,
+        redis_master_name=sentinels.master_name,
+        redis_prefix=f"habla-readonly-{uuid.uuid4().hex[:6]}:",
+    )
+    master = sentinels.master_port()
+    replica = next(server.port for server in sentinels.data if server.port != master)
+    redis = state.connect(settings)
+    pool: Any = redis.connection_pool
+    asked: list[tuple[str, int]] = []
+    sentinels_answer = pool.get_master_address
+
+    async def stale_then_true() -> tuple[str, int]:
+        # The first connection goes where a stale answer would send it: the replica.
+        address = ("127.0.0.1", replica) if not asked else await sentinels_answer()
+        asked.append(address)
+        return address
+
+    pool.get_master_address = stale_then_true
+    key = settings.redis_key("readonly-check")
+    try:
+        assert await redis.set(key, "written", ex=60) is True
+        assert asked == [("127.0.0.1", replica), ("127.0.0.1", master)]
+        assert await redis.get(key) == "written"
+        raw = aioredis.Redis(port=master, decode_responses=True)
+        assert await raw.get(key) == "written"  # on the master itself
+        await raw.aclose()
+    finally:
+        await redis.aclose()

@@ -25,6 +25,7 @@ from libs.common.messaging import Bus, Envelope
 from libs.common.settings import Settings
 from libs.common.state.conversations import ConversationLog
 from libs.common.state.presence import OperatorPresence
+from libs.common.state.shared import SharedConnection
 from libs.common.topology import QueueSpec
 from services.rpc_frontend.app import make_app
 from services.rpc_frontend.context import Frontend
@@ -62,7 +63,6 @@ class RunningFrontend:
             with contextlib.suppress(asyncio.CancelledError):
                 await follower
         await self.bus.close()
-        await self.frontend.aclose()
 
 
 StartFrontend = Callable[..., Awaitable[RunningFrontend]]
@@ -70,7 +70,7 @@ StartFrontend = Callable[..., Awaitable[RunningFrontend]]
 
 @pytest.fixture
 async def start_frontend(
-    settings: Settings, engine: sa.Engine, redis_client: aioredis.Redis
+    settings: Settings, engine: sa.Engine, redis_client: SharedConnection
 ) -> AsyncIterator[StartFrontend]:
     """Start frontends as main() does (own bus, delivery consumer, site follower)."""
     started: list[RunningFrontend] = []
@@ -79,7 +79,7 @@ async def start_frontend(
         """``redis=`` a client of its own (default the tests' shared one); other keywords
         override settings."""
         port = free_port()
-        redis: aioredis.Redis = overrides.pop("redis", redis_client)
+        redis: SharedConnection = overrides.pop("redis", redis_client)
         instance = dataclasses.replace(
             settings,
             frontend_id=f"{settings.frontend_id}-{name}-{uuid.uuid4().hex[:4]}",

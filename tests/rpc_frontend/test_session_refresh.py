@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 import tornado.websocket
 
 from libs.common.settings import Settings
+from libs.common.state.shared import SharedConnection
 from services.rpc_frontend.handlers import receive
 from tests.rpc_frontend.conftest import Api, StartFrontend
 
@@ -28,17 +29,17 @@ CONNECTION_WAIT_S = 0.02
 
 
 @pytest.fixture
-async def small_pool(settings: Settings) -> AsyncIterator[aioredis.Redis]:
+async def small_pool(settings: Settings) -> AsyncIterator[SharedConnection]:
     pool = aioredis.BlockingConnectionPool.from_url(
         settings.redis_url, decode_responses=True, max_connections=POOL, timeout=CONNECTION_WAIT_S
     )
-    client = aioredis.Redis.from_pool(pool)
+    client = SharedConnection.from_pool(pool)  # as state.connect builds it
     yield client
     await client.aclose()
 
 
 async def test_a_wave_of_refreshes_is_answered_pong_and_refreshes_every_session(
-    small_pool: aioredis.Redis,  # first: closed after the frontends stop
+    small_pool: SharedConnection,  # first: closed after the frontends stop
     start_frontend: StartFrontend,
     site_id: str,
     settings: Settings,

@@ -18,6 +18,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from libs.common.settings import Settings
+from libs.common.state.shared import SharedConnection
 
 # Connections per process: a request holds one only for a single command, so 200 serve
 # thousands of concurrent visitors; Redis accepts 10,000 clients by default.
@@ -46,8 +47,10 @@ class _SentinelBlockingPool(SentinelConnectionPool, aioredis.BlockingConnectionP
                 await sentinel.connection_pool.disconnect()
 
 
-def connect(settings: Settings) -> aioredis.Redis:
-    """A pooled client (decode_responses: every value is str).
+def connect(settings: Settings) -> SharedConnection:
+    """A client whose plain commands share one pipelined connection, over a pool for
+    pipelines, pub/sub, ``client()`` and blocking commands (see state.shared);
+    decode_responses: every value is str.
 
     The pool *waits* for a free connection: redis-py's default pool (since redis-py 6)
     raises "Too many connections" past 100, which turned a burst of a few hundred
@@ -85,8 +88,9 @@ def connect(settings: Settings) -> aioredis.Redis:
         pool = _SentinelBlockingPool(  # type: ignore[no-untyped-call]
             settings.redis_master_name, manager, **{**from_url, **options}
         )
-    # from_pool: the client owns the pool, so aclose() also closes its connections.
-    return aioredis.Redis.from_pool(pool)
+    # from_pool: the client owns the pool, so aclose() closes the shared connection and
+    # the pool's connections.
+    return SharedConnection.from_pool(pool)
 
 
 async def master_address(settings: Settings) -> tuple[str, int]:

@@ -1,7 +1,9 @@
-"""The frontend's shared Redis connection (services/rpc_frontend/shared_redis.py)
-against a redis-server of the test's own: the same answers as the pooled client, each
-caller its own answer, error answers that leave the connection usable, and outages
-(a killed or stopped server) that fail as the pool's did, then recover."""
+"""The shared Redis connection every service's client uses (libs/common/state/shared.py,
+returned by state.connect) against a redis-server of the test's own: the same answers
+as the pooled client, each caller its own answer, error answers that leave the
+connection usable, outages (a killed or stopped server) that fail as the pool's did,
+then recover; what must not share the connection takes a pool connection; aclose
+closes both."""
 
 from __future__ import annotations
 
@@ -20,8 +22,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from libs.common import state
 from libs.common.settings import Settings
-from services.rpc_frontend import shared_redis
-from services.rpc_frontend.shared_redis import SharedConnection
+from libs.common.state import shared as shared_module
+from libs.common.state.shared import SharedConnection
 from tools import sentinel
 
 
@@ -43,13 +45,13 @@ Clients = tuple[aioredis.Redis, SharedConnection]
 
 @pytest.fixture
 async def clients(settings: Settings, server: sentinel.Server) -> AsyncIterator[Clients]:
-    pooled = state.connect(dataclasses.replace(settings, redis_url=f"redis://127.0.0.1:{server.port}/0"))
-    shared = SharedConnection(connection_pool=pooled.connection_pool)
+    shared = state.connect(dataclasses.replace(settings, redis_url=f"redis://127.0.0.1:{server.port}/0"))
+    # A plain client over the same pool: every command takes a pool connection.
+    pooled = aioredis.Redis(connection_pool=shared.connection_pool)
     try:
         yield pooled, shared
     finally:
-        await shared.aclose()
-        await pooled.aclose()
+        await shared.aclose()  # and the pool: state.connect's client owns it
 
 
 async def test_same_answers_as_the_pool(clients: Clients) -> None:
@@ -159,7 +161,7 @@ async def test_stall_fails_with_timeout(
     clients: Clients, server: sentinel.Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _, shared = clients
-    monkeypatch.setattr(shared_redis, "STALL_S", 0.3)
+    monkeypatch.setattr(shared_module, "STALL_S", 0.3)
     assert await shared.set("k", "v") is True
     assert server.process is not None
     server.process.send_signal(signal.SIGSTOP)
@@ -169,3 +171,67 @@ async def test_stall_fails_with_timeout(
     finally:
         server.process.send_signal(signal.SIGCONT)
     assert await shared.get("k") == "v"  # a fresh connection
+
+
+async def test_connect_returns_one_shared_connection_and_aclose_closes_both(
+    settings: Settings, server: sentinel.Server
+) -> None:
+    client = state.connect(dataclasses.replace(settings, redis_url=f"redis://127.0.0.1:{server.port}/0"))
+    assert isinstance(client, SharedConnection)
+    watcher = aioredis.Redis(port=server.port, decode_responses=True)  # not the client's pool
+    try:
+        await asyncio.gather(*(client.incr("n") for _ in range(50)))
+        async with client.pipeline(transaction=False) as pipe:  # a pool connection
+            pipe.get("n")
+            assert await pipe.execute() == ["50"]
+        others = [c for c in await watcher.client_list() if c["cmd"] != "client|list"]
+        assert len(others) == 2  # the shared connection and the pipeline's
+        await client.aclose()
+        assert [c for c in await watcher.client_list() if c["cmd"] != "client|list"] == []
+    finally:
+        await watcher.aclose()
+
+
+async def test_connection_state_goes_to_the_pool(clients: Clients) -> None:
+    """CLIENT SETNAME arrives as one string ("CLIENT SETNAME"), and execute_command may
+    be given lower case: both are matched by first word, so the shared connection never
+    carries them (it keeps no name, and is not the connection that waits)."""
+    pooled, shared = clients
+    assert await shared.client_setname("named") is True
+    await shared.execute_command("client setname", "named-too")
+    assert await shared.get("k") is None
+    seen = {c["cmd"]: c["name"] for c in await pooled.client_list()}
+    assert seen["get"] == ""  # the shared connection's last command, and no name
+    waiting: asyncio.Future[Any] = asyncio.ensure_future(shared.execute_command("blpop", "empty-list", 5))
+    await asyncio.sleep(0.1)
+    assert await shared.get("k") is None  # answered while BLPOP waits elsewhere
+    await shared.rpush("empty-list", "x")
+    assert list(await waiting) == ["empty-list", "x"]
+
+
+async def test_transactions_locks_pubsub_raw_bytes_and_single_connections(clients: Clients) -> None:
+    _, shared = clients
+    await shared.set("w", "1")
+    async with shared.pipeline(transaction=True) as pipe:  # WATCH/MULTI on a pool connection
+        await pipe.watch("w")
+        value = await pipe.get("w")
+        pipe.multi()  # type: ignore[no-untyped-call]
+        pipe.set("w", str(int(str(value)) + 1))
+        assert await pipe.execute() == [True]
+    assert await shared.get("w") == "2"
+    async with shared.lock("a-lock", timeout=5, blocking_timeout=2):
+        assert await shared.exists("a-lock") == 1
+    assert await shared.exists("a-lock") == 0
+    assert isinstance(await shared.dump("w"), bytes)  # NEVER_DECODE: the pool's raw answer
+    listener = shared.pubsub(ignore_subscribe_messages=True)
+    await listener.subscribe("channel")
+    assert await shared.publish("channel", "hello") == 1
+    message = None
+    for _ in range(50):  # the subscribe confirmation is read (and ignored) first
+        message = message or await listener.get_message(timeout=0.1)
+    assert message is not None and message["data"] == "hello"
+    await listener.aclose()  # type: ignore[no-untyped-call]
+    async with shared.client() as single:  # one pool connection: WAIT counts its writes
+        assert await single.set("w", "3") is True
+        assert await single.execute_command("WAIT", 0, 10) == 0  # type: ignore[no-untyped-call]
+    assert await shared.get("w") == "3"

@@ -1,24 +1,36 @@
-"""The frontend's Redis commands on one shared, pipelined connection.
+"""Every service's plain Redis commands on one shared, pipelined connection
+(``state.connect`` returns a SharedConnection over the pool it builds).
 
 redis-py's pooled client spends 60-80 µs of CPU per command on this machine around a
 round trip Redis itself answers in microseconds: the blocking pool's condition and
 timeout, the connection check on every checkout, the retry wrapper, observability
-records, one send system call per command. A page view awaits two such commands, a
-line one, so that was a fifth of a page view's CPU. Here every caller's command goes
-out on one connection: the commands asked for in one event-loop pass are written
-together, and one reader task hands the answers back in order (Redis answers a
-connection's commands in the order it got them). Measured at 20 callers at once: 21
+records, one send system call per command (in the frontend a fifth of a page view's
+CPU). Here every caller's command goes out on one connection: the commands asked for
+in one event-loop pass are written together, and one reader task hands the answers
+back in order (Redis answers a connection's commands in the order it got them). Measured at 20 callers at once: 21
 µs of CPU per script call instead of 81, 10 µs per GET instead of 71.
 
-What stays with the pool (``connection_pool``): blocking commands (WAIT, BLPOP …),
-which would hold every other caller up; pipelines, pub/sub and ``client()``, which
-take connections of their own; commands asking for raw bytes. Redis runs commands one
-at a time anyway, so sharing a connection delays nobody on the server; a large answer
-is read by the one reader instead of by the caller.
+What stays with the pool (``connection_pool``): blocking commands (BLPOP, XREAD …),
+which would hold every other caller up; commands that change or depend on the
+connection's own state (MULTI/WATCH outside a pipeline, SELECT, CLIENT …, HELLO, WAIT);
+pipelines, pub/sub and ``client()``, which take connections of their own; commands
+asking for raw bytes (NEVER_DECODE). WAIT counts the replicas that have *its own
+connection's* writes, so writes to be confirmed go on one ``client()`` connection
+together with their WAIT (libs.common.state.replicas), never on this one. Scripts run
+here (a NOSCRIPT answer is an ordinary error answer: redis-py's Script loads the script
+and sends it again), and so does ``lock()`` (SET NX and scripts; its wait is a sleep in
+the caller). The connection is the pool's kind (same address or Sentinels' master,
+credentials, database, decoding); nothing sent here SELECTs. redis-py's health check (a
+PING before a command on a connection idle 30 s) is not done here: its answer would
+come among the callers'; a dead connection shows as a failed read or a stall instead.
+Redis runs commands one at a time anyway, so sharing a connection delays nobody on the
+server; a large answer is read by the one reader instead of by the caller.
 
 Failures are those of the pool: an answer that cannot be read (Redis restarted, a
-Sentinel demoted the master: READONLY) fails every command waiting on the connection
-with ConnectionError, and each is sent once more on a fresh connection (the pool's
+Sentinel demoted the master: redis-py's SentinelManagedConnection disconnects on a
+READONLY answer and raises ConnectionError from the read) fails every command waiting
+on the connection with ConnectionError, and each is sent once more on a fresh
+connection, which asks the Sentinels where the master is now (the pool's
 one immediate retry; every write of ours is safe to repeat, see state.connect); a
 connection on which the oldest command waited STALL_S without an answer is dropped
 and its commands fail with TimeoutError (the pool had no read timeout at all). Both
@@ -40,8 +52,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-# Commands that wait on the server, or change the connection's own state: a shared
-# connection must never carry them.
+# Commands that wait on the server, or change or depend on the connection's own state:
+# a shared connection must never carry them. Matched on the command's first word, in
+# capitals: redis-py sends some as one string ("CLIENT SETNAME"), and callers of
+# execute_command may write them in lower case.
 POOL_ONLY = frozenset(
     {
         "WAIT",
@@ -71,8 +85,32 @@ POOL_ONLY = frozenset(
         "AUTH",
         "RESET",
         "QUIT",
+        "UNSUBSCRIBE",
+        "PUNSUBSCRIBE",
+        "SUNSUBSCRIBE",
+        "READONLY",
+        "READWRITE",
+        "SYNC",
+        "PSYNC",
+        "REPLCONF",
+        "SHUTDOWN",
     }
 )
+# execute_command's first argument -> whether it goes to the pool (POOL_ONLY by first
+# word), memoised: callers pass a few dozen literal names, looked up per command.
+_ON_POOL: dict[Any, bool] = {}
+
+
+def _on_pool(command: Any) -> bool:
+    on_pool = _ON_POOL.get(command)
+    if on_pool is None:
+        name = command.decode() if isinstance(command, bytes) else str(command)
+        on_pool = name.split(" ", 1)[0].upper() in POOL_ONLY
+        if len(_ON_POOL) < 1024:  # bounded, should a caller build names on the fly
+            _ON_POOL[command] = on_pool
+    return on_pool
+
+
 # The oldest command waiting this long without an answer drops the connection (as
 # long as state.CONNECTION_WAIT_S, the pool's wait for a connection).
 STALL_S = 5.0
@@ -80,8 +118,9 @@ STALL_S = 5.0
 
 class SharedConnection(aioredis.Redis):
     """A Redis client (same pool, same answers) whose plain commands share one
-    connection. Build it with ``SharedConnection(connection_pool=client.connection_pool)``;
-    ``aclose`` closes its connection, not the pool."""
+    connection. ``state.connect`` builds it with ``from_pool`` (``aclose`` closes the
+    shared connection and the pool); ``SharedConnection(connection_pool=pool)`` shares
+    a pool another client owns (``aclose`` closes only the shared connection)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -95,8 +134,15 @@ class SharedConnection(aioredis.Redis):
         self._watchdog: asyncio.TimerHandle | None = None
         self._closing: set[asyncio.Task[None]] = set()
 
+    @classmethod
+    def from_pool(cls, connection_pool: aioredis.ConnectionPool) -> SharedConnection:
+        """A client that owns ``connection_pool`` (redis-py's from_pool, typed)."""
+        client = cls(connection_pool=connection_pool)
+        client.auto_close_connection_pool = True
+        return client
+
     async def execute_command(self, *args: Any, **options: Any) -> Any:
-        if self.single_connection_client or args[0] in POOL_ONLY or NEVER_DECODE in options:
+        if self.single_connection_client or _on_pool(args[0]) or NEVER_DECODE in options:
             return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
         try:
             try:
