@@ -4,7 +4,9 @@ any other refusal, and an IP flooding unknown site ids is still refused here."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 import uuid
 
 import redis.asyncio as aioredis
@@ -18,6 +20,15 @@ def own_prefix(settings: Settings) -> str:
     return f"{settings.redis_prefix}{uuid.uuid4().hex[:8]}:"
 
 
+async def following(fe: RunningFrontend, wait_s: float = 30) -> None:
+    """Until the frontend's site follower is subscribed: only then are sites loaded by a
+    request kept in memory (a deadline, not a speed check)."""
+    deadline = time.monotonic() + wait_s
+    while not fe.frontend.sitecache.live:
+        assert time.monotonic() < deadline, "the site follower never subscribed"
+        await asyncio.sleep(0.02)
+
+
 async def ip_count(fe: RunningFrontend, redis_client: aioredis.Redis, bucket: str = "ip") -> int:
     return int(await redis_client.get(fe.settings.redis_key("rl", bucket, "127.0.0.1")) or 0)
 
@@ -26,6 +37,7 @@ async def test_each_session_request_counts_the_ip_once(
     start_frontend: StartFrontend, site_id: str, settings: Settings, redis_client: aioredis.Redis
 ) -> None:
     fe = await start_frontend("ipcount", ip_requests_per_min=4, redis_prefix=own_prefix(settings))
+    await following(fe)
     api = Api(fe.url, site_id)
     first = await api.session()  # the site is not in memory yet: load_site counts the IP
     assert fe.frontend.sitecache.held_config(site_id) is not None  # from here: counted in the visit script
@@ -46,6 +58,7 @@ async def test_answers_before_the_script_count_the_ip_first(
     start_frontend: StartFrontend, site_id: str, settings: Settings, redis_client: aioredis.Redis
 ) -> None:
     fe = await start_frontend("iperrors", ip_requests_per_min=3, redis_prefix=own_prefix(settings))
+    await following(fe)
     api = Api(fe.url, site_id)
     await api.session()
     assert fe.frontend.sitecache.held_config(site_id) is not None
@@ -66,6 +79,7 @@ async def test_an_ip_scanning_unknown_sites_is_refused_a_session(
     start_frontend: StartFrontend, site_id: str, settings: Settings, redis_client: aioredis.Redis
 ) -> None:
     fe = await start_frontend("ipscan", ip_unknown_sites_per_min=2, redis_prefix=own_prefix(settings))
+    await following(fe)
     api = Api(fe.url, site_id)
     await api.session()
     assert fe.frontend.sitecache.held_config(site_id) is not None
