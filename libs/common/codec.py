@@ -137,7 +137,7 @@ def decode_struct(cls: type[TPayload], body: bytes) -> Any:
 def decode_reference(cls: type[TPayload], body: bytes) -> Any:
     """The pure-Python reader: thriftpy2's, bounded (see _BoundedCompact)."""
     struct = cls()
-    _BoundedCompact(_Input(bytes(body))).read_struct(struct)
+    _BoundedCompact(body).read_struct(struct)
     return struct
 
 
@@ -162,29 +162,6 @@ def decode_with(module: Any, struct_name: str, body: bytes) -> Any:
 # --- the reference reader ---------------------------------------------------------
 
 
-class _Input:
-    """The body as thriftpy2's transport, but a short read is an error (thriftpy2's
-    memory buffer returns what is left) and what remains is known, so a declared length
-    is checked against the bytes that could hold it."""
-
-    __slots__ = ("_data", "_pos")
-
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-        self._pos = 0
-
-    def read(self, size: int) -> bytes:
-        end = self._pos + size
-        if end > len(self._data):
-            raise EOFError(f"{size} bytes wanted at offset {self._pos}; the body has {len(self._data)}")
-        chunk = self._data[self._pos : end]
-        self._pos = end
-        return chunk
-
-    def remaining(self) -> int:
-        return len(self._data) - self._pos
-
-
 class _BoundedCompact(TCompactProtocol):
     """thriftpy2's compact reader with the limits it lacks. Unbounded, it loops over a
     declared count of zero-byte (STOP) elements in a skipped field (2^32 iterations from
@@ -192,10 +169,16 @@ class _BoundedCompact(TCompactProtocol):
     invalid UTF-8, and nests until RecursionError. Here every element costs at least one
     byte of the body, and the rest is capped."""
 
-    def __init__(self, trans: _Input) -> None:
-        super().__init__(trans, decode_response=True, strict_decode=True)  # type: ignore[no-untyped-call]
-        self._input = trans  # self.trans, typed
+    def __init__(self, body: bytes) -> None:
+        # BytesIO reads in C; a read past the end comes back short, which the fixed-size
+        # reads refuse (unpack, [0]) and _read_size rules out for strings beforehand.
+        self._input = io.BytesIO(body)
+        self._size = len(body)
+        super().__init__(self._input, decode_response=True, strict_decode=True)  # type: ignore[no-untyped-call]
         self._depth = 0
+
+    def _remaining(self) -> int:
+        return self._size - self._input.tell()
 
     def _varint(self) -> int:
         result = shift = 0
@@ -210,8 +193,8 @@ class _BoundedCompact(TCompactProtocol):
     def _read_size(self) -> int:
         size = self._varint()
         # Every string byte and every container element takes at least a byte.
-        if size > _MAX_SIZE or size > self._input.remaining():
-            raise ValueError(f"declared length {size} exceeds the {self._input.remaining()} bytes left")
+        if size > _MAX_SIZE or size > self._remaining():
+            raise ValueError(f"declared length {size} exceeds the {self._remaining()} bytes left")
         return size
 
     def _read_int(self) -> int:
@@ -234,8 +217,8 @@ class _BoundedCompact(TCompactProtocol):
 
     def _read_collection_begin(self) -> tuple[int, int]:
         etype, size = super()._read_collection_begin()  # type: ignore[no-untyped-call]
-        if size > self._input.remaining():  # a short form (<= 14) can still claim too much
-            raise ValueError(f"list of {size} in {self._input.remaining()} bytes")
+        if size > self._remaining():  # a short form (<= 14) can still claim too much
+            raise ValueError(f"list of {size} in {self._remaining()} bytes")
         if size and etype == TType.STOP:  # zero-byte elements: skipping them costs no input
             raise ValueError("list of STOP elements")
         return etype, size
