@@ -34,7 +34,7 @@ from thriftpy2.protocol.compact import TCompactProtocol
 from thriftpy2.thrift import TPayload, TType
 from thriftpy2.utils import serialize
 
-try:  # optional: the wheel-less install compiles it, and may lack gcc
+try:  # optional: thrift is an sdist whose C++ extension needs g++ at install time
     from thrift.protocol import fastbinary as _fastbinary
 except ImportError:  # pragma: no cover - exercised by forcing FAST off in tests
     _fastbinary = None
