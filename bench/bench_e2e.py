@@ -53,6 +53,8 @@ from tools.prosody import free_port  # noqa: E402
 # A bench sends from one IP and a few visitors as fast as it can: the limits that
 # protect a real deployment from that would be all it measures.
 UNLIMITED = 1_000_000_000
+# No chat of the bench goes unanswered for this long (see stack_settings).
+ANSWER_TIMEOUT_S = 3600
 # Each unit of work repeated under Redis MONITOR; the figure is the mean.
 REDIS_COUNT_TIMES = 20
 # How long the suite's CPU is sampled with no load of ours (subtracted from each phase).
@@ -84,6 +86,12 @@ def stack_settings(box: sandbox.Sandbox, state_dir: Path, log_level: str) -> Set
         console_public_url=f"http://127.0.0.1:{ports['console_port']}",
         visitor_messages_per_min=UNLIMITED,
         ip_requests_per_min=UNLIMITED,
+        # The operators answer when a phase has them write (operator -> visitor), a minute
+        # or more after the chats were paired (the returning visitors' boots, the Redis
+        # counts): at the default 60 s the gateway marked them away and moved every chat to
+        # the other operator, whose lines it then refused ("X is handling this chat"), and
+        # the bench timed out waiting for them at the visitors.
+        gateway_answer_timeout_s=ANSWER_TIMEOUT_S,
         log_level=log_level,
         **ports,
     )
