@@ -181,11 +181,11 @@ async def test_connect_returns_one_shared_connection_and_aclose_closes_both(
     watcher = aioredis.Redis(port=server.port, decode_responses=True)  # not the client's pool
     try:
         await asyncio.gather(*(client.incr("n") for _ in range(50)))
-        async with client.pipeline(transaction=False) as pipe:  # a pool connection
+        async with client.pipeline(transaction=True) as pipe:  # MULTI/EXEC: a pool connection
             pipe.get("n")
             assert await pipe.execute() == ["50"]
         others = [c for c in await watcher.client_list() if c["cmd"] != "client|list"]
-        assert len(others) == 2  # the shared connection and the pipeline's
+        assert len(others) == 2  # the shared connection and the transaction's
         await client.aclose()
         assert [c for c in await watcher.client_list() if c["cmd"] != "client|list"] == []
     finally:
@@ -235,3 +235,36 @@ async def test_transactions_locks_pubsub_raw_bytes_and_single_connections(client
         assert await single.set("w", "3") is True
         assert await single.execute_command("WAIT", 0, 10) == 0  # type: ignore[no-untyped-call]
     assert await shared.get("w") == "3"
+
+
+async def test_plain_pipelines_go_on_the_shared_connection(clients: Clients, server: sentinel.Server) -> None:
+    """transaction=False: one batch on the shared connection, answered as redis-py's
+    pipeline answers (callbacks, error answers in place or raised), scripts loaded once
+    and again after a NOSCRIPT, a lost connection retried once."""
+    pooled, shared = clients
+    script = shared.register_script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
+
+    async def batch(raise_on_error: bool = True) -> list[Any]:
+        async with shared.pipeline(transaction=False) as pipe:
+            pipe.set("s", "x")
+            pipe.hset("h", mapping={"a": "1"})
+            pipe.hgetall("h")
+            pipe.hget("s", "f")  # WRONGTYPE
+            await script(keys=["n"], args=[2], client=pipe)
+            pipe.exists("s", "h", "missing")
+            return await pipe.execute(raise_on_error=raise_on_error)
+
+    answers = await batch(raise_on_error=False)
+    assert answers[:3] == [True, 1, {"a": "1"}] and answers[4:] == [2, 2]
+    assert isinstance(answers[3], ResponseError) and "WRONGTYPE" in str(answers[3])
+    with pytest.raises(ResponseError, match="Command # 4"):
+        await batch()
+    seen = [c for c in await pooled.client_list() if c["cmd"] != "client|list"]
+    assert len(seen) == 1 and seen[0]["cmd"] in {"exists", "evalsha"}  # the shared connection only
+    await pooled.script_flush()  # NOSCRIPT: loaded again and the batch sent once more
+    assert (await batch(raise_on_error=False))[4] == 6  # 4 + 2: the NOSCRIPT attempt ran no INCRBY
+    server.kill()
+    server.start()
+    assert (await batch(raise_on_error=False))[4] == 2  # a fresh connection, the script loaded again
+    results = await asyncio.gather(*(batch(raise_on_error=False) for _ in range(20)))
+    assert sorted(r[4] for r in results) == list(range(4, 44, 2))

@@ -13,8 +13,10 @@ back in order (Redis answers a connection's commands in the order it got them). 
 What stays with the pool (``connection_pool``): blocking commands (BLPOP, XREAD …),
 which would hold every other caller up; commands that change or depend on the
 connection's own state (MULTI/WATCH outside a pipeline, SELECT, CLIENT …, HELLO, WAIT);
-pipelines, pub/sub and ``client()``, which take connections of their own; commands
-asking for raw bytes (NEVER_DECODE). WAIT counts the replicas that have *its own
+transactions (pipelines with MULTI/EXEC or WATCH), pub/sub and ``client()``, which take
+connections of their own; commands asking for raw bytes (NEVER_DECODE). A plain
+pipeline (``transaction=False``) is a batch of plain commands: it goes out in one
+piece on the shared connection (SharedPipeline). WAIT counts the replicas that have *its own
 connection's* writes, so writes to be confirmed go on one ``client()`` connection
 together with their WAIT (libs.common.state.replicas), never on this one. Scripts run
 here (a NOSCRIPT answer is an ordinary error answer: redis-py's Script loads the script
@@ -46,10 +48,11 @@ import math
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 from redis.asyncio.connection import AbstractConnection
 from redis.client import EMPTY_RESPONSE, NEVER_DECODE
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 # Commands that wait on the server, or change or depend on the connection's own state:
@@ -133,6 +136,8 @@ class SharedConnection(aioredis.Redis):
         self._flush: asyncio.Handle | None = None
         self._watchdog: asyncio.TimerHandle | None = None
         self._closing: set[asyncio.Task[None]] = set()
+        # SHA1s of the scripts SharedPipeline has loaded (forgotten on NOSCRIPT).
+        self._scripts_loaded: set[str] = set()
 
     @classmethod
     def from_pool(cls, connection_pool: aioredis.ConnectionPool) -> SharedConnection:
@@ -153,7 +158,10 @@ class SharedConnection(aioredis.Redis):
             if EMPTY_RESPONSE in options:
                 return options[EMPTY_RESPONSE]
             raise
-        command = args[0]
+        return await self._parsed(args[0], response, options)
+
+    async def _parsed(self, command: Any, response: Any, options: dict[str, Any]) -> Any:
+        """``response`` through redis-py's callback for ``command`` (as parse_response)."""
         if command in self.response_callbacks:
             options.pop(EMPTY_RESPONSE, None)
             options.pop("keys", None)
@@ -161,17 +169,49 @@ class SharedConnection(aioredis.Redis):
             return await parsed if inspect.isawaitable(parsed) else parsed
         return response
 
+    def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> Pipeline:
+        if self.single_connection_client:
+            return super().pipeline(transaction, shard_hint)
+        return SharedPipeline(self, transaction, shard_hint)
+
     async def _round_trip(self, args: tuple[Any, ...]) -> Any:
-        conn = self._conn if self._conn is not None else await self._connect()
+        if self._conn is None:
+            await self._connect()
+        return await self._send([args])[0]
+
+    async def _round_trips(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Each command's answer, or its error answer as an exception (not raised); the
+        commands go out together, in order, on the shared connection."""
+        if self._conn is None:
+            await self._connect()
+        answers = self._send(commands)
+        results: list[Any] = []
+        try:
+            for answer in answers:
+                try:
+                    results.append(await answer)
+                except ResponseError as exc:
+                    results.append(exc)
+        except BaseException:
+            for answer in answers:  # nobody will read them: not "exception never retrieved"
+                answer.cancel()
+            raise
+        return results
+
+    def _send(self, commands: list[tuple[Any, ...]]) -> list[asyncio.Future[Any]]:
+        conn = self._conn
+        if conn is None:
+            raise RedisConnectionError("Redis connection closed")
         loop = asyncio.get_running_loop()
-        answer: asyncio.Future[Any] = loop.create_future()
-        self._waiting.append((answer, loop.time() + STALL_S))
-        self._out += conn.pack_command(*args)
+        deadline = loop.time() + STALL_S
+        answers = [loop.create_future() for _ in commands]
+        self._waiting.extend((answer, deadline) for answer in answers)
+        self._out += conn.pack_commands(commands) if len(commands) > 1 else conn.pack_command(*commands[0])
         if self._flush is None:  # everything asked for in this loop pass goes in one write
             self._flush = loop.call_soon(self._write, conn)
         if self._watchdog is None:
             self._watchdog = loop.call_later(STALL_S, self._check_stall)
-        return await answer
+        return answers
 
     async def _connect(self) -> AbstractConnection:
         async with self._opening:
@@ -234,6 +274,7 @@ class SharedConnection(aioredis.Redis):
         if conn is not self._conn:
             return
         self._conn = None
+        self._scripts_loaded.clear()  # the next connection may reach a restarted or new master
         waiting, self._waiting = self._waiting, collections.deque()
         self._out = []
         if self._flush is not None:
@@ -260,3 +301,74 @@ class SharedConnection(aioredis.Redis):
             self._watchdog.cancel()
             self._watchdog = None
         await super().aclose(close_connection_pool)
+
+
+class SharedPipeline(Pipeline):
+    """A pipeline whose commands, when it is a plain batch (``transaction=False``, no
+    WATCH or MULTI, nothing that must go to the pool), go out together on the shared
+    connection: no pool checkout, and one write with whatever else this loop pass
+    sends. Anything else runs as redis-py's pipeline on a pool connection.
+
+    Answers are those of redis-py's pipeline: error answers in the list, the first
+    raised when ``raise_on_error``; a ConnectionError sends the batch once more (the
+    pool's retry of a non-transactional pipeline). Scripts: redis-py asks SCRIPT
+    EXISTS before every such pipeline (a round trip each time); here the scripts this
+    connection has loaded are remembered, and a NOSCRIPT answer (Redis restarted or
+    flushed) loads them and sends the batch once more, as the retry after a lost
+    connection does: every write of ours is safe to repeat (see state.connect)."""
+
+    def __init__(self, shared: SharedConnection, transaction: bool, shard_hint: str | None) -> None:
+        super().__init__(shared.connection_pool, shared.response_callbacks, transaction, shard_hint)
+        self._shared = shared
+
+    async def execute(self, raise_on_error: bool = True) -> list[Any]:
+        stack = self.command_stack
+        if (
+            not stack
+            or self.is_transaction
+            or self.explicit_transaction
+            or self.watching
+            or self.connection is not None
+            or any(_on_pool(args[0]) or NEVER_DECODE in options for args, options in stack)
+        ):
+            return await super().execute(raise_on_error)
+        shared = self._shared
+        try:
+            commands = [args for args, _ in stack]
+            retried_connection = retried_noscript = False
+            while True:
+                if self.scripts:
+                    await self._load_scripts()
+                try:
+                    answers = await shared._round_trips(commands)
+                except RedisConnectionError:
+                    if retried_connection:
+                        raise
+                    retried_connection = True  # once more, on a fresh connection
+                    continue
+                if self.scripts and not retried_noscript and any(isinstance(a, NoScriptError) for a in answers):
+                    retried_noscript = True
+                    shared._scripts_loaded.clear()
+                    continue
+                break
+            response: list[Any] = []
+            for (args, options), answer in zip(stack, answers, strict=True):
+                if isinstance(answer, ResponseError):
+                    response.append(options.get(EMPTY_RESPONSE, answer))
+                else:
+                    try:
+                        response.append(await shared._parsed(args[0], answer, dict(options)))
+                    except ResponseError as exc:
+                        response.append(exc)
+            if raise_on_error:
+                self.raise_first_error(stack, response)
+            return response
+        finally:
+            await self.reset()  # type: ignore[no-untyped-call]
+
+    async def _load_scripts(self) -> None:
+        loaded = self._shared._scripts_loaded
+        for script in self.scripts:
+            if script.sha not in loaded:
+                script.sha = await self._shared.script_load(script.script)
+                loaded.add(script.sha)
