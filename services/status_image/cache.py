@@ -62,6 +62,9 @@ MGET_BATCH = 1000
 # How long stop() waits for its background tasks: well under the 10 s that `make run`
 # and container runtimes give a process between SIGTERM and SIGKILL.
 STOP_TIMEOUT_S = 5.0
+# A task still running this long after its cancellation is cancelled again (see
+# _stop_tasks); the listeners' own clean-up (closing a pub/sub) takes far less.
+RECANCEL_S = 0.25
 # Wait before resubscribing after a pub/sub connection broke.
 RESUBSCRIBE_DELAY_S = 1.0
 # How often the files directory is scanned for sites other instances wrote (a crashed
@@ -199,13 +202,23 @@ class SiteStatusCache:
             await self.files.stop()
 
     async def _stop_tasks(self) -> None:
-        tasks = [*self._tasks, *self._loading.values()]
-        for task in tasks:
-            task.cancel()
+        tasks = {*self._tasks, *self._loading.values()}
         if not tasks:
             return
+        loop = asyncio.get_running_loop()
         # Bounded, so a stuck Redis call cannot hold up a SIGTERM stop for long.
-        done, stuck = await asyncio.wait(tasks, timeout=STOP_TIMEOUT_S)
+        deadline = loop.time() + STOP_TIMEOUT_S
+        stuck = tasks
+        while stuck and loop.time() < deadline:
+            # Cancelled again while still running: on Python 3.11 asyncio.wait_for drops
+            # a cancellation that arrives just as its inner future finishes (CPython
+            # gh-86296), and redis-py's connect sends through wait_for. A listener stopped
+            # while subscribing then listened on, and reconnected after the client had
+            # closed the pool: a connection nobody closed.
+            for task in stuck:
+                task.cancel()
+            _, stuck = await asyncio.wait(stuck, timeout=min(RECANCEL_S, deadline - loop.time()))
+        done = tasks - stuck
         for task in done:
             if not task.cancelled() and task.exception() is not None:
                 log.warning("background task had failed", extra={"error": repr(task.exception())[:300]})
