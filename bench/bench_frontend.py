@@ -204,24 +204,7 @@ async def bench(
             visitor.waiting.clear()
 
         # Baseline: the same number of confirmed publishes, bare, from as many tasks.
-        sample = codec.ChatMessage(
-            message_id="x",
-            conversation_id="c",
-            site_id=site_id,
-            visitor_id="v",
-            sender=codec.SenderKind.VISITOR,
-            body="line",
-            sent_at_ms=1,
-            seq=1,
-        )
-
-        async def publish_all() -> None:
-            for _ in range(messages_n):
-                await bus.publish(topology.VISITOR, f"{site_id}.message", sample, message_id=uuid.uuid4().hex)
-
-        started = time.perf_counter()
-        await asyncio.gather(*(publish_all() for _ in range(visitors_n)))
-        baseline_per_s = total / (time.perf_counter() - started)
+        baseline_per_s = await bare_publishes(bus, site_id, visitors_n, messages_n)
 
         # --- deliveries ---------------------------------------------------------------------
         log = ConversationLog(redis, settings)
