@@ -268,3 +268,27 @@ async def test_plain_pipelines_go_on_the_shared_connection(clients: Clients, ser
     assert (await batch(raise_on_error=False))[4] == 2  # a fresh connection, the script loaded again
     results = await asyncio.gather(*(batch(raise_on_error=False) for _ in range(20)))
     assert sorted(r[4] for r in results) == list(range(4, 44, 2))
+
+
+async def test_aclose_while_the_connection_opens_leaves_nothing_open(
+    settings: Settings, server: sentinel.Server
+) -> None:
+    """aclose() while commands wait for the shared connection to open (or for their
+    answers): the commands fail with ConnectionError or are answered, and no connection
+    stays open (before, the opening finished after aclose and was kept, with its reader
+    task: an unclosed connection once the client was collected; a command the close
+    cut short was also sent again, on a connection opened after the close)."""
+    watcher = aioredis.Redis(port=server.port, decode_responses=True)  # not the client's pool
+    try:
+        for passes in range(1, 16):
+            client = state.connect(dataclasses.replace(settings, redis_url=f"redis://127.0.0.1:{server.port}/0"))
+            gets: list[asyncio.Future[Any]] = [asyncio.ensure_future(client.get("k")) for _ in range(3)]
+            for _ in range(passes):
+                await asyncio.sleep(0)
+            await client.aclose()
+            for result in await asyncio.gather(*gets, return_exceptions=True):
+                assert result is None or isinstance(result, RedisConnectionError), (passes, result)
+            assert client._conn is None and client._reader is None, f"open after {passes} loop passes"
+            assert [c for c in await watcher.client_list() if c["cmd"] != "client|list"] == [], passes
+    finally:
+        await watcher.aclose()

@@ -36,7 +36,10 @@ connection, which asks the Sentinels where the master is now (the pool's
 one immediate retry; every write of ours is safe to repeat, see state.connect); a
 connection on which the oldest command waited STALL_S without an answer is dropped
 and its commands fail with TimeoutError (the pool had no read timeout at all). Both
-are outages to the handlers (503 and Retry-After).
+are outages to the handlers (503 and Retry-After). Commands that ``aclose()`` cuts short
+(waiting for their answers or for the connection to open) fail with ClientClosedError, a
+ConnectionError, and are not sent again: a retry, or an opening that finished after the
+close, would leave a connection (and its reader task) that nobody closes.
 """
 
 from __future__ import annotations
@@ -114,6 +117,11 @@ def _on_pool(command: Any) -> bool:
     return on_pool
 
 
+class ClientClosedError(RedisConnectionError):
+    """A command cut short by ``aclose()``: not sent again (a retry would open a
+    connection after the close, which nobody would close)."""
+
+
 # The oldest command waiting this long without an answer drops the connection (as
 # long as state.CONNECTION_WAIT_S, the pool's wait for a connection).
 STALL_S = 5.0
@@ -136,6 +144,9 @@ class SharedConnection(aioredis.Redis):
         self._flush: asyncio.Handle | None = None
         self._watchdog: asyncio.TimerHandle | None = None
         self._closing: set[asyncio.Task[None]] = set()
+        # Counts aclose() calls: a connection whose opening an aclose() overlapped is closed
+        # at once instead of kept (the client stays usable after aclose, as redis-py's).
+        self._closes = 0
         # SHA1s of the scripts SharedPipeline has loaded (forgotten on NOSCRIPT).
         self._scripts_loaded: set[str] = set()
 
@@ -152,6 +163,8 @@ class SharedConnection(aioredis.Redis):
         try:
             try:
                 response = await self._round_trip(args)
+            except ClientClosedError:
+                raise
             except RedisConnectionError:
                 response = await self._round_trip(args)  # once more, on a fresh connection
         except ResponseError:
@@ -214,12 +227,18 @@ class SharedConnection(aioredis.Redis):
         return answers
 
     async def _connect(self) -> AbstractConnection:
+        closes = self._closes  # counted when the command asked, not when the lock is free
         async with self._opening:
             if self._conn is None:
+                if self._closes != closes:
+                    raise ClientClosedError("Redis client closed")
                 # The pool's own kind of connection: same address (the Sentinels' master),
                 # credentials, database and decoding; not counted in the pool's.
                 conn = self.connection_pool.make_connection()  # type: ignore[no-untyped-call]
                 await conn.connect()
+                if self._closes != closes:  # aclose() ran meanwhile: not kept
+                    await conn.disconnect(nowait=True)
+                    raise ClientClosedError("Redis client closed")
                 self._conn = conn
                 self._reader = asyncio.create_task(self._read(conn))
             return self._conn
@@ -291,9 +310,10 @@ class SharedConnection(aioredis.Redis):
         closing.add_done_callback(self._closing.discard)
 
     async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        self._closes += 1
         reader = self._reader
         if self._conn is not None:
-            self._drop(self._conn, RedisConnectionError("Redis client closed"))
+            self._drop(self._conn, ClientClosedError("Redis client closed"))
         if reader is not None:
             await asyncio.gather(reader, return_exceptions=True)
         await asyncio.gather(*self._closing, return_exceptions=True)
@@ -341,6 +361,8 @@ class SharedPipeline(Pipeline):
                     await self._load_scripts()
                 try:
                     answers = await shared._round_trips(commands)
+                except ClientClosedError:
+                    raise
                 except RedisConnectionError:
                     if retried_connection:
                         raise
