@@ -37,6 +37,7 @@ import sqlalchemy.exc
 from libs.common.settings import Settings
 from libs.common.sitedir import MISSING_TTL_S, SiteDirectory, UnknownSite
 from libs.common.state.presence import SiteState, SiteStatusReader, site_status_key
+from libs.common.tasks import cancel_and_wait
 from services.status_image import metrics
 from services.status_image.files import StatusFiles
 from services.status_image.render import ImageRenderer, SiteLook, state_json
@@ -62,9 +63,6 @@ MGET_BATCH = 1000
 # How long stop() waits for its background tasks: well under the 10 s that `make run`
 # and container runtimes give a process between SIGTERM and SIGKILL.
 STOP_TIMEOUT_S = 5.0
-# A task still running this long after its cancellation is cancelled again (see
-# _stop_tasks); the listeners' own clean-up (closing a pub/sub) takes far less.
-RECANCEL_S = 0.25
 # Wait before resubscribing after a pub/sub connection broke.
 RESUBSCRIBE_DELAY_S = 1.0
 # How often the files directory is scanned for sites other instances wrote (a crashed
@@ -202,28 +200,11 @@ class SiteStatusCache:
             await self.files.stop()
 
     async def _stop_tasks(self) -> None:
-        tasks = {*self._tasks, *self._loading.values()}
-        if not tasks:
-            return
-        loop = asyncio.get_running_loop()
-        # Bounded, so a stuck Redis call cannot hold up a SIGTERM stop for long.
-        deadline = loop.time() + STOP_TIMEOUT_S
-        stuck = tasks
-        while stuck and loop.time() < deadline:
-            # Cancelled again while still running: on Python 3.11 asyncio.wait_for drops
-            # a cancellation that arrives just as its inner future finishes (CPython
-            # gh-86296), and redis-py's connect sends through wait_for. A listener stopped
-            # while subscribing then listened on, and reconnected after the client had
-            # closed the pool: a connection nobody closed.
-            for task in stuck:
-                task.cancel()
-            _, stuck = await asyncio.wait(stuck, timeout=min(RECANCEL_S, deadline - loop.time()))
-        done = tasks - stuck
-        for task in done:
-            if not task.cancelled() and task.exception() is not None:
-                log.warning("background task had failed", extra={"error": repr(task.exception())[:300]})
-        for task in stuck:
-            log.warning("background task did not stop in time", extra={"task": repr(task)[:300]})
+        # Bounded, so a stuck Redis call cannot hold up a SIGTERM stop for long; cancelled
+        # again while still running, as a listener stopped while subscribing can lose its
+        # cancellation (see libs.common.tasks) and would reconnect after the client had
+        # closed the pool: a connection nobody closed.
+        await cancel_and_wait({*self._tasks, *self._loading.values()}, STOP_TIMEOUT_S)
 
     def _spawn(self, job: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.create_task(job)
