@@ -11,6 +11,7 @@ from libs.common import db, logs, observability, state, topology
 from libs.common.messaging import Bus
 from libs.common.settings import Settings
 from libs.common.startup import freeze_startup_objects, settings_or_exit
+from libs.common.tasks import cancel_and_wait
 from libs.common.web import http_server_options
 from services.rpc_frontend import processes
 from services.rpc_frontend.app import make_app
@@ -70,10 +71,9 @@ async def run(settings: Settings) -> None:
     await frontend.drain.settle(DRAIN_S)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(server.close_all_connections(), DRAIN_S)
-    for follower in followers:
-        follower.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await follower
+    # Bounded and cancelled again while running: a follower stopped while Redis
+    # connects can lose its cancellation (libs.common.tasks) and would hang the stop.
+    await cancel_and_wait(followers)
     await frontend.chat.unconfirmed.flush()  # or the sweep publishes them again
     await bus.close()
     await redis.aclose()

@@ -18,6 +18,7 @@ from libs.common.messaging import Bus, Envelope
 from libs.common.settings import Settings, SettingsError
 from libs.common.sitedir import SiteDirectory
 from libs.common.startup import freeze_startup_objects
+from libs.common.tasks import cancel_and_wait
 from libs.common.topology import QueueSpec
 from services.transcript_worker.archive import ArchiveConsumer
 from services.transcript_worker.closer import CloserConsumer
@@ -141,9 +142,9 @@ class Worker:
                 await asyncio.wait_for(self._idle.wait(), STOP_GRACE_S)
             except TimeoutError:
                 log.warning("stopping with handlers still running", extra={"in_flight": self._in_flight})
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Bounded and cancelled again while running: a task stopped while a client
+        # connects can lose its cancellation (libs.common.tasks) and would hang stop().
+        await cancel_and_wait(self._tasks)
         self._tasks.clear()
         if self.archive is not None:
             await self.archive.stop()  # last batch committed and acknowledged

@@ -4,7 +4,6 @@ servers, sites in MySQL, a capture queue on habla.visitor, and a real Chromium."
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import time
@@ -26,6 +25,7 @@ from libs.common.settings import Settings
 from libs.common.state.conversations import ConversationLog
 from libs.common.state.presence import OperatorPresence
 from libs.common.state.shared import SharedConnection
+from libs.common.tasks import cancel_and_wait
 from libs.common.topology import QueueSpec
 from services.rpc_frontend.app import make_app
 from services.rpc_frontend.context import Frontend
@@ -58,10 +58,8 @@ class RunningFrontend:
     async def stop(self) -> None:
         self.server.stop()
         await self.server.close_all_connections()
-        for follower in self.followers:
-            follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await follower
+        # As main(): a follower whose cancellation was lost must not hang the test.
+        await cancel_and_wait(self.followers)
         await self.bus.close()
 
 
