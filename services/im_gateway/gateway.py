@@ -20,6 +20,7 @@ from libs.common.sitedir import SiteDirectory
 from libs.common.state.conversations import ConversationLog
 from libs.common.state.presence import OperatorPresence
 from libs.common.state.sessions import VisitorSessions
+from libs.common.tasks import cancel_and_wait
 from services.im_gateway import disco, forceaway, metrics
 from services.im_gateway.availability import Availability
 from services.im_gateway.bindings import RESYNC_S, SiteBindings
@@ -332,14 +333,13 @@ class Gateway:
         await self.conversation_consumer.close()
         await self.desk.drain()  # lines already in the log still get published (RabbitMQ, not XMPP)
         log.info("stopping: background tasks")
-        for task in self._tasks:
-            task.cancel()
         # Bounded like every other step: a task whose cancellation was swallowed inside
-        # a client library must not keep the process from stopping.
-        if self._tasks:
-            _, stuck = await asyncio.wait(self._tasks, timeout=STOP_STEP_S)
-            if stuck:
-                log.warning("stopping: background tasks did not finish", extra={"tasks": len(stuck)})
+        # a client library must not keep the process from stopping. Cancelled again
+        # while it runs: one that lost its cancel while Redis connected (Python 3.11,
+        # libs.common.tasks) would otherwise run on, and reconnect, after the stop.
+        stuck = await cancel_and_wait(self._tasks, STOP_STEP_S)
+        if stuck:
+            log.warning("stopping: background tasks did not finish", extra={"tasks": len(stuck)})
         self._tasks.clear()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.desk.delivered.close(), STOP_STEP_S)
