@@ -8,12 +8,16 @@ each other. Each key (visitor) gets a lane; lanes run concurrently, up to a limi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 
+from libs.common.tasks import cancel_and_wait
+
 log = logging.getLogger(__name__)
+
+# How long close() waits for the lanes: a job's clean-up after its cancellation is short.
+CLOSE_S = 3.0
 
 Job = Callable[[], Awaitable[None]]
 
@@ -59,8 +63,7 @@ class Lanes:
         return len(self._lanes)
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        # Bounded and cancelled again while running: a lane whose cancellation was lost
+        # while Redis connected (Python 3.11, libs.common.tasks) would run on through
+        # its queue, and an unbounded wait for it hold up the stop.
+        await cancel_and_wait(self._tasks, CLOSE_S)
