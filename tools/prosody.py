@@ -110,10 +110,21 @@ class ProsodyConfig:
         return self.dir / "prosody.cfg.lua"
 
 
+# Ports this process has handed out: the kernel may give a released port again at once,
+# and a stack asks for a dozen in a row (two services on one port: one answers the
+# other's health check, as a Prosody once answered an HTTP /healthz in a full test run).
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port nobody listens on now and this process has not handed out before."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def write_config(cfg: ProsodyConfig) -> Path:
