@@ -33,6 +33,19 @@ async def ip_count(fe: RunningFrontend, redis_client: aioredis.Redis, bucket: st
     return int(await redis_client.get(fe.settings.redis_key("rl", bucket, "127.0.0.1")) or 0)
 
 
+async def site_in_memory(
+    start_frontend: StartFrontend, site_id: str, settings: Settings, name: str, **limits: int
+) -> tuple[RunningFrontend, Api]:
+    """A frontend with ``limits`` on counters of this test alone, following sites, that
+    holds ``site_id`` in memory after one session (whose load counted the IP once)."""
+    fe = await start_frontend(name, redis_prefix=own_prefix(settings), **limits)
+    await following(fe)
+    api = Api(fe.url, site_id)
+    await api.session()
+    assert fe.frontend.sitecache.held_config(site_id) is not None
+    return fe, api
+
+
 async def test_each_session_request_counts_the_ip_once(
     start_frontend: StartFrontend, site_id: str, settings: Settings, redis_client: aioredis.Redis
 ) -> None:
@@ -57,11 +70,7 @@ async def test_each_session_request_counts_the_ip_once(
 async def test_answers_before_the_script_count_the_ip_first(
     start_frontend: StartFrontend, site_id: str, settings: Settings, redis_client: aioredis.Redis
 ) -> None:
-    fe = await start_frontend("iperrors", ip_requests_per_min=3, redis_prefix=own_prefix(settings))
-    await following(fe)
-    api = Api(fe.url, site_id)
-    await api.session()
-    assert fe.frontend.sitecache.held_config(site_id) is not None
+    fe, api = await site_in_memory(start_frontend, site_id, settings, "iperrors", ip_requests_per_min=3)
     assert (await api.call("POST", "/session", raw=b"{not json")).code == 400
     foreign = await api.call("POST", "/session", {"page": {}}, headers={"Origin": "https://elsewhere.example"})
     assert foreign.code == 403
@@ -78,11 +87,7 @@ async def test_answers_before_the_script_count_the_ip_first(
 async def test_an_ip_scanning_unknown_sites_is_refused_a_session(
     start_frontend: StartFrontend, site_id: str, settings: Settings, redis_client: aioredis.Redis
 ) -> None:
-    fe = await start_frontend("ipscan", ip_unknown_sites_per_min=2, redis_prefix=own_prefix(settings))
-    await following(fe)
-    api = Api(fe.url, site_id)
-    await api.session()
-    assert fe.frontend.sitecache.held_config(site_id) is not None
+    fe, api = await site_in_memory(start_frontend, site_id, settings, "ipscan", ip_unknown_sites_per_min=2)
     codes = [(await Api(fe.url, f"7{n:03d}-00000-00-0000").call("GET", "/status")).code for n in range(2)]
     assert codes == [404, 404]
     refused = await api.call("POST", "/session", {"page": {"url": "http://127.0.0.1/x"}})
