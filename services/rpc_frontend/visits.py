@@ -77,7 +77,10 @@ log = logging.getLogger(__name__)
 REFRESH_BATCH = 500
 
 
-# RateLimited.what of the per-IP refusals (as admit_ip's).
+# RateLimiter buckets of the per-IP limits and the RateLimited.what of their refusals,
+# shared with admit_ip (handlers.base), which counts the same keys outside this script.
+IP_BUCKET = "ip"
+IP_UNKNOWN_SITE_BUCKET = "ip-unknown-site"
 IP_REQUESTS = "requests"
 IP_UNKNOWN_SITES = "unknown sites"
 
@@ -123,8 +126,8 @@ class Visits:
             self._settings.redis_key("site", site_id, "visitors"),  # … and its site set
             self._departures_key,
             self._settings.redis_key("rl", "pv", visitor_id),  # RateLimiter's "pv" bucket
-            self._settings.redis_key("rl", "ip", ip),  # … its "ip" and "ip-unknown-site" ones
-            self._settings.redis_key("rl", "ip-unknown-site", ip),
+            self._settings.redis_key("rl", IP_BUCKET, ip),  # … and its per-IP ones
+            self._settings.redis_key("rl", IP_UNKNOWN_SITE_BUCKET, ip),
         ]
         args: list[str | int | float] = [
             site_id,

@@ -17,7 +17,7 @@ from services.rpc_frontend.chat import OUTAGES, RETRY_AFTER_S, Invalid, SessionE
 from services.rpc_frontend.context import Frontend
 from services.rpc_frontend.inputs import json_object
 from services.rpc_frontend.origins import origin_allowed
-from services.rpc_frontend.visits import IP_UNKNOWN_SITES, IpLimit
+from services.rpc_frontend.visits import IP_BUCKET, IP_REQUESTS, IP_UNKNOWN_SITE_BUCKET, IP_UNKNOWN_SITES, IpLimit
 
 # Typing and identity events a visitor may send per line allowed: a start and a stop
 # per line, plus slack for someone who types, deletes and types again.
@@ -192,12 +192,9 @@ class ApiHandler(RedactedLogs):
 
 
 # --- limits shared by the HTTP handlers and the WebSocket ----------------------------------
-UNKNOWN_SITES = IP_UNKNOWN_SITES
-
-
 def limit_refusal(exc: RateLimited) -> ApiError:
     """The 429 for a refusal; an IP asking for unknown sites is told to check the id."""
-    if exc.what == UNKNOWN_SITES:
+    if exc.what == IP_UNKNOWN_SITES:
         wait = exc.retry_after_s
         return ApiError(429, f"too many requests for unknown site ids: wait {wait} s and check the id", wait)
     return ApiError(429, str(exc), exc.retry_after_s)
@@ -210,12 +207,12 @@ async def admit_ip(frontend: Frontend, ip: str) -> None:
         # An IP that keeps asking for sites that do not exist is refused before the
         # lookup too; both counters in one round trip.
         await frontend.limits.hit_unless(
-            "ip",
+            IP_BUCKET,
             ip,
             settings.ip_requests_per_min,
-            "requests",
-            other=("ip-unknown-site", ip, settings.ip_unknown_sites_per_min),
-            other_what=UNKNOWN_SITES,
+            IP_REQUESTS,
+            other=(IP_UNKNOWN_SITE_BUCKET, ip, settings.ip_unknown_sites_per_min),
+            other_what=IP_UNKNOWN_SITES,
         )
     except RateLimited as exc:
         raise limit_refusal(exc) from None
@@ -223,7 +220,9 @@ async def admit_ip(frontend: Frontend, ip: str) -> None:
 
 async def count_unknown_site(frontend: Frontend, ip: str) -> None:
     with contextlib.suppress(RateLimited):  # this request gets its 404; the next ones a 429
-        await frontend.limits.hit("ip-unknown-site", ip, frontend.settings.ip_unknown_sites_per_min, UNKNOWN_SITES)
+        await frontend.limits.hit(
+            IP_UNKNOWN_SITE_BUCKET, ip, frontend.settings.ip_unknown_sites_per_min, IP_UNKNOWN_SITES
+        )
 
 
 async def limit_events(frontend: Frontend, visitor_id: str) -> None:
