@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from libs.common import partitions
 from libs.common.messaging import Bus
 from libs.common.settings import Settings
+from libs.common.tasks import cancel_and_wait
 from services.im_gateway.gateway import STANDBY_RETRY_S, Gateway, Standby
 from services.im_gateway.partitions import Seats, agree_on_count
 from services.im_gateway.rebalance import Rebalancer, farewell, member_of
@@ -177,8 +178,6 @@ class Serving:
 
 async def _cancel(tasks: list[asyncio.Future[None]]) -> None:
     """Cancel and wait, bounded: a cancellation that lands inside a Redis call can be
-    swallowed by the client, and a stopping process must not wait for it forever."""
-    for task in tasks:
-        task.cancel()
-    if tasks:
-        await asyncio.wait(tasks, timeout=STOP_HELPERS_S)
+    swallowed by the client, and a stopping process must not wait for it forever
+    (cancel_and_wait cancels such a task again while it runs)."""
+    await cancel_and_wait(tasks, STOP_HELPERS_S)
